@@ -1,0 +1,17 @@
+# FineRS, Dr. Seg and SegAnswer as one workflow. With no arguments it runs the embedded
+# default (config/config.yaml): synthetic data and tiny models, on CPU.
+# Parsing stays light: no torch or other heavy import happens here.
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+# include: "rules/models.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.data_all.input,
+#        rules.models_all.input,

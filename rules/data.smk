@@ -1,0 +1,126 @@
+# Data stages: synthetic videos (embedded default), frame extraction, annotation
+# import and validation, splits and dataset statistics.
+
+SPLITS = ["train", "val", "test"]
+SOURCE = DATA["source"]
+
+if SOURCE == "synthetic":
+    VIDEOS = [f"video_{i:03d}" for i in range(DATA["synthetic"]["n_videos"])]
+    VIDEO_DIR = R("synthetic/videos")
+    ANNOTATIONS_JSON = R("synthetic/annotations.json")
+elif SOURCE == "videos":
+    VIDEO_DIR = DATA["videos_dir"]
+    VIDEOS = sorted(glob_wildcards(f"{VIDEO_DIR}/{{video}}.mp4").video)
+    if not VIDEOS:
+        raise ValueError(f"config key 'data.videos_dir': no .mp4 video in {VIDEO_DIR}")
+    ANNOTATIONS_JSON = DATA["annotations_json"]
+else:
+    VIDEOS = []
+    ANNOTATIONS_JSON = DATA["annotations_json"]
+
+FRAMES_MANIFEST = R("frames/manifest.parquet")
+
+
+rule data_all:
+    input:
+        expand(R("splits/{split}.parquet"), split=SPLITS),
+        R("splits/stats.md"),
+
+
+rule synthesize_dataset:
+    output:
+        videos=expand(R("synthetic/videos/{video}.mp4"), video=VIDEOS),
+        annotations=R("synthetic/annotations.json"),
+        prov=prov(R("synthetic/annotations.json")),
+    params:
+        **stage_params("synthesize_dataset", "data.synthetic", "data.frames"),
+        videos_dir=R("synthetic/videos"),
+    log:
+        R("logs/synthesize_dataset.log"),
+    benchmark:
+        R("benchmarks/synthesize_dataset.tsv")
+    resources:
+        **family_resources("cpu_data"),
+    script:
+        script_path("synthesize_dataset")
+
+
+rule extract_frames:
+    input:
+        video=f"{VIDEO_DIR}/{{video}}.mp4",
+    output:
+        frames=directory(R("frames/{video}")),
+        manifest=R("frames/{video}.manifest.parquet"),
+        prov=prov(R("frames/{video}.manifest.parquet")),
+    params:
+        **stage_params("extract_frames", "data.frames"),
+    log:
+        R("logs/extract_frames/{video}.log"),
+    benchmark:
+        R("benchmarks/extract_frames/{video}.tsv")
+    resources:
+        **family_resources("cpu_data"),
+    script:
+        script_path("extract_frames")
+
+
+rule merge_frame_manifests:
+    input:
+        manifests=expand(R("frames/{video}.manifest.parquet"), video=VIDEOS),
+    output:
+        manifest=FRAMES_MANIFEST,
+        prov=prov(FRAMES_MANIFEST),
+    params:
+        **stage_params("merge_frame_manifests"),
+    log:
+        R("logs/merge_frame_manifests.log"),
+    benchmark:
+        R("benchmarks/merge_frame_manifests.tsv")
+    resources:
+        **family_resources("cpu_data"),
+    script:
+        script_path("merge_frame_manifests")
+
+
+rule import_annotations:
+    input:
+        annotations=ANNOTATIONS_JSON,
+        manifest=FRAMES_MANIFEST if SOURCE != "images" else [],
+    output:
+        table=R("annotations/annotations.parquet"),
+        report=R("annotations/validation_report.json"),
+        report_md=R("annotations/validation_report.md"),
+        prov=prov(R("annotations/annotations.parquet")),
+    params:
+        **stage_params("import_annotations", "data.annotations", "data.source", "data.images_dir"),
+    log:
+        main=R("logs/import_annotations.log"),
+        report=R("logs/import_annotations.validation_report.json"),
+    benchmark:
+        R("benchmarks/import_annotations.tsv")
+    resources:
+        **family_resources("cpu_data"),
+    script:
+        script_path("import_annotations")
+
+
+rule make_splits:
+    input:
+        annotations=R("annotations/annotations.parquet"),
+        official=DATA["splits"]["official"] or [],
+    output:
+        **{split: R(f"splits/{split}.parquet") for split in SPLITS},
+        stats=R("splits/stats.parquet"),
+        stats_md=R("splits/stats.md"),
+        plot=R("splits/mask_sizes.png"),
+        prov=prov(R("splits/stats.parquet")),
+    params:
+        **stage_params("make_splits", "data.splits"),
+    log:
+        R("logs/make_splits.log"),
+    benchmark:
+        R("benchmarks/make_splits.tsv")
+    resources:
+        **family_resources("cpu_data"),
+    script:
+        script_path("make_splits")

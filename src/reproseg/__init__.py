@@ -1,0 +1,1 @@
+"""FineRS, Dr. Seg and SegAnswer reproduction library."""

@@ -1,0 +1,85 @@
+"""Configuration: OmegaConf resolution, JSON-schema validation, canonical subsets.
+
+Imported while Snakemake parses the Snakefile, so it stays light (no torch, no numpy).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names every offending key."""
+
+
+def resolve(config: dict, overrides: Iterable[dict] = ()) -> dict:
+    """Merges `overrides` onto `config` with OmegaConf and resolves interpolations."""
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(OmegaConf.create(config), *(OmegaConf.create(o) for o in overrides))
+    return OmegaConf.to_container(merged, resolve=True)
+
+
+def load_yaml(path: str | Path) -> dict:
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _key(path: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in path) or "<root>"
+
+
+def validate(config: dict, schema: dict) -> None:
+    """Raises ConfigError naming each key that breaks the schema or a cross-key rule."""
+    from jsonschema import Draft202012Validator
+
+    errors = []
+    for err in sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path)):
+        errors.append(f"config key '{_key(err.path)}': {err.message}")
+    if not errors:
+        errors += _cross_checks(config)
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+def _cross_checks(config: dict) -> list[str]:
+    """Rules that depend on another key's value (clearer here than as schema if/then)."""
+    out = []
+    data = config["data"]
+    need = {"videos": ["videos_dir", "annotations_json"], "images": ["images_dir", "annotations_json"]}
+    for key in need.get(data["source"], []):
+        if not data.get(key):
+            out.append(f"config key 'data.{key}': required when data.source is '{data['source']}'")
+    models = config["models"]
+    if models["source"] == "local":
+        for key in ("qwen", "sam2_checkpoint"):
+            if not models.get("local", {}).get(key):
+                out.append(f"config key 'models.local.{key}': required when models.source is 'local'")
+    return out
+
+
+def get(config: dict, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def subset(config: dict, keys: Iterable[str]) -> dict:
+    """The values of the given dotted keys, as a nested dict."""
+    out: dict = {}
+    for dotted in sorted(keys):
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = get(config, dotted)
+    return out
+
+
+def canonical(obj: Any) -> str:
+    """A stable text form (sorted keys): Snakemake compares params by repr."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

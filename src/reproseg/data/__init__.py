@@ -1,0 +1,1 @@
+"""Data: synthetic drone videos, frame extraction, FineRS-4k annotations, splits."""

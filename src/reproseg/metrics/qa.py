@@ -1,0 +1,113 @@
+"""MVQA / OVQA answer accuracy by question attribute, as FineRS-4k reports it.
+
+Only option (MVQA) and reasoning (OVQA) samples are scored; referring (IS) samples have
+no answer to check and are skipped. A missing response is scored wrong, not dropped, so
+the denominator is every scored sample.
+
+Two rule sets, named like the reward profiles:
+- "paper" (default, FineRS sec. 4.4 / 5.1): MVQA is right when the response is exactly
+  the GT option letter (case, surrounding brackets/quotes and a trailing '.', ':' or ')'
+  ignored); OVQA is right when difflib.SequenceMatcher's ratio between the whole
+  response and the answer, both lower-cased with whitespace stripped and collapsed, is
+  >= 0.8 (the text says "exceeds"; the brief and the code use >=).
+- "reference_code" (the authors' evaluation script): MVQA is right when the letter occurs
+  anywhere as a standalone word ("a or b" counts for both); OVQA is right when any single
+  word of the lower-cased response reaches ratio >= 0.8 against the whole answer.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import pyarrow as pa
+
+PROFILES = ("paper", "reference_code")
+TASKS = {"option": "mvqa", "reasoning": "ovqa"}     # FineRS-4k Q-type -> metric
+SKIPPED_TASKS = ("referring",)
+ATTRIBUTES = ("colors", "shape", "others", "position")
+GROUPS = ATTRIBUTES + ("all",)
+OPEN_THRESHOLD = 0.8
+
+# A GT option is a letter, maybe followed by its text: "B", "(b)", "B. red", "B: red".
+_LEADING_LETTER = re.compile(r"^[\s(\[{'\"]*([a-z])(?:[\s)\]}'\".:]|$)", re.IGNORECASE)
+# A paper-profile response must be nothing but the letter and its decoration.
+_ONLY_LETTER = re.compile(r"^[\s(\[{'\"]*([a-z])[\s)\]}'\".:]*$", re.IGNORECASE)
+
+
+def option_letter(answer: str) -> str | None:
+    m = _LEADING_LETTER.match(answer or "")
+    return m.group(1).lower() if m else None
+
+
+def option_correct(answer: str, response: str | None, profile: str = "paper") -> bool:
+    letter = option_letter(answer)
+    if letter is None:
+        raise ValueError(f"MVQA answer {answer!r} does not start with an option letter")
+    if response is None:
+        return False
+    if profile == "paper":
+        m = _ONLY_LETTER.match(response)
+        return bool(m) and m.group(1).lower() == letter
+    if profile == "reference_code":
+        return re.search(rf"\b{letter}\b", response.lower()) is not None
+    raise ValueError(f"unknown QA profile {profile!r}; expected one of {PROFILES}")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def open_correct(answer: str, response: str | None, profile: str = "paper") -> bool:
+    if response is None:
+        return False
+    gt = _norm(answer)
+    if profile == "paper":
+        return difflib.SequenceMatcher(None, _norm(response), gt).ratio() >= OPEN_THRESHOLD
+    if profile == "reference_code":
+        return any(difflib.SequenceMatcher(None, word, gt).ratio() >= OPEN_THRESHOLD
+                   for word in response.lower().split())
+    raise ValueError(f"unknown QA profile {profile!r}; expected one of {PROFILES}")
+
+
+def is_correct(task_type: str, answer: str, response: str | None, profile: str = "paper") -> bool:
+    if task_type == "option":
+        return option_correct(answer, response, profile)
+    if task_type == "reasoning":
+        return open_correct(answer, response, profile)
+    raise ValueError(f"task type {task_type!r} has no QA answer to score")
+
+
+@dataclass(frozen=True)
+class QAScore:
+    n: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else float("nan")
+
+
+def qa_metrics(records: pa.Table | Iterable[Mapping], profile: str = "paper") -> dict[str, dict[str, QAScore]]:
+    """{"mvqa"|"ovqa": {attribute|"all": QAScore}} from rows with task_type, attribute,
+    answer and pred_response. Unknown task types or attributes raise ValueError."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown QA profile {profile!r}; expected one of {PROFILES}")
+    if isinstance(records, pa.Table):
+        records = records.select(["task_type", "attribute", "answer", "pred_response"]).to_pylist()
+    tally = {t: {g: [0, 0] for g in GROUPS} for t in TASKS.values()}   # [n, correct]
+    for r in records:
+        task = r["task_type"]
+        if task in SKIPPED_TASKS:
+            continue
+        if task not in TASKS:
+            raise ValueError(f"unknown task type {task!r}")
+        attribute = r["attribute"]
+        if attribute not in ATTRIBUTES:
+            raise ValueError(f"unknown attribute {attribute!r}")
+        hit = is_correct(task, r["answer"], r.get("pred_response"), profile)
+        for group in (attribute, "all"):
+            tally[TASKS[task]][group][0] += 1
+            tally[TASKS[task]][group][1] += hit
+    return {t: {g: QAScore(*nc) for g, nc in groups.items()} for t, groups in tally.items()}
