@@ -2,16 +2,16 @@
 # default (config/config.yaml): synthetic data and tiny models, on CPU.
 # Parsing stays light: no torch or other heavy import happens here.
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "rules/common.smk"
 include: "rules/data.smk"
-# include: "rules/models.smk"
+include: "rules/models.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.data_all.input,
-#        rules.models_all.input,
+        rules.models_all.input,

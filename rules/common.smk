@@ -1,4 +1,5 @@
 # Config access, validation, path helpers and per-stage params.
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,9 @@ config.clear()
 config.update(_resolved)
 
 RESULTS = config["results"]
+# The pinned environment as a conda file, for --software-deployment-method conda; by
+# default jobs run in the venv that scripts/bootstrap.sh builds from the same pins.
+CONDA_ENV = "../envs/conda.yaml"
 DATA = config["data"]
 
 

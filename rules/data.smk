@@ -34,52 +34,61 @@ rule synthesize_dataset:
         prov=prov(R("synthetic/annotations.json")),
     params:
         **stage_params("synthesize_dataset", "data.synthetic", "data.frames"),
-        videos_dir=R("synthetic/videos"),
+        videos_dir=lambda wildcards, output: os.path.dirname(output.videos[0]),
     log:
         R("logs/synthesize_dataset.log"),
     benchmark:
         R("benchmarks/synthesize_dataset.tsv")
     resources:
         **family_resources("cpu_data"),
+    conda:
+        CONDA_ENV
     script:
         script_path("synthesize_dataset")
 
 
-rule extract_frames:
-    input:
-        video=f"{VIDEO_DIR}/{{video}}.mp4",
-    output:
-        frames=directory(R("frames/{video}")),
-        manifest=R("frames/{video}.manifest.parquet"),
-        prov=prov(R("frames/{video}.manifest.parquet")),
-    params:
-        **stage_params("extract_frames", "data.frames"),
-    log:
-        R("logs/extract_frames/{video}.log"),
-    benchmark:
-        R("benchmarks/extract_frames/{video}.tsv")
-    resources:
-        **family_resources("cpu_data"),
-    script:
-        script_path("extract_frames")
+# Frames are extracted only when the data comes as videos.
+if SOURCE != "images":
+
+    rule extract_frames:
+        input:
+            video=f"{VIDEO_DIR}/{{video}}.mp4",
+        output:
+            frames=directory(R("frames/{video}")),
+            manifest=R("frames/{video}.manifest.parquet"),
+            prov=prov(R("frames/{video}.manifest.parquet")),
+        params:
+            **stage_params("extract_frames", "data.frames"),
+        log:
+            R("logs/extract_frames/{video}.log"),
+        benchmark:
+            R("benchmarks/extract_frames/{video}.tsv")
+        resources:
+            **family_resources("cpu_data"),
+        conda:
+            CONDA_ENV
+        script:
+            script_path("extract_frames")
 
 
-rule merge_frame_manifests:
-    input:
-        manifests=expand(R("frames/{video}.manifest.parquet"), video=VIDEOS),
-    output:
-        manifest=FRAMES_MANIFEST,
-        prov=prov(FRAMES_MANIFEST),
-    params:
-        **stage_params("merge_frame_manifests"),
-    log:
-        R("logs/merge_frame_manifests.log"),
-    benchmark:
-        R("benchmarks/merge_frame_manifests.tsv")
-    resources:
-        **family_resources("cpu_data"),
-    script:
-        script_path("merge_frame_manifests")
+    rule merge_frame_manifests:
+        input:
+            manifests=expand(R("frames/{video}.manifest.parquet"), video=VIDEOS),
+        output:
+            manifest=FRAMES_MANIFEST,
+            prov=prov(FRAMES_MANIFEST),
+        params:
+            **stage_params("merge_frame_manifests"),
+        log:
+            R("logs/merge_frame_manifests.log"),
+        benchmark:
+            R("benchmarks/merge_frame_manifests.tsv")
+        resources:
+            **family_resources("cpu_data"),
+        conda:
+            CONDA_ENV
+        script:
+            script_path("merge_frame_manifests")
 
 
 rule import_annotations:
@@ -100,6 +109,8 @@ rule import_annotations:
         R("benchmarks/import_annotations.tsv")
     resources:
         **family_resources("cpu_data"),
+    conda:
+        CONDA_ENV
     script:
         script_path("import_annotations")
 
@@ -122,5 +133,7 @@ rule make_splits:
         R("benchmarks/make_splits.tsv")
     resources:
         **family_resources("cpu_data"),
+    conda:
+        CONDA_ENV
     script:
         script_path("make_splits")

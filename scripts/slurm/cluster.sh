@@ -10,9 +10,9 @@
 #
 # Everything lives in one state directory, ${REPROSEG_SLURM_DIR:-/tmp/reproseg-slurm}:
 # slurm.conf, gres.conf, the munge key and socket, spool, logs, pid files and the
-# two fake GPU device nodes. Nothing is written to /etc. The client tools (sinfo,
-# sbatch, squeue, scontrol, and Snakemake's Slurm plugin through them) find this
-# cluster through SLURM_CONF; `start` prints the line to export.
+# two fake GPU device nodes. The one thing outside it is a symlink
+# /etc/slurm/slurm.conf -> <state>/slurm.conf (see "Trap" at link_conf), made only
+# when no other slurm.conf is there, and removed again by `stop`.
 #
 # Needs root (the daemons run as root, mknod needs CAP_MKNOD). Built for Debian's
 # slurm 22.05 and munge 0.5; no systemd is used or needed.
@@ -33,6 +33,7 @@ NGPUS="${REPROSEG_SLURM_GPUS:-2}"
 PARTITION="main"
 
 CONF="$STATE/slurm.conf"
+ETC_CONF=/etc/slurm/slurm.conf   # compiled into Debian's Slurm tools
 RUN="$STATE/run"      # pid files and the munge socket
 PIDS="$STATE/pids"    # the pids `start` recorded; `stop` reads only these
 LOG="$STATE/log"
@@ -47,6 +48,18 @@ die() { printf '[slurm-cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- pid bookkeeping --------------------------------------------------------
 
+# True while process $1 has a thread that is not a zombie. A daemon that has
+# exited but was not yet reaped by whoever adopted it stays in /proc as a zombie
+# for a while (about 2 s here); it holds no port or file any more.
+alive() {
+  local t st
+  for t in /proc/"$1"/task/*; do
+    st="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "$t/status" 2>/dev/null || true)"
+    if [ -n "$st" ] && [ "$st" != Z ]; then return 0; fi
+  done
+  return 1
+}
+
 # The pid recorded for daemon $1, if that process is alive and still is that
 # daemon (guards against a recycled pid after a reboot or a crash).
 live_pid() {
@@ -54,7 +67,7 @@ live_pid() {
   [ -f "$f" ] || return 1
   pid="$(cat "$f" 2>/dev/null || true)"
   case "$pid" in ''|*[!0-9]*) return 1 ;; esac
-  [ -r "/proc/$pid/comm" ] || return 1
+  alive "$pid" || return 1
   comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
   [ "$comm" = "$name" ] || return 1
   printf '%s\n' "$pid"
@@ -77,6 +90,13 @@ record_pid() {
   return 1
 }
 
+# ": <first fatal/error line of the daemon logs>", to name the cause in one line.
+first_fatal() {
+  local line
+  line="$(grep -h -m1 -E 'fatal|Error:' "$LOG"/slurmctld.log "$LOG"/slurmd.log "$LOG"/munged.log 2>/dev/null | head -n 1 || true)"
+  [ -z "$line" ] || printf ': %s' "$line"
+}
+
 show_logs() {
   local f
   for f in "$LOG"/munged.log "$LOG"/slurmctld.log "$LOG"/slurmd.log "$LOG"/*.out; do
@@ -86,20 +106,26 @@ show_logs() {
   done
 }
 
-# Stop the daemons whose pids we recorded; never anything else.
+# Stop the daemons whose pids we recorded; never anything else. Each takes about
+# 2 s to shut down, so all get SIGTERM at once and are then waited for together.
 stop_daemons() {
-  local name pid i
+  local name pid pids="" i
   for name in slurmd slurmctld munged; do
     if pid="$(live_pid "$name")"; then
       say "stopping $name (pid $pid)"
       kill -TERM "$pid" 2>/dev/null || true
-      i=0
-      while [ -d "/proc/$pid" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-      if [ -d "/proc/$pid" ]; then
-        say "$name (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-      fi
+      pids="$pids $pid"
     fi
+  done
+  for pid in $pids; do
+    i=0
+    while alive "$pid" && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    if alive "$pid"; then
+      say "pid $pid ignored SIGTERM for 10 s; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  for name in slurmd slurmctld munged; do
     rm -f "$PIDS/$name.pid" "$RUN/$name.pid"
   done
   # Trap: a slurmctld/slurmd pid file left in /run (by a start that used the
@@ -110,14 +136,43 @@ stop_daemons() {
     local f="/run/$name.pid"
     if [ -f "$f" ]; then
       pid="$(cat "$f" 2>/dev/null || true)"
-      if [ -z "$pid" ] || [ ! -d "/proc/$pid" ]; then rm -f "$f"; fi
+      if [ -z "$pid" ] || ! alive "$pid"; then rm -f "$f"; fi
     fi
   done
   rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
+  unlink_conf
+}
+
+# Trap: the Slurm plugin's jobstep executor strips every SLURM_* variable,
+# SLURM_CONF included, from the environment of the srun it runs inside each job,
+# so srun falls back to the compiled-in path (/etc/slurm/slurm.conf) and, finding
+# nothing, fails with "Could not establish a configuration source". The config
+# must therefore be reachable at the default path: link it there.
+link_conf() {
+  local target
+  if [ -L "$ETC_CONF" ]; then
+    target="$(readlink "$ETC_CONF")"
+    if [ "$target" = "$CONF" ]; then return 0; fi
+    if [ -e "$target" ]; then
+      die "$ETC_CONF already points to $target (another test cluster?); stop that one first"
+    fi
+    rm -f "$ETC_CONF"   # dangling link from a state dir that is gone
+  elif [ -e "$ETC_CONF" ]; then
+    die "$ETC_CONF exists and is not ours (a real Slurm installation?); not touching it"
+  fi
+  mkdir -p "$(dirname "$ETC_CONF")"
+  ln -s "$CONF" "$ETC_CONF"
+}
+
+unlink_conf() {
+  if [ -L "$ETC_CONF" ] && [ "$(readlink "$ETC_CONF")" = "$CONF" ]; then
+    rm -f "$ETC_CONF"
+  fi
 }
 
 node_state() {
-  sinfo -h -N -p "$PARTITION" -o '%T' 2>/dev/null | head -n 1 || true
+  # timeout: sinfo waits 10 s (MessageTimeout) for a slurmctld that is not answering.
+  timeout 5 sinfo -h -N -p "$PARTITION" -o '%T' 2>/dev/null | head -n 1 || true
 }
 
 all_running() {
@@ -239,7 +294,7 @@ EOF
 }
 
 cmd_start() {
-  local c name state i
+  local c name state i f
   for c in slurmctld slurmd sinfo munged munge unmunge mknod; do
     command -v "$c" >/dev/null 2>&1 \
       || die "'$c' not found: run 'scripts/slurm/cluster.sh install' first"
@@ -247,6 +302,7 @@ cmd_start() {
   [ "$(id -u)" -eq 0 ] || die "the daemons must run as root here (uid $(id -u)); cannot start"
 
   if all_running; then
+    link_conf
     state="$(node_state)"
     say "already running (munged $(live_pid munged), slurmctld $(live_pid slurmctld), slurmd $(live_pid slurmd)); node: ${state:-unknown}"
     say "export SLURM_CONF=$CONF"
@@ -260,7 +316,14 @@ cmd_start() {
   chmod 0755 "$STATE" "$RUN" "$LOG" "$DEV"
   chmod 0700 "$PIDS" "$STATE/spool/ctld" "$STATE/spool/d"
 
+  # Fresh logs for this start (the last start's are kept as *.prev), so that an
+  # error message names this start's failure, not an old one.
+  for f in "$LOG"/munged.log "$LOG"/slurmctld.log "$LOG"/slurmd.log "$LOG"/*.out; do
+    if [ -f "$f" ]; then mv -f "$f" "$f.prev"; fi
+  done
+
   write_config
+  link_conf
 
   # munge key: 1 KiB random, owned by the user munged runs as, mode 0400.
   if [ ! -s "$STATE/munge.key" ]; then
@@ -274,25 +337,29 @@ cmd_start() {
   munged --force --socket="$MUNGE_SOCKET" --key-file="$STATE/munge.key" \
     --pid-file="$RUN/munged.pid" --log-file="$LOG/munged.log" \
     --seed-file="$STATE/munged.seed" </dev/null >>"$LOG/munged.out" 2>&1 \
-    || { show_logs; stop_daemons; die "munged does not start here"; }
+    || { show_logs; stop_daemons; die "munged does not start here$(first_fatal)"; }
   record_pid munged 5 || { show_logs; stop_daemons; die "munged did not write its pid file"; }
   munge -n -S "$MUNGE_SOCKET" | unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1 \
     || { show_logs; stop_daemons; die "munge credential round trip failed"; }
 
   say "starting slurmctld"
   slurmctld -f "$CONF" </dev/null >>"$LOG/slurmctld.out" 2>&1 \
-    || { show_logs; stop_daemons; die "slurmctld does not start here"; }
-  record_pid slurmctld 10 || { show_logs; stop_daemons; die "slurmctld exited right after starting"; }
+    || { show_logs; stop_daemons; die "slurmctld does not start here$(first_fatal)"; }
+  record_pid slurmctld 10 || { show_logs; stop_daemons; die "slurmctld exited right after starting$(first_fatal)"; }
 
   say "starting slurmd"
   slurmd -f "$CONF" </dev/null >>"$LOG/slurmd.out" 2>&1 \
-    || { show_logs; stop_daemons; die "slurmd does not start here"; }
-  record_pid slurmd 10 || { show_logs; stop_daemons; die "slurmd exited right after starting"; }
+    || { show_logs; stop_daemons; die "slurmd does not start here$(first_fatal)"; }
+  record_pid slurmd 10 || { show_logs; stop_daemons; die "slurmd exited right after starting$(first_fatal)"; }
 
   # The node registers within a few seconds; submit only once it is idle.
   i=0
   state=""
   while [ "$i" -lt "$TIMEOUT" ]; do
+    for name in $DAEMONS; do
+      live_pid "$name" >/dev/null \
+        || { show_logs; stop_daemons; die "$name died while the node was registering$(first_fatal)"; }
+    done
     state="$(node_state)"
     case "$state" in
       idle|mixed|allocated) break ;;
@@ -300,9 +367,6 @@ cmd_start() {
         # A fresh start can show the saved state of an earlier run for a moment.
         if [ "$i" -ge 5 ]; then break; fi ;;
     esac
-    for name in $DAEMONS; do
-      live_pid "$name" >/dev/null || { show_logs; stop_daemons; die "$name died while the node was registering"; }
-    done
     sleep 1
     i=$((i + 1))
   done
@@ -312,7 +376,7 @@ cmd_start() {
       scontrol show node >&2 2>/dev/null || true
       show_logs
       stop_daemons
-      die "node is '${state:-not listed}' after ${i}s, not idle; the daemons cannot run a job here"
+      die "node is '${state:-not listed}' after ${i}s, not idle; the daemons cannot run a job here$(first_fatal)"
       ;;
   esac
   say "cluster up in ${i}s: node $(sinfo -h -N -o '%N %T %G' | head -n 1)"

@@ -14,7 +14,8 @@ class ConfigError(ValueError):
 
 
 def resolve(config: dict, overrides: Iterable[dict] = ()) -> dict:
-    """Merges `overrides` onto `config` with OmegaConf and resolves interpolations."""
+    """Merges `overrides` onto `config` with OmegaConf and resolves interpolations
+    (such as the `${oc.env:...}` paths of config/paper.yaml)."""
     from omegaconf import OmegaConf
 
     merged = OmegaConf.merge(OmegaConf.create(config), *(OmegaConf.create(o) for o in overrides))

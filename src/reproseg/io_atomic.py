@@ -27,13 +27,17 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+# Snakemake drops this marker into directory outputs after the job; it is not content.
+_TREE_IGNORE = {".snakemake_timestamp"}
+
+
 def sha256_tree(path: str | os.PathLike) -> tuple[str, dict[str, str]]:
     """Hash of a directory: sha256 over its sorted (relative path, file hash) pairs."""
     root = Path(path)
     files = {
         p.relative_to(root).as_posix(): sha256_file(p)
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name not in _TREE_IGNORE
     }
     h = hashlib.sha256()
     for rel, digest in files.items():

@@ -134,7 +134,7 @@ def run_job(smk, func: Callable[[], None]) -> None:
     `smk` is the `snakemake` object of a script; `func` does the work. The record is
     written only after `func` returned, so its presence marks a complete job.
     """
-    from .fingerprint import fingerprint
+    from .fingerprint import SRC, fingerprint
 
     log = list(smk.log)
     _setup_logging(log[0] if log else None)
@@ -147,7 +147,8 @@ def run_job(smk, func: Callable[[], None]) -> None:
     params = dict(smk.params.items())
     code_param = _decode(params.get("code", "{}"))
     script = code_param.get("script") if isinstance(code_param, dict) else None
-    code = fingerprint(script) if script else {}
+    # The script path is relative to the repository (the jobs' working directory may differ).
+    code = fingerprint(SRC.parent / script) if script else {}
     if script and code["fingerprint"] != code_param.get("fingerprint"):
         logging.warning("code changed between planning and running this job: %s", script)
     code["script_path"] = script

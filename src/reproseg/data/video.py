@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +23,29 @@ class VideoError(RuntimeError):
     """A video that cannot be decoded completely; the message names the file."""
 
 
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range YUV 4:2:0 as PyAV's (H*3/2, W) layout, computed in numpy.
+
+    swscale's own conversion is not bit-reproducible across calls (its SIMD path depends
+    on buffer alignment), which made identical frames encode to different bytes.
+    """
+    f = rgb.astype(np.float64)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    h, w = y.shape
+
+    def sub(c):
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    planes = [np.rint(y), np.rint(sub(u)).reshape(h // 4, w), np.rint(sub(v)).reshape(h // 4, w)]
+    return np.clip(np.concatenate(planes), 0, 255).astype(np.uint8)
+
+
 def write_video(path: str | Path, frames, fps: int, crf: int = 18, codec: str = "libx264") -> None:
-    """Encodes RGB uint8 frames (H, W, 3). One encoder thread keeps the bytes reproducible."""
+    """Encodes RGB uint8 frames (H, W, 3), H and W even and H a multiple of 4. One
+    encoder thread and our own colour conversion keep the bytes reproducible."""
     frames = iter(frames)
     first = next(frames)
     h, w = first.shape[:2]
@@ -32,7 +55,7 @@ def write_video(path: str | Path, frames, fps: int, crf: int = 18, codec: str = 
         stream.codec_context.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
         stream.codec_context.thread_count = 1
         for arr in (first, *frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb_to_yuv420p(arr), format="yuv420p")):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
@@ -77,6 +100,7 @@ def extract_frames(video: str | Path, out_dir: str | Path, stride: int = 1,
 
     video = Path(video)
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     wanted = frozenset(int(i) for i in indices) if indices is not None else None
     name = video.stem
     records: list[FrameRecord] = []
@@ -90,25 +114,32 @@ def extract_frames(video: str | Path, out_dir: str | Path, stride: int = 1,
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         declared = stream.frames or None
-        encoder = av.CodecContext.create("png", "w")
-        encoder.pix_fmt = "rgb24"
-        encoder.thread_count = 1  # frame threads would hand back an earlier frame's packet
         n = 0
         bar = tqdm(total=declared, desc=f"frames {name}", unit="f", disable=not progress, leave=False)
+        # PNG encoding runs in worker threads (PyAV releases the GIL while encoding),
+        # overlapping with decoding, as the ffmpeg CLI does.
+        workers = max(1, min(4, os.cpu_count() or 2))
+        pool = ThreadPoolExecutor(max_workers=workers)
+        pending: list = []
         try:
             for frame in container.decode(stream):
                 if selected(n, stride, wanted):
                     target = out_dir / f"{n:06d}.png"
-                    _write_png(encoder, frame, target)
+                    if len(pending) >= 2 * workers:  # bound memory: 4K RGB is 25 MB a frame
+                        pending.pop(0).result()
+                    pending.append(pool.submit(_write_png, frame.reformat(format="rgb24"), target))
                     records.append(FrameRecord(
                         video=name, frame_index=n, timestamp=float(frame.time or 0.0),
                         width=frame.width, height=frame.height, sha256=frame_sha256(frame),
                         file=target.name))
                 n += 1
                 bar.update(1)
+            for fut in pending:
+                fut.result()
         except av.error.FFmpegError as exc:
             raise VideoError(f"{video}: decode failed after frame {n}: {exc}") from exc
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
     if n == 0:
         raise VideoError(f"{video}: no frame could be decoded")
@@ -121,13 +152,12 @@ def extract_frames(video: str | Path, out_dir: str | Path, stride: int = 1,
     return records
 
 
-def _write_png(encoder: av.CodecContext, frame: av.VideoFrame, target: Path) -> None:
-    rgb = frame.reformat(format="rgb24")
-    if encoder.width != rgb.width or encoder.height != rgb.height:
-        encoder.width, encoder.height = rgb.width, rgb.height
-    packets = encoder.encode(rgb)
+def _write_png(rgb: av.VideoFrame, target: Path) -> None:
+    encoder = av.CodecContext.create("png", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = rgb.width, rgb.height, "rgb24"
+    encoder.thread_count = 1
     with open(target, "wb") as f:
-        for packet in packets:
+        for packet in (*encoder.encode(rgb), *encoder.encode(None)):
             f.write(bytes(packet))
 
 

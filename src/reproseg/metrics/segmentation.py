@@ -101,6 +101,15 @@ def to_coco_rle(obj) -> dict:
     return {"size": [h, w], "counts": counts}
 
 
+def _areas(rles: list[dict]) -> np.ndarray:
+    """Pixel areas. pycocotools 2.0.11 under numpy 2 raises OverflowError in area() for
+    lists of 256+ masks (it sizes its output with a uint8), so call it in chunks."""
+    out = np.zeros(len(rles), dtype=np.int64)
+    for start in range(0, len(rles), 255):
+        out[start:start + 255] = mask_utils.area(rles[start:start + 255])
+    return out
+
+
 def _rows(records) -> list[dict]:
     if isinstance(records, pa.Table):
         return records.select(["id", "gt_rle", "pred_rle", "size_bucket"]).to_pylist()
@@ -136,17 +145,16 @@ def per_sample(records: pa.Table | Iterable[Mapping]) -> pa.Table:
         buckets.append(bucket)
 
     n = len(rows)
-    gt_area = np.asarray(mask_utils.area(gts), dtype=np.int64) if n else np.zeros(0, np.int64)
+    gt_area = _areas(gts)
     pred_area = np.zeros(n, dtype=np.int64)
     inter = np.zeros(n, dtype=np.int64)
     ok = [i for i, s in enumerate(status) if s == OK]
     if ok:
-        pred_area[ok] = mask_utils.area([preds[i] for i in ok])
+        pred_area[ok] = _areas([preds[i] for i in ok])
         for i in ok:   # one pair at a time: merge works on run lengths, cost ~ runs
             inter[i] = mask_utils.area(mask_utils.merge([gts[i], preds[i]], intersect=True))
     union = gt_area + pred_area - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)   # U == 0: LISA's +1
     return pa.table({
         "id": pa.array([r["id"] for r in rows]),
         "size_bucket": pa.array(buckets, pa.string()),

@@ -283,6 +283,20 @@ def _build_sam2(out: Path, spec: dict, seed: int) -> None:
     (out / SAM2_CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
+def _write_policy(qwen: Path, spec: dict, corpus: list[str], seed: int) -> None:
+    tokenizer = _train_tokenizer(list(corpus), spec["vocab_size"])
+    processor = _build_processor(tokenizer, spec)
+    model = _build_policy(tokenizer, spec, seed)
+    model.save_pretrained(qwen, safe_serialization=True)
+    processor.save_pretrained(qwen)
+
+
+def build_tiny_policy(qwen_dir: str | os.PathLike, spec: dict | None, corpus: list[str], seed: int) -> None:
+    """Only the Qwen2.5-VL part of the bundle (model + processor), for tests and benchmarks of the policy."""
+    with atomic_dir(qwen_dir) as tmp:
+        _write_policy(tmp, resolve_spec(spec), corpus, seed)
+
+
 def build_tiny_bundle(out_dir: str | os.PathLike, spec: dict | None, corpus: list[str], seed: int) -> dict:
     """Writes the tiny Qwen2.5-VL (+processor) and SAM 2.1 bundle; returns {relative file: sha256}.
 
@@ -292,13 +306,7 @@ def build_tiny_bundle(out_dir: str | os.PathLike, spec: dict | None, corpus: lis
 
     spec = resolve_spec(spec)
     with atomic_dir(out_dir) as tmp:
-        tokenizer = _train_tokenizer(list(corpus), spec["vocab_size"])
-        processor = _build_processor(tokenizer, spec)
-        model = _build_policy(tokenizer, spec, seed)
-        qwen = tmp / "qwen"
-        model.save_pretrained(qwen, safe_serialization=True)
-        processor.save_pretrained(qwen)
-        del model
+        _write_policy(tmp / "qwen", spec, corpus, seed)
         _build_sam2(tmp / "sam2", spec, seed)
         (tmp / "spec.json").write_text(
             json.dumps({"spec": spec, "seed": seed, "torch": torch.__version__}, indent=2, sort_keys=True) + "\n"

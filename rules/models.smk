@@ -1,0 +1,59 @@
+# Base models: the tiny bundle built offline (embedded default), or the user's local
+# Qwen2.5-VL-7B and SAM 2.1 weights, checked and checksummed.
+
+MODELS = config["models"]
+BASE_MANIFEST = R("models/base.manifest.json")
+
+if MODELS["source"] == "tiny":
+    BASE_QWEN = R("models/base/qwen")
+    BASE_SAM2 = R("models/base/sam2")
+else:
+    BASE_QWEN = MODELS["local"]["qwen"]
+    BASE_SAM2 = MODELS["local"]["sam2_checkpoint"]
+
+
+rule models_all:
+    input:
+        BASE_MANIFEST,
+
+
+if MODELS["source"] == "tiny":
+
+    rule build_tiny_models:
+        input:
+            train=R("splits/train.parquet"),
+        output:
+            bundle=directory(R("models/base")),
+            manifest=BASE_MANIFEST,
+            prov=prov(BASE_MANIFEST),
+        params:
+            **stage_params("build_tiny_models", "models.tiny"),
+        log:
+            R("logs/build_tiny_models.log"),
+        benchmark:
+            R("benchmarks/build_tiny_models.tsv")
+        resources:
+            **family_resources("cpu_data"),
+        conda:
+            CONDA_ENV
+        script:
+            script_path("build_tiny_models")
+
+else:
+
+    rule check_local_models:
+        output:
+            manifest=BASE_MANIFEST,
+            prov=prov(BASE_MANIFEST),
+        params:
+            **stage_params("check_local_models", "models.local"),
+        log:
+            R("logs/check_local_models.log"),
+        benchmark:
+            R("benchmarks/check_local_models.tsv")
+        resources:
+            **family_resources("cpu_data"),
+        conda:
+            CONDA_ENV
+        script:
+            script_path("check_local_models")

@@ -1,0 +1,1 @@
+"""Reinforcement-learning pieces: completion parsing, reward terms and the GRPO engine."""

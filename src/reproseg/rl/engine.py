@@ -1,0 +1,420 @@
+"""One GRPO engine, on TRL's GRPOTrainer, for every RL stage of the project.
+
+Rollout (TRL's generation, or a later subclass for multi-turn rollouts), reward (plain
+callables the caller passes) and loss (TRL's `loss_type`) are separate pieces. The
+engine adds what the papers' runs need and TRL leaves to the user:
+
+- settings from a plain config dict, with the papers' defaults (GRPO loss, KL 5e-3)
+  instead of TRL's (DAPO loss, no KL);
+- a per-step Parquet log of every reward term, KL, entropy, length and the fraction of
+  prompt groups with zero reward std;
+- exact resume: a stop signal saves a full Trainer checkpoint (weights, optimizer,
+  scheduler, RNG, reward state) and re-running the same call continues from it;
+- the final policy in Hugging Face format (LoRA merged) with its processor.
+
+Directory layout under `out_dir`:
+    checkpoint/   final model + processor (appears whole, or not at all)
+    resume/       Trainer checkpoints (checkpoint-<step>/) and engine_run.json; removed
+                  after success unless `keep_resume_state`
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from reproseg.io_atomic import atomic_dir, write_json
+from reproseg.rl.engine_trainer import StatefulReward, zero_std_fraction  # noqa: F401  (public API)
+
+RESUME_DIR = "resume"
+FINAL_DIR = "checkpoint"
+RUN_MANIFEST = "engine_run.json"
+INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+
+# Keys of a config dict that name the same setting as a field.
+_ALIASES = {
+    "n": "num_generations",
+    "rollout_n": "num_generations",
+    "lr": "learning_rate",
+    "kl_coef": "beta",
+    "clip_ratio": "epsilon",
+    "clip_ratio_high": "epsilon_high",
+    "per_device_train_batch_size": "per_device_batch_size",
+    "grad_accum": "gradient_accumulation_steps",
+}
+
+# Fields that do not change the training trajectory; a resumed run may differ in them.
+_NOT_FINGERPRINTED = ("save_steps", "keep_resume_state", "logging_steps")
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised after a stop signal once the checkpoint is saved; exits the process with 143."""
+
+    def __init__(self, step: int, checkpoint: str):
+        super().__init__(INTERRUPTED_EXIT_CODE)
+        self.step = step
+        self.checkpoint = checkpoint
+
+    def __str__(self) -> str:
+        return f"training stopped by signal at step {self.step}; state saved in {self.checkpoint}"
+
+
+@dataclass
+class GRPOSettings:
+    """GRPO hyper-parameters. Batch sizes count completions, as in TRL.
+
+    Prompts per optimizer step = per_device_batch_size * processes *
+    gradient_accumulation_steps / num_generations.
+    """
+
+    num_generations: int = 8
+    learning_rate: float = 1e-6
+    weight_decay: float = 1e-2
+    beta: float = 5e-3  # KL coefficient (FineRS); TRL's default is 0
+    loss_type: str = "grpo"  # TRL's default is "dapo"
+    epsilon: float = 0.2
+    epsilon_high: float | None = None  # None: symmetric clipping
+    scale_rewards: str = "group"
+    num_iterations: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_completion_length: int = 512
+    per_device_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 200
+    save_steps: int = 50
+    logging_steps: int = 1
+    seed: int = 42
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    bf16: bool | None = None  # None: on when a CUDA GPU with bf16 is present, never on CPU
+    # Weights stay fp32 by default: a 1e-6 update is below bf16's resolution, so bf16
+    # compute comes from autocast / DeepSpeed's bf16 mode with fp32 master weights.
+    model_dtype: str = "float32"
+    gradient_checkpointing: bool = True
+    deepspeed: str | dict | None = None  # a JSON path, a config dict, or "zero2" / "zero3"
+    lora: dict | None = None  # peft.LoraConfig arguments; merged into the final checkpoint
+    reward_weights: dict[str, float] | None = None  # per reward name; default 1.0
+    keep_resume_state: bool = False
+    dataloader_num_workers: int = 0
+    extra_grpo_config: dict = field(default_factory=dict)  # any other GRPOConfig field, verbatim
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "GRPOSettings":
+        d = dict(d or {})
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in d.items():
+            name = _ALIASES.get(key, key)
+            if name not in names:
+                raise ValueError(f"unknown GRPO setting {key!r}; known: {sorted(names)} (aliases {sorted(_ALIASES)})")
+            if name in kwargs:
+                raise ValueError(f"GRPO setting {name!r} given twice (as {key!r} and another alias)")
+            kwargs[name] = value
+        s = cls(**kwargs)
+        s._coerce_and_check()
+        return s
+
+    def _coerce_and_check(self) -> None:
+        # YAML reads "1e-6" as a string; settle numbers here, not deep inside TRL.
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            if f.type in ("float", "float | None"):
+                setattr(self, f.name, float(v))
+            elif f.type == "int":
+                if float(v) != int(float(v)):
+                    raise ValueError(f"GRPO setting {f.name} must be an integer, got {v!r}")
+                setattr(self, f.name, int(float(v)))
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type {self.loss_type!r} not in {LOSS_TYPES}")
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be at least 2 (GRPO compares completions within a group)")
+        if self.model_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model_dtype {self.model_dtype!r} not in ('float32', 'bfloat16', 'float16')")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"scale_rewards {self.scale_rewards!r} not in ('group', 'batch', 'none')")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_FINGERPRINTED}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _use_bf16(settings: GRPOSettings) -> bool:
+    import torch
+
+    if settings.bf16 is not None:
+        if settings.bf16 and not torch.cuda.is_available():
+            raise ValueError("bf16=True needs a CUDA GPU; leave it unset to use bf16 on GPU only")
+        return bool(settings.bf16)
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def _deepspeed_arg(settings: GRPOSettings, bf16: bool):
+    ds = settings.deepspeed
+    if isinstance(ds, str) and ds in ("zero2", "zero3"):
+        from reproseg.rl.engine_launch import deepspeed_config
+
+        return deepspeed_config(int(ds[-1]), bf16=bf16)
+    return ds
+
+
+def build_grpo_config(settings: GRPOSettings, output_dir: str | os.PathLike, reward_names: list[str]):
+    """The TRL GRPOConfig for `settings`; every value that differs from TRL's default is set explicitly."""
+    import torch
+    from trl import GRPOConfig
+
+    bf16 = _use_bf16(settings)
+    weights = None
+    if settings.reward_weights:
+        unknown = sorted(set(settings.reward_weights) - set(reward_names))
+        if unknown:
+            raise ValueError(f"reward_weights name unknown rewards {unknown}; rewards are {reward_names}")
+        weights = [float(settings.reward_weights.get(n, 1.0)) for n in reward_names]
+    kwargs = dict(
+        output_dir=str(output_dir),
+        num_generations=settings.num_generations,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        beta=settings.beta,
+        loss_type=settings.loss_type,
+        epsilon=settings.epsilon,
+        epsilon_high=settings.epsilon_high,
+        scale_rewards=settings.scale_rewards,
+        num_iterations=settings.num_iterations,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_completion_length=settings.max_completion_length,
+        per_device_train_batch_size=settings.per_device_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        max_steps=settings.max_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=1,  # only the newest checkpoint is needed to resume
+        logging_steps=settings.logging_steps,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        warmup_steps=settings.warmup_steps,
+        max_grad_norm=settings.max_grad_norm,
+        bf16=bf16,
+        fp16=False,
+        # transformers 5 renamed gradient_checkpointing; TRL still defaults the old name to True.
+        activation_checkpointing=settings.gradient_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        # explicit, so that several CPU processes under torchrun form one gloo group
+        use_cpu=not torch.cuda.is_available(),
+        deepspeed=_deepspeed_arg(settings, bf16),
+        reward_weights=weights,
+        report_to=[],
+        dataloader_num_workers=settings.dataloader_num_workers,
+        remove_unused_columns=False,  # reward functions read the ground-truth columns
+        shuffle_dataset=True,
+    )
+    kwargs.update(settings.extra_grpo_config)
+    return GRPOConfig(**kwargs)
+
+
+def _dataset(rows: Sequence[dict]):
+    """A datasets.Dataset view of in-memory rows (TRL requires that type).
+
+    Rows are served as they are, through a transform, instead of being converted to
+    Arrow: PIL images and ragged ground-truth columns need no schema that way.
+    """
+    from datasets import Dataset
+
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no training rows")
+    for i, r in enumerate(rows):
+        if "prompt" not in r:
+            raise ValueError(f"row {i} has no 'prompt' (a list of chat messages)")
+
+    def serve(batch):
+        out: dict[str, list] = {}
+        for i in batch["_row"]:
+            for k, v in rows[i].items():
+                out.setdefault(k, []).append(v)
+        return out
+
+    return Dataset.from_dict({"_row": list(range(len(rows)))}).with_transform(serve)
+
+
+def _completed_checkpoints(resume_dir: Path) -> list[Path]:
+    """Trainer checkpoints whose trainer_state.json exists (it is written last), oldest first."""
+    found = []
+    for p in resume_dir.glob("checkpoint-*"):
+        suffix = p.name.rsplit("-", 1)[-1]
+        if p.is_dir() and suffix.isdigit() and (p / "trainer_state.json").is_file():
+            found.append((int(suffix), p))
+    return [p for _, p in sorted(found)]
+
+
+def _policy_identity(policy_dir: Path) -> dict:
+    # Names and sizes, not hashes: shards are GBs and this runs on every start.
+    return {p.name: p.stat().st_size for p in sorted(policy_dir.iterdir()) if p.is_file()}
+
+
+def _check_or_write_manifest(resume_dir: Path, manifest: dict, is_main: bool) -> None:
+    path = resume_dir / RUN_MANIFEST
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != manifest:
+            diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+            raise ValueError(
+                f"{resume_dir} holds the state of a different run (differs in {diff}); "
+                "delete that directory to start this run from scratch"
+            )
+    elif is_main:
+        write_json(path, manifest)
+
+
+def _lora_config(lora: dict):
+    from peft import LoraConfig
+
+    cfg = dict(lora)
+    # Plain module names would also match the vision tower's MLP (gate/up/down_proj);
+    # the default adapts the language model only.
+    cfg.setdefault(
+        "target_modules",
+        r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+    )
+    cfg.setdefault("task_type", "CAUSAL_LM")
+    return LoraConfig(**cfg)
+
+
+def _export_final(trainer, policy_dir: Path, out_dir: Path, settings: GRPOSettings, processor) -> None:
+    """Final weights in Hugging Face format (LoRA merged) with the processor, written atomically."""
+    staging = out_dir / f".{FINAL_DIR}-staging"
+    # Every rank takes part: under ZeRO-3 the weights are gathered for the save.
+    trainer.save_model(str(staging))
+    if trainer.accelerator.is_main_process:
+        with atomic_dir(out_dir / FINAL_DIR) as tmp:
+            if settings.lora:
+                import torch
+                from peft import PeftModel
+                from transformers import Qwen2_5_VLForConditionalGeneration
+
+                base = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                    policy_dir, dtype=getattr(torch, settings.model_dtype), local_files_only=True
+                )
+                merged = PeftModel.from_pretrained(base, staging).merge_and_unload()
+                merged.save_pretrained(tmp, safe_serialization=True)
+            else:
+                for p in staging.iterdir():
+                    if p.name != "training_args.bin":  # a pickle of the config; not part of an HF model dir
+                        shutil.move(str(p), tmp / p.name)
+            processor.save_pretrained(tmp)
+            write_json(tmp / "engine_summary.json", {
+                "settings": settings.to_dict(),
+                "global_step": trainer.state.global_step,
+                "policy_dir": str(policy_dir),
+            })
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
+def train_grpo(
+    policy_dir: str | os.PathLike,
+    dataset_rows: Sequence[dict],
+    reward_fns: dict[str, Callable[..., Sequence[float | None]]],
+    settings: GRPOSettings | dict,
+    out_dir: str | os.PathLike,
+    log_path: str | os.PathLike,
+    *,
+    callbacks: Sequence = (),
+) -> None:
+    """Trains the policy in `policy_dir` with GRPO; resumes if `out_dir` holds a saved state.
+
+    dataset_rows: `{"prompt": [chat messages], "image": PIL.Image, **ground-truth columns}`.
+    reward_fns: name -> `fn(completions: list[str], **columns) -> list[float]`, where the
+    columns are the rows' columns other than "prompt", one list entry per completion. A
+    reward that also implements StatefulReward is flushed after every optimizer step
+    and checkpointed. The total reward is the (weighted) sum of the terms.
+
+    On SIGTERM/SIGUSR1 the run saves its full state at the end of the current step and
+    raises TrainingInterrupted (exit code 143); calling again with the same arguments
+    continues from there.
+    """
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from reproseg.rl.engine_callbacks import (
+        ParquetLogCallback,
+        RewardStateCallback,
+        StopOnSignalCallback,
+        StopSignal,
+    )
+    from reproseg.rl.engine_trainer import EngineGRPOTrainer, RewardAdapter, load_reward_states
+
+    settings = settings if isinstance(settings, GRPOSettings) else GRPOSettings.from_dict(settings)
+    policy_dir, out_dir = Path(policy_dir), Path(out_dir)
+    resume_dir = out_dir / RESUME_DIR
+    reward_names = list(reward_fns)
+    if not reward_names:
+        raise ValueError("at least one reward function is needed")
+
+    # The config comes before the model: under ZeRO-3 it must exist when the weights load.
+    args = build_grpo_config(settings, resume_dir, reward_names)
+    is_main = args.process_index == 0
+    print("DEBUG rank", os.environ.get("RANK"), args.process_index, args.world_size, flush=True)
+    resume_dir.mkdir(parents=True, exist_ok=True)
+    _check_or_write_manifest(resume_dir, {
+        "settings": settings.fingerprint(),
+        "rewards": reward_names,
+        "num_rows": len(dataset_rows),
+        "policy": _policy_identity(policy_dir),
+        "world_size": args.world_size,
+    }, is_main)
+    done = _completed_checkpoints(resume_dir)
+    last = done[-1] if done else None
+    resume_step = int(json.loads((last / "trainer_state.json").read_text())["global_step"]) if last else None
+
+    import torch
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        policy_dir, dtype=getattr(torch, settings.model_dtype), local_files_only=True
+    )
+    processor = AutoProcessor.from_pretrained(policy_dir, local_files_only=True, padding_side="left")
+
+    stateful = {n: f for n, f in reward_fns.items() if isinstance(f, StatefulReward)}
+    if last is not None:
+        load_reward_states(last, stateful, args.process_index)
+
+    stop = StopSignal()
+    stop_cb = StopOnSignalCallback(stop)
+    trainer = EngineGRPOTrainer(
+        model=model,
+        reward_funcs=[RewardAdapter(n, f) for n, f in reward_fns.items()],
+        args=args,
+        train_dataset=_dataset(dataset_rows),
+        processing_class=processor,
+        peft_config=_lora_config(settings.lora) if settings.lora else None,
+        # The stop check comes last so a signal raised by an earlier callback is seen in the same step.
+        callbacks=[
+            ParquetLogCallback(log_path, reward_names, resume_step),
+            RewardStateCallback(stateful),
+            *callbacks,
+            stop_cb,
+        ],
+        stateful_rewards=stateful,
+    )
+    with stop:
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
+        stopped = stop_cb.stopped_at_step
+        if stopped is not None and trainer.state.global_step < args.max_steps:
+            raise TrainingInterrupted(stopped, str(resume_dir / f"checkpoint-{stopped}"))
+        _export_final(trainer, policy_dir, out_dir, settings, processor)
+    if is_main and not settings.keep_resume_state:
+        shutil.rmtree(resume_dir, ignore_errors=True)

@@ -1,0 +1,159 @@
+"""Trainer callbacks of the GRPO engine: the per-step Parquet log, stateful-reward flushes,
+and a clean stop with a full checkpoint when the job is told to end (Slurm's SIGTERM).
+"""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from reproseg.io_atomic import write_parquet
+
+# TRL log key -> column in the engine's log. Missing keys become NaN (TRL logs no
+# "kl" when beta is 0, for instance).
+_LOG_COLUMNS = {
+    "loss": "loss",
+    "grad_norm": "grad_norm",
+    "learning_rate": "learning_rate",
+    "reward": "reward_mean",
+    "reward_std": "reward_std",
+    "kl": "kl",
+    "entropy": "entropy",
+    "completions/mean_length": "completion_length_mean",
+    "completions/clipped_ratio": "clipped_ratio",
+    "engine/frac_zero_std": "frac_zero_std",
+    "frac_reward_zero_std": "frac_zero_std_trl",
+    "clip_ratio/region_mean": "clip_ratio",
+    "step_time": "step_time_s",
+}
+
+
+def log_columns(reward_names: list[str]) -> list[str]:
+    cols = ["step", "epoch", *_LOG_COLUMNS.values()]
+    for name in reward_names:
+        cols += [f"reward_{name}_mean", f"reward_{name}_std"]
+    return cols + ["wall_time"]
+
+
+def _number(v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+class ParquetLogCallback(TrainerCallback):
+    """One row per optimizer step, the whole table rewritten atomically after each step.
+
+    On resume, rows past the resumed step (logged after the checkpoint by a run that
+    was then killed) are dropped, so the log matches the weights.
+    """
+
+    def __init__(self, path: str | Path, reward_names: list[str], resume_step: int | None):
+        self.path = Path(path)
+        self.reward_names = list(reward_names)
+        self.columns = log_columns(self.reward_names)
+        self.rows: list[dict] = []
+        if resume_step is not None and self.path.is_file():
+            import pyarrow.parquet as pq
+
+            old = pq.read_table(self.path).to_pylist()
+            self.rows = [r for r in old if r.get("step", math.inf) <= resume_step]
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # The end-of-training summary is logged too; only step logs carry "reward".
+        if not state.is_world_process_zero or not logs or "reward" not in logs:
+            return
+        row = {col: _number(logs.get(key)) for key, col in _LOG_COLUMNS.items()}
+        for name in self.reward_names:
+            row[f"reward_{name}_mean"] = _number(logs.get(f"rewards/{name}/mean"))
+            row[f"reward_{name}_std"] = _number(logs.get(f"rewards/{name}/std"))
+        row["step"] = int(state.global_step)
+        row["epoch"] = _number(state.epoch)
+        row["wall_time"] = time.time()
+        self.rows = [r for r in self.rows if r["step"] < row["step"]] + [row]
+        self.write()
+
+    def write(self) -> None:
+        import pyarrow as pa
+
+        schema = pa.schema([(c, pa.int64() if c == "step" else pa.float64()) for c in self.columns])
+        table = pa.Table.from_pylist([{c: r.get(c, math.nan) for c in self.columns} for r in self.rows], schema)
+        write_parquet(self.path, table)
+
+
+class RewardStateCallback(TrainerCallback):
+    """Calls each stateful reward's `on_step_end()` once per optimizer step.
+
+    `on_step_end` of a callback runs after the optimizer step and before the step's
+    checkpoint is saved, so the saved state is the flushed one.
+    """
+
+    def __init__(self, rewards: dict):
+        self.rewards = rewards
+
+    def on_step_end(self, args, state, control, **kwargs):
+        for reward in self.rewards.values():
+            reward.on_step_end()
+
+
+class StopSignal:
+    """Records SIGTERM/SIGUSR1 instead of dying, while training runs.
+
+    Slurm sends SIGTERM before a preemption or the time limit (or, with
+    `--signal=USR1@<seconds>`, SIGUSR1 earlier), then SIGKILL after a grace time. The
+    handler only sets a flag; the stop callback turns it into "save, then stop".
+    """
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
+        self.signals = tuple(signals)
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __enter__(self):
+        # signal.signal works only in the main thread; elsewhere the caller's handlers stay.
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+        return False
+
+
+class StopOnSignalCallback(TrainerCallback):
+    """At the end of a step after a stop signal: save a full checkpoint and end training.
+
+    Under several processes the flag is max-reduced so that all ranks save and stop at
+    the same step (a rank that stopped alone would hang the others in a collective).
+    """
+
+    def __init__(self, stop: StopSignal):
+        self.stop = stop
+        self.stopped_at_step: int | None = None
+
+    def _any_rank(self, args) -> bool:
+        flag = self.stop.received is not None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            t = torch.tensor([1 if flag else 0], device=args.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopped_at_step is None and self._any_rank(args):
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at_step = state.global_step

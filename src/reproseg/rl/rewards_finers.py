@@ -1,0 +1,338 @@
+"""FineRS reward terms: LPR (paper Eq. 6, max 6) and GSE (Eq. 7, max 7).
+
+Every term has the shape `term(parsed: Parsed, gt: FinersTarget, profile: RewardProfile)
+-> float`, is binary except `size` (0, 0.5 or 1), and scores 0.0 for anything malformed
+instead of raising, as the authors' reward code does.
+
+Two profiles (`RewardProfile.paper()`, the default, and `RewardProfile.reference_code()`)
+hold every point where the paper's text (sec. 4.4, appendix A.2) and the authors' code
+(JiazuoYu/Fines, verl/utils/reward_score/seg_restrict_qa.py and
+seg_restrict8_regions_and_qa.py) disagree; see the field comments.
+
+Question types use the FineRS-4k `Q-type` names: "referring" (IS), "option" (MVQA) and
+"reasoning" (OVQA).
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from reproseg.rl import geometry as geo
+from reproseg.rl.parsing import Box, Parsed, Point, parse, to_box, to_point
+
+LPR_TERMS = ("box_iou", "box_l1", "point", "format", "think", "response")
+GSE_TERMS = ("region_iou", "region_l1", "size", "cover", "format", "think", "response")
+STAGES = ("lpr", "gse")
+
+_QTYPES = {"referring": "is", "is": "is", "option": "mvqa", "mvqa": "mvqa",
+           "reasoning": "ovqa", "ovqa": "ovqa"}
+# A GT option is a letter, maybe with its text after it: "B", "(b)", "B. red".
+_LEADING_LETTER = re.compile(r"^[\s(\[{'\"]*([a-z])(?:[\s)\]}'\".:]|$)", re.IGNORECASE)
+# Paper MVQA: the response is the letter and nothing else but decoration.
+_ONLY_LETTER = re.compile(r"^[\s(\[{'\"]*([a-z])[\s)\]}'\".:]*$", re.IGNORECASE)
+_IS_PHRASE = re.compile(r"\bis\s+(?:found|detected)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RewardProfile:
+    name: str
+    # Where the answer JSON is read: "answer_block" (inside <answer>) or "first_object"
+    # (the code's first `{[^}]+}` anywhere in the completion, even inside <think>).
+    answer_source: str
+    # format: exactly the template's keys with well-formed values (paper: "exact
+    # keywords"), or the keys present, list lengths right and a non-blank response (code).
+    exact_keys: bool
+    iou_plus_one: bool          # code: inclusive-pixel areas ...
+    iou_strict: bool            # ... and the strict overlap test
+    point_metric: str           # "l1" (paper A.2) or "euclidean" (code); best of both pairings
+    point_truncate: bool        # code: int() on predicted points first
+    point_inside_box: bool      # code: both points must lie in the predicted box
+    region_iou_min: float       # paper 0.5, code 0.9
+    region_l1_max: float        # paper 10, code 20
+    gse_box_key: str            # paper template {region, response}; code reads "bbox"
+    size_plus_one: bool         # code: width = x2 - x1 + 1
+    is_rule: str                # "phrase": word-bounded "is found/detected"; "substring"
+    mvqa_rule: str              # "exact" option letter, or "letter" anywhere as a word
+    ovqa_rule: str              # "whole" response vs answer, or any "word" vs answer
+    ovqa_max_words_lpr: int | None  # code (LPR only): > 3 predicted words scores 0
+    box_iou_min: float = 0.5
+    box_l1_max: float = 10.0
+    point_max: float = 100.0
+    size_target: float = 256.0  # 256 px in 1920x1080 = 512 px in the 4K original
+    size_tol: float = 15.0
+    ovqa_min_ratio: float = 0.8  # both use >=; the paper's "exceeds" is read as the usual cut
+
+    @classmethod
+    def paper(cls) -> "RewardProfile":
+        return cls(name="paper", answer_source="answer_block", exact_keys=True,
+                   iou_plus_one=False, iou_strict=False, point_metric="l1",
+                   point_truncate=False, point_inside_box=False, region_iou_min=0.5,
+                   region_l1_max=10.0, gse_box_key="region", size_plus_one=False,
+                   is_rule="phrase", mvqa_rule="exact", ovqa_rule="whole",
+                   ovqa_max_words_lpr=None)
+
+    @classmethod
+    def reference_code(cls) -> "RewardProfile":
+        return cls(name="reference_code", answer_source="first_object", exact_keys=False,
+                   iou_plus_one=True, iou_strict=True, point_metric="euclidean",
+                   point_truncate=True, point_inside_box=True, region_iou_min=0.9,
+                   region_l1_max=20.0, gse_box_key="bbox", size_plus_one=True,
+                   is_rule="substring", mvqa_rule="letter", ovqa_rule="word",
+                   ovqa_max_words_lpr=3)
+
+    @classmethod
+    def by_name(cls, name: str) -> "RewardProfile":
+        if name == "paper":
+            return cls.paper()
+        if name == "reference_code":
+            return cls.reference_code()
+        raise ValueError(f"unknown FineRS reward profile {name!r}; expected 'paper' or 'reference_code'")
+
+
+@dataclass(frozen=True)
+class FinersTarget:
+    """Ground truth of one sample. LPR reads bbox and points (crop coordinates); GSE reads
+    region (`best_region`) and bbox (the object box, for the cover term), both in
+    1920x1080 coordinates."""
+    qtype: str = "referring"
+    answer: str = ""
+    bbox: Box | None = None
+    points: tuple[Point, Point] | None = None
+    region: Box | None = None
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> "FinersTarget":
+        pts = m.get("points")
+        points = None
+        if isinstance(pts, (list, tuple)) and len(pts) == 2:
+            p1, p2 = to_point(pts[0]), to_point(pts[1])
+            points = (p1, p2) if p1 is not None and p2 is not None else None
+        return cls(qtype=str(m.get("qtype", "referring")), answer=str(m.get("answer", "") or ""),
+                   bbox=to_box(m.get("bbox")), points=points, region=to_box(m.get("region")))
+
+
+def _safe(fn: Callable[..., float]) -> Callable[..., float]:
+    """A term scores 0.0 rather than raise (the authors' terms swallow their errors too)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs) -> float:
+        try:
+            return float(fn(*args, **kwargs))
+        except Exception:
+            return 0.0
+    return wrapper
+
+
+def _answer(parsed: Parsed, profile: RewardProfile) -> dict | None:
+    d = parsed.first_object if profile.answer_source == "first_object" else parsed.answer
+    return d if isinstance(d, dict) else None
+
+
+def _pred_box(parsed: Parsed, profile: RewardProfile, key: str) -> Box | None:
+    d = _answer(parsed, profile)
+    return to_box(d.get(key)) if d is not None else None
+
+
+def _format(parsed: Parsed, profile: RewardProfile, box_key: str, point_keys: tuple[str, ...]) -> float:
+    d = _answer(parsed, profile)
+    if d is None:
+        return 0.0
+    keys = (box_key, *point_keys, "response")
+    response = d.get("response")
+    if profile.exact_keys:
+        ok = (set(d) == set(keys) and to_box(d[box_key]) is not None
+              and all(to_point(d[k]) is not None for k in point_keys) and isinstance(response, str))
+    else:
+        ok = (all(k in d for k in keys) and isinstance(d[box_key], list) and len(d[box_key]) == 4
+              and all(isinstance(d[k], list) and len(d[k]) == 2 for k in point_keys)
+              and isinstance(response, str) and response.strip() != "")
+    return float(ok)
+
+
+# ---------------------------------------------------------------- shared terms
+
+@_safe
+def think_reward(parsed: Parsed, gt: FinersTarget | None = None, profile: RewardProfile | None = None) -> float:
+    return float(parsed.think_ok)
+
+
+def _option_letter(answer: str) -> str | None:
+    m = _LEADING_LETTER.match(answer or "")
+    return m.group(1).lower() if m else None
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _response_correct(response: str, gt: FinersTarget, profile: RewardProfile, max_words: int | None) -> bool:
+    task = _QTYPES.get(str(gt.qtype).lower())
+    if task == "is":
+        if profile.is_rule == "substring":
+            low = response.lower()
+            return "is found" in low or "is detected" in low
+        return _IS_PHRASE.search(response) is not None
+    if task == "mvqa":
+        letter = _option_letter(gt.answer)
+        if letter is None:
+            return False
+        if profile.mvqa_rule == "letter":
+            return re.search(rf"\b{letter}\b", response.lower()) is not None
+        m = _ONLY_LETTER.match(response)
+        return m is not None and m.group(1).lower() == letter
+    if task == "ovqa":
+        answer = gt.answer.strip().lower()
+        if not answer:
+            return False
+        if profile.ovqa_rule == "word":
+            words = response.split()  # the code does not lower-case the prediction
+            if max_words is not None and len(words) > max_words:
+                return False
+            return any(difflib.SequenceMatcher(None, w, answer).ratio() >= profile.ovqa_min_ratio
+                       for w in words)
+        ratio = difflib.SequenceMatcher(None, _norm(response), _norm(gt.answer)).ratio()
+        return ratio >= profile.ovqa_min_ratio
+    return False
+
+
+def _response(parsed: Parsed, gt: FinersTarget, profile: RewardProfile, max_words: int | None) -> float:
+    d = _answer(parsed, profile)
+    response = d.get("response") if d is not None else None
+    if not isinstance(response, str):
+        return 0.0
+    return float(_response_correct(response, gt, profile, max_words))
+
+
+# ---------------------------------------------------------------- LPR terms (Eq. 6)
+
+@_safe
+def box_iou_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
+    pred = _pred_box(parsed, profile, "bbox")
+    if pred is None or gt.bbox is None:
+        return 0.0
+    iou = geo.box_iou(pred, gt.bbox, plus_one=profile.iou_plus_one, strict=profile.iou_strict)
+    return float(iou > profile.box_iou_min)
+
+
+@_safe
+def box_l1_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
+    pred = _pred_box(parsed, profile, "bbox")
+    if pred is None or gt.bbox is None:
+        return 0.0
+    return float(geo.box_l1(pred, gt.bbox) < profile.box_l1_max)
+
+
+def pair_distance(pred: tuple[Point, Point], gt: tuple[Point, Point], metric: str) -> float:
+    """Mean distance of two predicted points to two GT points under the better of the two
+    pairings (the GT points carry no order)."""
+    d = geo.point_l1 if metric == "l1" else geo.point_distance
+    straight = d(pred[0], gt[0]) + d(pred[1], gt[1])
+    crossed = d(pred[0], gt[1]) + d(pred[1], gt[0])
+    return min(straight, crossed) / 2.0
+
+
+@_safe
+def point_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
+    d = _answer(parsed, profile)
+    if d is None or gt.points is None:
+        return 0.0
+    p1, p2 = to_point(d.get("points_1")), to_point(d.get("points_2"))
+    if p1 is None or p2 is None:
+        return 0.0
+    if profile.point_truncate:
+        p1 = (float(int(p1[0])), float(int(p1[1])))
+        p2 = (float(int(p2[0])), float(int(p2[1])))
+    if profile.point_inside_box:
+        box = to_box(d.get("bbox"))
+        if box is None or not (geo.point_in_box(p1, box) and geo.point_in_box(p2, box)):
+            return 0.0
+    return float(pair_distance((p1, p2), gt.points, profile.point_metric) < profile.point_max)
+
+
+@_safe
+def lpr_format_reward(parsed: Parsed, gt: FinersTarget | None, profile: RewardProfile) -> float:
+    return _format(parsed, profile, "bbox", ("points_1", "points_2"))
+
+
+@_safe
+def lpr_response_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
+    return _response(parsed, gt, profile, profile.ovqa_max_words_lpr)
+
+
+# ---------------------------------------------------------------- GSE terms (Eq. 7)
+
+@_safe
+def region_iou_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
+    pred = _pred_box(parsed, profile, profile.gse_box_key)
+    if pred is None or gt.region is None:
+        return 0.0
+    iou = geo.box_iou(pred, gt.region, plus_one=profile.iou_plus_one, strict=profile.iou_strict)
+    return float(iou > profile.region_iou_min)
+
+
+@_safe
+def region_l1_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
+    pred = _pred_box(parsed, profile, profile.gse_box_key)
+    if pred is None or gt.region is None:
+        return 0.0
+    return float(geo.box_l1(pred, gt.region) < profile.region_l1_max)
+
+
+@_safe
+def size_reward(parsed: Parsed, gt: FinersTarget | None, profile: RewardProfile) -> float:
+    """1 if both sides are size_target +- size_tol, 0.5 if one is (the paper gives no
+    tolerance; 256+-15 with half credit is the code's rule, kept for both profiles)."""
+    pred = _pred_box(parsed, profile, profile.gse_box_key)
+    if pred is None:
+        return 0.0
+    w, h = geo.box_size(pred, plus_one=profile.size_plus_one)
+    ok = [math.fabs(s - profile.size_target) <= profile.size_tol for s in (w, h)]
+    return 1.0 if all(ok) else 0.5 if any(ok) else 0.0
+
+
+@_safe
+def cover_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
+    pred = _pred_box(parsed, profile, profile.gse_box_key)
+    if pred is None or gt.bbox is None:
+        return 0.0
+    return float(geo.box_contains(pred, gt.bbox))
+
+
+@_safe
+def gse_format_reward(parsed: Parsed, gt: FinersTarget | None, profile: RewardProfile) -> float:
+    return _format(parsed, profile, profile.gse_box_key, ())
+
+
+@_safe
+def gse_response_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
+    return _response(parsed, gt, profile, None)  # the code's 3-word cut is LPR-only
+
+
+TERMS: dict[str, dict[str, Callable[[Parsed, FinersTarget, RewardProfile], float]]] = {
+    "lpr": {"box_iou": box_iou_reward, "box_l1": box_l1_reward, "point": point_reward,
+            "format": lpr_format_reward, "think": think_reward, "response": lpr_response_reward},
+    "gse": {"region_iou": region_iou_reward, "region_l1": region_l1_reward, "size": size_reward,
+            "cover": cover_reward, "format": gse_format_reward, "think": think_reward,
+            "response": gse_response_reward},
+}
+
+
+def total_reward(parsed: Parsed | str, gt: FinersTarget, profile: RewardProfile | None = None,
+                 disabled: frozenset[str] | set[str] = frozenset(), stage: str = "lpr") -> dict[str, float]:
+    """Every term of `stage` plus "total" (their sum). A disabled term (ablations such
+    as "w/o QA reward" = {"response"}) reports 0.0 and adds nothing. Unknown stage or
+    term names raise ValueError: those are configuration errors, not model output."""
+    if stage not in TERMS:
+        raise ValueError(f"unknown FineRS stage {stage!r}; expected one of {STAGES}")
+    unknown = set(disabled) - set(TERMS[stage])
+    if unknown:
+        raise ValueError(f"unknown {stage} reward terms {sorted(unknown)}; terms are {list(TERMS[stage])}")
+    profile = profile or RewardProfile.paper()
+    if not isinstance(parsed, Parsed):
+        parsed = parse(parsed)
+    out = {name: 0.0 if name in disabled else fn(parsed, gt, profile) for name, fn in TERMS[stage].items()}
+    out["total"] = float(sum(out.values()))
+    return out

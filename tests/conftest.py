@@ -1,0 +1,30 @@
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "workflow: runs Snakemake on the workflow")
+
+
+@pytest.fixture(scope="session")
+def ffmpeg():
+    """The ffmpeg CLI, an independent decoder. `make test` installs it (Debian package)."""
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        pytest.fail("the ffmpeg CLI is missing: run `make test`, which installs it")
+    return exe
+
+
+def ffmpeg_clip(ffmpeg, path, codec, frames=12, size="3840x2160"):
+    extra = ["-x265-params", "log-level=error"] if codec == "libx265" else []
+    subprocess.run([ffmpeg, "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
+                    "-frames:v", str(frames), "-c:v", codec, "-pix_fmt", "yuv420p", *extra, str(path)],
+                   check=True)
+    return path

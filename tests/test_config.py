@@ -1,0 +1,73 @@
+"""Config schema validation, resolution and canonical subsets."""
+import copy
+from pathlib import Path
+
+import pytest
+
+from reproseg import config as cfglib
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = cfglib.load_yaml(ROOT / "config" / "schema.yaml")
+
+
+@pytest.fixture
+def default():
+    return cfglib.resolve(cfglib.load_yaml(ROOT / "config" / "config.yaml"))
+
+
+def test_default_is_valid(default):
+    cfglib.validate(default, SCHEMA)
+
+
+def test_paper_config_is_valid_and_resolves_env(monkeypatch, default):
+    monkeypatch.setenv("REPROSEG_MODELS", "/models")
+    monkeypatch.setenv("REPROSEG_DATA", "/data")
+    cfg = cfglib.resolve(default, [cfglib.load_yaml(ROOT / "config" / "paper.yaml")])
+    cfglib.validate(cfg, SCHEMA)
+    assert cfg["models"]["local"]["qwen"] == "/models/Qwen2.5-VL-7B-Instruct"
+    assert cfg["data"]["images_dir"] == "/data/finers4k/images"
+    assert cfg["finers"]["gse_size"] == [1920, 1080] and cfg["finers"]["lpr_crop"] == 512
+    g = cfg["finers"]["grpo"]
+    assert (g["num_generations"], g["learning_rate"], g["weight_decay"], g["beta"]) == (8, 1e-6, 0.01, 5e-3)
+
+
+@pytest.mark.parametrize("path, value, expected", [
+    (("data", "splits", "seed"), -1, "config key 'data.splits.seed'"),
+    (("data", "source"), "youtube", "config key 'data.source'"),
+    (("data", "frames", "stride"), "4", "config key 'data.frames.stride'"),
+    (("data", "annotations", "on_invalid"), "ignore", "config key 'data.annotations.on_invalid'"),
+    (("data", "synthetic", "width"), 641, "config key 'data.synthetic.width'"),
+])
+def test_schema_errors_name_the_key(default, path, value, expected):
+    cfg = copy.deepcopy(default)
+    node = cfg
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    with pytest.raises(cfglib.ConfigError, match=expected.replace(".", r"\.")):
+        cfglib.validate(cfg, SCHEMA)
+
+
+def test_unknown_key_is_an_error(default):
+    cfg = copy.deepcopy(default)
+    cfg["data"]["frame"] = {"stride": 2}   # typo of "frames"
+    with pytest.raises(cfglib.ConfigError, match="'frame' was unexpected"):
+        cfglib.validate(cfg, SCHEMA)
+
+
+def test_cross_key_rules(default):
+    cfg = copy.deepcopy(default)
+    cfg["data"]["source"] = "images"
+    with pytest.raises(cfglib.ConfigError, match="data.images_dir.*required when data.source is 'images'"):
+        cfglib.validate(cfg, SCHEMA)
+    cfg = copy.deepcopy(default)
+    cfg["models"]["source"] = "local"
+    with pytest.raises(cfglib.ConfigError, match="models.local.qwen"):
+        cfglib.validate(cfg, SCHEMA)
+
+
+def test_subset_and_canonical_are_order_independent(default):
+    a = cfglib.canonical(cfglib.subset(default, ["data.splits", "data.frames"]))
+    b = cfglib.canonical(cfglib.subset(default, ["data.frames", "data.splits"]))
+    assert a == b
+    assert '"stride":4' in a and '"proportions"' in a and "synthetic" not in a

@@ -1,0 +1,237 @@
+"""GRPO engine on a tiny random Qwen2.5-VL: logging, checkpoints, exact resume, reward state."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import math
+import signal
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from reproseg.models.tiny_bundle import build_tiny_policy
+from reproseg.rl.engine import GRPOSettings, StatefulReward, TrainingInterrupted, train_grpo, zero_std_fraction
+from reproseg.rl.engine_callbacks import log_columns
+from reproseg.rl.engine_launch import WORKER_MODULE, deepspeed_config, launch_command, visible_gpu_count
+from reproseg.rl.engine_trainer import reward_state_file
+
+SETTINGS = dict(
+    n=4,
+    lr=1e-3,  # large enough that every step moves the weights visibly
+    per_device_batch_size=4,
+    gradient_accumulation_steps=2,  # 2 prompts x 4 completions per optimizer step
+    max_completion_length=8,
+    max_steps=3,
+    save_steps=100,
+    gradient_checkpointing=False,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("policy") / "qwen"
+    build_tiny_policy(path, {}, ["find the car"], seed=0)
+    return path
+
+
+def _rows():
+    return [
+        {"prompt": [{"role": "user", "content": f"Find object {i}."}],
+         "image": Image.fromarray(np.full((56, 56, 3), 40 + 60 * i, np.uint8)),
+         "kind": kind}
+        for i, kind in enumerate(["const", "vary"])
+    ]
+
+
+def length_reward(completions, kind, **columns):
+    # "const" prompts always score 0, so their group has zero std by construction.
+    assert "image" in columns and "prompt" not in columns
+    return [0.0 if k == "const" else float(len(c) % 3) for c, k in zip(completions, kind)]
+
+
+class CountingReward:
+    """A stateful reward: buffers completions, flushes them after each optimizer step."""
+
+    def __init__(self):
+        self.pending = 0
+        self.flushed = []  # completions per flush
+        self.totals = []  # the total rewards of each call, for the zero-std check
+
+    def __call__(self, completions, kind, **columns):
+        self.pending += len(completions)
+        self.totals.append(length_reward(completions, kind, **columns))
+        return [0.0] * len(completions)
+
+    def on_step_end(self):
+        self.flushed.append(self.pending)
+        self.pending = 0
+
+    def state_dict(self):
+        return {"pending": self.pending, "flushed": list(self.flushed)}
+
+    def load_state_dict(self, state):
+        self.pending = state["pending"]
+        self.flushed = list(state["flushed"])
+
+
+class SigtermAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def run_a(policy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run_a")
+    counter = CountingReward()
+    train_grpo(policy, _rows(), {"length": length_reward, "count": counter}, SETTINGS, out, out / "log.parquet")
+    return out, counter
+
+
+def test_zero_std_fraction_hand_made():
+    rewards = [1, 1, 1, 1,  0, 1, 0, 1,  2, 2, 2, 2,  0.5, 0.5, 0.5, 0.5000001]
+    assert zero_std_fraction(rewards, 4) == 0.5
+    assert zero_std_fraction([1, 1, math.nan, 1, 0, 0, 0, 1], 4) == 0.5  # NaN left out of its group
+    assert zero_std_fraction([math.nan] * 4, 4) == 0.0
+    assert zero_std_fraction(torch.tensor([3.0, 3.0]), 2) == 1.0
+
+
+def test_settings_from_dict():
+    s = GRPOSettings.from_dict({"n": 8, "lr": "1e-6", "kl_coef": 0.005, "max_steps": "200"})
+    assert (s.num_generations, s.learning_rate, s.beta, s.max_steps, s.loss_type) == (8, 1e-6, 0.005, 200, "grpo")
+    with pytest.raises(ValueError, match="unknown GRPO setting"):
+        GRPOSettings.from_dict({"num_gen": 8})
+    with pytest.raises(ValueError, match="loss_type"):
+        GRPOSettings.from_dict({"loss_type": "ppo"})
+    assert s.fingerprint() == GRPOSettings.from_dict({"n": 8, "lr": 1e-6, "beta": 0.005, "max_steps": 200,
+                                                      "save_steps": 7}).fingerprint()
+
+
+def test_training_log_checkpoint_and_reward_state(run_a, policy):
+    out, counter = run_a
+    table = pq.read_table(out / "log.parquet")
+    assert table.column_names == log_columns(["length", "count"])
+    log = table.to_pylist()
+    assert [r["step"] for r in log] == [1, 2, 3]
+    for r in log:
+        for col in ("reward_mean", "reward_std", "reward_length_mean", "reward_count_mean", "kl", "entropy",
+                    "completion_length_mean", "frac_zero_std", "loss", "grad_norm"):
+            assert math.isfinite(r[col]), col
+        assert 0 < r["completion_length_mean"] <= SETTINGS["max_completion_length"]
+
+    # Flushed once per optimizer step, each time with that step's 2 x 4 completions.
+    assert counter.flushed == [8, 8, 8] and counter.pending == 0
+    # The logged zero-std fraction matches the rewards the step produced.
+    for r, totals in zip(log, counter.totals):
+        groups = [totals[i:i + 4] for i in range(0, 8, 4)]
+        assert r["frac_zero_std"] == sum(len(set(g)) == 1 for g in groups) / len(groups)
+        assert r["frac_zero_std"] >= 0.5  # the "const" group
+        assert r["reward_mean"] == pytest.approx(sum(totals) / 8)
+
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    final = out / "checkpoint"
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(final, local_files_only=True)
+    AutoProcessor.from_pretrained(final, local_files_only=True)
+    trained = load_file(final / "model.safetensors")
+    base = load_file(policy / "model.safetensors")
+    assert trained.keys() == base.keys()
+    assert any(not torch.equal(trained[k], base[k]) for k in base)
+    assert model.config.image_token_id == Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        policy, local_files_only=True).config.image_token_id
+    assert not (out / "resume").exists()  # removed after success unless keep_resume_state
+
+
+def test_resume_after_sigterm_is_exact(run_a, policy, tmp_path):
+    out_a, _ = run_a
+    out_b = tmp_path / "run_b"
+    counter = CountingReward()
+    with pytest.raises(TrainingInterrupted) as info:
+        train_grpo(policy, _rows(), {"length": length_reward, "count": counter}, SETTINGS, out_b,
+                   out_b / "log.parquet", callbacks=[SigtermAt(1)])
+    assert info.value.code == 143 and info.value.step == 1
+    ckpt = out_b / "resume" / "checkpoint-1"
+    for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", "model.safetensors"):
+        assert (ckpt / name).is_file(), name
+    assert torch.load(reward_state_file(ckpt, 0), weights_only=False)["count"]["flushed"] == [8]
+    assert not (out_b / "checkpoint").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+
+    # A new process would start with fresh reward objects: the state comes from the checkpoint.
+    counter = CountingReward()
+    train_grpo(policy, _rows(), {"length": length_reward, "count": counter}, SETTINGS, out_b, out_b / "log.parquet")
+    assert counter.flushed == [8, 8, 8]
+
+    a = load_file(out_a / "checkpoint" / "model.safetensors")
+    b = load_file(out_b / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log_a = pq.read_table(out_a / "log.parquet").to_pylist()
+    log_b = pq.read_table(out_b / "log.parquet").to_pylist()
+    for ra, rb in zip(log_a, log_b, strict=True):
+        for col in ("step", "loss", "reward_mean", "kl", "entropy", "grad_norm"):
+            assert ra[col] == rb[col], (ra["step"], col)
+
+
+def test_resume_refuses_other_settings(policy, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train_grpo(policy, _rows(), {"length": length_reward}, SETTINGS, out, out / "log.parquet",
+                   callbacks=[SigtermAt(1)])
+    with pytest.raises(ValueError, match="different run"):
+        train_grpo(policy, _rows(), {"length": length_reward}, {**SETTINGS, "lr": 1e-4}, out, out / "log.parquet")
+
+
+def test_lora_final_checkpoint_is_merged(policy, tmp_path):
+    out = tmp_path / "lora"
+    settings = {**SETTINGS, "max_steps": 1, "lr": 1e-2, "lora": {"r": 4, "lora_alpha": 8}}
+    train_grpo(policy, _rows(), {"length": length_reward}, settings, out, out / "log.parquet")
+    merged = load_file(out / "checkpoint" / "model.safetensors")
+    base = load_file(policy / "model.safetensors")
+    assert merged.keys() == base.keys()  # no adapter keys: a plain Qwen2.5-VL checkpoint
+    changed = {k for k in base if not torch.equal(merged[k], base[k])}
+    assert changed and all("visual" not in k for k in changed)  # LoRA targets the language model only
+
+
+def test_deepspeed_config_and_launch_command(tmp_path):
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from torch.distributed.run import get_args_parser
+
+    for stage in (2, 3):
+        cfg = deepspeed_config(stage)
+        assert cfg["zero_optimization"]["stage"] == stage and cfg["bf16"]["enabled"] == "auto"
+        zero = {k: (1000 if v == "auto" else v) for k, v in cfg["zero_optimization"].items()}
+        DeepSpeedZeroConfig(**zero)  # rejects unknown or mistyped keys
+    assert deepspeed_config(3)["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert deepspeed_config(2, bf16=False, offload_optimizer=True)["zero_optimization"]["offload_optimizer"]
+    with pytest.raises(ValueError):
+        deepspeed_config(1)
+
+    job = tmp_path / "job.pkl"
+    cmd = launch_command(job, 4, python="python")
+    assert cmd[:3] == ["python", "-m", "torch.distributed.run"]
+    parsed = get_args_parser().parse_args(cmd[3:])
+    assert parsed.nproc_per_node == "4" and parsed.module and parsed.training_script == WORKER_MODULE
+    assert parsed.training_script_args == [str(job)]
+    ds = launch_command(job, 2, launcher="deepspeed", python="python", master_port=29555)
+    assert ds[:3] == ["python", "-m", "deepspeed.launcher.runner"] and ds[ds.index("--num_gpus") + 1] == "2"
+    assert launch_command(job, 1, python="python") == ["python", "-m", WORKER_MODULE, str(job)]
+
+    assert visible_gpu_count({"SLURM_GPUS_ON_NODE": "4", "CUDA_VISIBLE_DEVICES": "0"}) == 4
+    assert visible_gpu_count({"CUDA_VISIBLE_DEVICES": "2,3"}) == 2
+    assert visible_gpu_count({"CUDA_VISIBLE_DEVICES": ""}) == 0
+
+
+def test_stateful_protocol():
+    assert isinstance(CountingReward(), StatefulReward)
+    assert not isinstance(length_reward, StatefulReward)
