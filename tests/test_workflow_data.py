@@ -149,3 +149,31 @@ def test_parsing_never_imports_torch(tmp_path):
     assert "snakemake" in imported and "reproseg" in imported
     # numpy and pyarrow come with Snakemake itself; the heavy ML stack must not.
     assert not imported & {"torch", "transformers", "trl", "peft", "deepspeed", "sam2", "av", "scipy"}
+
+
+def test_audit_walks_back_to_the_raw_inputs(run):
+    from reproseg.audit import RecordIndex, chain
+
+    records = chain(RecordIndex.load(run / "results", run), "results/splits/val.parquet")
+    assert [r["rule"] for r in records][:2] == ["make_splits", "import_annotations"]
+    assert {r["rule"] for r in records} == {"make_splits", "import_annotations", "synthesize_dataset",
+                                            "merge_frame_manifests", "extract_frames"}
+    assert sum(r["rule"] == "extract_frames" for r in records) == 4
+
+
+def test_verify_names_hand_edits_and_missing_files(run, tmp_path):
+    import shutil
+
+    from reproseg.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run / "results", copy / "results")   # new mtimes, same bytes
+    assert main(["verify", "--results", str(copy / "results"), "--workdir", str(copy)]) == 0
+    (copy / "results/splits/stats.md").write_text("edited by hand\n")
+    (copy / "results/frames/video_001/000004.png").unlink()
+    from reproseg.audit import RecordIndex, verify
+
+    found = {(f.path, f.problem) for f in verify(RecordIndex.load(copy / "results", copy))}
+    assert ("results/splits/stats.md", "changed") in found
+    assert ("results/frames/video_001", "changed") in found          # a frame is gone from the folder
+    assert main(["verify", "--results", str(copy / "results"), "--workdir", str(copy)]) == 1

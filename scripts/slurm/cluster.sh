@@ -196,7 +196,7 @@ cmd_install() {
   say "installing slurmctld slurmd slurm-client munge (missing:$missing)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+  apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
   say "installed $(slurmctld -V)"
 }
 
@@ -208,9 +208,11 @@ write_config() {
   name="$(field NodeName)"; cpus="$(field CPUs)"; boards="$(field Boards)"
   sockets="$(field SocketsPerBoard)"; cores="$(field CoresPerSocket)"
   threads="$(field ThreadsPerCore)"; mem="$(field RealMemory)"
-  [ -n "$name" ] && [ -n "$cpus" ] && [ -n "$mem" ] || die "cannot parse 'slurmd -C': $hw"
-  # Trap: RealMemory exactly as reported can exceed what slurmd measures at
-  # registration (the node then drains with "Low RealMemory"); 90% works.
+  if [ -z "$name" ] || [ -z "$cpus" ] || [ -z "$mem" ]; then
+    die "cannot parse 'slurmd -C': $hw"
+  fi
+  # Trap: RealMemory must stay below what `slurmd -C` reports (a node that
+  # registers with less memory than configured is drained); 90% works.
   real=$((mem * 90 / 100))
 
   # Trap: a gpu GRES without File= is dropped and the node drains, and plain
@@ -312,7 +314,8 @@ cmd_start() {
   stop_daemons >/dev/null
 
   mkdir -p "$STATE" "$RUN" "$PIDS" "$LOG" "$DEV" "$STATE/spool/ctld" "$STATE/spool/d"
-  # munged refuses keys and sockets in group/world-writable directories.
+  # munged checks the permissions of the directories that hold its key and
+  # socket (no group/world write), so set them explicitly.
   chmod 0755 "$STATE" "$RUN" "$LOG" "$DEV"
   chmod 0700 "$PIDS" "$STATE/spool/ctld" "$STATE/spool/d"
 
@@ -334,7 +337,7 @@ cmd_start() {
   # Daemons get no stdin and their own log: a daemon that kept the caller's
   # stdout open would hang a caller that reads it to the end (e.g. pytest).
   say "starting munged"
-  munged --force --socket="$MUNGE_SOCKET" --key-file="$STATE/munge.key" \
+  munged --socket="$MUNGE_SOCKET" --key-file="$STATE/munge.key" \
     --pid-file="$RUN/munged.pid" --log-file="$LOG/munged.log" \
     --seed-file="$STATE/munged.seed" </dev/null >>"$LOG/munged.out" 2>&1 \
     || { show_logs; stop_daemons; die "munged does not start here$(first_fatal)"; }

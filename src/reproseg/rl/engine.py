@@ -34,6 +34,7 @@ from reproseg.rl.engine_trainer import StatefulReward, zero_std_fraction  # noqa
 RESUME_DIR = "resume"
 FINAL_DIR = "checkpoint"
 RUN_MANIFEST = "engine_run.json"
+STOP_FILE = "STOP"  # created by a launcher to ask all ranks to save and stop
 INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
@@ -368,7 +369,6 @@ def train_grpo(
     # The config comes before the model: under ZeRO-3 it must exist when the weights load.
     args = build_grpo_config(settings, resume_dir, reward_names)
     is_main = args.process_index == 0
-    print("DEBUG rank", os.environ.get("RANK"), args.process_index, args.world_size, flush=True)
     resume_dir.mkdir(parents=True, exist_ok=True)
     _check_or_write_manifest(resume_dir, {
         "settings": settings.fingerprint(),
@@ -392,7 +392,11 @@ def train_grpo(
     if last is not None:
         load_reward_states(last, stateful, args.process_index)
 
-    stop = StopSignal()
+    # A stop request left over from an earlier run must not end this one.
+    if is_main:
+        (resume_dir / STOP_FILE).unlink(missing_ok=True)
+    args.distributed_state.wait_for_everyone()
+    stop = StopSignal(stop_file=resume_dir / STOP_FILE)
     stop_cb = StopOnSignalCallback(stop)
     trainer = EngineGRPOTrainer(
         model=model,

@@ -108,13 +108,20 @@ class StopSignal:
 
     Slurm sends SIGTERM before a preemption or the time limit (or, with
     `--signal=USR1@<seconds>`, SIGUSR1 earlier), then SIGKILL after a grace time. The
-    handler only sets a flag; the stop callback turns it into "save, then stop".
+    handler only sets a flag; the stop callback turns it into "save, then stop". The
+    stop file is how a parent process reaches workers that torchrun started in
+    process groups of their own.
     """
 
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1), stop_file: str | Path | None = None):
         self.signals = tuple(signals)
+        self.stop_file = Path(stop_file) if stop_file is not None else None
         self.received: int | None = None
         self._previous: dict = {}
+
+    def requested(self) -> bool:
+        """A signal came, or a launcher asked for a stop by creating `stop_file`."""
+        return self.received is not None or (self.stop_file is not None and self.stop_file.exists())
 
     def _handle(self, signum, frame):
         self.received = signum
@@ -145,7 +152,7 @@ class StopOnSignalCallback(TrainerCallback):
         self.stopped_at_step: int | None = None
 
     def _any_rank(self, args) -> bool:
-        flag = self.stop.received is not None
+        flag = self.stop.requested()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             t = torch.tensor([1 if flag else 0], device=args.device)
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)

@@ -133,9 +133,9 @@ def write_job(job_path: str | os.PathLike, **train_kwargs) -> Path:
 
 
 def _ignore_usr1():
-    # The launcher inherits "ignore SIGUSR1"; the workers install their own handler.
-    # A stop request as SIGUSR1 thus reaches the workers without killing torchrun,
-    # which on SIGTERM would SIGKILL its workers after 30 s, mid-save for a large model.
+    # Slurm's `--signal=USR1@<s>` goes to every process of the step. torchrun would die
+    # of it (and take the workers along); ignoring it there leaves the USR1 to the
+    # workers, whose own handler replaces the inherited "ignore" and saves in time.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
@@ -147,8 +147,8 @@ def run_distributed(
 ) -> None:
     """`train_grpo(**train_kwargs)` with one process per GPU; in this process for one GPU or CPU.
 
-    SIGTERM/SIGUSR1 to this process are passed on to the workers as SIGUSR1 (they save
-    and stop); then TrainingInterrupted is raised here as well, unless the workers had
+    SIGTERM/SIGUSR1 to this process are passed on to the workers through a stop file
+    (they save and stop); then TrainingInterrupted is raised here as well, unless the workers had
     already finished. With Slurm, also ask for an early warning, e.g.
     `--signal=USR1@600`, so that a large checkpoint has time to save.
     """
@@ -158,16 +158,20 @@ def run_distributed(
     if n <= 1:
         train_grpo(**train_kwargs)
         return
+    from reproseg.rl.engine import RESUME_DIR, STOP_FILE, _completed_checkpoints
+
+    stop_file = Path(train_kwargs["out_dir"]) / RESUME_DIR / STOP_FILE
+    stop_file.unlink(missing_ok=True)
     write_job(job_path, **train_kwargs)
     cmd = launch_command(job_path, n, launcher=launcher)
-    proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_ignore_usr1)
+    proc = subprocess.Popen(cmd, preexec_fn=_ignore_usr1)
     received: list[int] = []
 
     def stop_workers():
-        try:
-            os.killpg(proc.pid, signal.SIGUSR1)
-        except ProcessLookupError:
-            pass
+        # torchrun puts each worker in a process group of its own, so signals from
+        # here would reach torchrun only; the workers poll this file every step.
+        stop_file.parent.mkdir(parents=True, exist_ok=True)
+        stop_file.touch()
 
     def forward(signum, frame):
         received.append(signum)
@@ -180,8 +184,8 @@ def run_distributed(
                 rc = proc.wait(timeout=10)
                 break
             except subprocess.TimeoutExpired:
-                # A worker still starting up ignores SIGUSR1 until its handler is in
-                # place, so a stop request is repeated until the workers are gone.
+                # The rank-0 worker removes a stale stop file when it starts, so a
+                # request made during start-up is repeated until the workers are gone.
                 if received:
                     stop_workers()
     finally:
@@ -190,8 +194,6 @@ def run_distributed(
     if rc == 0:
         return  # finished; a stop request that came at the very end changes nothing
     if received:
-        from reproseg.rl.engine import RESUME_DIR, _completed_checkpoints
-
         done = _completed_checkpoints(Path(train_kwargs["out_dir"]) / RESUME_DIR)
         step = int(done[-1].name.rsplit("-", 1)[-1]) if done else 0
         raise TrainingInterrupted(step, str(done[-1]) if done else "(no checkpoint yet)")

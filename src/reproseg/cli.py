@@ -1,0 +1,62 @@
+"""The project's own commands: `reproseg audit`, `reproseg verify`, `reproseg fingerprint`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _audit(args) -> int:
+    from .audit import RecordIndex, chain, format_chain
+
+    idx = RecordIndex.load(args.results, args.workdir)
+    records = chain(idx, args.artifact)
+    if not records:
+        print(f"no provenance record lists {args.artifact} as an output", file=sys.stderr)
+        return 1
+    print(json.dumps(records, indent=2, sort_keys=True) if args.json else format_chain(records))
+    return 0
+
+
+def _verify(args) -> int:
+    from .audit import RecordIndex, verify
+
+    idx = RecordIndex.load(args.results, args.workdir)
+    findings = verify(idx)
+    if args.json:
+        print(json.dumps([f.__dict__ for f in findings], indent=2))
+    else:
+        for f in findings:
+            print(f"{f.problem:13s} {f.path}  (record {f.record})")
+        print(f"{len(idx.records)} records checked, {len(findings)} problem(s)")
+    return 1 if findings else 0
+
+
+def _fingerprint(args) -> int:
+    from .fingerprint import fingerprint
+
+    print(json.dumps(fingerprint(args.script), indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="reproseg", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("audit", help="print the chain of jobs, inputs, code and environment behind an artifact")
+    a.add_argument("artifact")
+    v = sub.add_parser("verify", help="re-hash every recorded artifact; non-zero exit if any differs or is missing")
+    for p in (a, v):
+        p.add_argument("--results", default="results")
+        p.add_argument("--workdir", default=".", help="folder the recorded paths are relative to")
+        p.add_argument("--json", action="store_true")
+    a.set_defaults(func=_audit)
+    v.set_defaults(func=_verify)
+    f = sub.add_parser("fingerprint", help="code fingerprint of a workflow script and the modules it imports")
+    f.add_argument("script")
+    f.set_defaults(func=_fingerprint)
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
