@@ -8,6 +8,7 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
+include: "rules/finers.smk"
 
 
 rule all:
@@ -15,3 +16,4 @@ rule all:
     input:
         rules.data_all.input,
         rules.models_all.input,
+        rules.finers_all.input,

@@ -56,3 +56,58 @@ def family_resources(family):
         **{k: v for k, v in r.items() if k != "cpus_per_task"},
         "cpus_per_task": r.get("cpus_per_task", 1),
     }
+
+
+# ---- experiments and variant keys -------------------------------------------------
+# An experiment is the main config with a few keys overridden. Each stage's output path
+# carries a variant key derived from exactly the config keys the stage and its upstream
+# stages read, so experiments that agree on them share the artifact (one job).
+
+_SCHEMA = cfglib.load_yaml(Path(workflow.basedir) / "config" / "schema.yaml")
+EXPERIMENTS = {"main": config}
+for _name in config["experiments"]["run"]:
+    if _name not in config["experiments"]["defs"]:
+        raise cfglib.ConfigError(f"config key 'experiments.run': no experiment named {_name!r} in experiments.defs")
+    EXPERIMENTS[_name] = cfglib.resolve(config, [config["experiments"]["defs"][_name]])
+    try:
+        cfglib.validate(EXPERIMENTS[_name], _SCHEMA)
+    except cfglib.ConfigError as exc:
+        raise cfglib.ConfigError(f"experiment {_name!r}: {exc}") from None
+
+_UPSTREAM = ["data", "models"]
+STAGE_KEYS = {
+    "lpr": _UPSTREAM + ["finers.lpr", "finers.lpr_crop", "finers.reward_profile", "finers.prompts.lpr"],
+}
+STAGE_KEYS["regions"] = STAGE_KEYS["lpr"] + ["finers.regions", "finers.gse_size"]
+STAGE_KEYS["gse"] = STAGE_KEYS["regions"] + ["finers.gse", "finers.region_size", "finers.prompts.gse"]
+STAGE_KEYS["infer"] = STAGE_KEYS["gse"] + ["finers.inference"]
+
+
+def _variant_keys():
+    """{stage: {experiment: key}} and {stage: {key: experiment config}}."""
+    by_exp, by_key = {}, {}
+    for stage, keys in STAGE_KEYS.items():
+        seen = {}
+        by_exp[stage], by_key[stage] = {}, {}
+        for name, cfg in EXPERIMENTS.items():
+            text = cfglib.canonical(cfglib.subset(cfg, keys))
+            key = seen.setdefault(text, name)
+            by_exp[stage][name] = key
+            by_key[stage].setdefault(key, cfg)
+    return by_exp, by_key
+
+
+VARIANT, VARIANT_CFG = _variant_keys()
+
+
+def exp_params(stage, script_name, *keys):
+    """stage_params of the experiment a wildcard key stands for (params as a function)."""
+    def cfg_of(wildcards):
+        return VARIANT_CFG[stage][getattr(wildcards, stage)]
+
+    path = Path(workflow.basedir) / "workflow_scripts" / f"{script_name}.py"
+    code = cfglib.canonical({"script": f"workflow_scripts/{script_name}.py", "fingerprint": fp.short(path)})
+    return {
+        "cfg": lambda wildcards: cfglib.canonical(cfglib.subset(cfg_of(wildcards), keys)),
+        "code": code,
+    }

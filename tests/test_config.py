@@ -27,8 +27,10 @@ def test_paper_config_is_valid_and_resolves_env(monkeypatch, default):
     assert cfg["models"]["local"]["qwen"] == "/models/Qwen2.5-VL-7B-Instruct"
     assert cfg["data"]["images_dir"] == "/data/finers4k/images"
     assert cfg["finers"]["gse_size"] == [1920, 1080] and cfg["finers"]["lpr_crop"] == 512
-    g = cfg["finers"]["grpo"]
-    assert (g["num_generations"], g["learning_rate"], g["weight_decay"], g["beta"]) == (8, 1e-6, 0.01, 5e-3)
+    for stage in ("lpr", "gse"):
+        g = cfg["finers"][stage]["grpo"]
+        assert (g["num_generations"], g["learning_rate"], g["weight_decay"], g["beta"]) == (8, 1e-6, 0.01, 5e-3)
+    assert cfg["finers"]["region_size"] == 256
 
 
 @pytest.mark.parametrize("path, value, expected", [

@@ -155,6 +155,7 @@ def test_resume_after_sigterm_is_exact(run_a, policy, tmp_path):
     out_a, _ = run_a
     out_b = tmp_path / "run_b"
     counter = CountingReward()
+    handler_before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrainingInterrupted) as info:
         train_grpo(policy, _rows(), {"length": length_reward, "count": counter}, SETTINGS, out_b,
                    out_b / "log.parquet", callbacks=[SigtermAt(1)])
@@ -164,7 +165,7 @@ def test_resume_after_sigterm_is_exact(run_a, policy, tmp_path):
         assert (ckpt / name).is_file(), name
     assert torch.load(reward_state_file(ckpt, 0), weights_only=False)["count"]["flushed"] == [8]
     assert not (out_b / "checkpoint").exists()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # the engine's handler is gone again
 
     # A new process would start with fresh reward objects: the state comes from the checkpoint.
     counter = CountingReward()
@@ -194,8 +195,17 @@ def test_resume_refuses_other_settings(policy, tmp_path):
 
 def test_lora_final_checkpoint_is_merged(policy, tmp_path):
     out = tmp_path / "lora"
+    rows = _rows()
+    for i, row in enumerate(rows):  # images given as paths are opened when served
+        row["image"].save(tmp_path / f"{i}.png")
+        row["image"] = str(tmp_path / f"{i}.png")
+
+    def reward(completions, kind, image, **columns):
+        assert all(isinstance(im, Image.Image) and im.size == (56, 56) for im in image)
+        return length_reward(completions, kind, image=image)
+
     settings = {**SETTINGS, "max_steps": 1, "lr": 1e-2, "lora": {"r": 4, "lora_alpha": 8}}
-    train_grpo(policy, _rows(), {"length": length_reward}, settings, out, out / "log.parquet")
+    train_grpo(policy, rows, {"length": reward}, settings, out, out / "log.parquet")
     merged = load_file(out / "checkpoint" / "model.safetensors")
     base = load_file(policy / "model.safetensors")
     assert merged.keys() == base.keys()  # no adapter keys: a plain Qwen2.5-VL checkpoint
@@ -225,7 +235,10 @@ def test_deepspeed_config_and_launch_command(tmp_path):
     assert parsed.training_script_args == [str(job)]
     ds = launch_command(job, 2, launcher="deepspeed", python="python", master_port=29555)
     assert ds[:3] == ["python", "-m", "deepspeed.launcher.runner"] and ds[ds.index("--num_gpus") + 1] == "2"
-    assert launch_command(job, 1, python="python") == ["python", "-m", WORKER_MODULE, str(job)]
+    assert launch_command(job, 1, launcher=None, python="python") == ["python", "-m", WORKER_MODULE, str(job)]
+    assert "--nproc-per-node=1" in launch_command(job, 1, python="python")  # DeepSpeed on one GPU
+    with pytest.raises(ValueError):
+        launch_command(job, 2, launcher=None)
 
     assert visible_gpu_count({"SLURM_GPUS_ON_NODE": "4", "CUDA_VISIBLE_DEVICES": "0"}) == 4
     assert visible_gpu_count({"CUDA_VISIBLE_DEVICES": "2,3"}) == 2

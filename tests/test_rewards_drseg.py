@@ -35,6 +35,7 @@ def test_look_reward():
     in_answer = "<think>no tag</think><answer><look>x</look>[]</answer>"
     assert look_reward(in_answer, PAPER) == 0.0 and look_reward(in_answer, CODE) == 1.0
     assert look_reward("<look>outside</look>", PAPER) == 0.0
+    assert look_reward(parse("<think><look>x</look></think>"), CODE) == 1.0   # a Parsed works too
     assert think_reward(answer([])) == 1.0 and think_reward("<answer>[]</answer>") == 0.0
 
 

@@ -108,6 +108,9 @@ class GRPOSettings:
     dataloader_num_workers: int = 0
     extra_grpo_config: dict = field(default_factory=dict)  # any other GRPOConfig field, verbatim
 
+    def __post_init__(self):
+        self._coerce_and_check()
+
     @classmethod
     def from_dict(cls, d: dict | None) -> "GRPOSettings":
         d = dict(d or {})
@@ -120,9 +123,7 @@ class GRPOSettings:
             if name in kwargs:
                 raise ValueError(f"GRPO setting {name!r} given twice (as {key!r} and another alias)")
             kwargs[name] = value
-        s = cls(**kwargs)
-        s._coerce_and_check()
-        return s
+        return cls(**kwargs)
 
     def _coerce_and_check(self) -> None:
         # YAML reads "1e-6" as a string; settle numbers here, not deep inside TRL.
@@ -232,9 +233,12 @@ def _dataset(rows: Sequence[dict]):
     """A datasets.Dataset view of in-memory rows (TRL requires that type).
 
     Rows are served as they are, through a transform, instead of being converted to
-    Arrow: PIL images and ragged ground-truth columns need no schema that way.
+    Arrow: PIL images and ragged ground-truth columns need no schema that way. An
+    "image" given as a path is opened when its row is served, so a large training set
+    need not sit in memory (or in the multi-GPU job file) as decoded images.
     """
     from datasets import Dataset
+    from PIL import Image
 
     rows = list(rows)
     if not rows:
@@ -247,6 +251,9 @@ def _dataset(rows: Sequence[dict]):
         out: dict[str, list] = {}
         for i in batch["_row"]:
             for k, v in rows[i].items():
+                if k == "image" and isinstance(v, (str, os.PathLike)):
+                    with Image.open(v) as im:
+                        v = im.convert("RGB")
                 out.setdefault(k, []).append(v)
         return out
 
@@ -339,7 +346,7 @@ def train_grpo(
 ) -> None:
     """Trains the policy in `policy_dir` with GRPO; resumes if `out_dir` holds a saved state.
 
-    dataset_rows: `{"prompt": [chat messages], "image": PIL.Image, **ground-truth columns}`.
+    dataset_rows: `{"prompt": [chat messages], "image": PIL.Image or image path, **ground-truth columns}`.
     reward_fns: name -> `fn(completions: list[str], **columns) -> list[float]`, where the
     columns are the rows' columns other than "prompt", one list entry per completion. A
     reward that also implements StatefulReward is flushed after every optimizer step
@@ -395,9 +402,10 @@ def train_grpo(
     # A stop request left over from an earlier run must not end this one.
     if is_main:
         (resume_dir / STOP_FILE).unlink(missing_ok=True)
-    args.distributed_state.wait_for_everyone()
+    if args.distributed_state is not None:
+        args.distributed_state.wait_for_everyone()
     stop = StopSignal(stop_file=resume_dir / STOP_FILE)
-    stop_cb = StopOnSignalCallback(stop)
+    stop_cb = StopOnSignalCallback(stop, skip_final_save=not settings.keep_resume_state)
     trainer = EngineGRPOTrainer(
         model=model,
         reward_funcs=[RewardAdapter(n, f) for n, f in reward_fns.items()],

@@ -145,10 +145,14 @@ class StopOnSignalCallback(TrainerCallback):
 
     Under several processes the flag is max-reduced so that all ranks save and stop at
     the same step (a rank that stopped alone would hang the others in a collective).
+    With `skip_final_save`, the Trainer's own checkpoint after the last step is
+    dropped: the engine exports the final weights itself, and for a 7B policy the
+    optimizer state alone is tens of GB written only to be deleted.
     """
 
-    def __init__(self, stop: StopSignal):
+    def __init__(self, stop: StopSignal, skip_final_save: bool = False):
         self.stop = stop
+        self.skip_final_save = skip_final_save
         self.stopped_at_step: int | None = None
 
     def _any_rank(self, args) -> bool:
@@ -164,3 +168,5 @@ class StopOnSignalCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at_step = state.global_step
+        elif self.skip_final_save and state.global_step >= state.max_steps:
+            control.should_save = False

@@ -92,7 +92,7 @@ def free_port() -> int:
 def launch_command(
     job_path: str | os.PathLike,
     num_gpus: int,
-    launcher: str = "torchrun",
+    launcher: str | None = "torchrun",
     python: str = sys.executable,
     master_port: int | None = None,
 ) -> list[str]:
@@ -101,9 +101,13 @@ def launch_command(
     torchrun (the default) leaves CUDA_VISIBLE_DEVICES as Slurm set it and picks a free
     rendezvous port itself (--standalone). The deepspeed launcher rewrites
     CUDA_VISIBLE_DEVICES to 0..N-1, so use it only when the job owns the whole node.
+    launcher None: one plain process (one GPU or CPU, no DeepSpeed).
     """
     job = str(job_path)
-    if num_gpus <= 1:
+    num_gpus = max(1, int(num_gpus))
+    if launcher is None:
+        if num_gpus > 1:
+            raise ValueError("several GPUs need a launcher ('torchrun' or 'deepspeed')")
         return [python, "-m", WORKER_MODULE, job]
     if launcher == "torchrun":
         return [
@@ -155,7 +159,10 @@ def run_distributed(
     from reproseg.rl.engine import TrainingInterrupted, train_grpo
 
     n = visible_gpu_count() if num_gpus is None else int(num_gpus)
-    if n <= 1:
+    settings = train_kwargs["settings"]
+    deepspeed = settings.deepspeed if hasattr(settings, "deepspeed") else (settings or {}).get("deepspeed")
+    # DeepSpeed needs the process-group environment a launcher sets up, even on one GPU.
+    if n <= 1 and not (deepspeed and n == 1):
         train_grpo(**train_kwargs)
         return
     from reproseg.rl.engine import RESUME_DIR, STOP_FILE, _completed_checkpoints

@@ -11,6 +11,7 @@ vision_reasoner.py and drr_module/serve.py), field by field. Terms never raise.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -106,7 +107,8 @@ def answer_format_reward(parsed: Parsed | str, profile: DrSegProfile | None = No
     return float(ok)
 
 
-def _placeholder_patterns(phrases: Sequence[str]) -> list[re.Pattern]:
+@functools.lru_cache(maxsize=32)
+def _placeholder_patterns(phrases: tuple[str, ...]) -> list[re.Pattern]:
     # Words may be separated by any run of whitespace or punctuation ("your -reasoning- text").
     return [re.compile(r"\b" + r"[\s\W]*".join(re.escape(w) for w in ph.split()) + r"\b", re.IGNORECASE)
             for ph in phrases if ph.split()]
@@ -124,7 +126,7 @@ def non_repeat_reward(parsed: Parsed | str, profile: DrSegProfile | None = None,
     case-sensitive, 0 from the first repeat. Code: whole completion, lower-cased, split on
     sentence ends, surrounding punctuation stripped, 0 from the second repeat."""
     p, profile = _parsed(parsed), profile or DrSegProfile.paper()
-    phrases = profile.placeholders if placeholders is None else tuple(placeholders)
+    phrases = profile.placeholders if placeholders is None else tuple(str(s) for s in placeholders)
     text = p.think if (profile.nr_scope_think and p.think is not None) else p.text
     if any(pat.search(text) for pat in _placeholder_patterns(phrases)):
         return 0.0

@@ -64,7 +64,8 @@ class RewardProfile:
     point_max: float = 100.0
     size_target: float = 256.0  # 256 px in 1920x1080 = 512 px in the 4K original
     size_tol: float = 15.0
-    ovqa_min_ratio: float = 0.8  # both use >=; the paper's "exceeds" is read as the usual cut
+    # Both profiles use ratio >= 0.8, as reproseg.metrics.qa does; the paper says "exceeds".
+    ovqa_min_ratio: float = 0.8
 
     @classmethod
     def paper(cls) -> "RewardProfile":

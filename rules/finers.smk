@@ -1,0 +1,202 @@
+# FineRS: LPR (GRPO) -> retrospective regions -> GSE (GRPO) -> two-stage inference with
+# SAM2 -> metrics and the paper's tables. Paths carry variant keys (rules/common.smk).
+
+FINERS = R("finers")
+IMAGES_ROOT = R("frames") if DATA["source"] != "images" else DATA["images_dir"]
+# The frames manifest stands for the extracted frames (they are its job's output too).
+IMAGES_INPUT = FRAMES_MANIFEST if DATA["source"] != "images" else []
+SAM2_CONFIG = None if MODELS["source"] == "tiny" else MODELS["local"]["sam2_config"]
+
+
+def _shards(exp):
+    n = EXPERIMENTS[exp]["finers"]["inference"]["shards"]
+    return [f"{i}-of-{n}" for i in range(n)]
+
+
+def finers_tables(exp):
+    key = VARIANT["infer"][exp]
+    return [R(f"tables/finers_{key}_{split}.md") for split in EXPERIMENTS[exp]["finers"]["inference"]["splits"]]
+
+
+wildcard_constraints:
+    lpr="[a-z0-9-]+",
+    regions="[a-z0-9-]+",
+    gse="[a-z0-9-]+",
+    infer="[a-z0-9-]+",
+    split="train|val|test",
+    shard=r"\d+-of-\d+",
+
+
+rule finers_all:
+    input:
+        [finers_tables(exp) for exp in EXPERIMENTS],
+        R("tables/finers_experiments.md"),
+
+
+rule train_lpr:
+    input:
+        train=R("splits/train.parquet"),
+        images=IMAGES_INPUT,
+        base=BASE_MANIFEST,
+    output:
+        checkpoint=directory(f"{FINERS}/lpr/{{lpr}}/checkpoint"),
+        train_log=f"{FINERS}/lpr/{{lpr}}/train_log.parquet",
+        curves=f"{FINERS}/lpr/{{lpr}}/curves.png",
+        prov=prov(f"{FINERS}/lpr/{{lpr}}/train_log.parquet"),
+    params:
+        **exp_params("lpr", "train_lpr", "finers.lpr", "finers.lpr_crop", "finers.reward_profile",
+                    "finers.prompts.lpr"),
+        run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
+        images_root=IMAGES_ROOT,
+        policy=BASE_QWEN,
+    log:
+        f"{FINERS}/logs/train_lpr/{{lpr}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/train_lpr/{{lpr}}.tsv"
+    resources:
+        **family_resources("gpu_train"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("train_lpr")
+
+
+rule retrospective_regions:
+    input:
+        train=R("splits/train.parquet"),
+        images=IMAGES_INPUT,
+        lpr=lambda wildcards: (
+            f"{FINERS}/lpr/{VARIANT['lpr'][wildcards.regions]}/checkpoint"
+            if VARIANT_CFG["regions"][wildcards.regions]["finers"]["regions"]["retrospective"]
+            else []
+        ),
+    output:
+        regions=f"{FINERS}/regions/{{regions}}/regions.parquet",
+        prov=prov(f"{FINERS}/regions/{{regions}}/regions.parquet"),
+    params:
+        **exp_params("regions", "retrospective_regions", "finers.regions", "finers.gse_size", "finers.lpr_crop",
+                    "finers.prompts.lpr", "finers.lpr.gt_points"),
+        images_root=IMAGES_ROOT,
+    log:
+        f"{FINERS}/logs/retrospective_regions/{{regions}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/retrospective_regions/{{regions}}.tsv"
+    resources:
+        **family_resources("gpu_infer"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("retrospective_regions")
+
+
+rule train_gse:
+    input:
+        train=R("splits/train.parquet"),
+        images=IMAGES_INPUT,
+        base=BASE_MANIFEST,
+        regions=lambda wildcards: f"{FINERS}/regions/{VARIANT['regions'][wildcards.gse]}/regions.parquet",
+    output:
+        checkpoint=directory(f"{FINERS}/gse/{{gse}}/checkpoint"),
+        train_log=f"{FINERS}/gse/{{gse}}/train_log.parquet",
+        curves=f"{FINERS}/gse/{{gse}}/curves.png",
+        prov=prov(f"{FINERS}/gse/{{gse}}/train_log.parquet"),
+    params:
+        **exp_params("gse", "train_gse", "finers.gse", "finers.gse_size", "finers.region_size",
+                    "finers.reward_profile", "finers.prompts.gse"),
+        run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
+        images_root=IMAGES_ROOT,
+        policy=BASE_QWEN,
+    log:
+        f"{FINERS}/logs/train_gse/{{gse}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/train_gse/{{gse}}.tsv"
+    resources:
+        **family_resources("gpu_train"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("train_gse")
+
+
+rule infer_finers:
+    input:
+        split=R("splits/{split}.parquet"),
+        images=IMAGES_INPUT,
+        base=BASE_MANIFEST,
+        gse=lambda wildcards: f"{FINERS}/gse/{VARIANT['gse'][wildcards.infer]}/checkpoint",
+        lpr=lambda wildcards: f"{FINERS}/lpr/{VARIANT['lpr'][wildcards.infer]}/checkpoint",
+    output:
+        shard=f"{FINERS}/predictions/{{infer}}/{{split}}/shard-{{shard}}.parquet",
+        prov=prov(f"{FINERS}/predictions/{{infer}}/{{split}}/shard-{{shard}}.parquet"),
+    params:
+        **exp_params("infer", "infer_finers", "finers.inference", "finers.gse_size", "finers.lpr_crop",
+                    "finers.region_size", "finers.prompts.lpr", "finers.prompts.gse", "finers.lpr.gt_points"),
+        images_root=IMAGES_ROOT,
+        sam2=BASE_SAM2,
+        sam2_config=SAM2_CONFIG,
+    log:
+        f"{FINERS}/logs/infer_finers/{{infer}}/{{split}}-{{shard}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/infer_finers/{{infer}}/{{split}}-{{shard}}.tsv"
+    resources:
+        **family_resources("gpu_infer"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("infer_finers")
+
+
+rule evaluate_finers:
+    input:
+        shards=lambda wildcards: expand(
+            f"{FINERS}/predictions/{wildcards.infer}/{wildcards.split}/shard-{{shard}}.parquet",
+            shard=_shards(wildcards.infer),
+        ),
+    output:
+        predictions=f"{FINERS}/predictions/{{infer}}/{{split}}.parquet",
+        metrics=f"{FINERS}/metrics/{{infer}}/{{split}}.json",
+        table=R("tables/finers_{infer}_{split}.parquet"),
+        table_md=R("tables/finers_{infer}_{split}.md"),
+        prov=prov(f"{FINERS}/metrics/{{infer}}/{{split}}.json"),
+    params:
+        **exp_params("infer", "evaluate_finers", "finers.reward_profile"),
+    log:
+        f"{FINERS}/logs/evaluate_finers/{{infer}}/{{split}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/evaluate_finers/{{infer}}/{{split}}.tsv"
+    resources:
+        **family_resources("cpu_data"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("evaluate_finers")
+
+
+rule finers_experiment_table:
+    input:
+        metrics=[
+            f"{FINERS}/metrics/{VARIANT['infer'][exp]}/{split}.json"
+            for exp in EXPERIMENTS
+            for split in EXPERIMENTS[exp]["finers"]["inference"]["splits"]
+        ],
+    output:
+        table=R("tables/finers_experiments.parquet"),
+        table_md=R("tables/finers_experiments.md"),
+        prov=prov(R("tables/finers_experiments.parquet")),
+    params:
+        **stage_params("finers_experiment_table", "experiments"),
+        experiments=lambda wildcards: {
+            exp: {split: f"{FINERS}/metrics/{VARIANT['infer'][exp]}/{split}.json"
+                  for split in EXPERIMENTS[exp]["finers"]["inference"]["splits"]}
+            for exp in EXPERIMENTS
+        },
+    log:
+        R("logs/finers_experiment_table.log"),
+    benchmark:
+        R("benchmarks/finers_experiment_table.tsv")
+    resources:
+        **family_resources("cpu_data"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("finers_experiment_table")

@@ -1,0 +1,1 @@
+"""FineRS: LPR and GSE stages, retrospective regions, two-stage inference."""

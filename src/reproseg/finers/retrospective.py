@@ -1,0 +1,94 @@
+"""Rule retrospective_regions: the GT region GSE is rewarded for, chosen by the trained LPR.
+
+For each training sample: n random regions of lpr_crop px that cover the GT box, plus one
+centred on it; LPR predicts a box in each; the region whose LPR box (mapped back to the
+original frame) has the highest IoU with the GT box becomes best_region, stored in GSE
+coordinates. Without the retrospective search (Table 4's ablation) the centred region is
+chosen and LPR is not run.
+"""
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..io_atomic import write_parquet
+from ..rl.geometry import box_iou
+from ..rl.parsing import parse
+from .regions import CropFrame, crop_covering, to_gse
+from .samples import load_image, lpr_sample, row_rng
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema([
+    ("id", pa.string()), ("candidate", pa.int64()), ("kind", pa.string()),
+    ("crop", pa.list_(pa.float64())), ("region_gse", pa.list_(pa.float64())),
+    ("completion", pa.string()), ("lpr_box", pa.list_(pa.float64())), ("iou", pa.float64()),
+    ("chosen", pa.bool_()),
+])
+
+
+def candidates(row: dict, side: int, n_random: int, seed: int) -> list[tuple[str, list[float]]]:
+    rng = row_rng(seed, row["id"])
+    out = [("random", crop_covering(row["box"], row["width"], row["height"], side, rng)) for _ in range(n_random)]
+    return out + [("centred", crop_covering(row["box"], row["width"], row["height"], side, None))]
+
+
+def choose(ious: list[float | None], kinds: list[str]) -> int:
+    """Index of the best candidate: highest IoU, first on ties; the centred region when no
+    LPR box overlaps the GT (all IoUs 0 or unparseable)."""
+    scores = [i if i is not None else 0.0 for i in ious]
+    best = max(range(len(scores)), key=lambda k: (scores[k], -k))
+    return best if scores[best] > 0 else kinds.index("centred")
+
+
+def select_regions(rows: list[dict], images_root: str, cfg: dict, lpr_generate=None) -> pa.Table:
+    """`lpr_generate(images, prompts) -> completions`; None when retrospective is off."""
+    rc = cfg["regions"]
+    out = []
+    for row in rows:
+        cands = candidates(row, cfg["lpr_crop"], rc["n_random"] if rc["retrospective"] else 0, rc["seed"])
+        kinds = [k for k, _ in cands]
+        completions: list[str | None] = [None] * len(cands)
+        boxes: list[list[float] | None] = [None] * len(cands)
+        ious: list[float | None] = [None] * len(cands)
+        if rc["retrospective"]:
+            image = load_image(images_root, row["image_path"])
+            samples = [lpr_sample(row, image, crop, cfg) for _, crop in cands]
+            completions = lpr_generate([s["image"] for s in samples], [s["prompt"] for s in samples])
+            for k, (text, (_, crop)) in enumerate(zip(completions, cands)):
+                pred = parse(text).bbox
+                if pred is not None:
+                    boxes[k] = CropFrame(tuple(crop), cfg["lpr_crop"]).to_original(list(pred))
+                    ious[k] = box_iou(boxes[k], row["box"])
+        best = choose(ious, kinds)
+        for k, (kind, crop) in enumerate(cands):
+            out.append({"id": row["id"], "candidate": k, "kind": kind, "crop": crop,
+                        "region_gse": to_gse(crop, row["width"], row["height"], cfg["gse_size"]),
+                        "completion": completions[k], "lpr_box": boxes[k], "iou": ious[k], "chosen": k == best})
+    return pa.Table.from_pylist(out, schema=SCHEMA)
+
+
+def regions_stage(train_split: str, images_root: str, lpr_checkpoint: str | None, table_out: str,
+                  cfg: dict, shard: int = 0, shards: int = 1) -> None:
+    from .generation import Policy
+
+    rows = pq.read_table(train_split).to_pylist()[shard::shards]
+    generate = None
+    if cfg["regions"]["retrospective"]:
+        policy = Policy(lpr_checkpoint)
+        rc = cfg["regions"]
+
+        def generate(images, prompts):
+            out = []
+            for i in range(0, len(images), rc.get("batch_size", 16)):
+                out += policy.generate(images[i:i + rc.get("batch_size", 16)],
+                                       prompts[i:i + rc.get("batch_size", 16)], rc.get("max_new_tokens", 64))
+            return out
+    table = select_regions(rows, images_root, cfg, generate)
+    write_parquet(table_out, table)
+    chosen = table.filter(table.column("chosen")).to_pylist()
+    parsed = sum(r["lpr_box"] is not None for r in table.to_pylist())
+    log.info("%d samples, %d candidates, %d LPR boxes parsed, %d chosen by IoU > 0",
+             len(rows), table.num_rows, parsed, sum((r["iou"] or 0) > 0 for r in chosen))

@@ -1,0 +1,49 @@
+"""Rules train_lpr and train_gse: GRPO on the project's engine, then training curves."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from .rewards import profile_for, reward_functions
+from .samples import gse_training_rows, lpr_training_rows
+
+log = logging.getLogger(__name__)
+
+
+def _train(stage: str, policy: str, rows: list[dict], cfg: dict, run_dir: str, checkpoint: str,
+           train_log: str, curves: str) -> None:
+    from ..rl.engine import train_grpo
+    from .curves import plot_curves
+
+    stage_cfg = cfg[stage]
+    # Only GSE's size term reads the region size; LPR's params do not carry it.
+    fns = reward_functions(stage, profile_for(cfg["reward_profile"], cfg.get("region_size", 256)),
+                           stage_cfg.get("disabled_rewards", []))
+    log.info("%s: %d samples, rewards %s", stage, len(rows), list(fns))
+    # The engine keeps its resume state in run_dir (not a rule output, so Snakemake does
+    # not delete it when an attempt fails) and writes the final checkpoint to run_dir/checkpoint.
+    train_grpo(policy, rows, fns, stage_cfg["grpo"], run_dir, train_log)
+    produced = Path(run_dir) / "checkpoint"
+    if produced.resolve() != Path(checkpoint).resolve():
+        raise RuntimeError(f"engine wrote {produced}, the rule expects {checkpoint}")
+    plot_curves(train_log, curves, title=f"{stage.upper()} GRPO")
+
+
+def train_lpr_stage(train_split: str, images_root: str, policy: str, run_dir: str, checkpoint: str,
+                    train_log: str, curves: str, cfg: dict) -> None:
+    rows = pq.read_table(train_split).to_pylist()
+    samples = lpr_training_rows(rows, images_root, cfg, seed=cfg["lpr"]["grpo"].get("seed", 0))
+    _train("lpr", policy, samples, cfg, run_dir, checkpoint, train_log, curves)
+
+
+def train_gse_stage(train_split: str, regions: str, images_root: str, policy: str, run_dir: str,
+                    checkpoint: str, train_log: str, curves: str, cfg: dict) -> None:
+    rows = pq.read_table(train_split).to_pylist()
+    chosen = {r["id"]: r["region_gse"] for r in pq.read_table(regions).to_pylist() if r["chosen"]}
+    missing = [r["id"] for r in rows if r["id"] not in chosen]
+    if missing:
+        raise ValueError(f"{regions}: no chosen region for {len(missing)} training sample(s), e.g. {missing[:5]}")
+    samples = gse_training_rows(rows, chosen, images_root, cfg)
+    _train("gse", policy, samples, cfg, run_dir, checkpoint, train_log, curves)
