@@ -111,3 +111,24 @@ def exp_params(stage, script_name, *keys):
         "cfg": lambda wildcards: cfglib.canonical(cfglib.subset(cfg_of(wildcards), keys)),
         "code": code,
     }
+
+
+# ---- FineRS helpers ---------------------------------------------------------------
+
+
+def images_root(wildcards, input):
+    """Folder that image_path values are relative to: the extracted frames (beside the
+    frames manifest) or the released images folder."""
+    return os.path.dirname(input.images) if input.images else DATA["images_dir"]
+
+
+def finers_shards(exp):
+    n = EXPERIMENTS[exp]["finers"]["inference"]["shards"]
+    return [f"{i}-of-{n}" for i in range(n)]
+
+
+def finers_tables(exp):
+    key = VARIANT["infer"][exp]
+    return [R(f"tables/finers_{key}_{split}.md") for split in EXPERIMENTS[exp]["finers"]["inference"]["splits"]]
+
+

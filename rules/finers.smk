@@ -2,20 +2,9 @@
 # SAM2 -> metrics and the paper's tables. Paths carry variant keys (rules/common.smk).
 
 FINERS = R("finers")
-IMAGES_ROOT = R("frames") if DATA["source"] != "images" else DATA["images_dir"]
 # The frames manifest stands for the extracted frames (they are its job's output too).
 IMAGES_INPUT = FRAMES_MANIFEST if DATA["source"] != "images" else []
 SAM2_CONFIG = None if MODELS["source"] == "tiny" else MODELS["local"]["sam2_config"]
-
-
-def _shards(exp):
-    n = EXPERIMENTS[exp]["finers"]["inference"]["shards"]
-    return [f"{i}-of-{n}" for i in range(n)]
-
-
-def finers_tables(exp):
-    key = VARIANT["infer"][exp]
-    return [R(f"tables/finers_{key}_{split}.md") for split in EXPERIMENTS[exp]["finers"]["inference"]["splits"]]
 
 
 wildcard_constraints:
@@ -47,7 +36,7 @@ rule train_lpr:
         **exp_params("lpr", "train_lpr", "finers.lpr", "finers.lpr_crop", "finers.reward_profile",
                     "finers.prompts.lpr"),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
-        images_root=IMAGES_ROOT,
+        images_root=images_root,
         policy=BASE_QWEN,
     log:
         f"{FINERS}/logs/train_lpr/{{lpr}}.log",
@@ -76,7 +65,7 @@ rule retrospective_regions:
     params:
         **exp_params("regions", "retrospective_regions", "finers.regions", "finers.gse_size", "finers.lpr_crop",
                     "finers.prompts.lpr", "finers.lpr.gt_points"),
-        images_root=IMAGES_ROOT,
+        images_root=images_root,
     log:
         f"{FINERS}/logs/retrospective_regions/{{regions}}.log",
     benchmark:
@@ -104,7 +93,7 @@ rule train_gse:
         **exp_params("gse", "train_gse", "finers.gse", "finers.gse_size", "finers.region_size",
                     "finers.reward_profile", "finers.prompts.gse"),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
-        images_root=IMAGES_ROOT,
+        images_root=images_root,
         policy=BASE_QWEN,
     log:
         f"{FINERS}/logs/train_gse/{{gse}}.log",
@@ -131,7 +120,7 @@ rule infer_finers:
     params:
         **exp_params("infer", "infer_finers", "finers.inference", "finers.gse_size", "finers.lpr_crop",
                     "finers.region_size", "finers.prompts.lpr", "finers.prompts.gse", "finers.lpr.gt_points"),
-        images_root=IMAGES_ROOT,
+        images_root=images_root,
         sam2=BASE_SAM2,
         sam2_config=SAM2_CONFIG,
     log:
@@ -150,7 +139,7 @@ rule evaluate_finers:
     input:
         shards=lambda wildcards: expand(
             f"{FINERS}/predictions/{wildcards.infer}/{wildcards.split}/shard-{{shard}}.parquet",
-            shard=_shards(wildcards.infer),
+            shard=finers_shards(wildcards.infer),
         ),
     output:
         predictions=f"{FINERS}/predictions/{{infer}}/{{split}}.parquet",

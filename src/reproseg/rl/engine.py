@@ -19,6 +19,7 @@ Directory layout under `out_dir`:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -303,13 +304,42 @@ def _lora_config(lora: dict):
     return LoraConfig(**cfg)
 
 
+def _weight_names(model_dir: Path) -> set[str]:
+    """Tensor names of a safetensors checkpoint, read from the headers only."""
+    from safetensors import safe_open
+
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
+        return set(f.keys())
+
+
+@contextlib.contextmanager
+def _plain_model_loading():
+    """from_pretrained without ZeRO-3's partitioned init (which would load empty shards).
+
+    Training under ZeRO-3 registers its config globally, and every later
+    from_pretrained in the process then partitions the weights; the export loads whole
+    models on one process, so it is switched off around it.
+    """
+    from transformers.integrations import deepspeed as hf_ds
+
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = ref
+
+
 def _export_final(trainer, policy_dir: Path, out_dir: Path, settings: GRPOSettings, processor) -> None:
     """Final weights in Hugging Face format (LoRA merged) with the processor, written atomically."""
     staging = out_dir / f".{FINAL_DIR}-staging"
     # Every rank takes part: under ZeRO-3 the weights are gathered for the save.
     trainer.save_model(str(staging))
     if trainer.accelerator.is_main_process:
-        with atomic_dir(out_dir / FINAL_DIR) as tmp:
+        with _plain_model_loading(), atomic_dir(out_dir / FINAL_DIR) as tmp:
             if settings.lora:
                 import torch
                 from peft import PeftModel
@@ -320,6 +350,15 @@ def _export_final(trainer, policy_dir: Path, out_dir: Path, settings: GRPOSettin
                 )
                 merged = PeftModel.from_pretrained(base, staging).merge_and_unload()
                 merged.save_pretrained(tmp, safe_serialization=True)
+            elif _weight_names(staging) != _weight_names(policy_dir):
+                # Under ZeRO-3 the Trainer saves a gathered state dict under the model's
+                # internal names ("model.language_model.*"), not the released layout
+                # that save_pretrained writes otherwise. Re-save through the model so
+                # every checkpoint of the project has the layout of its base model.
+                from transformers import Qwen2_5_VLForConditionalGeneration
+
+                model = Qwen2_5_VLForConditionalGeneration.from_pretrained(staging, dtype="auto", local_files_only=True)
+                model.save_pretrained(tmp, safe_serialization=True)
             else:
                 for p in staging.iterdir():
                     if p.name != "training_args.bin":  # a pickle of the config; not part of an HF model dir

@@ -1,0 +1,269 @@
+"""Stage 1, pixel grounding (paper Sec. 3.1 and 4.2).
+
+Phase a: only the projector trains (LM and mask decoder frozen); lr 1e-3, 5 epochs on
+the referring sets. Phase b: LoRA on the language model (PEFT) + projector + mask
+decoder, lr 2e-5, 3 epochs on all stage-1 sets. Then `merge_lora` folds the adapter
+into the weights. Loss: next-token CE + SAM 2.1 mask losses (see losses.py).
+
+Data rows: {"image": PIL.Image, "mask": bool (H, W) array, "phrase": str}; each becomes
+    user: <image> "Segment the {phrase} in the image."   assistant: "It is <|seg|>."
+
+Choices where the paper is silent (arguments of Stage1Settings; the lead moves them to
+config): AdamW, no weight decay, constant learning rate, gradient clipping at 1.0,
+batch size 8 with no accumulation; LoRA r=8, alpha=16, dropout 0.05 on every linear
+layer of the language model (q/k/v/o and the MLP; the vision tower is not adapted);
+in phase b the `<|seg|>` rows of the input embedding and of the LM head also train
+(PEFT trainable tokens) so that a token added to a released tokenizer can be learnt
+without training the whole vocabulary; mask losses at SAM's input resolution (the
+low-res logits upsampled bilinearly, the GT resized with nearest neighbour); the
+prompt without the paper's typographic quotes around the phrase (template argument).
+Training order is a seeded shuffle per epoch; everything is deterministic given `seed`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from reproseg.io_atomic import atomic_dir, write_json
+from reproseg.seganswer.losses import IGNORE_INDEX, Stage1LossWeights, stage1_loss
+from reproseg.seganswer.model import SegAnswerModel, is_peft, merge_lora  # noqa: F401  (merge_lora: public API)
+from reproseg.seganswer.positions import build_conversation
+
+PROMPT_TEMPLATE = "Segment the {phrase} in the image."
+RESPONSE = "It is <|seg|>."
+LM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+SUMMARY_FILE = "stage1_summary.json"
+
+
+@dataclass
+class Stage1Settings:
+    learning_rate: float
+    epochs: float
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    max_steps: int | None = None  # cut a run short (smoke tests); None: all epochs
+    loss: Stage1LossWeights = field(default_factory=Stage1LossWeights)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: str = LM_LORA_TARGETS
+    train_seg_token_rows: bool = True
+    prompt_template: str = PROMPT_TEMPLATE
+    response: str = RESPONSE
+    gradient_checkpointing: bool = False
+
+    @classmethod
+    def phase_a(cls, **kw) -> "Stage1Settings":
+        """Paper Sec. 4.2: projector only, lr 1e-3, 5 epochs."""
+        return cls(**{"learning_rate": 1e-3, "epochs": 5, **kw})
+
+    @classmethod
+    def phase_b(cls, **kw) -> "Stage1Settings":
+        """Paper Sec. 4.2: LoRA + projector + mask decoder, lr 2e-5, 3 epochs."""
+        return cls(**{"learning_rate": 2e-5, "epochs": 3, **kw})
+
+    @classmethod
+    def from_dict(cls, d: dict, phase: str) -> "Stage1Settings":
+        d = dict(d or {})
+        if "loss" in d and isinstance(d["loss"], dict):
+            d["loss"] = Stage1LossWeights(**d["loss"])
+        return cls.phase_a(**d) if phase == "a" else cls.phase_b(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- examples ----------------------------------------------------------------------------
+def stage1_messages(phrase: str, settings: Stage1Settings | None = None) -> list[dict]:
+    s = settings or Stage1Settings.phase_a()
+    return [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.prompt_template.format(phrase=phrase)}]},
+        {"role": "assistant", "content": s.response},
+    ]
+
+
+def build_stage1_example(processor, row: dict, settings: Stage1Settings | None = None) -> dict:
+    """Token ids, (3, L) positions, labels and vision inputs of one referring-segmentation row."""
+    image = row["image"].convert("RGB")
+    vision = processor.image_processor(images=[image], return_tensors="pt")
+    grid = vision["image_grid_thw"][0]
+    b = build_conversation(processor, stage1_messages(row["phrase"], settings), [("whole", grid)])
+    ids = b.input_ids
+    labels = torch.where(b.loss_mask.bool(), ids, torch.full_like(ids, IGNORE_INDEX))
+    mask = np.asarray(row["mask"], dtype=bool)
+    if mask.shape != (image.size[1], image.size[0]):
+        raise ValueError(f"mask shape {mask.shape} differs from the image size {image.size[::-1]}")
+    return {"input_ids": ids, "position_ids": b.position_ids, "labels": labels,
+            "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"],
+            "image": image, "mask": mask}
+
+
+def collate(examples: Sequence[dict], pad_id: int) -> dict:
+    """Right-padded batch; pixel values of all images concatenated in row order."""
+    n = max(e["input_ids"].shape[0] for e in examples)
+    B = len(examples)
+    ids = torch.full((B, n), pad_id, dtype=torch.long)
+    labels = torch.full((B, n), IGNORE_INDEX, dtype=torch.long)
+    attn = torch.zeros((B, n), dtype=torch.long)
+    pos = torch.zeros((3, B, n), dtype=torch.long)
+    for i, e in enumerate(examples):
+        L = e["input_ids"].shape[0]
+        ids[i, :L] = e["input_ids"]
+        labels[i, :L] = e["labels"]
+        attn[i, :L] = 1
+        pos[:, i, :L] = e["position_ids"]
+    out = {"input_ids": ids, "labels": labels, "attention_mask": attn, "position_ids": pos,
+           "pixel_values": torch.cat([e["pixel_values"] for e in examples]),
+           "image_grid_thw": torch.cat([e["image_grid_thw"] for e in examples])}
+    if "image_keeps" in examples[0]:
+        out["image_keeps"] = [k for e in examples for k in e["image_keeps"]]
+    return out
+
+
+def mask_targets(masks: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """GT masks (S, 1, size, size) at SAM's input resolution (nearest neighbour)."""
+    t = torch.stack([torch.from_numpy(np.asarray(m, dtype=np.float32)) for m in masks]).unsqueeze(1)
+    return (torch.nn.functional.interpolate(t, size=(size, size), mode="nearest") > 0.5).float()
+
+
+# -- training ----------------------------------------------------------------------------
+def configure_trainable(model: SegAnswerModel, phase: str, settings: Stage1Settings) -> list[torch.nn.Parameter]:
+    """Sets requires_grad for a phase (wrapping the LM in LoRA for phase b); returns the trainable parameters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if phase == "a":
+        for p in model.projector.parameters():
+            p.requires_grad_(True)
+    elif phase == "b":
+        if not is_peft(model.lm):
+            from peft import LoraConfig, get_peft_model
+
+            cfg = dict(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                       target_modules=settings.lora_target_modules, task_type="CAUSAL_LM")
+            if settings.train_seg_token_rows:
+                cfg["trainable_token_indices"] = {"embed_tokens": [model.seg_token_id],
+                                                  "lm_head": [model.seg_token_id]}
+            torch.manual_seed(settings.seed)  # LoRA A matrices are drawn here
+            model.lm = get_peft_model(model.lm, LoraConfig(**cfg))
+        else:
+            for n, p in model.lm.named_parameters():
+                if "lora_" in n or "trainable_tokens" in n:
+                    p.requires_grad_(True)
+        for p in model.projector.parameters():
+            p.requires_grad_(True)
+        for p in model.sam.sam_mask_decoder.parameters():
+            p.requires_grad_(True)
+    else:
+        raise ValueError(f"phase must be 'a' or 'b', got {phase!r}")
+    if settings.gradient_checkpointing:
+        model.lm.gradient_checkpointing_enable()
+        if hasattr(model.lm, "enable_input_require_grads"):
+            model.lm.enable_input_require_grads()
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def stage1_step_loss(model: SegAnswerModel, examples: Sequence[dict], settings: Stage1Settings) -> dict:
+    """Forward + loss of one batch of examples (from build_stage1_example)."""
+    batch = collate(examples, model.processor.tokenizer.pad_token_id)
+    dev = model.device
+    feats = model.sam_image_features([e["image"] for e in examples])
+    out = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["position_ids"].to(dev),
+                batch["pixel_values"].to(dev), batch["image_grid_thw"].to(dev), sam_feats=feats)
+    size = int(model.sam.image_size)
+    if out.mask_logits is not None:
+        rows = out.seg_index[:, 0].tolist()
+        logits = model.upsample_masks(out.mask_logits, (size, size))
+        targets = mask_targets([examples[r]["mask"] for r in rows], size).to(dev)
+    else:
+        logits = targets = None
+    return stage1_loss(out.logits, batch["labels"].to(dev), logits, targets, out.iou_pred, out.object_logits,
+                       settings.loss)
+
+
+def _batches(n: int, batch_size: int, epochs: float, seed: int):
+    """(epoch, indices) in seeded per-epoch shuffles; a fractional epoch count stops part-way."""
+    total = math.ceil(epochs * n / batch_size) if n else 0
+    done, epoch = 0, 0
+    while done < total:
+        order = np.random.default_rng(seed + epoch).permutation(n)
+        for s in range(0, n, batch_size):
+            if done >= total:
+                return
+            yield epoch, order[s:s + batch_size].tolist()
+            done += 1
+        epoch += 1
+
+
+def train_phase(model: SegAnswerModel, rows: Sequence[dict], phase: str, settings: Stage1Settings,
+                log_path=None) -> list[dict]:
+    """Trains `model` in place for one phase; returns (and writes to `log_path`, Parquet) one row per step."""
+    torch.manual_seed(settings.seed)
+    params = configure_trainable(model, phase, settings)
+    if not params:
+        raise ValueError("nothing to train")
+    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    examples = [build_stage1_example(model.processor, r, settings) for r in rows]
+    model.train()
+    model.sam.eval()  # SAM has no dropout/batch-norm that should change; keep it deterministic
+    log, step, accum = [], 0, 0
+    t0 = time.perf_counter()
+    for epoch, idx in _batches(len(examples), settings.batch_size, settings.epochs, settings.seed):
+        terms = stage1_step_loss(model, [examples[i] for i in idx], settings)
+        (terms["loss"] / settings.gradient_accumulation_steps).backward()
+        accum += 1
+        if accum % settings.gradient_accumulation_steps:
+            continue
+        gn = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        now = time.perf_counter()
+        log.append({"step": step, "epoch": epoch, **{k: float(v.detach()) for k, v in terms.items()},
+                    "grad_norm": float(gn), "learning_rate": settings.learning_rate, "step_time_s": now - t0})
+        t0 = now
+        if settings.max_steps is not None and step >= settings.max_steps:
+            break
+    model.eval()
+    if log_path is not None:
+        import pyarrow as pa
+
+        from reproseg.io_atomic import write_parquet
+
+        write_parquet(log_path, pa.Table.from_pylist(log))
+    return log
+
+
+def _save(model: SegAnswerModel, out_dir, phase: str, settings: Stage1Settings, log: list[dict]) -> Path:
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        write_json(tmp / SUMMARY_FILE, {"phase": phase, "settings": settings.to_dict(), "steps": len(log),
+                                        "final": log[-1] if log else None})
+    return Path(out_dir)
+
+
+def train_stage1_projector(qwen_dir, sam2_path, rows: Sequence[dict], out_dir, settings: Stage1Settings | dict | None = None,
+                           log_path=None, sam2_config_name: str | None = None, sam2_overrides=None) -> Path:
+    """Phase a from the base models; writes a SegAnswer checkpoint to `out_dir` (atomic)."""
+    s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "a")
+    model = SegAnswerModel.from_base(qwen_dir, sam2_path, sam2_config_name, sam2_overrides, seed=s.seed)
+    log = train_phase(model, rows, "a", s, log_path)
+    return _save(model, out_dir, "a", s, log)
+
+
+def train_stage1_lora(phase_a_dir, rows: Sequence[dict], out_dir, settings: Stage1Settings | dict | None = None,
+                      log_path=None) -> Path:
+    """Phase b from phase a's checkpoint; writes an unmerged (base + lora/) checkpoint to `out_dir`."""
+    s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "b")
+    model = SegAnswerModel.from_pretrained(phase_a_dir)
+    log = train_phase(model, rows, "b", s, log_path)
+    return _save(model, out_dir, "b", s, log)

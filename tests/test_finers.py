@@ -1,0 +1,178 @@
+"""FineRS stages on stand-in models with known outputs: geometry, retrospective
+selection, two-stage inference (mask pasted back), rewards as TRL functions, evaluation."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from reproseg.data.masks import polygon_to_rle
+from reproseg.finers import prompts as P
+from reproseg.finers.evaluate import evaluate_stage
+from reproseg.finers.inference import infer_rows
+from reproseg.finers.regions import CropFrame, crop_covering, region_to_crop, to_gse
+from reproseg.finers.retrospective import choose, select_regions
+from reproseg.finers.rewards import profile_for, reward_functions
+
+W, H = 200, 100
+BOX = [120.0, 40.0, 130.0, 50.0]          # a 10 x 10 object
+CFG = {
+    "gse_size": [100, 50], "lpr_crop": 40, "region_size": 20, "reward_profile": "paper",
+    "lpr": {"gt_points": "centre_jitter", "random_region": True},
+    "regions": {"retrospective": True, "n_random": 3, "seed": 0},
+    "inference": {"batch_size": 4, "max_new_tokens": 8},
+    "prompts": {
+        "lpr": {t: "{question}{options} LPR" for t in P.TASK_TYPES},
+        "gse": {t: "{question}{options} GSE {region_size}" for t in P.TASK_TYPES},
+        "look": "Look.",
+    },
+}
+
+
+@pytest.fixture
+def row(tmp_path):
+    Image.new("RGB", (W, H), (10, 20, 30)).save(tmp_path / "f.png")
+    rle = polygon_to_rle([(120, 40), (130, 40), (130, 50), (120, 50)], W, H)
+    return {"id": "r1", "image_path": "f.png", "width": W, "height": H, "box": BOX,
+            "points_centre_jitter": [[125.0, 45.0], [126.0, 46.0]], "points_inscribed": [[125.5, 45.5]] * 2,
+            "task_type": "option", "question": "What colour?", "options": ["red", "blue"],
+            "option_letters": ["A", "B"], "answer": "B", "answer_option": "B", "attribute": "colors",
+            "size_bucket": "s", "rle_counts": rle["counts"]}
+
+
+def test_crop_geometry_by_hand():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x0, y0, x1, y1 = crop_covering(BOX, W, H, 40, rng)
+        assert x1 - x0 == pytest.approx(40) and y1 - y0 == pytest.approx(40)
+        assert x0 <= 120 and x1 >= 130 and y0 <= 40 and y1 >= 50 and x0 >= 0 and x1 <= W and y1 <= H
+    # Centred: the box centre (125, 45) is the crop centre.
+    assert crop_covering(BOX, W, H, 40, None) == [105.0, 25.0, 145.0, 65.0]
+    frame = CropFrame((105.0, 25.0, 145.0, 65.0), 80)        # shown at 2x
+    assert frame.to_input(BOX) == [30.0, 30.0, 50.0, 50.0]
+    assert frame.to_original([30.0, 30.0, 50.0, 50.0]) == BOX
+    # GSE region [60, 20, 70, 30] at 100x50 is [120, 40, 140, 60] original; min side 40 ->
+    # a 40 px square centred on (130, 50): [110, 30, 150, 70].
+    assert region_to_crop([60, 20, 70, 30], W, H, [100, 50], 40) == ([110.0, 30.0, 150.0, 70.0], False)
+    # A region hanging off the frame is clipped (and counted), then the crop kept inside.
+    crop, clipped = region_to_crop([90, 40, 110, 60], W, H, [100, 50], 40)
+    assert clipped and crop == [160.0, 60.0, 200.0, 100.0]
+
+
+def test_choose_best_iou_first_on_ties_centred_when_nothing_overlaps():
+    assert choose([0.2, 0.7, 0.7, 0.1], ["random"] * 3 + ["centred"]) == 1
+    assert choose([None, 0.0, None, None], ["random"] * 3 + ["centred"]) == 3
+
+
+def lpr_answer(box, points=((1, 1), (2, 2)), response="B"):
+    return ("<think>x</think><answer>" + json.dumps({"bbox": list(box), "points_1": list(points[0]),
+                                                     "points_2": list(points[1]), "response": response})
+            + "</answer>")
+
+
+def test_retrospective_selection_with_a_stand_in_lpr(row, tmp_path):
+    calls = []
+
+    from reproseg.finers.retrospective import candidates
+
+    crops = [c for _, c in candidates(row, 40, 3, 0)]
+
+    def lpr(images, prompts):
+        # In each candidate's input coordinates: candidate 2 gets the GT box exactly
+        # (IoU 1), candidate 0 the GT box shifted 5 px right (IoU 50/150), candidate 1 an
+        # unparseable answer, the centred one a box 8 px right (IoU 20/180).
+        calls.append(len(images))
+        shift = {0: 5, 2: 0, 3: 8}
+        return [lpr_answer(CropFrame(tuple(c), 40).to_input([BOX[0] + shift[k], BOX[1], BOX[2] + shift[k], BOX[3]]))
+                if k in shift else "garbage" for k, c in enumerate(crops)]
+
+    table = select_regions([row], str(tmp_path), CFG, lpr).to_pylist()
+    assert calls == [4] and [r["kind"] for r in table] == ["random"] * 3 + ["centred"]
+    assert [r["iou"] for r in table] == [pytest.approx(1 / 3), None, pytest.approx(1.0), pytest.approx(1 / 9)]
+    assert [r["candidate"] for r in table if r["chosen"]] == [2]
+    assert table[2]["lpr_box"] == pytest.approx(BOX)
+    assert table[2]["region_gse"] == to_gse(crops[2], W, H, [100, 50])
+    off = dict(CFG, regions={**CFG["regions"], "retrospective": False})
+    t2 = select_regions([row], str(tmp_path), off, None).to_pylist()
+    assert [(r["kind"], r["chosen"]) for r in t2] == [("centred", True)]
+
+
+class BoxPredictor:
+    """Stands in for SAM2: the mask is the prompt box, so the pasted mask is checkable."""
+
+    def set_image(self, image):
+        self.shape = image.shape[:2]
+
+    def predict(self, box, point_coords=None, point_labels=None, multimask_output=False):
+        m = np.zeros(self.shape, bool)
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        m[y0:y1, x0:x1] = True
+        assert point_labels is not None and list(point_labels) == [1, 1]
+        return m[None], np.ones(1), None
+
+
+def test_two_stage_inference_pastes_the_mask_back(row, tmp_path):
+    from reproseg.metrics.segmentation import segmentation_metrics
+
+    gse = lambda images, prompts, n: ['<think>t</think><answer>{"region": [55, 15, 75, 35], "response": "B"}</answer>'] * len(images)  # noqa: E731
+    # Region [55,15,75,35] at 100x50 -> [110,30,150,70] original (40 px, no growth). LPR
+    # answers in crop input coordinates: the GT box [120,40,130,50] is [10,10,20,20].
+    lpr = lambda images, prompts, n: [lpr_answer([10, 10, 20, 20], ((15, 15), (16, 16)))] * len(images)  # noqa: E731
+    recs = infer_rows([row], str(tmp_path), CFG, gse, lpr, BoxPredictor())
+    rec = recs[0]
+    assert rec["status"] == "ok" and rec["crop"] == [110.0, 30.0, 150.0, 70.0]
+    assert rec["pred_box"] == BOX and rec["pred_points"] == [[125.0, 45.0], [126.0, 46.0]]
+    assert rec["pred_response"] == "B"
+    seg = segmentation_metrics([{"id": "r1", "size_bucket": "s",
+                                 "gt_rle": {"size": [H, W], "counts": rec["gt_rle"]},
+                                 "pred_rle": {"size": [H, W], "counts": rec["pred_rle"]}}])
+    assert seg["all"].giou == pytest.approx(1.0)
+
+
+def test_unparseable_outputs_are_counted_not_raised(row, tmp_path):
+    garbage = lambda images, prompts, n: ["{{{"] * len(images)  # noqa: E731
+    assert infer_rows([row], str(tmp_path), CFG, garbage, garbage, BoxPredictor())[0]["status"] == "gse_unparsed"
+    gse = lambda images, prompts, n: ['<think>t</think><answer>{"region": [55, 15, 75, 35], "response": "B"}</answer>'] * len(images)  # noqa: E731
+    rec = infer_rows([row], str(tmp_path), CFG, gse, garbage, BoxPredictor())[0]
+    assert rec["status"] == "lpr_unparsed" and rec["pred_rle"] is None
+
+
+def test_reward_functions_per_term(row):
+    fns = reward_functions("lpr", profile_for("paper", 20))
+    assert list(fns) == [f"lpr/{t}" for t in ("box_iou", "box_l1", "point", "format", "think", "response")]
+    cols = {"qtype": ["option"], "answer": ["B"], "bbox": [[10, 10, 20, 20]], "points": [[[15, 15], [16, 16]]]}
+    perfect = lpr_answer([10, 10, 20, 20], ((15, 15), (16, 16)), "B")
+    assert {k: f([perfect], **cols)[0] for k, f in fns.items()} == {k: 1.0 for k in fns}
+    off = lpr_answer([10, 10, 20, 31], ((15, 15), (16, 16)), "A")   # IoU 100/210 < 0.5, L1 11/4 = 2.75
+    got = {k.split("/")[1]: f([off], **cols)[0] for k, f in fns.items()}
+    assert got == {"box_iou": 0.0, "box_l1": 1.0, "point": 1.0, "format": 1.0, "think": 1.0, "response": 0.0}
+    gse = reward_functions("gse", profile_for("paper", 20), disabled=["size"])
+    assert "gse/size" not in gse and "gse/cover" in gse
+    # The size target follows the config: 20 +- 15 x 20/256.
+    assert profile_for("paper", 20).size_target == 20 and profile_for("paper", 20).size_tol == pytest.approx(15 * 20 / 256)
+
+
+def test_evaluate_stage(tmp_path):
+    rle = polygon_to_rle([(0, 0), (10, 0), (10, 10), (0, 10)], 20, 20)["counts"]
+    half = polygon_to_rle([(0, 0), (5, 0), (5, 10), (0, 10)], 20, 20)["counts"]
+    base = {"task_type": "reasoning", "attribute": "colors", "size_bucket": "s", "answer": "red",
+            "gt_rle": rle, "height": 20, "width": 20, "gse_completion": "", "region_gse": None,
+            "crop": None, "region_clipped": False, "lpr_completion": None, "pred_box": None,
+            "pred_points": None, "status": "ok", "gse_seconds": 0.5, "lpr_sam_seconds": 1.5}
+    from reproseg.finers.inference import SCHEMA
+    rows = [dict(base, id="a", pred_rle=half, pred_response="red"),          # I/U = 50/100
+            dict(base, id="b", pred_rle=None, pred_response="blue", status="gse_unparsed", lpr_sam_seconds=None)]
+    for i, r in enumerate(rows):
+        pq.write_table(pa.Table.from_pylist([r], schema=SCHEMA), tmp_path / f"s{i}.parquet")
+    evaluate_stage([str(tmp_path / "s0.parquet"), str(tmp_path / "s1.parquet")], str(tmp_path / "p.parquet"),
+                   str(tmp_path / "m.json"), str(tmp_path / "t.parquet"), str(tmp_path / "t.md"), "test")
+    m = json.loads((tmp_path / "m.json").read_text())
+    # gIoU = (0.5 + 0) / 2; cIoU = (50 + 0) / (100 + 100).
+    assert m["segmentation"]["all"]["giou"] == pytest.approx(0.25)
+    assert m["segmentation"]["all"]["ciou"] == pytest.approx(0.25)
+    assert m["qa"]["ovqa"]["all"] == {"n": 2, "correct": 1}
+    assert m["status"] == {"ok": 1, "gse_unparsed": 1}
+    assert m["seconds_per_image"] == {"GSE": 0.5, "LPR+SAM2": 1.5}
+    assert "| Ours (reproduced) |" in (tmp_path / "t.md").read_text()

@@ -1,0 +1,137 @@
+"""The whole default DAG (small), then precise re-runs: after each kind of change the
+exact set of planned jobs is checked. The workflow runs from a copy of the repository,
+so library edits here do not touch the checkout."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = """
+data:
+  synthetic: {n_videos: 4, width: 320, height: 180, n_frames: 8}
+  splits: {proportions: {train: 2, val: 1, test: 1}}
+"""
+pytestmark = pytest.mark.workflow
+
+
+def planned(copy, *extra, config=None):
+    """{rule: count} of a dry run."""
+    cfg = [str(copy / "small.yaml")] + ([str(config)] if config else [])
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(copy / "Snakefile"), "-d", str(copy),
+                          "--cores", "2", "-n", *extra, "--configfile", *cfg],
+                         capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    if "Nothing to be done" in text:
+        return {}
+    block = text.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+@pytest.fixture(scope="module")
+def copy(tmp_path_factory):
+    dst = tmp_path_factory.mktemp("repo")
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "profiles", "src", "envs"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
+    (dst / "small.yaml").write_text(SMALL)
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(dst / "Snakefile"), "-d", str(dst),
+                          "--cores", "2", "--configfile", str(dst / "small.yaml")],
+                         capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return dst
+
+
+DOWNSTREAM_OF_GSE = {"train_gse": 1, "infer_finers": 4, "evaluate_finers": 2, "finers_experiment_table": 1, "all": 1}
+
+
+def test_default_dag_writes_the_finers_tables(copy):
+    import json
+
+    res = copy / "results"
+    for split in ("val", "test"):
+        m = json.loads((res / f"finers/metrics/main/{split}.json").read_text())
+        # One video (2 frames x 3 objects) per split; every sample has a status.
+        assert m["samples"] == sum(m["status"].values()) == 6
+        assert set(m["segmentation"]) == {"s", "xs", "xxs", "all"}
+        md = (res / f"tables/finers_main_{split}.md").read_text()
+        assert "FineRS (paper" in md and "Ours (reproduced)" in md
+    assert (res / "finers/lpr/main/checkpoint/model.safetensors").is_file()
+    assert (res / "finers/gse/main/checkpoint/model.safetensors").is_file()
+    assert (res / "finers/lpr/main/curves.png").read_bytes()[:4] == b"\x89PNG"
+    log = __import__("pyarrow.parquet", fromlist=["x"]).read_table(res / "finers/lpr/main/train_log.parquet")
+    assert log.num_rows == 4 and {"reward_mean", "reward_std", "kl", "entropy", "frac_zero_std",
+                                  "completion_length_mean", "reward_lpr/box_iou_mean"} <= set(log.column_names)
+    assert "main" in (res / "tables/finers_experiments.md").read_text()
+
+
+def test_no_op(copy):
+    assert planned(copy) == {}
+
+
+def test_touching_an_input_reruns_nothing(copy):
+    os.utime(copy / "results/synthetic/annotations.json")
+    os.utime(copy / "results/splits/train.parquet")
+    assert planned(copy) == {}
+
+
+def test_new_ablation_adds_only_its_own_jobs(copy, tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("experiments: {run: [no-size-reward]}\n")
+    # A GSE-only ablation reuses the data, LPR and the regions; the experiment table
+    # gains a row so it is rebuilt.
+    assert planned(copy, config=cfg) == DOWNSTREAM_OF_GSE
+    cfg.write_text("experiments: {run: [no-retrospective]}\n")
+    assert planned(copy, config=cfg) == {"retrospective_regions": 1, **DOWNSTREAM_OF_GSE}
+    cfg.write_text("experiments: {run: [no-random-region]}\n")
+    assert planned(copy, config=cfg) == {"train_lpr": 1, "retrospective_regions": 1, **DOWNSTREAM_OF_GSE}
+
+
+def test_config_value_of_one_stage(copy, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("finers: {gse: {grpo: {max_steps: 3}}}\n")
+    assert planned(copy, config=cfg) == DOWNSTREAM_OF_GSE
+    cfg.write_text("finers: {inference: {max_new_tokens: 32}}\n")
+    assert planned(copy, config=cfg) == {"infer_finers": 4, "evaluate_finers": 2, "finers_experiment_table": 1, "all": 1}
+
+
+def edit(path, old, new):
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    return text
+
+
+def test_library_module_of_one_stage(copy):
+    path = copy / "src/reproseg/finers/retrospective.py"
+    before = edit(path, "return best if scores[best] > 0", "return best if scores[best] >= 0")
+    try:
+        assert planned(copy) == {"retrospective_regions": 1, **DOWNSTREAM_OF_GSE}
+    finally:
+        path.write_text(before)
+
+
+def test_comment_or_docstring_edit_reruns_nothing(copy):
+    path = copy / "src/reproseg/rl/rewards_finers.py"
+    before = path.read_text()
+    path.write_text('"""Edited docstring."""\n# a new comment\n' + before.split('"""', 2)[2])
+    try:
+        assert planned(copy) == {}
+    finally:
+        path.write_text(before)
+
+
+def test_shared_library_module_reruns_every_stage_using_it(copy):
+    path = copy / "src/reproseg/io_atomic.py"
+    before = edit(path, "_CHUNK = 1 << 20", "_CHUNK = 1 << 21")
+    try:
+        jobs = planned(copy)
+        assert {"synthesize_dataset", "extract_frames", "import_annotations", "make_splits", "build_tiny_models",
+                "train_lpr", "retrospective_regions", "train_gse", "infer_finers", "evaluate_finers"} <= set(jobs)
+    finally:
+        path.write_text(before)
