@@ -76,7 +76,8 @@ for _name in config["experiments"]["run"]:
 
 _UPSTREAM = ["data", "models"]
 STAGE_KEYS = {
-    "lpr": _UPSTREAM + ["finers.lpr", "finers.lpr_crop", "finers.reward_profile", "finers.prompts.lpr"],
+    "lpr": _UPSTREAM + ["finers.lpr", "finers.lpr_crop", "finers.reward_profile", "finers.prompts.lpr",
+            "finers.prompts.look"],
 }
 STAGE_KEYS["regions"] = STAGE_KEYS["lpr"] + ["finers.regions", "finers.gse_size"]
 STAGE_KEYS["gse"] = STAGE_KEYS["regions"] + ["finers.gse", "finers.region_size", "finers.prompts.gse"]

@@ -34,7 +34,7 @@ rule train_lpr:
         prov=prov(f"{FINERS}/lpr/{{lpr}}/train_log.parquet"),
     params:
         **exp_params("lpr", "train_lpr", "finers.lpr", "finers.lpr_crop", "finers.reward_profile",
-                    "finers.prompts.lpr"),
+                    "finers.prompts.lpr", "finers.prompts.look"),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         images_root=images_root,
         policy=BASE_QWEN,
@@ -64,7 +64,7 @@ rule retrospective_regions:
         prov=prov(f"{FINERS}/regions/{{regions}}/regions.parquet"),
     params:
         **exp_params("regions", "retrospective_regions", "finers.regions", "finers.gse_size", "finers.lpr_crop",
-                    "finers.prompts.lpr", "finers.lpr.gt_points"),
+                    "finers.prompts.lpr", "finers.prompts.look", "finers.lpr.gt_points", "finers.lpr.drseg"),
         images_root=images_root,
     log:
         f"{FINERS}/logs/retrospective_regions/{{regions}}.log",
@@ -91,7 +91,7 @@ rule train_gse:
         prov=prov(f"{FINERS}/gse/{{gse}}/train_log.parquet"),
     params:
         **exp_params("gse", "train_gse", "finers.gse", "finers.gse_size", "finers.region_size",
-                    "finers.reward_profile", "finers.prompts.gse"),
+                    "finers.reward_profile", "finers.prompts.gse", "finers.prompts.look"),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         images_root=images_root,
         policy=BASE_QWEN,
@@ -119,7 +119,8 @@ rule infer_finers:
         prov=prov(f"{FINERS}/predictions/{{infer}}/{{split}}/shard-{{shard}}.parquet"),
     params:
         **exp_params("infer", "infer_finers", "finers.inference", "finers.gse_size", "finers.lpr_crop",
-                    "finers.region_size", "finers.prompts.lpr", "finers.prompts.gse", "finers.lpr.gt_points"),
+                    "finers.region_size", "finers.prompts", "finers.lpr.gt_points", "finers.lpr.drseg",
+                    "finers.gse.drseg"),
         images_root=images_root,
         sam2=BASE_SAM2,
         sam2_config=SAM2_CONFIG,

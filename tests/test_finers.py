@@ -176,3 +176,38 @@ def test_evaluate_stage(tmp_path):
     assert m["status"] == {"ok": 1, "gse_unparsed": 1}
     assert m["seconds_per_image"] == {"GSE": 0.5, "LPR+SAM2": 1.5}
     assert "| Ours (reproduced) |" in (tmp_path / "t.md").read_text()
+
+
+def test_drseg_options_on_lpr():
+    from reproseg.finers.rewards import stage_reward_functions
+
+    cfg = dict(CFG, lpr={"drseg": {"look_to_confirm": True, "distribution_ranked": True, "queue_size": 2048}})
+    fns = stage_reward_functions("lpr", cfg)
+    # The ranked accuracy replaces the hard box/point thresholds; LC adds two terms.
+    assert sorted(fns) == ["lpr/format", "lpr/look", "lpr/non_repeat", "lpr/ranked_accuracy", "lpr/response",
+                           "lpr/think"]
+    cols = {"qtype": ["option"] * 2, "answer": ["B"] * 2, "bbox": [[10, 10, 20, 20]] * 2,
+            "points": [[[15, 15], [16, 16]]] * 2, "gt_objects": [[{"bbox_2d": [10, 10, 20, 20], "point_2d": [15, 15]}]] * 2}
+    perfect = ("<think>The sign. <look>a blue square</look></think><answer>"
+               '{"bbox": [10, 10, 20, 20], "points_1": [15, 15], "points_2": [16, 16], "response": "B"}</answer>')
+    ranked = fns["lpr/ranked_accuracy"]
+    # First step: 128 zero rows; x = (1, 1, 1) and x = (0, 0, 0) both rank 1.0 per component.
+    assert ranked([perfect, "junk"], **cols) == [1.0, 1.0]
+    ranked.on_step_end()
+    # Queue: 128 zeros + (1,1,1) + (0,0,0) = 130 rows. Garbage ranks 129/130 on every
+    # component (x2 = 0 too: no object for one GT object); perfect ranks 130/130.
+    assert ranked(["junk", perfect], **cols) == [pytest.approx(129 / 130), 1.0]
+    assert fns["lpr/look"]([perfect, "<think>no look</think><answer>{}</answer>"]) == [1.0, 0.0]
+    state = ranked.state_dict()
+    again = stage_reward_functions("lpr", cfg)["lpr/ranked_accuracy"]
+    again.load_state_dict(state)
+    assert again(["junk"], **{k: v[:1] for k, v in cols.items()}) == [pytest.approx(129 / 130)]
+
+
+def test_look_prompt_only_when_enabled(row, tmp_path):
+    from reproseg.finers.samples import lpr_training_rows
+
+    on = dict(CFG, lpr={**CFG["lpr"], "drseg": {"look_to_confirm": True}})
+    text_on = lpr_training_rows([row], str(tmp_path), on, seed=0, look=True)[0]["prompt"][0]["content"]
+    text_off = lpr_training_rows([row], str(tmp_path), CFG, seed=0)[0]["prompt"][0]["content"]
+    assert text_on == text_off + " Look." and "Options: A. red B. blue" in text_off

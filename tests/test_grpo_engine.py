@@ -248,3 +248,19 @@ def test_deepspeed_config_and_launch_command(tmp_path):
 def test_stateful_protocol():
     assert isinstance(CountingReward(), StatefulReward)
     assert not isinstance(length_reward, StatefulReward)
+
+
+def test_internal_tensor_names_are_saved_in_base_layout(policy, tmp_path):
+    # What ZeRO-3's gathered state dict holds: the module's own names (model.language_model.*).
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from reproseg.rl.engine import _save_in_base_layout, _weight_names
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(policy, local_files_only=True)
+    state = {k: v.clone() + 1.0 for k, v in model.state_dict().items()}
+    assert set(state) != _weight_names(policy)
+    _save_in_base_layout(state, policy, tmp_path / "out")
+    assert _weight_names(tmp_path / "out") == _weight_names(policy)
+    reloaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "out", local_files_only=True)
+    for k, v in reloaded.state_dict().items():
+        assert torch.equal(v, state[k]), k

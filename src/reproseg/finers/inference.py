@@ -23,7 +23,7 @@ from ..io_atomic import write_parquet
 from ..rl.parsing import parse
 from .prompts import target_answer
 from .regions import CropFrame, region_to_crop
-from .samples import crop_image, gse_image, gse_prompt, load_image, lpr_sample
+from .samples import gse_image, gse_prompt, load_image, look_enabled, lpr_sample
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def infer_rows(rows: list[dict], images_root: str, cfg: dict, gse, lpr, predicto
         chunk = rows[start:start + batch]
         images = [load_image(images_root, r["image_path"]) for r in chunk]
         t0 = time.perf_counter()
-        gse_out = gse([gse_image(im, cfg) for im in images], [gse_prompt(r, cfg) for r in chunk], tokens)
+        gse_out = gse([gse_image(im, cfg) for im in images], [gse_prompt(r, cfg, look_enabled(cfg, "gse")) for r in chunk], tokens)
         gse_s = (time.perf_counter() - t0) / len(chunk)
         staged = []
         for r, im, text in zip(chunk, images, gse_out):
@@ -87,7 +87,7 @@ def infer_rows(rows: list[dict], images_root: str, cfg: dict, gse, lpr, predicto
         if not staged:
             continue
         t0 = time.perf_counter()
-        samples = [lpr_sample(r, im, crop, cfg) for rec, r, im, crop in staged]
+        samples = [lpr_sample(r, im, crop, cfg, look_enabled(cfg, "lpr")) for rec, r, im, crop in staged]
         lpr_out = lpr([s["image"] for s in samples], [s["prompt"] for s in samples], tokens)
         for (rec, r, im, crop), text in zip(staged, lpr_out):
             rec["lpr_completion"] = text

@@ -17,7 +17,7 @@ from ..io_atomic import write_parquet
 from ..rl.geometry import box_iou
 from ..rl.parsing import parse
 from .regions import CropFrame, crop_covering, to_gse
-from .samples import load_image, lpr_sample, row_rng
+from .samples import load_image, look_enabled, lpr_sample, row_rng
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def select_regions(rows: list[dict], images_root: str, cfg: dict, lpr_generate=N
         ious: list[float | None] = [None] * len(cands)
         if rc["retrospective"]:
             image = load_image(images_root, row["image_path"])
-            samples = [lpr_sample(row, image, crop, cfg) for _, crop in cands]
+            samples = [lpr_sample(row, image, crop, cfg, look_enabled(cfg, "lpr")) for _, crop in cands]
             completions = lpr_generate([s["image"] for s in samples], [s["prompt"] for s in samples])
             for k, (text, (_, crop)) in enumerate(zip(completions, cands)):
                 pred = parse(text).bbox

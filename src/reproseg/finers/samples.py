@@ -30,6 +30,11 @@ def crop_image(image: Image.Image, frame: CropFrame) -> Image.Image:
     return image.crop(box).resize((frame.input_size, frame.input_size), Image.BICUBIC)
 
 
+def look_enabled(cfg: dict, stage: str) -> bool:
+    """Whether the stage was trained with Dr. Seg's Look-to-Confirm prompt."""
+    return bool((cfg.get(stage, {}).get("drseg") or {}).get("look_to_confirm"))
+
+
 def gt_points(row: dict, variant: str):
     return row["points_centre_jitter"] if variant == "centre_jitter" else row["points_inscribed"]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from .rewards import profile_for, reward_functions
-from .samples import gse_training_rows, lpr_training_rows
+from .rewards import gt_objects, stage_reward_functions
+from .samples import gse_training_rows, look_enabled, lpr_training_rows
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +18,9 @@ def _train(stage: str, policy: str, rows: list[dict], cfg: dict, run_dir: str, c
     from .curves import plot_curves
 
     stage_cfg = cfg[stage]
-    # Only GSE's size term reads the region size; LPR's params do not carry it.
-    fns = reward_functions(stage, profile_for(cfg["reward_profile"], cfg.get("region_size", 256)),
-                           stage_cfg.get("disabled_rewards", []))
+    fns = stage_reward_functions(stage, cfg)
+    for row in rows:   # Dr. Seg's accuracy vector reads the GT as an object list
+        row["gt_objects"] = gt_objects(stage, row)
     log.info("%s: %d samples, rewards %s", stage, len(rows), list(fns))
     # The engine keeps its resume state in run_dir (not a rule output, so Snakemake does
     # not delete it when an attempt fails) and writes the final checkpoint to run_dir/checkpoint.
@@ -34,7 +34,7 @@ def _train(stage: str, policy: str, rows: list[dict], cfg: dict, run_dir: str, c
 def train_lpr_stage(train_split: str, images_root: str, policy: str, run_dir: str, checkpoint: str,
                     train_log: str, curves: str, cfg: dict) -> None:
     rows = pq.read_table(train_split).to_pylist()
-    samples = lpr_training_rows(rows, images_root, cfg, seed=cfg["lpr"]["grpo"].get("seed", 0))
+    samples = lpr_training_rows(rows, images_root, cfg, seed=cfg["lpr"]["grpo"].get("seed", 0), look=look_enabled(cfg, "lpr"))
     _train("lpr", policy, samples, cfg, run_dir, checkpoint, train_log, curves)
 
 
@@ -45,5 +45,5 @@ def train_gse_stage(train_split: str, regions: str, images_root: str, policy: st
     missing = [r["id"] for r in rows if r["id"] not in chosen]
     if missing:
         raise ValueError(f"{regions}: no chosen region for {len(missing)} training sample(s), e.g. {missing[:5]}")
-    samples = gse_training_rows(rows, chosen, images_root, cfg)
+    samples = gse_training_rows(rows, chosen, images_root, cfg, look=look_enabled(cfg, "gse"))
     _train("gse", policy, samples, cfg, run_dir, checkpoint, train_log, curves)

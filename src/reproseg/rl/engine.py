@@ -333,14 +333,40 @@ def _plain_model_loading():
         hf_ds._hf_deepspeed_config_weak_ref = ref
 
 
+def _save_in_base_layout(state: dict, policy_dir: Path, out: Path) -> None:
+    """Saves a state dict keyed by the model's own module names, in the base model's layout.
+
+    transformers 5 writes Qwen2.5-VL under the released checkpoints' names and renames
+    them on load. `save_pretrained(state_dict=...)` with module names, which is how the
+    Trainer saves a ZeRO-3 model, comes out as a mix of both layouts ("model.model.*")
+    that from_pretrained does not read back. So the tensors go into a model loaded from
+    the base directory (strictly: every name must match) and are saved from there.
+    """
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    dtype = next(iter(state.values())).dtype
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(policy_dir, dtype=dtype, local_files_only=True)
+    model.load_state_dict(state, strict=True)
+    model.save_pretrained(out, safe_serialization=True)
+
+
 def _export_final(trainer, policy_dir: Path, out_dir: Path, settings: GRPOSettings, processor) -> None:
     """Final weights in Hugging Face format (LoRA merged) with the processor, written atomically."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    main = trainer.accelerator.is_main_process
     staging = out_dir / f".{FINAL_DIR}-staging"
-    # Every rank takes part: under ZeRO-3 the weights are gathered for the save.
-    trainer.save_model(str(staging))
-    if trainer.accelerator.is_main_process:
+    zero3_full = trainer.is_deepspeed_enabled and is_deepspeed_zero3_enabled() and not settings.lora
+    # Every rank takes part in both: under ZeRO-3 the weights are gathered to rank 0.
+    if zero3_full:
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    else:
+        trainer.save_model(str(staging))
+    if main:
         with _plain_model_loading(), atomic_dir(out_dir / FINAL_DIR) as tmp:
-            if settings.lora:
+            if zero3_full:
+                _save_in_base_layout(state, policy_dir, tmp)
+            elif settings.lora:
                 import torch
                 from peft import PeftModel
                 from transformers import Qwen2_5_VLForConditionalGeneration
@@ -350,19 +376,16 @@ def _export_final(trainer, policy_dir: Path, out_dir: Path, settings: GRPOSettin
                 )
                 merged = PeftModel.from_pretrained(base, staging).merge_and_unload()
                 merged.save_pretrained(tmp, safe_serialization=True)
-            elif _weight_names(staging) != _weight_names(policy_dir):
-                # Under ZeRO-3 the Trainer saves a gathered state dict under the model's
-                # internal names ("model.language_model.*"), not the released layout
-                # that save_pretrained writes otherwise. Re-save through the model so
-                # every checkpoint of the project has the layout of its base model.
-                from transformers import Qwen2_5_VLForConditionalGeneration
-
-                model = Qwen2_5_VLForConditionalGeneration.from_pretrained(staging, dtype="auto", local_files_only=True)
-                model.save_pretrained(tmp, safe_serialization=True)
             else:
                 for p in staging.iterdir():
                     if p.name != "training_args.bin":  # a pickle of the config; not part of an HF model dir
                         shutil.move(str(p), tmp / p.name)
+            names, base_names = _weight_names(tmp), _weight_names(policy_dir)
+            if names != base_names:
+                raise RuntimeError(
+                    f"final checkpoint tensor names differ from the base model's: "
+                    f"{sorted(names ^ base_names)[:6]} ..."
+                )
             processor.save_pretrained(tmp)
             write_json(tmp / "engine_summary.json", {
                 "settings": settings.to_dict(),

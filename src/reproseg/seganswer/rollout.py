@@ -42,6 +42,27 @@ from reproseg.seganswer.positions import (
 from reproseg.seganswer.prompts import extract_answer, observation_message, reasoning_messages
 
 END_OF_TURN = "<|im_end|>"
+# The policy may never write these: they are placeholders the processor and the model
+# reserve for images (a sampled <|image_pad|> would be taken for an image token).
+BANNED_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+
+
+def banned_token_ids(tokenizer) -> list[int]:
+    out = []
+    for t in BANNED_TOKENS:
+        i = tokenizer.convert_tokens_to_ids(t)
+        if i is not None and i != tokenizer.unk_token_id:
+            out.append(int(i))
+    return out
+
+
+def mask_banned(logits: torch.Tensor, banned: list[int]) -> torch.Tensor:
+    """Logits with the banned ids at -inf (last dim = vocabulary); used for sampling and for the loss."""
+    if not banned:
+        return logits
+    logits = logits.clone()
+    logits[..., banned] = float("-inf")
+    return logits
 
 
 @dataclass
@@ -76,7 +97,7 @@ class Rollout:
     seg_calls: int
     answered: bool
     masks: list[np.ndarray] = field(default_factory=list)  # one (H, W) bool per segmentation turn
-    sample_logps: list[float] = field(default_factory=list)  # log p of each generated token (T=1) when sampled
+    sample_logps: list[float] = field(default_factory=list)  # log p (T=1, banned ids masked) of each generated token
 
     @property
     def completion_ids(self) -> list[int]:
@@ -193,11 +214,13 @@ def rollout_one(model: SegAnswerModel, prompt: PreparedPrompt, s: RolloutSetting
     pvs, grids, keeps = [prompt.pixel_values], [prompt.grid], [None]
     turns, masks, seg_calls, answered = [], [], 0, False
     sample_logps: list[float] = []
+    banned = banned_token_ids(tok)
     logits, _, _ = stepper.feed()
     for turn in range(s.max_turns):
         turn_ids: list[int] = []
         seg_hidden: list[torch.Tensor] = []  # last-layer state of each <|seg|> of this turn
         while True:
+            logits = mask_banned(logits, banned)
             t = _sample(logits, s, generator) if sampler is None else int(sampler(logits, b.ids[prompt_len:]))
             sample_logps.append(float(torch.log_softmax(logits.float(), -1)[t]))
             b.add_text([t], trainable=True)

@@ -1,0 +1,116 @@
+"""SegAnswer evaluation: referring segmentation (gIoU / cIoU) and question answering accuracy.
+
+Referring segmentation (paper Table 3) uses the stage-1 prompt; the model decodes
+greedily and the mask comes from the first `<|seg|>` it writes; an answer without
+`<|seg|>` is a missing prediction (I = 0, U = |GT|). gIoU / cIoU follow the project's
+LISA-style rules (reproseg.metrics.segmentation: an empty target with an empty
+prediction scores 1).
+
+Question answering (paper Tables 1-2) runs the multi-turn rollout greedily (up to
+`max_turns` assistant turns, segmenting when the model asks) and scores the final
+<answer>: multiple choice by the option letter (metrics.qa's "paper" rule, or the
+option's text), open answers as in stage 3's R_acc. A question never answered within
+the turn limit counts as wrong.
+
+Choices where the paper is silent: greedy decoding, at most 3 assistant turns, at most
+64 new tokens for the segmentation answer.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from reproseg.seganswer.model import SegAnswerModel
+from reproseg.seganswer.rollout import RolloutSettings, rollout_row
+from reproseg.seganswer.stage1 import PROMPT_TEMPLATE
+
+
+def giou_ciou(pred_masks: Sequence[np.ndarray | None], gt_masks: Sequence[np.ndarray]) -> dict:
+    """{"giou", "ciou", "n", "n_missing", "n_invalid"} over dense masks (None = missing prediction)."""
+    from pycocotools import mask as mask_utils
+
+    from reproseg.metrics.segmentation import per_sample, summarise
+
+    def rle(m):
+        r = mask_utils.encode(np.asfortranarray(np.asarray(m, dtype=np.uint8)))
+        return {"size": list(r["size"]), "counts": r["counts"]}
+
+    records = []
+    for i, (p, g) in enumerate(zip(pred_masks, gt_masks, strict=True)):
+        records.append({"id": str(i), "gt_rle": rle(g), "pred_rle": None if p is None else rle(p),
+                        "size_bucket": "s"})  # one bucket: only "all" is reported
+    score = summarise(per_sample(records))["all"]
+    return {"giou": score.giou, "ciou": score.ciou, "n": score.n, "n_missing": score.n_missing,
+            "n_invalid": score.n_invalid}
+
+
+@torch.no_grad()
+def predict_referring_masks(model: SegAnswerModel, rows: Sequence[Mapping], max_new_tokens: int = 64,
+                            prompt_template: str = PROMPT_TEMPLATE) -> list[np.ndarray | None]:
+    """Greedy answer to "Segment the {phrase} in the image."; the mask of its first `<|seg|>` (None if none)."""
+    model.eval()
+    s = RolloutSettings(max_turns=1, max_turn_tokens=max_new_tokens, max_completion_tokens=max_new_tokens,
+                        temperature=0.0)
+    out = []
+    for r in rows:
+        messages = [{"role": "user", "content": [
+            {"type": "image"}, {"type": "text", "text": prompt_template.format(phrase=r["phrase"])}]}]
+        ro = rollout_row(model, {"image": r["image"], "prompt": messages}, 1, s)[0]
+        out.append(_first_seg_mask(model, r["image"], ro))
+    return out
+
+
+def _first_seg_mask(model: SegAnswerModel, image, ro) -> np.ndarray | None:
+    """Mask at the first `<|seg|>` of a one-turn rollout (one forward over the finished sequence)."""
+    seg_pos = [i for i in range(ro.prompt_len, len(ro.ids)) if ro.ids[i] == model.seg_token_id]
+    if not seg_pos:
+        return None
+    ids = torch.tensor(ro.ids, device=model.device)[None]
+    pos = ro.positions.to(model.device)[:, None]
+    _, hidden, _ = model.lm_forward(ids, None, pos, torch.cat(ro.pixel_values).to(model.device),
+                                    torch.cat(ro.grids).to(model.device), ro.keeps)
+    feats = model.sam_image_features([image])
+    _, low, _, _ = model.decode_masks(hidden[0, seg_pos[:1]], feats, torch.zeros(1, dtype=torch.long))
+    w, h = image.size
+    return (model.upsample_masks(low, (h, w))[0, 0] > model.config.mask_threshold).cpu().numpy()
+
+
+def evaluate_referring(model: SegAnswerModel, rows: Sequence[Mapping], **kw) -> dict:
+    """gIoU / cIoU of rows {"image", "mask", "phrase"}."""
+    preds = predict_referring_masks(model, rows, **kw)
+    return giou_ciou(preds, [r["mask"] for r in rows])
+
+
+@torch.no_grad()
+def answer_questions(model: SegAnswerModel, rows: Sequence[Mapping], max_turns: int = 3,
+                     max_turn_tokens: int = 256) -> list[dict]:
+    """Greedy multi-turn answers: one record per row with pred_response, answered, seg_calls, turns."""
+    model.eval()
+    s = RolloutSettings(max_turns=max_turns, max_turn_tokens=max_turn_tokens,
+                        max_completion_tokens=max_turns * (max_turn_tokens + 2048), temperature=0.0)
+    out = []
+    for r in rows:
+        ro = rollout_row(model, dict(r), 1, s)[0]
+        out.append({"question": r["question"], "answer": r["answer"], "options": r.get("options"),
+                    "pred_response": ro.answer, "answered": ro.answered, "seg_calls": ro.seg_calls,
+                    "turns": ro.turns})
+    return out
+
+
+def qa_accuracy(records: Iterable[Mapping]) -> dict:
+    """{"accuracy", "n", "correct", "unanswered"}; multiple choice when a record has options."""
+    from reproseg.seganswer.stage3 import answer_correct
+
+    n = correct = unanswered = 0
+    for r in records:
+        n += 1
+        unanswered += r.get("pred_response") is None
+        correct += answer_correct(r.get("pred_response"), r["answer"], r.get("options"))
+    return {"accuracy": correct / n if n else float("nan"), "n": n, "correct": correct, "unanswered": unanswered}
+
+
+def multiple_choice_accuracy(records: Iterable[Mapping]) -> float:
+    """Accuracy of records {"answer": letter (or "B. text"), "pred_response", "options"}."""
+    return qa_accuracy(records)["accuracy"]

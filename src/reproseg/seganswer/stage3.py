@@ -1,0 +1,571 @@
+"""Stage 3, reasoning with pixel grounding: multi-turn DAPO on the project's GRPO engine (paper Sec. 3.3, 4.2).
+
+What this adds to `reproseg.rl.engine` (a subclass of its EngineGRPOTrainer; the
+engine's config, resume, stop-signal, Parquet log and export are reused as they are):
+- multi-turn rollouts (rollout.py): generate until the turn ends; on `<|seg|>` decode
+  the mask with the frozen projector + mask decoder, append the segmented image with
+  its original positions, continue; up to `max_turns` assistant turns;
+- the loss forward with the rollouts' own (3, B, L) M-RoPE positions and sparse images
+  (TRL never passes position_ids);
+- observation tokens out of the loss: TRL's `tool_mask` (loss mask = completion mask x
+  tool mask) is 0 on them, so the token-level DAPO loss and its normaliser count only
+  model-generated tokens;
+- DAPO's dynamic sampling: a prompt group whose rewards are all equal is dropped and
+  replaced by groups of further prompts, round after round, until the batch is full;
+- R = 0.8 R_acc + 0.2 R_format (TRL's reward_weights), 4 rollouts per prompt, lr 2e-5,
+  1 epoch; per-step log of R_acc, R_format, total, `<|seg|>` calls, unanswered rollouts,
+  dropped / refilled groups.
+DAPO's loss (token-level, decoupled clip epsilon / epsilon_high) is TRL's `loss_type="dapo"`.
+
+Choices where the paper is silent (defaults of Stage3Settings / stage3_grpo_settings):
+- clip epsilon_low 0.2, epsilon_high 0.28 and no KL term (beta 0): DAPO's values;
+- R_acc: 1 if the answer in the final <answer></answer> matches (multiple choice: the
+  option letter, or the option's text; open: normalised string or numeric equality);
+- R_format: 1 if every turn before the last holds `<|seg|>` and no <answer> tag, and the
+  last turn holds exactly one <answer>...</answer> and no `<|seg|>`; otherwise 0;
+- a rollout with no answer within the turn limit scores 0 on both terms;
+- refill prompts are drawn at random (seeded by step and round) from the training rows,
+  as many as groups are missing; after `max_refill_rounds` rounds a still-short batch
+  is completed with dropped groups (zero advantage: no gradient, batch shape kept) and
+  the number is logged;
+- the logged R_acc / R_format / total are means over all rollouts generated in the step
+  (kept or dropped), so the curves track the policy, as in the paper's Fig. 4;
+- one process only (the refill rounds would need to be agreed between processes).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from reproseg.rl.engine import GRPOSettings
+from reproseg.rl.engine_trainer import EngineGRPOTrainer
+from reproseg.seganswer.model import CONFIG_FILE, HEADS_FILE, SAM2_SUBDIR, SegAnswerModel, unwrap_qwen
+from reproseg.seganswer.positions import sparse_image_features
+from reproseg.seganswer.prompts import extract_answer, reasoning_messages
+from reproseg.seganswer.rollout import (
+    Rollout,
+    RolloutSettings,
+    banned_token_ids,
+    mask_banned,
+    prepare_prompt,
+    rollout_one,
+)
+
+REWARD_WEIGHTS = {"acc": 0.8, "format": 0.2}
+SEG_TOKEN = "<|seg|>"
+EXTRA_LOG_COLUMNS = ("seg_calls_mean", "seg_calls_total", "unanswered", "rollouts", "dropped_groups",
+                     "refill_rounds", "padded_groups", "acc_mean", "format_mean", "total_mean")
+
+
+# -- rewards -----------------------------------------------------------------------------
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s.-]", " ", str(text).lower()).split()).strip(" .")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except (TypeError, ValueError):
+        return None
+
+
+def answer_correct(response: str | None, answer: str, options: Sequence[str] | None = None) -> bool:
+    """Is `response` (the text inside <answer>) the right answer?"""
+    if response is None:
+        return False
+    from reproseg.metrics.qa import option_correct, option_letter
+
+    if options:
+        letter = option_letter(str(answer))
+        if letter is not None and option_correct(str(answer), response, "paper"):
+            return True
+        if letter is not None and "a" <= letter <= "z" and ord(letter) - 97 < len(options):
+            return _norm(response) == _norm(options[ord(letter) - 97])
+        return False
+    r, a = _norm(response), _norm(answer)
+    if r == a:
+        return True
+    rn, an = _number(r), _number(a)
+    return rn is not None and an is not None and math.isclose(rn, an, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def format_ok(turns: Sequence[str], answered: bool) -> bool:
+    if not answered or not turns:
+        return False
+    for t in turns[:-1]:
+        if t.count(SEG_TOKEN) < 1 or "<answer>" in t or "</answer>" in t:
+            return False
+    last = turns[-1]
+    return (SEG_TOKEN not in last and last.count("<answer>") == 1 and last.count("</answer>") == 1
+            and extract_answer(last) is not None)
+
+
+def accuracy_reward(completions: list[str], answer: list, answered: list, turns: list,
+                    options: list | None = None, **_) -> list[float]:
+    """R_acc per rollout (0 for a rollout that never answered)."""
+    options = options or [None] * len(completions)
+    return [float(bool(ok) and answer_correct(extract_answer(t[-1]), a, o))
+            for t, a, ok, o in zip(turns, answer, answered, options)]
+
+
+def format_reward(completions: list[str], turns: list, answered: list, **_) -> list[float]:
+    """R_format per rollout (0 for a rollout that never answered)."""
+    return [float(format_ok(t, bool(ok))) for t, ok in zip(turns, answered)]
+
+
+def total_reward(acc: Sequence[float], fmt: Sequence[float], weights: dict | None = None) -> np.ndarray:
+    """R = w_a R_acc + w_f R_format (paper Eq. 2; w_a 0.8, w_f 0.2)."""
+    w = weights or REWARD_WEIGHTS
+    return w["acc"] * np.asarray(acc, dtype=float) + w["format"] * np.asarray(fmt, dtype=float)
+
+
+# -- dynamic sampling --------------------------------------------------------------------
+@dataclass
+class Group:
+    """The rollouts of one prompt and their total rewards."""
+
+    row: dict
+    rollouts: list
+    rewards: np.ndarray  # (n,) total reward
+    terms: dict = field(default_factory=dict)  # name -> (n,) per-term rewards
+
+    @property
+    def all_equal(self) -> bool:
+        r = np.asarray(self.rewards, dtype=float)
+        return bool(np.allclose(r, r[0])) if r.size else True
+
+
+@dataclass
+class FillStats:
+    dropped: int = 0
+    refill_rounds: int = 0
+    padded: int = 0
+    generated_groups: list = field(default_factory=list)  # every group generated this step, in order
+
+
+def dynamic_sampling(groups: list[Group], target: int, draw_more: Callable[[int, int], list[Group]],
+                     max_rounds: int) -> tuple[list[Group], FillStats]:
+    """DAPO's dynamic sampling: keep groups with reward variance, refill until `target` groups.
+
+    draw_more(k, round) returns k new groups (rolled out and scored). Groups come back in
+    the order they were kept; if still short after `max_rounds` refills, dropped groups
+    complete the batch (their advantages are 0) and are counted as padded.
+    """
+    stats = FillStats(generated_groups=list(groups))
+    kept = [g for g in groups if not g.all_equal]
+    dropped = [g for g in groups if g.all_equal]
+    rounds = 0
+    while len(kept) < target and rounds < max_rounds:
+        rounds += 1
+        new = draw_more(target - len(kept), rounds)
+        stats.generated_groups += new
+        kept += [g for g in new if not g.all_equal]
+        dropped += [g for g in new if g.all_equal]
+    stats.dropped = len(dropped)
+    stats.refill_rounds = rounds
+    kept = kept[:target]
+    if len(kept) < target:
+        pad = dropped[: target - len(kept)]
+        stats.padded = len(pad)
+        kept += pad
+    return kept, stats
+
+
+def group_advantages(rewards: np.ndarray, scale: str = "group", eps: float = 1e-4) -> np.ndarray:
+    """(r - mean) / (std + eps) within a group ("group"), or only centred ("none"). std is the sample std (as TRL)."""
+    r = np.asarray(rewards, dtype=float)
+    a = r - r.mean()
+    if scale == "group" and r.size > 1:
+        a = a / (r.std(ddof=1) + eps)
+    return a
+
+
+# -- batches for the loss ------------------------------------------------------------------
+def observation_mask(rollout: Rollout) -> list[int]:
+    """Per completion token: 1 if the policy generated it (trained), 0 for observation tokens."""
+    return list(rollout.completion_loss_mask)
+
+
+def collate_rollouts(rollouts: Sequence[Rollout], advantages: Sequence[float], pad_id: int) -> dict:
+    """TRL's batch layout (left-padded prompts, right-padded completions) plus the SegAnswer extras.
+
+    tool_mask = observation mask (0 on observation tokens and padding-safe 1 elsewhere as
+    TRL pads it); position_ids (3, B, P+C) aligned with that layout; pixel values of all
+    images, row after row; image_keeps in the same order.
+    """
+    B = len(rollouts)
+    P = max(r.prompt_len for r in rollouts)
+    C = max(max(len(r.ids) - r.prompt_len for r in rollouts), 1)
+    prompt_ids = torch.full((B, P), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((B, P), dtype=torch.long)
+    completion_ids = torch.full((B, C), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((B, C), dtype=torch.long)
+    tool_mask = torch.ones((B, C), dtype=torch.long)
+    pos = torch.zeros((3, B, P + C), dtype=torch.long)
+    pvs, grids, keeps = [], [], []
+    for i, r in enumerate(rollouts):
+        p, c = r.prompt_len, len(r.ids) - r.prompt_len
+        prompt_ids[i, P - p:] = torch.tensor(r.ids[:p])
+        prompt_mask[i, P - p:] = 1
+        completion_ids[i, :c] = torch.tensor(r.ids[p:])
+        completion_mask[i, :c] = 1
+        tool_mask[i, :c] = torch.tensor(observation_mask(r), dtype=torch.long)
+        pos[:, i, P - p:P] = r.positions[:, :p]
+        pos[:, i, P:P + c] = r.positions[:, p:]
+        pvs += r.pixel_values
+        grids += r.grids
+        keeps += r.keeps
+    return {
+        "prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids, "completion_mask": completion_mask, "tool_mask": tool_mask,
+        "advantages": torch.tensor(list(advantages), dtype=torch.float32),
+        "position_ids": pos, "pixel_values": torch.cat(pvs), "image_grid_thw": torch.cat(grids),
+        "image_keeps": keeps,
+    }
+
+
+def per_token_logps(lm, batch: dict, logits_to_keep: int, temperature: float = 1.0,
+                    compute_entropy: bool = False, input_ids=None, attention_mask=None, banned: Sequence[int] = ()):
+    """Log-probs (B, K) of the last K tokens (and entropies) with the batch's positions and sparse images.
+
+    `banned` ids (image placeholders the sampler never draws) are masked as in sampling.
+    """
+    if input_ids is None:
+        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    dev = input_ids.device
+    with sparse_image_features(lm, batch["image_keeps"]):
+        out = lm(input_ids=input_ids, attention_mask=attention_mask,
+                 position_ids=batch["position_ids"].to(dev), pixel_values=batch["pixel_values"].to(dev),
+                 image_grid_thw=batch["image_grid_thw"].to(dev), logits_to_keep=logits_to_keep + 1,
+                 use_cache=False)
+    logits = mask_banned(out.logits[:, :-1].float(), list(banned)) / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    target = input_ids[:, -logits_to_keep:]
+    logps = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    ent = -torch.nan_to_num(logp_all.exp() * logp_all).sum(-1) if compute_entropy else None
+    return logps, ent
+
+
+# -- the trainer ---------------------------------------------------------------------------
+@dataclass
+class Stage3Settings:
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    dynamic_sampling: bool = True
+    max_refill_rounds: int = 4
+    reward_weights: dict = field(default_factory=lambda: dict(REWARD_WEIGHTS))
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Stage3Settings":
+        d = dict(d or {})
+        if isinstance(d.get("rollout"), dict):
+            d["rollout"] = RolloutSettings.from_dict(d["rollout"])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class SegAnswerGRPOTrainer(EngineGRPOTrainer):
+    """EngineGRPOTrainer with SegAnswer's multi-turn rollouts, positions and dynamic sampling.
+
+    Bound to a run by `bind_trainer`, which sets the class attributes `seg_heads_dir`
+    (projector + mask decoder + SAM 2.1, frozen), `seg_settings` and `seg_rows` (the
+    training rows, also the refill source).
+    """
+
+    seg_heads_dir: str = ""
+    seg_settings: Stage3Settings = Stage3Settings()
+    seg_rows: Sequence[dict] = ()
+    seg_step_stats: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.accelerator.num_processes > 1:
+            raise NotImplementedError("SegAnswer stage 3 runs on one process (dynamic sampling is not synchronised)")
+        self.seg = load_heads(self.seg_heads_dir, self.processing_class, device=self.accelerator.device)
+        self._seg_batch = None
+        self._seg_buffer = None
+        self._banned = banned_token_ids(self.processing_class.tokenizer)
+        self.seg_step_stats = []
+
+    # rollouts ---------------------------------------------------------------------------
+    def _rollout_groups(self, rows: Sequence[dict], seed: int) -> list[Group]:
+        s = self.seg_settings
+        policy = self.accelerator.unwrap_model(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        per_row = []
+        try:
+            for j, row in enumerate(rows):
+                prompt = prepare_prompt(self.seg, row["image"], row["prompt"])
+                gen = torch.Generator().manual_seed(int(seed) * 1000003 + j)
+                per_row.append([rollout_one(self.seg, prompt, s.rollout, lm=policy, generator=gen)
+                                for _ in range(self.num_generations)])
+        finally:
+            self.model.train(was_training)
+        # scored in train mode: the engine files its reward metrics under the model's mode
+        return [self._score(row, rollouts) for row, rollouts in zip(rows, per_row)]
+
+    def _score(self, row: dict, rollouts: list[Rollout]) -> Group:
+        n = len(rollouts)
+        inputs = []
+        for r in rollouts:
+            x = {k: v for k, v in row.items() if k != "prompt"}
+            x.update(prompt=row["prompt"], turns=r.turns, answered=r.answered, seg_calls=r.seg_calls)
+            inputs.append(x)
+        completions = [r.text for r in rollouts]
+        per_func = self._calculate_rewards(inputs, [row["prompt"]] * n, completions,
+                                           [r.completion_ids for r in rollouts])
+        per_func = per_func.detach().cpu().double().numpy()
+        names = list(self.reward_func_names)
+        terms = {nm: per_func[:, i] for i, nm in enumerate(names)}
+        w = self.reward_weights.detach().cpu().double().numpy()
+        total = np.nansum(per_func * w[None, :], axis=1)
+        return Group(row=row, rollouts=rollouts, rewards=total, terms=terms)
+
+    def _generate_step(self, generation_batch: list[dict]) -> list[dict]:
+        """Rollouts + rewards + dynamic sampling for one generation batch; returns per-step chunks."""
+        n = self.num_generations
+        rows = [generation_batch[i] for i in range(0, len(generation_batch), n)]
+        step = int(self.state.global_step)
+        base_seed = int(self.args.seed) * 7919 + step * 101
+        groups = self._rollout_groups(rows, base_seed)
+        s = self.seg_settings
+
+        def draw_more(k: int, rnd: int) -> list[Group]:
+            rng = np.random.default_rng([int(self.args.seed), step, rnd])
+            pick = rng.choice(len(self.seg_rows), size=k, replace=len(self.seg_rows) < k)
+            return self._rollout_groups([self.seg_rows[int(i)] for i in pick], base_seed + 17 * rnd)
+
+        if s.dynamic_sampling:
+            kept, stats = dynamic_sampling(groups, len(rows), draw_more, s.max_refill_rounds)
+        else:
+            kept, stats = groups, FillStats(generated_groups=list(groups))
+        self._log_step(stats)
+        rollouts, adv = [], []
+        for g in kept:
+            a = group_advantages(g.rewards, self.scale_rewards if self.scale_rewards != "batch" else "group")
+            if g.all_equal:
+                a = np.zeros_like(a)
+            rollouts += g.rollouts
+            adv += a.tolist()
+        chunks = np.array_split(np.arange(len(rollouts)), self.args.steps_per_generation)
+        pad = self._tokenizer.pad_token_id
+        batches = [collate_rollouts([rollouts[i] for i in c], [adv[i] for i in c], pad) for c in chunks]
+        n_items = sum(int((b["completion_mask"] * b["tool_mask"]).sum()) for b in batches)
+        for b in batches:
+            b["num_items_in_batch"] = torch.tensor(float(n_items), device=self.accelerator.device)
+            self._to_device(b)
+            self._maybe_old_logps(b)
+        return batches
+
+    def _to_device(self, b: dict) -> None:
+        dev = self.accelerator.device
+        for k, v in b.items():
+            if isinstance(v, torch.Tensor):
+                b[k] = v.to(dev)
+
+    def _maybe_old_logps(self, b: dict) -> None:
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        need_old = self.args.gradient_accumulation_steps % generate_every != 0
+        if not need_old and self.beta == 0.0:
+            return
+        K = b["completion_ids"].shape[1]
+        with torch.no_grad():
+            if need_old:
+                b["old_per_token_logps"], _ = per_token_logps(self.model, b, K, self.temperature, banned=self._banned)
+            if self.beta != 0.0:
+                if self.ref_model is not None:
+                    b["ref_per_token_logps"], _ = per_token_logps(self.ref_model, b, K, self.temperature, banned=self._banned)
+                else:
+                    ctx = getattr(self.accelerator.unwrap_model(self.model), "disable_adapter", None)
+                    with (ctx() if ctx else contextlib.nullcontext()):
+                        b["ref_per_token_logps"], _ = per_token_logps(self.model, b, K, self.temperature, banned=self._banned)
+
+    def _log_step(self, stats: FillStats) -> None:
+        all_r = [r for g in stats.generated_groups for r in g.rollouts]
+        names = list(self.reward_func_names)
+        terms = {nm: np.concatenate([g.terms[nm] for g in stats.generated_groups]) for nm in names}
+        total = np.concatenate([g.rewards for g in stats.generated_groups])
+        seg_calls = np.array([r.seg_calls for r in all_r], dtype=float)
+        row = {
+            "seg_calls_mean": float(seg_calls.mean()), "seg_calls_total": float(seg_calls.sum()),
+            "unanswered": float(sum(not r.answered for r in all_r)), "rollouts": float(len(all_r)),
+            "dropped_groups": float(stats.dropped), "refill_rounds": float(stats.refill_rounds),
+            "padded_groups": float(stats.padded),
+            "acc_mean": float(np.nanmean(terms["acc"])) if "acc" in terms else math.nan,
+            "format_mean": float(np.nanmean(terms["format"])) if "format" in terms else math.nan,
+            "total_mean": float(total.mean()),
+        }
+        m = self._metrics["train"]
+        for k, v in row.items():
+            m[f"seganswer/{k}"].append(v)
+        # the engine's Parquet columns (TRL's keys), over every rollout of the step
+        m["reward"].append(float(total.mean()))
+        m["reward_std"].append(float(total.std(ddof=1)) if total.size > 1 else 0.0)
+        for nm in names:
+            m[f"rewards/{nm}/mean"].append(float(np.nanmean(terms[nm])))
+            m[f"rewards/{nm}/std"].append(float(np.nanstd(terms[nm], ddof=1)) if terms[nm].size > 1 else 0.0)
+        m["completions/mean_length"].append(float(np.mean([len(r.ids) - r.prompt_len for r in all_r])))
+        self.seg_step_stats.append({"step": int(self.state.global_step) + 1, **row})
+
+    # TRL hooks ---------------------------------------------------------------------------
+    def _prepare_inputs(self, generation_batch):
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if self._step % generate_every == 0 or self._seg_buffer is None:
+            self._seg_buffer = self._generate_step(generation_batch)
+        return self._seg_buffer[self._step % self.args.steps_per_generation]
+
+    def _generate_and_score_completions(self, inputs):  # pragma: no cover - replaced by _generate_step
+        raise NotImplementedError("SegAnswer stage 3 generates through _generate_step")
+
+    def _compute_loss(self, model, inputs):
+        self._seg_batch = inputs
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._seg_batch = None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                           batch_size=None, compute_entropy=False, compute_aux_loss=False, **_):
+        if self._seg_batch is None:
+            raise RuntimeError("SegAnswer logps need the rollout batch (positions, sparse images)")
+        logps, ent = per_token_logps(model, self._seg_batch, logits_to_keep, self.temperature, compute_entropy,
+                                     input_ids=input_ids, attention_mask=attention_mask, banned=self._banned)
+        return logps, ent, None
+
+
+def load_heads(path, processor, device="cpu") -> SegAnswerModel:
+    """Projector + SAM 2.1 (with the trained mask decoder) of a SegAnswer dir, without its language model."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from reproseg.seganswer.model import SegAnswerConfig, SegProjector, _load_sam2_model
+
+    path = Path(path)
+    config = SegAnswerConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+    sam = _load_sam2_model(path / SAM2_SUBDIR, None, None).to(device).float()
+    heads = load_file(str(path / HEADS_FILE))
+    projector = SegProjector(config.hidden_size, config.prompt_dim, config.projector_hidden)
+    projector.load_state_dict({k[10:]: v for k, v in heads.items() if k.startswith("projector.")}, strict=True)
+    sam.sam_mask_decoder.load_state_dict({k[13:]: v for k, v in heads.items() if k.startswith("mask_decoder.")},
+                                         strict=True)
+    model = SegAnswerModel(None, processor, sam, projector.to(device), config)
+    for p in model.projector.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    return model
+
+
+# -- the stage function ------------------------------------------------------------------
+def stage3_rows(rows: Sequence[dict]) -> list[dict]:
+    """Training rows {"image", "question", "answer", "options"?} -> engine rows with the reasoning prompt."""
+    out = []
+    for r in rows:
+        x = {"prompt": reasoning_messages(r["question"], r.get("options")), "image": r["image"].convert("RGB"),
+             "answer": str(r["answer"]), "options": list(r["options"]) if r.get("options") else None}
+        out.append(x)
+    return out
+
+
+def stage3_grpo_settings(overrides: dict | None = None) -> GRPOSettings:
+    """The engine settings of stage 3: DAPO, 4 rollouts, lr 2e-5, R = 0.8 acc + 0.2 format."""
+    d = {
+        "loss_type": "dapo", "num_generations": 4, "learning_rate": 2e-5, "beta": 0.0,
+        "epsilon": 0.2, "epsilon_high": 0.28, "reward_weights": dict(REWARD_WEIGHTS),
+        "temperature": 1.0, "weight_decay": 0.0, "gradient_checkpointing": False,
+    }
+    d.update(overrides or {})
+    return GRPOSettings.from_dict(d)
+
+
+@contextlib.contextmanager
+def bind_trainer(heads_dir, settings: Stage3Settings, rows: Sequence[dict]):
+    """Makes the engine build a SegAnswerGRPOTrainer bound to this run, for the duration of the block.
+
+    The engine constructs `reproseg.rl.engine_trainer.EngineGRPOTrainer` by name inside
+    `train_grpo`; the block swaps that name for the bound subclass and restores it after.
+    (A `trainer_cls` argument of train_grpo would make this swap unnecessary.)
+    """
+    from reproseg.rl import engine_trainer
+
+    bound = type("BoundSegAnswerGRPOTrainer", (SegAnswerGRPOTrainer,),
+                 {"seg_heads_dir": str(heads_dir), "seg_settings": settings, "seg_rows": list(rows)})
+    original = engine_trainer.EngineGRPOTrainer
+    engine_trainer.EngineGRPOTrainer = bound
+    try:
+        yield bound
+    finally:
+        engine_trainer.EngineGRPOTrainer = original
+
+
+class SegAnswerLogCallback(TrainerCallback):
+    """Writes the SegAnswer per-step columns (seg calls, unanswered, refills) to a Parquet file."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if self.path.is_file():  # a resumed run keeps its earlier rows
+            import pyarrow.parquet as pq
+
+            self.rows = pq.read_table(self.path).to_pylist()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "seganswer/rollouts" not in logs:
+            return
+        import pyarrow as pa
+
+        from reproseg.io_atomic import write_parquet
+
+        row = {"step": int(state.global_step)}
+        for c in EXTRA_LOG_COLUMNS:
+            v = logs.get(f"seganswer/{c}")
+            row[c] = math.nan if v is None else float(v)
+        self.rows = [r for r in self.rows if r["step"] < row["step"]] + [row]
+        write_parquet(self.path, pa.Table.from_pylist(self.rows))
+
+
+def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPOSettings | dict | None = None,
+                 settings: Stage3Settings | dict | None = None, extra_log_path=None,
+                 reward_fns: dict | None = None) -> Path:
+    """Stage 3 from the stage-2 checkpoint; the final SegAnswer checkpoint is `out_dir/checkpoint`.
+
+    rows: {"image", "question", "answer", "options"?}. log_path: the engine's per-step
+    Parquet (reward_mean = total R, reward_acc_mean, reward_format_mean, loss, ...);
+    extra_log_path (default: beside log_path, `.seganswer.parquet`): `<|seg|>` calls,
+    unanswered rollouts, dropped groups and refill rounds per step. reward_fns: the
+    reward terms, default {"acc": accuracy_reward, "format": format_reward}; each gets
+    the completions plus the columns answer, options, turns, answered, seg_calls.
+    """
+    from reproseg.rl.engine import FINAL_DIR, train_grpo
+
+    g = grpo if isinstance(grpo, GRPOSettings) else stage3_grpo_settings(grpo)
+    s = settings if isinstance(settings, Stage3Settings) else Stage3Settings.from_dict(settings)
+    if g.reward_weights is None:
+        g.reward_weights = dict(s.reward_weights)
+    engine_rows = stage3_rows(rows)
+    log_path = Path(log_path)
+    extra = Path(extra_log_path) if extra_log_path else log_path.with_suffix(".seganswer.parquet")
+    reward_fns = dict(reward_fns or {"acc": accuracy_reward, "format": format_reward})
+    with bind_trainer(stage2_dir, s, engine_rows):
+        train_grpo(stage2_dir, engine_rows, reward_fns, g, out_dir, log_path, callbacks=[SegAnswerLogCallback(extra)])
+    final = Path(out_dir) / FINAL_DIR
+    # The projector, mask decoder and SAM 2.1 did not change: carry them over; the config goes last.
+    shutil.copy2(Path(stage2_dir) / HEADS_FILE, final / HEADS_FILE)
+    if (final / SAM2_SUBDIR).exists():
+        shutil.rmtree(final / SAM2_SUBDIR)
+    shutil.copytree(Path(stage2_dir) / SAM2_SUBDIR, final / SAM2_SUBDIR)
+    shutil.copy2(Path(stage2_dir) / CONFIG_FILE, final / CONFIG_FILE)
+    return final
