@@ -13,7 +13,7 @@ from reproseg.seganswer import stage1, stage2, synthetic
 from reproseg.seganswer.evaluate import giou_ciou, qa_accuracy
 from reproseg.seganswer.model import SegAnswerModel, merge_lora
 from reproseg.seganswer.positions import build_conversation
-from reproseg.seganswer.rollout import RolloutSettings, rollout_row
+from reproseg.seganswer.rollout import RolloutSettings, banned_token_ids, mask_banned, rollout_row
 
 SPEC = {"hidden_size": 64, "sam2_image_size": 64, "vocab_size": 400, "max_pixels": 112 * 112}
 
@@ -166,7 +166,7 @@ def test_scripted_rollout_inserts_the_segmented_patches_and_masks_observations(m
     with torch.no_grad():
         logits, _, _ = model.lm_forward(torch.tensor(r.ids)[None], None, r.positions[:, None],
                                         torch.cat(r.pixel_values), torch.cat(r.grids), r.keeps)
-    lp = torch.log_softmax(logits[0].float(), -1)
+    lp = torch.log_softmax(mask_banned(logits[0].float(), banned_token_ids(tok)), -1)
     gen = [i for i in range(r.prompt_len, len(r.ids)) if r.loss_mask[i]]
     full = [float(lp[i - 1, r.ids[i]]) for i in gen]
     assert np.allclose(full, r.sample_logps, atol=1e-4)
@@ -184,3 +184,60 @@ def test_metrics_helpers():
             {"answer": "A", "options": ["r", "b"], "pred_response": None},
             {"answer": "blue", "pred_response": "Blue."}]
     assert qa_accuracy(recs) == {"accuracy": pytest.approx(2 / 3), "n": 3, "correct": 2, "unanswered": 1}
+
+
+def test_ensure_seg_token_adds_a_missing_token(bundle):
+    from reproseg.models.loading import load_policy
+    from reproseg.seganswer.model import ensure_seg_token
+
+    lm, processor = load_policy(bundle / "qwen")
+    tok = processor.tokenizer
+    assert ensure_seg_token(lm, processor) == tok.convert_tokens_to_ids("<|seg|>")  # present: unchanged
+    n = len(tok)
+    tid = ensure_seg_token(lm, processor, "<|newseg|>")
+    assert tid == n and tok("a <|newseg|>", add_special_tokens=False)["input_ids"][-1] == tid
+    emb = lm.get_input_embeddings().weight
+    assert emb.shape[0] == n + 1
+    torch.testing.assert_close(emb[tid], emb[:n].mean(0))
+
+
+def test_batched_rollouts_equal_single_rollouts(model):
+    """Lockstep decoding of several rollouts (different prompts, lengths, segmentation turns) gives
+    exactly what each gets alone."""
+    from reproseg.seganswer.rollout import prepare_prompt, rollout_batch, rollout_one
+    from reproseg.seganswer.prompts import reasoning_messages
+
+    tok = model.processor.tokenizer
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+
+    def script(force_seg):
+        def pick(logits, done):
+            if force_seg and not done:
+                return model.seg_token_id
+            if force_seg and len(done) == 1:
+                return end
+            return int(logits.argmax())
+        return pick
+
+    rows = synthetic.qa_rows(2, seed=7)
+    prompts = [prepare_prompt(model, rows[0]["image"], reasoning_messages(rows[0]["question"], rows[0]["options"])),
+               prepare_prompt(model, rows[1]["image"], reasoning_messages("What is it?"))]
+    order = [0, 1, 0]
+    force = [True, True, False]
+    s = RolloutSettings(max_turns=3, max_turn_tokens=7, max_completion_tokens=80)
+    together = rollout_batch(model, [prompts[k] for k in order], s, samplers=[script(f) for f in force])
+    for k, f, r in zip(order, force, together):
+        alone = rollout_one(model, prompts[k], s, sampler=script(f))
+        assert r.ids == alone.ids and r.loss_mask == alone.loss_mask
+        assert torch.equal(r.positions, alone.positions)
+        assert np.allclose(r.sample_logps, alone.sample_logps, atol=1e-4)
+        assert r.seg_calls == alone.seg_calls == (1 if f else 0)
+
+
+def test_evaluation_runs_end_to_end(model):
+    from reproseg.seganswer.evaluate import answer_questions, evaluate_referring
+
+    seg = evaluate_referring(model, synthetic.seg_rows(2, seed=8), max_new_tokens=4)
+    assert seg["n"] == 2 and 0.0 <= seg["giou"] <= 1.0
+    recs = answer_questions(model, synthetic.qa_rows(2, seed=9), max_turns=2, max_turn_tokens=4)
+    assert len(recs) == 2 and qa_accuracy(recs)["n"] == 2

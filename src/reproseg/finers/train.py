@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,12 +23,15 @@ def _train(stage: str, policy: str, rows: list[dict], cfg: dict, run_dir: str, c
     for row in rows:   # Dr. Seg's accuracy vector reads the GT as an object list
         row["gt_objects"] = gt_objects(stage, row)
     log.info("%s: %d samples, rewards %s", stage, len(rows), list(fns))
-    # The engine keeps its resume state in run_dir (not a rule output, so Snakemake does
-    # not delete it when an attempt fails) and writes the final checkpoint to run_dir/checkpoint.
-    train_grpo(policy, rows, fns, stage_cfg["grpo"], run_dir, train_log)
+    # The engine keeps its resume state, and the step log, in run_dir under names that
+    # are not rule outputs, so Snakemake does not delete them when an attempt fails; a
+    # retried attempt resumes both. The final checkpoint goes to run_dir/checkpoint.
     produced = Path(run_dir) / "checkpoint"
     if produced.resolve() != Path(checkpoint).resolve():
-        raise RuntimeError(f"engine wrote {produced}, the rule expects {checkpoint}")
+        raise RuntimeError(f"engine writes {produced}, the rule expects {checkpoint}")
+    work_log = Path(run_dir) / "train_log.inprogress.parquet"
+    train_grpo(policy, rows, fns, stage_cfg["grpo"], run_dir, work_log)
+    os.replace(work_log, train_log)
     plot_curves(train_log, curves, title=f"{stage.upper()} GRPO")
 
 

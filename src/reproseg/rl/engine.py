@@ -261,7 +261,7 @@ def _dataset(rows: Sequence[dict]):
     return Dataset.from_dict({"_row": list(range(len(rows)))}).with_transform(serve)
 
 
-def _completed_checkpoints(resume_dir: Path) -> list[Path]:
+def completed_checkpoints(resume_dir: Path) -> list[Path]:
     """Trainer checkpoints whose trainer_state.json exists (it is written last), oldest first."""
     found = []
     for p in resume_dir.glob("checkpoint-*"):
@@ -405,6 +405,7 @@ def train_grpo(
     log_path: str | os.PathLike,
     *,
     callbacks: Sequence = (),
+    trainer_cls: type | None = None,
 ) -> None:
     """Trains the policy in `policy_dir` with GRPO; resumes if `out_dir` holds a saved state.
 
@@ -417,6 +418,9 @@ def train_grpo(
     On SIGTERM/SIGUSR1 the run saves its full state at the end of the current step and
     raises TrainingInterrupted (exit code 143); calling again with the same arguments
     continues from there.
+
+    callbacks: extra TrainerCallbacks. trainer_cls: a subclass of EngineGRPOTrainer
+    (another rollout, e.g. a multi-turn one); default EngineGRPOTrainer.
     """
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -446,7 +450,7 @@ def train_grpo(
         "policy": _policy_identity(policy_dir),
         "world_size": args.world_size,
     }, is_main)
-    done = _completed_checkpoints(resume_dir)
+    done = completed_checkpoints(resume_dir)
     last = done[-1] if done else None
     resume_step = int(json.loads((last / "trainer_state.json").read_text())["global_step"]) if last else None
 
@@ -468,7 +472,10 @@ def train_grpo(
         args.distributed_state.wait_for_everyone()
     stop = StopSignal(stop_file=resume_dir / STOP_FILE)
     stop_cb = StopOnSignalCallback(stop, skip_final_save=not settings.keep_resume_state)
-    trainer = EngineGRPOTrainer(
+    trainer_cls = trainer_cls or EngineGRPOTrainer
+    if not issubclass(trainer_cls, EngineGRPOTrainer):
+        raise TypeError(f"trainer_cls must subclass EngineGRPOTrainer, got {trainer_cls!r}")
+    trainer = trainer_cls(
         model=model,
         reward_funcs=[RewardAdapter(n, f) for n, f in reward_fns.items()],
         args=args,

@@ -165,7 +165,7 @@ def run_distributed(
     if n <= 1 and not (deepspeed and n == 1):
         train_grpo(**train_kwargs)
         return
-    from reproseg.rl.engine import RESUME_DIR, STOP_FILE, _completed_checkpoints
+    from reproseg.rl.engine import RESUME_DIR, STOP_FILE, completed_checkpoints
 
     stop_file = Path(train_kwargs["out_dir"]) / RESUME_DIR / STOP_FILE
     stop_file.unlink(missing_ok=True)
@@ -201,7 +201,7 @@ def run_distributed(
     if rc == 0:
         return  # finished; a stop request that came at the very end changes nothing
     if received:
-        done = _completed_checkpoints(Path(train_kwargs["out_dir"]) / RESUME_DIR)
+        done = completed_checkpoints(Path(train_kwargs["out_dir"]) / RESUME_DIR)
         step = int(done[-1].name.rsplit("-", 1)[-1]) if done else 0
         raise TrainingInterrupted(step, str(done[-1]) if done else "(no checkpoint yet)")
     raise subprocess.CalledProcessError(rc, cmd)

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from reproseg.seganswer.model import SegAnswerModel
-from reproseg.seganswer.rollout import RolloutSettings, rollout_row
+from reproseg.seganswer.prompts import reasoning_messages
+from reproseg.seganswer.rollout import RolloutSettings, prepare_prompt, rollout_batch
 from reproseg.seganswer.stage1 import PROMPT_TEMPLATE
 
 
@@ -48,17 +49,19 @@ def giou_ciou(pred_masks: Sequence[np.ndarray | None], gt_masks: Sequence[np.nda
 
 @torch.no_grad()
 def predict_referring_masks(model: SegAnswerModel, rows: Sequence[Mapping], max_new_tokens: int = 64,
-                            prompt_template: str = PROMPT_TEMPLATE) -> list[np.ndarray | None]:
+                            prompt_template: str = PROMPT_TEMPLATE, batch_size: int = 8) -> list[np.ndarray | None]:
     """Greedy answer to "Segment the {phrase} in the image."; the mask of its first `<|seg|>` (None if none)."""
     model.eval()
     s = RolloutSettings(max_turns=1, max_turn_tokens=max_new_tokens, max_completion_tokens=max_new_tokens,
                         temperature=0.0)
     out = []
-    for r in rows:
-        messages = [{"role": "user", "content": [
-            {"type": "image"}, {"type": "text", "text": prompt_template.format(phrase=r["phrase"])}]}]
-        ro = rollout_row(model, {"image": r["image"], "prompt": messages}, 1, s)[0]
-        out.append(_first_seg_mask(model, r["image"], ro))
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        prompts = [prepare_prompt(model, r["image"], [{"role": "user", "content": [
+            {"type": "image"}, {"type": "text", "text": prompt_template.format(phrase=r["phrase"])}]}])
+            for r in chunk]
+        for r, ro in zip(chunk, rollout_batch(model, prompts, s)):
+            out.append(_first_seg_mask(model, r["image"], ro))
     return out
 
 
@@ -85,17 +88,20 @@ def evaluate_referring(model: SegAnswerModel, rows: Sequence[Mapping], **kw) -> 
 
 @torch.no_grad()
 def answer_questions(model: SegAnswerModel, rows: Sequence[Mapping], max_turns: int = 3,
-                     max_turn_tokens: int = 256) -> list[dict]:
+                     max_turn_tokens: int = 256, batch_size: int = 8) -> list[dict]:
     """Greedy multi-turn answers: one record per row with pred_response, answered, seg_calls, turns."""
     model.eval()
     s = RolloutSettings(max_turns=max_turns, max_turn_tokens=max_turn_tokens,
                         max_completion_tokens=max_turns * (max_turn_tokens + 2048), temperature=0.0)
     out = []
-    for r in rows:
-        ro = rollout_row(model, dict(r), 1, s)[0]
-        out.append({"question": r["question"], "answer": r["answer"], "options": r.get("options"),
-                    "pred_response": ro.answer, "answered": ro.answered, "seg_calls": ro.seg_calls,
-                    "turns": ro.turns})
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        prompts = [prepare_prompt(model, r["image"], reasoning_messages(r["question"], r.get("options")))
+                   for r in chunk]
+        for r, ro in zip(chunk, rollout_batch(model, prompts, s)):
+            out.append({"question": r["question"], "answer": r["answer"], "options": r.get("options"),
+                        "pred_response": ro.answer, "answered": ro.answered, "seg_calls": ro.seg_calls,
+                        "turns": ro.turns})
     return out
 
 

@@ -21,7 +21,9 @@ On-disk format (a Hugging Face Qwen2.5-VL directory with the SegAnswer parts bes
     config.json, model.safetensors(.index.json + shards), tokenizer/processor files
     seganswer_config.json       this model's settings (written last: marks a whole dir)
     seganswer_heads.safetensors projector.* and mask_decoder.* weights
-    sam2/                       model.pt ({"model": state_dict}) + sam2_config.json
+    sam2/                       model.pt ({"model": state_dict}) + sam2_config.json: the SAM 2.1
+                                checkpoint the model started from (hard-linked where possible);
+                                its mask decoder is replaced by the heads file on load
     lora/                       only in an unmerged LoRA checkpoint (PEFT adapter)
 """
 from __future__ import annotations
@@ -122,27 +124,27 @@ def is_peft(lm) -> bool:
 
 
 def ensure_seg_token(lm, processor, token: str = SEG_TOKEN) -> int:
-    """Adds `token` to the tokenizer (and grows the embeddings) if missing; returns its id.
+    """Adds `token` to the tokenizer (growing the embeddings if needed) when it is missing; returns its id.
 
-    A new row starts at the mean of the existing embeddings (input and output), a common
-    choice for added tokens.
+    The new token's input and output rows start at the mean of the rows of the existing
+    tokens (a common choice for added tokens). A released Qwen2.5-VL has spare rows past
+    its tokenizer's size, so usually nothing is resized.
     """
     tok = processor.tokenizer
-    tid = tok.convert_tokens_to_ids(token)
-    if tid is not None and tid != tok.unk_token_id and tok.convert_ids_to_tokens(tid) == token:
-        return int(tid)
-    tok.add_special_tokens({"additional_special_tokens": [token]})
+    if token in tok.get_vocab():
+        return int(tok.convert_tokens_to_ids(token))
+    n_before = len(tok)
+    tok.add_tokens([token], special_tokens=True)
     tid = int(tok.convert_tokens_to_ids(token))
     core = unwrap_qwen(lm)
-    old = core.get_input_embeddings().weight.shape[0]
-    if tid >= old:
+    if tid >= core.get_input_embeddings().weight.shape[0]:
         core.resize_token_embeddings(tid + 1, mean_resizing=False)
-        with torch.no_grad():
-            emb = core.get_input_embeddings().weight
-            emb[old:] = emb[:old].mean(0, keepdim=True)
-            out = core.get_output_embeddings().weight
-            if out.data_ptr() != emb.data_ptr():
-                out[old:] = out[:old].mean(0, keepdim=True)
+    with torch.no_grad():
+        emb = core.get_input_embeddings().weight
+        emb[tid] = emb[:n_before].mean(0)
+        out = core.get_output_embeddings().weight
+        if out.data_ptr() != emb.data_ptr():
+            out[tid] = out[:n_before].mean(0)
     return tid
 
 
@@ -157,8 +159,11 @@ class SegAnswerModel(nn.Module):
     """Qwen2.5-VL policy + projector + SAM 2.1 mask decoder, one `forward` for text and masks."""
 
     def __init__(self, lm, processor, sam, projector: SegProjector, config: SegAnswerConfig,
-                 base_qwen_dir: str | None = None):
+                 base_qwen_dir: str | None = None, sam2_checkpoint: str | None = None):
         super().__init__()
+        # The SAM 2.1 checkpoint file the frozen parts came from: saving links it instead
+        # of rewriting it (the trained mask decoder lives in the heads file).
+        self.sam2_checkpoint = sam2_checkpoint
         self.lm = lm
         self.processor = processor
         self.sam = sam
@@ -191,6 +196,8 @@ class SegAnswerModel(nn.Module):
         elif sam2_config_name is None:
             raise ValueError("a bare SAM 2.1 checkpoint needs sam2_config_name")
         sam = _load_sam2_model(sam2_path, sam2_config_name, sam2_overrides).to(device).float()
+        ckpt = sam2_path / json.loads((sam2_path / SAM2_CONFIG_FILE).read_text())["checkpoint"] \
+            if sam2_path.is_dir() else sam2_path
         hidden = int(unwrap_qwen(lm).config.text_config.hidden_size)
         config = SegAnswerConfig(
             hidden_size=hidden,
@@ -207,7 +214,8 @@ class SegAnswerModel(nn.Module):
                     p.copy_(torch.rand(p.shape, generator=g) * 2 * bound - bound)
                 else:
                     p.zero_()
-        return cls(lm, processor, sam, projector.to(device), config, base_qwen_dir=str(qwen_dir))
+        return cls(lm, processor, sam, projector.to(device), config, base_qwen_dir=str(qwen_dir),
+                   sam2_checkpoint=str(ckpt))
 
     @classmethod
     def from_pretrained(cls, path, dtype: str = "float32", device: str = "cpu",
@@ -235,7 +243,9 @@ class SegAnswerModel(nn.Module):
         sam.sam_mask_decoder.load_state_dict(
             {k[len("mask_decoder."):]: v for k, v in heads.items() if k.startswith("mask_decoder.")}, strict=True
         )
-        return cls(lm, processor, sam, projector.to(device), config, base_qwen_dir=str(path))
+        sam_meta = json.loads((path / SAM2_SUBDIR / SAM2_CONFIG_FILE).read_text())
+        return cls(lm, processor, sam, projector.to(device), config, base_qwen_dir=str(path),
+                   sam2_checkpoint=str(path / SAM2_SUBDIR / sam_meta["checkpoint"]))
 
     # -- saving ------------------------------------------------------------------------
     def heads_state_dict(self) -> dict[str, torch.Tensor]:
@@ -265,8 +275,13 @@ class SegAnswerModel(nn.Module):
         save_file(self.heads_state_dict(), str(out / HEADS_FILE))
         sam_dir = out / SAM2_SUBDIR
         sam_dir.mkdir(exist_ok=True)
-        torch.save({"model": {k: v.detach().cpu() for k, v in self.sam.state_dict().items()}},
-                   sam_dir / SAM2_CHECKPOINT_FILE)
+        target = sam_dir / SAM2_CHECKPOINT_FILE
+        if self.sam2_checkpoint and Path(self.sam2_checkpoint).is_file():
+            if Path(self.sam2_checkpoint).resolve() != target.resolve():
+                target.unlink(missing_ok=True)
+                _link_or_copy(Path(self.sam2_checkpoint), target)
+        else:
+            torch.save({"model": {k: v.detach().cpu() for k, v in self.sam.state_dict().items()}}, target)
         write_json(sam_dir / SAM2_CONFIG_FILE, {
             "config_name": self.config.sam2_config_name,
             "overrides": list(self.config.sam2_overrides),
@@ -388,10 +403,15 @@ def _copy_qwen_files(src: Path, dst: Path) -> None:
             continue
         target = dst / p.name
         target.unlink(missing_ok=True)
-        try:
-            os.link(p, target)
-        except OSError:
-            shutil.copy2(p, target)
+        _link_or_copy(p, target)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no second copy of a large file) where the file system allows it, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def merge_lora(src_dir, out_dir, dtype: str = "float32") -> Path:

@@ -15,8 +15,9 @@ A rollout that has not answered when the turn limit or the budget is reached is
 
 The sequence is grown with positions.SequenceBuilder, so sampling and training see the
 same ids and (t, h, w) positions; generated tokens carry loss mask 1, observation tokens
-(and the prompt) 0. Sampling uses the model's KV cache; each rollout runs on its own
-(batch 1), which keeps the position bookkeeping exact.
+(and the prompt) 0. All rollouts of a batch are decoded in lockstep with one KV cache:
+each step every unfinished rollout feeds its own chunk (a sampled token, or an
+observation), left-padded to a common length with the padding masked out.
 
 Choices where the paper is silent: at most 3 assistant turns (two segmentations);
 several `<|seg|>` in one turn give one segmented image of the union of their masks;
@@ -134,30 +135,52 @@ def _templates(processor) -> _Templates:
     return _Templates(after_end=after, observation=chunks[2][1], header=chunks[3][1])
 
 
-class _Stepper:
-    """Feeds the builder's not-yet-seen tokens to the model, keeping the KV cache."""
+class _Batch:
+    """Feeds every row's not-yet-seen tokens in one forward (lockstep), keeping one KV cache.
 
-    def __init__(self, model: SegAnswerModel, lm, builder: SequenceBuilder):
-        self.model, self.lm, self.b = model, lm, builder
+    Each step a row feeds a chunk of any length (its sampled token, or an observation);
+    chunks are left-padded to a common length and the padding slots are masked out of
+    attention, so the cache may hold masked holes. Positions are explicit, so a hole
+    changes nothing for the real tokens.
+    """
+
+    def __init__(self, model: SegAnswerModel, lm, builders: list[SequenceBuilder], pad_id: int):
+        self.model, self.lm, self.builders, self.pad_id = model, lm, builders, pad_id
+        B = len(builders)
         self.cache = None
-        self.fed = 0
-        self.pending_images: list[tuple[torch.Tensor, torch.Tensor, np.ndarray | None]] = []
+        self.fed = [0] * B
+        self.attn = torch.zeros((B, 0), dtype=torch.long)
+        self.pending_images: list[list] = [[] for _ in range(B)]
 
-    def feed(self):
-        ids = torch.tensor(self.b.ids[self.fed:], dtype=torch.long, device=self.model.device)[None]
-        pos = self.b.position_ids[:, self.fed:].to(self.model.device)[:, None]
-        pv = grid = keeps = None
-        if self.pending_images:
-            pv = torch.cat([p for p, _, _ in self.pending_images]).to(self.model.device)
-            grid = torch.cat([g for _, g, _ in self.pending_images]).to(self.model.device)
-            keeps = [k for _, _, k in self.pending_images]
-        logits, hidden, self.cache = self.model.lm_forward(ids, None, pos, pv, grid, keeps,
-                                                           past_key_values=self.cache, use_cache=True,
-                                                           logits_to_keep=1, lm=self.lm)
-        start = self.fed
-        self.fed = len(self.b.ids)
-        self.pending_images = []
-        return logits[0, -1], hidden[0], start
+    def feed(self, active: list[bool]):
+        """Returns (next-token logits (B, V), hidden (B, K, D), [(row start in its sequence, left pad)])."""
+        dev = self.model.device
+        B = len(self.builders)
+        chunks = [b.ids[f:] if a else [] for b, f, a in zip(self.builders, self.fed, active)]
+        K = max(1, max(len(c) for c in chunks))
+        ids = torch.full((B, K), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((3, B, K), dtype=torch.long)
+        m = torch.zeros((B, K), dtype=torch.long)
+        pv, grid, keeps, where = [], [], [], []
+        for i, c in enumerate(chunks):
+            n = len(c)
+            if n:
+                ids[i, K - n:] = torch.tensor(c)
+                pos[:, i, K - n:] = self.builders[i].position_ids[:, self.fed[i]:]
+                m[i, K - n:] = 1
+                for p, g, k in self.pending_images[i]:
+                    pv.append(p)
+                    grid.append(g)
+                    keeps.append(k)
+                self.pending_images[i] = []
+            where.append((self.fed[i], K - n))
+            self.fed[i] += n
+        self.attn = torch.cat([self.attn, m], dim=1)
+        logits, hidden, self.cache = self.model.lm_forward(
+            ids.to(dev), self.attn.to(dev), pos.to(dev),
+            torch.cat(pv).to(dev) if pv else None, torch.cat(grid).to(dev) if grid else None,
+            keeps if pv else None, past_key_values=self.cache, use_cache=True, logits_to_keep=1, lm=self.lm)
+        return logits[:, -1], hidden, where
 
 
 def _sample(logits: torch.Tensor, s: RolloutSettings, gen: torch.Generator | None) -> int:
@@ -191,82 +214,131 @@ def prepare_prompt(model: SegAnswerModel, image, messages: list[dict]) -> Prepar
     return PreparedPrompt(image, builder, vision["pixel_values"], grid, model.sam_image_features([image]))
 
 
-@torch.no_grad()
-def rollout_one(model: SegAnswerModel, prompt: PreparedPrompt, s: RolloutSettings, lm=None,
-                generator: torch.Generator | None = None, sampler=None) -> Rollout:
-    """One multi-turn trajectory from a prepared prompt (the prompt's builder is not changed).
+@dataclass
+class _Row:
+    prompt: PreparedPrompt
+    builder: SequenceBuilder
+    prompt_len: int
+    generator: torch.Generator | None
+    sampler: object
+    mode: str = "sample"  # "sample" | "await_mask" (the turn's last token is the <|seg|>) | "done"
+    turn_ids: list = field(default_factory=list)
+    seg_hidden: list = field(default_factory=list)
+    turns: list = field(default_factory=list)
+    masks: list = field(default_factory=list)
+    pixel_values: list = field(default_factory=list)
+    grids: list = field(default_factory=list)
+    keeps: list = field(default_factory=list)
+    sample_logps: list = field(default_factory=list)
+    seg_calls: int = 0
+    answered: bool = False
 
-    sampler: optional `fn(logits, generated_so_far) -> token id` replacing temperature
-    sampling (scripted tests, constrained decoding).
+
+@torch.no_grad()
+def rollout_batch(model: SegAnswerModel, prompts, s: RolloutSettings, lm=None, generators=None,
+                  samplers=None) -> list[Rollout]:
+    """One multi-turn trajectory per prepared prompt, all decoded together (one forward per token step).
+
+    generators / samplers: one per prompt (or None). A sampler `fn(logits, generated_so_far)
+    -> token id` replaces temperature sampling (scripted tests, constrained decoding).
     """
     lm = model.lm if lm is None else lm
     proc = model.processor
     tok = proc.tokenizer
     tpl = _templates(proc)
-    b = copy.deepcopy(prompt.builder)
-    prompt_len = len(b)
     end_id = tok.convert_tokens_to_ids(END_OF_TURN)
     eos_ids = {end_id, tok.eos_token_id}
     eos_ids |= set(np.atleast_1d(getattr(unwrap_qwen(lm).generation_config, "eos_token_id", []) or []).tolist())
-    merge = int(proc.image_processor.merge_size)
-    stepper = _Stepper(model, lm, b)
-    stepper.pending_images.append((prompt.pixel_values, prompt.grid, None))
-    pvs, grids, keeps = [prompt.pixel_values], [prompt.grid], [None]
-    turns, masks, seg_calls, answered = [], [], 0, False
-    sample_logps: list[float] = []
     banned = banned_token_ids(tok)
-    logits, _, _ = stepper.feed()
-    for turn in range(s.max_turns):
-        turn_ids: list[int] = []
-        seg_hidden: list[torch.Tensor] = []  # last-layer state of each <|seg|> of this turn
-        while True:
-            logits = mask_banned(logits, banned)
-            t = _sample(logits, s, generator) if sampler is None else int(sampler(logits, b.ids[prompt_len:]))
-            sample_logps.append(float(torch.log_softmax(logits.float(), -1)[t]))
-            b.add_text([t], trainable=True)
-            turn_ids.append(t)
-            if (t in eos_ids or len(turn_ids) >= s.max_turn_tokens
-                    or len(b) - prompt_len >= s.max_completion_tokens):
-                break
-            logits, hidden, _ = stepper.feed()  # feeds exactly t
-            if t == model.seg_token_id:
-                seg_hidden.append(hidden[-1])
-        text = tok.decode(turn_ids, skip_special_tokens=False)
-        turns.append(text)
-        n_seg = sum(1 for t in turn_ids if t == model.seg_token_id)
-        if extract_answer(text) is not None or n_seg == 0:
-            answered = extract_answer(text) is not None
-            break
-        seg_calls += n_seg
-        if turn == s.max_turns - 1 or len(b) - prompt_len >= s.max_completion_tokens:
-            break  # the segmentation is not carried out: no turn is left to use it
-        # Feed the turn's last token (its state is needed if it is the <|seg|>).
-        _, hidden, _ = stepper.feed()
-        if turn_ids[-1] == model.seg_token_id:
-            seg_hidden.append(hidden[-1])
-        _, low, _, _ = model.decode_masks(torch.stack(seg_hidden), prompt.sam_feats,
-                                          torch.zeros(len(seg_hidden), dtype=torch.long, device=model.device))
-        w, h = prompt.image.size
-        up = model.upsample_masks(low, (h, w))[:, 0] > model.config.mask_threshold
-        mask = up.any(0).cpu().numpy()
-        masks.append(mask)
-        keep = mask_patch_keep(mask, prompt.grid[0], merge)
-        seg_img = segmented_image(prompt.image, mask)
+    merge = int(proc.image_processor.merge_size)
+    seg_id = model.seg_token_id
+    B = len(prompts)
+    generators = list(generators) if generators is not None else [None] * B
+    samplers = list(samplers) if samplers is not None else [None] * B
+    rows = []
+    for p, g, f in zip(prompts, generators, samplers):
+        b = copy.deepcopy(p.builder)
+        rows.append(_Row(p, b, len(b), g, f, pixel_values=[p.pixel_values], grids=[p.grid], keeps=[None]))
+    batch = _Batch(model, lm, [r.builder for r in rows], tok.pad_token_id)
+    for i, r in enumerate(rows):
+        batch.pending_images[i].append((r.prompt.pixel_values, r.prompt.grid, None))
+
+    def observe(i: int, r: _Row) -> None:
+        """Mask from the turn's <|seg|> states -> segmented image -> observation appended to the row."""
+        _, low, _, _ = model.decode_masks(torch.stack(r.seg_hidden), r.prompt.sam_feats,
+                                          torch.zeros(len(r.seg_hidden), dtype=torch.long, device=model.device))
+        w, h = r.prompt.image.size
+        mask = (model.upsample_masks(low, (h, w))[:, 0] > model.config.mask_threshold).any(0).cpu().numpy()
+        r.masks.append(mask)
+        keep = mask_patch_keep(mask, r.prompt.grid[0], merge)
+        seg_img = segmented_image(r.prompt.image, mask)
         seg_pv = proc.image_processor(images=[seg_img], return_tensors="pt")["pixel_values"]
-        # Observation: close the turn if the model did not, the segmented image, the next header.
-        closing = tpl.after_end if turn_ids[-1] == end_id else END_OF_TURN + tpl.after_end
+        b = r.builder
+        closing = tpl.after_end if r.turn_ids[-1] == end_id else END_OF_TURN + tpl.after_end
         if closing:
             b.add_text(tok(closing, add_special_tokens=False)["input_ids"], trainable=False)
         add_rendered_text(b, tok, tpl.observation, False, iter([("segmented", 0, keep)]))
         b.add_text(tok(tpl.header, add_special_tokens=False)["input_ids"], trainable=False)
-        stepper.pending_images.append((seg_pv, prompt.grid, keep))
-        pvs.append(seg_pv)
-        grids.append(prompt.grid)
-        keeps.append(keep)
-        logits, _, _ = stepper.feed()
-    return Rollout(ids=list(b.ids), positions=b.position_ids, loss_mask=list(b.loss), prompt_len=prompt_len,
-                   pixel_values=pvs, grids=grids, keeps=keeps, turns=turns, seg_calls=seg_calls,
-                   answered=answered, masks=masks, sample_logps=sample_logps)
+        batch.pending_images[i].append((seg_pv, r.prompt.grid, keep))
+        r.pixel_values.append(seg_pv)
+        r.grids.append(r.prompt.grid)
+        r.keeps.append(keep)
+        r.turn_ids, r.seg_hidden = [], []
+        r.mode = "sample"
+
+    def end_turn(i: int, r: _Row) -> None:
+        text = tok.decode(r.turn_ids, skip_special_tokens=False)
+        r.turns.append(text)
+        n_seg = sum(1 for t in r.turn_ids if t == seg_id)
+        if extract_answer(text) is not None or n_seg == 0:
+            r.answered = extract_answer(text) is not None
+            r.mode = "done"
+            return
+        r.seg_calls += n_seg
+        if len(r.turns) >= s.max_turns or len(r.builder) - r.prompt_len >= s.max_completion_tokens:
+            r.mode = "done"  # no turn left to use the segmentation
+        elif r.turn_ids[-1] == seg_id:
+            r.mode = "await_mask"  # its state comes with the next feed
+        else:
+            observe(i, r)
+
+    active = [True] * B
+    logits, hidden, where = batch.feed(active)
+    while True:
+        # states of the <|seg|> tokens the policy generated and that were just fed
+        for i, r in enumerate(rows):
+            start, pad = where[i]
+            for j in range(start, batch.fed[i]):
+                if r.builder.ids[j] == seg_id and r.builder.loss[j]:
+                    r.seg_hidden.append(hidden[i, pad + j - start])
+        for i, r in enumerate(rows):
+            if r.mode == "await_mask":
+                observe(i, r)
+            elif r.mode == "sample":
+                lg = mask_banned(logits[i], banned)
+                gen = r.builder.ids[r.prompt_len:]
+                t = _sample(lg, s, r.generator) if r.sampler is None else int(r.sampler(lg, gen))
+                r.sample_logps.append(float(torch.log_softmax(lg.float(), -1)[t]))
+                r.builder.add_text([t], trainable=True)
+                r.turn_ids.append(t)
+                if (t in eos_ids or len(r.turn_ids) >= s.max_turn_tokens
+                        or len(r.builder) - r.prompt_len >= s.max_completion_tokens):
+                    end_turn(i, r)
+        active = [r.mode != "done" for r in rows]
+        if not any(active):
+            break
+        logits, hidden, where = batch.feed(active)
+    return [Rollout(ids=list(r.builder.ids), positions=r.builder.position_ids, loss_mask=list(r.builder.loss),
+                    prompt_len=r.prompt_len, pixel_values=r.pixel_values, grids=r.grids, keeps=r.keeps,
+                    turns=r.turns, seg_calls=r.seg_calls, answered=r.answered, masks=r.masks,
+                    sample_logps=r.sample_logps) for r in rows]
+
+
+@torch.no_grad()
+def rollout_one(model: SegAnswerModel, prompt: PreparedPrompt, s: RolloutSettings, lm=None,
+                generator: torch.Generator | None = None, sampler=None) -> Rollout:
+    """One multi-turn trajectory from a prepared prompt (the prompt's builder is not changed)."""
+    return rollout_batch(model, [prompt], s, lm=lm, generators=[generator], samplers=[sampler])[0]
 
 
 def rollout_row(model: SegAnswerModel, row: dict, n: int, s: RolloutSettings, lm=None,
@@ -274,5 +346,5 @@ def rollout_row(model: SegAnswerModel, row: dict, n: int, s: RolloutSettings, lm
     """`n` rollouts of one data row {"image", "question", "options"?} or {"image", "prompt"}."""
     messages = row.get("prompt") or reasoning_messages(row["question"], row.get("options"))
     prompt = prepare_prompt(model, row["image"], messages)
-    gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-    return [rollout_one(model, prompt, s, lm=lm, generator=gen, sampler=sampler) for _ in range(n)]
+    gens = [torch.Generator().manual_seed(int(seed) * 1000003 + k) if seed is not None else None for k in range(n)]
+    return rollout_batch(model, [prompt] * n, s, lm=lm, generators=gens, samplers=[sampler] * n)

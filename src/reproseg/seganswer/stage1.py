@@ -87,7 +87,8 @@ class Stage1Settings:
 def stage1_messages(phrase: str, settings: Stage1Settings | None = None) -> list[dict]:
     s = settings or Stage1Settings.phase_a()
     return [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.prompt_template.format(phrase=phrase)}]},
+        {"role": "user", "content": [{"type": "image"},
+                                     {"type": "text", "text": s.prompt_template.format(phrase=phrase)}]},
         {"role": "assistant", "content": s.response},
     ]
 
@@ -251,8 +252,9 @@ def _save(model: SegAnswerModel, out_dir, phase: str, settings: Stage1Settings, 
     return Path(out_dir)
 
 
-def train_stage1_projector(qwen_dir, sam2_path, rows: Sequence[dict], out_dir, settings: Stage1Settings | dict | None = None,
-                           log_path=None, sam2_config_name: str | None = None, sam2_overrides=None) -> Path:
+def train_stage1_projector(qwen_dir, sam2_path, rows: Sequence[dict], out_dir,
+                           settings: Stage1Settings | dict | None = None, log_path=None,
+                           sam2_config_name: str | None = None, sam2_overrides=None) -> Path:
     """Phase a from the base models; writes a SegAnswer checkpoint to `out_dir` (atomic)."""
     s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "a")
     model = SegAnswerModel.from_base(qwen_dir, sam2_path, sam2_config_name, sam2_overrides, seed=s.seed)

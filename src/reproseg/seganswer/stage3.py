@@ -1,7 +1,8 @@
 """Stage 3, reasoning with pixel grounding: multi-turn DAPO on the project's GRPO engine (paper Sec. 3.3, 4.2).
 
-What this adds to `reproseg.rl.engine` (a subclass of its EngineGRPOTrainer; the
-engine's config, resume, stop-signal, Parquet log and export are reused as they are):
+What this adds to `reproseg.rl.engine` (a subclass of its EngineGRPOTrainer, passed as
+`train_grpo(..., trainer_cls=)`; the engine's config, resume, stop-signal, Parquet log
+and export are reused as they are):
 - multi-turn rollouts (rollout.py): generate until the turn ends; on `<|seg|>` decode
   the mask with the frozen projector + mask decoder, append the segmented image with
   its original positions, continue; up to `max_turns` assistant turns;
@@ -30,6 +31,11 @@ Choices where the paper is silent (defaults of Stage3Settings / stage3_grpo_sett
   the number is logged;
 - the logged R_acc / R_format / total are means over all rollouts generated in the step
   (kept or dropped), so the curves track the policy, as in the paper's Fig. 4;
+- scale_rewards "batch" is treated as "group" (advantages are computed per kept group);
+- the rollout budget is RolloutSettings (max_turns, max_turn_tokens,
+  max_completion_tokens); GRPOSettings.max_completion_length is not used by DAPO's loss;
+- DAPO's overlong-reward shaping is not used (the paper names only clipping and
+  dynamic sampling);
 - one process only (the refill rounds would need to be agreed between processes).
 """
 from __future__ import annotations
@@ -49,7 +55,7 @@ from transformers import TrainerCallback
 
 from reproseg.rl.engine import GRPOSettings
 from reproseg.rl.engine_trainer import EngineGRPOTrainer
-from reproseg.seganswer.model import CONFIG_FILE, HEADS_FILE, SAM2_SUBDIR, SegAnswerModel, unwrap_qwen
+from reproseg.seganswer.model import CONFIG_FILE, HEADS_FILE, SAM2_SUBDIR, SegAnswerModel
 from reproseg.seganswer.positions import sparse_image_features
 from reproseg.seganswer.prompts import extract_answer, reasoning_messages
 from reproseg.seganswer.rollout import (
@@ -58,7 +64,7 @@ from reproseg.seganswer.rollout import (
     banned_token_ids,
     mask_banned,
     prepare_prompt,
-    rollout_one,
+    rollout_batch,
 )
 
 REWARD_WEIGHTS = {"acc": 0.8, "format": 0.2}
@@ -253,6 +259,10 @@ def per_token_logps(lm, batch: dict, logits_to_keep: int, temperature: float = 1
     logp_all = torch.log_softmax(logits, dim=-1)
     target = input_ids[:, -logits_to_keep:]
     logps = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    # Observation tokens include the image placeholders the policy may not write: their
+    # log-prob is -inf under the masked distribution. They are out of the loss; keep them
+    # finite so that 0 * inf never turns the loss (and the gradients) into NaN.
+    logps = torch.where(torch.isfinite(logps), logps, torch.zeros_like(logps))
     ent = -torch.nan_to_num(logp_all.exp() * logp_all).sum(-1) if compute_entropy else None
     return logps, ent
 
@@ -279,9 +289,9 @@ class Stage3Settings:
 class SegAnswerGRPOTrainer(EngineGRPOTrainer):
     """EngineGRPOTrainer with SegAnswer's multi-turn rollouts, positions and dynamic sampling.
 
-    Bound to a run by `bind_trainer`, which sets the class attributes `seg_heads_dir`
-    (projector + mask decoder + SAM 2.1, frozen), `seg_settings` and `seg_rows` (the
-    training rows, also the refill source).
+    `bind_trainer` makes the subclass the engine gets as `trainer_cls`; it sets the class
+    attributes `seg_heads_dir` (projector + mask decoder + SAM 2.1, frozen),
+    `seg_settings` and `seg_rows` (the training rows, also the refill source).
     """
 
     seg_heads_dir: str = ""
@@ -305,13 +315,14 @@ class SegAnswerGRPOTrainer(EngineGRPOTrainer):
         policy = self.accelerator.unwrap_model(self.model)
         was_training = self.model.training
         self.model.eval()
-        per_row = []
+        n = self.num_generations
         try:
-            for j, row in enumerate(rows):
-                prompt = prepare_prompt(self.seg, row["image"], row["prompt"])
-                gen = torch.Generator().manual_seed(int(seed) * 1000003 + j)
-                per_row.append([rollout_one(self.seg, prompt, s.rollout, lm=policy, generator=gen)
-                                for _ in range(self.num_generations)])
+            prompts = [prepare_prompt(self.seg, row["image"], row["prompt"]) for row in rows]
+            gens = [torch.Generator().manual_seed(int(seed) * 1000003 + j * n + k)
+                    for j in range(len(rows)) for k in range(n)]
+            flat = rollout_batch(self.seg, [p for p in prompts for _ in range(n)], s.rollout, lm=policy,
+                                 generators=gens)
+            per_row = [flat[j * n:(j + 1) * n] for j in range(len(rows))]
         finally:
             self.model.train(was_training)
         # scored in train mode: the engine files its reward metrics under the model's mode
@@ -387,11 +398,13 @@ class SegAnswerGRPOTrainer(EngineGRPOTrainer):
                 b["old_per_token_logps"], _ = per_token_logps(self.model, b, K, self.temperature, banned=self._banned)
             if self.beta != 0.0:
                 if self.ref_model is not None:
-                    b["ref_per_token_logps"], _ = per_token_logps(self.ref_model, b, K, self.temperature, banned=self._banned)
+                    b["ref_per_token_logps"], _ = per_token_logps(self.ref_model, b, K, self.temperature,
+                                                                  banned=self._banned)
                 else:
                     ctx = getattr(self.accelerator.unwrap_model(self.model), "disable_adapter", None)
                     with (ctx() if ctx else contextlib.nullcontext()):
-                        b["ref_per_token_logps"], _ = per_token_logps(self.model, b, K, self.temperature, banned=self._banned)
+                        b["ref_per_token_logps"], _ = per_token_logps(self.model, b, K, self.temperature,
+                                                                      banned=self._banned)
 
     def _log_step(self, stats: FillStats) -> None:
         all_r = [r for g in stats.generated_groups for r in g.rollouts]
@@ -462,7 +475,8 @@ def load_heads(path, processor, device="cpu") -> SegAnswerModel:
     projector.load_state_dict({k[10:]: v for k, v in heads.items() if k.startswith("projector.")}, strict=True)
     sam.sam_mask_decoder.load_state_dict({k[13:]: v for k, v in heads.items() if k.startswith("mask_decoder.")},
                                          strict=True)
-    model = SegAnswerModel(None, processor, sam, projector.to(device), config)
+    model = SegAnswerModel(None, processor, sam, projector.to(device), config,
+                           sam2_checkpoint=str(path / SAM2_SUBDIR / "model.pt"))
     for p in model.projector.parameters():
         p.requires_grad_(False)
     model.eval()
@@ -491,24 +505,10 @@ def stage3_grpo_settings(overrides: dict | None = None) -> GRPOSettings:
     return GRPOSettings.from_dict(d)
 
 
-@contextlib.contextmanager
-def bind_trainer(heads_dir, settings: Stage3Settings, rows: Sequence[dict]):
-    """Makes the engine build a SegAnswerGRPOTrainer bound to this run, for the duration of the block.
-
-    The engine constructs `reproseg.rl.engine_trainer.EngineGRPOTrainer` by name inside
-    `train_grpo`; the block swaps that name for the bound subclass and restores it after.
-    (A `trainer_cls` argument of train_grpo would make this swap unnecessary.)
-    """
-    from reproseg.rl import engine_trainer
-
-    bound = type("BoundSegAnswerGRPOTrainer", (SegAnswerGRPOTrainer,),
-                 {"seg_heads_dir": str(heads_dir), "seg_settings": settings, "seg_rows": list(rows)})
-    original = engine_trainer.EngineGRPOTrainer
-    engine_trainer.EngineGRPOTrainer = bound
-    try:
-        yield bound
-    finally:
-        engine_trainer.EngineGRPOTrainer = original
+def bind_trainer(heads_dir, settings: Stage3Settings, rows: Sequence[dict]) -> type:
+    """A SegAnswerGRPOTrainer subclass bound to this run (the engine's `trainer_cls`)."""
+    return type("BoundSegAnswerGRPOTrainer", (SegAnswerGRPOTrainer,),
+                {"seg_heads_dir": str(heads_dir), "seg_settings": settings, "seg_rows": list(rows)})
 
 
 class SegAnswerLogCallback(TrainerCallback):
@@ -559,8 +559,8 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
     log_path = Path(log_path)
     extra = Path(extra_log_path) if extra_log_path else log_path.with_suffix(".seganswer.parquet")
     reward_fns = dict(reward_fns or {"acc": accuracy_reward, "format": format_reward})
-    with bind_trainer(stage2_dir, s, engine_rows):
-        train_grpo(stage2_dir, engine_rows, reward_fns, g, out_dir, log_path, callbacks=[SegAnswerLogCallback(extra)])
+    train_grpo(stage2_dir, engine_rows, reward_fns, g, out_dir, log_path, callbacks=[SegAnswerLogCallback(extra)],
+               trainer_cls=bind_trainer(stage2_dir, s, engine_rows))
     final = Path(out_dir) / FINAL_DIR
     # The projector, mask decoder and SAM 2.1 did not change: carry them over; the config goes last.
     shutil.copy2(Path(stage2_dir) / HEADS_FILE, final / HEADS_FILE)

@@ -1,0 +1,150 @@
+"""GRPO step and two-stage inference at the papers' model sizes, randomly initialised.
+
+Builds a Qwen2.5-VL-7B-architecture policy (random weights, bf16; the tokenizer is the
+project's small offline one, so the LM head has its vocabulary rather than Qwen's
+152,064 rows) and SAM 2.1 hiera-large (random), then measures:
+  - seconds per GRPO step (n=8 completions, LPR rewards, 512x512 crops; LoRA, since full
+    fine-tuning of 7B needs the paper's 8-GPU ZeRO-3 setting);
+  - seconds per image of GSE (1920x1080 frame) and of LPR+SAM2 (512 crop), at a fixed
+    number of generated tokens (random weights never stop on their own).
+Usage (on a GPU machine): python benchmarks/bench_gpu_real_sizes.py --work /tmp/bench
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+QWEN25_VL_7B = dict(
+    hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, max_position_embeddings=128000, rope_theta=1000000.0, mrope_section=[16, 24, 24],
+    vision_depth=32, vision_hidden_size=1280, vision_intermediate_size=3420, vision_num_heads=16,
+    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+    min_pixels=3136, max_pixels=12845056, vocab_size=4096,
+)
+
+
+SMOKE = dict(QWEN25_VL_7B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, mrope_section=None, vision_depth=2, vision_hidden_size=32,
+             vision_intermediate_size=64, vision_num_heads=2, max_pixels=200704, vocab_size=1024)
+
+
+def build_policy(out: Path, spec: dict, device: str) -> None:
+    import torch
+
+    from reproseg.models import tiny_bundle as tb
+
+    spec = tb.resolve_spec(spec)
+    tokenizer = tb._train_tokenizer([], spec["vocab_size"])
+    processor = tb._build_processor(tokenizer, spec)
+    with torch.device(device):
+        model = tb._build_policy(tokenizer, spec, seed=0).to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+
+
+def scene(w, h, seed):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = np.kron(rng.random((h // 32 + 1, w // 32 + 1, 1)), np.ones((32, 32, 3)))[:h, :w]
+    return Image.fromarray((60 + 120 * base).astype("uint8"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="/tmp/bench")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU, to check the script itself")
+    args = ap.parse_args()
+    import torch
+
+    device = "cpu" if args.smoke else "cuda"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    from reproseg import config as cfglib
+    from reproseg.finers import samples as S
+    from reproseg.finers.rewards import profile_for, reward_functions
+    from reproseg.rl.engine import train_grpo
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = cfglib.resolve(cfglib.load_yaml(root / "config/config.yaml"), [cfglib.load_yaml(root / "config/paper.yaml")])["finers"]
+    work = Path(args.work)
+    qwen = work / "qwen7b"
+    figures = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)"}
+    t0 = time.perf_counter()
+    build_policy(qwen, SMOKE if args.smoke else QWEN25_VL_7B, device)
+    figures["build_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(figures), flush=True)
+
+    # ---- GRPO step (LPR): 8 completions of one 512x512 crop per step
+    rows = []
+    for i in range(8):
+        row = {"id": str(i), "task_type": "reasoning", "question": "What colour is the car?", "options": [],
+               "option_letters": [], "answer": "red", "answer_option": None}
+        rows.append({"prompt": S.P.messages(S.P.render(cfg["prompts"], "lpr", "reasoning", question=row["question"])),
+                     "image": scene(512, 512, i), "qtype": "reasoning", "answer": "red",
+                     "bbox": [200.0, 200.0, 240.0, 230.0], "points": [[220.0, 215.0], [225.0, 220.0]]})
+    settings = dict(cfg["lpr"]["grpo"], deepspeed=None, max_steps=args.steps, save_steps=1000,
+                    max_completion_length=args.new_tokens, model_dtype="float32" if args.smoke else "bfloat16",
+                    bf16=not args.smoke,
+                    per_device_batch_size=8, lora={"r": 64, "lora_alpha": 128, "target_modules": "all-linear"})
+    fns = reward_functions("lpr", profile_for("paper", 256))
+    t0 = time.perf_counter()
+    train_grpo(qwen, rows, fns, settings, work / "grpo", work / "grpo_log.parquet")
+    import pyarrow.parquet as pq
+    log = pq.read_table(work / "grpo_log.parquet").to_pydict()
+    figures["grpo_total_s"] = round(time.perf_counter() - t0, 1)
+    figures["grpo_step_s"] = [round(v, 2) for v in log["step_time_s"]]
+    if device == "cuda":
+        figures["grpo_peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+        torch.cuda.empty_cache()
+    print(json.dumps(figures), flush=True)
+
+    # ---- two-stage inference, one image at a time as in the paper's Table A4
+    from reproseg.finers.generation import Policy
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    policy = Policy(str(qwen), device=device, dtype="float32" if args.smoke else "bfloat16")
+    sam_cfg = "configs/sam2.1/sam2.1_hiera_t.yaml" if args.smoke else "configs/sam2.1/sam2.1_hiera_l.yaml"
+    sam = SAM2ImagePredictor(build_sam2(sam_cfg, ckpt_path=None, device=device))
+    row = {"task_type": "reasoning", "question": "What colour is the car?", "options": [], "option_letters": []}
+    gse_s, lpr_s, sam_s = [], [], []
+    for i in range(4):
+        frame = scene(3840, 2160, 100 + i)
+        sync()
+        t = time.perf_counter()
+        policy.generate([S.gse_image(frame, cfg)], [S.gse_prompt(row, cfg)], args.new_tokens)
+        gse_s.append(time.perf_counter() - t)
+        crop = frame.crop((1000, 1000, 1512, 1512))
+        t = time.perf_counter()
+        prompt = S.P.messages(S.P.render(cfg["prompts"], "lpr", "reasoning", question=row["question"]))
+        policy.generate([crop], [prompt], args.new_tokens)
+        lpr_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        import numpy as np
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=not args.smoke):
+            sam.set_image(np.asarray(crop))
+            sam.predict(box=np.array([200, 200, 240, 230], np.float32),
+                        point_coords=np.array([[220, 215], [225, 220]], np.float32),
+                        point_labels=np.ones(2, np.int32), multimask_output=False)
+        sync()
+        sam_s.append(time.perf_counter() - t)
+    # the first image includes warm-up; report the rest
+    figures.update({
+        "new_tokens": args.new_tokens,
+        "gse_s_per_image": round(sum(gse_s[1:]) / 3, 2),
+        "lpr_s_per_image": round(sum(lpr_s[1:]) / 3, 2),
+        "sam2_large_s_per_image": round(sum(sam_s[1:]) / 3, 3),
+        "lpr_plus_sam2_s_per_image": round((sum(lpr_s[1:]) + sum(sam_s[1:])) / 3, 2),
+        "paper_table_a4_s_per_image": {"GSE": 7.31, "LPR+SAM2": 5.57, "hardware": "A100"},
+    })
+    print(json.dumps(figures), flush=True)
+
+
+if __name__ == "__main__":
+    main()
