@@ -9,6 +9,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/finers.smk"
+include: "rules/seganswer.smk"
 
 
 rule all:
@@ -17,3 +18,4 @@ rule all:
         rules.data_all.input,
         rules.models_all.input,
         rules.finers_all.input,
+        rules.seganswer_all.input,

@@ -70,6 +70,25 @@ def test_default_dag_writes_the_finers_tables(copy):
     assert "main" in (res / "tables/finers_experiments.md").read_text()
 
 
+def test_seganswer_checkpoints_reload_and_tables(copy):
+    import json
+
+    from reproseg.seganswer.model import SegAnswerModel
+
+    res = copy / "results/seganswer"
+    for ckpt in ("stage1_projector", "stage1", "stage2", "stage3/checkpoint"):
+        model = SegAnswerModel.from_pretrained(res / ckpt)
+        assert model.processor.tokenizer.convert_tokens_to_ids("<|seg|>") is not None
+    for stage in ("stage1", "stage3"):
+        m = json.loads((res / f"metrics/{stage}.json").read_text())
+        # test split: one video x 2 frames x 3 objects; IS vs. question records.
+        assert m["referring"]["n"] + m["questions"] == 6
+        assert "| Table 3 (referring segmentation) | gIoU |" in (copy / f"results/tables/seganswer_{stage}.md").read_text()
+    log = __import__("pyarrow.parquet", fromlist=["x"]).read_table(res / "stage3/train_log.seganswer.parquet")
+    assert {"seg_calls_mean", "unanswered", "dropped_groups", "refill_rounds"} <= set(log.column_names)
+    assert (res / "stage3/curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_no_op(copy):
     assert planned(copy) == {}
 

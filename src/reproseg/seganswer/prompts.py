@@ -1,14 +1,16 @@
 """SegAnswer's interleaved conversation: the question prompt, the segmentation turn and the answer.
 
-The reasoning prompt is the template of paper Sec. 3.2 (stage 2, reused by stage 3 and
-evaluation): it is part of the method's input specification, so it is kept as the
-paper gives it. The answer goes inside <answer></answer>.
+The reasoning prompt carries what the paper's Sec. 3.2 template asks of the model (stage
+2, reused by stage 3 and evaluation), in this project's own words: decide whether a
+region would help, segment it with <|seg|> if so, then answer inside <answer></answer>
+using the segmented area and the original image. Users who want the paper's exact
+wording pass it as `template`.
 
 Choices where the paper is silent:
 - the observation turn (the segmented image) is a user message that holds the image
   only, no text (the paper shows "<segmented region of interest>" alone);
-- the stage-2 responses are the paper's examples: "To find the answer, it should first
-  observe <|seg|>." and "<answer>{answer}</answer>" (no spaces inside the tags);
+- the stage-2 responses follow the shape of the paper's examples (a short sentence
+  ending in <|seg|>, then "<answer>{answer}</answer>", no spaces inside the tags);
 - every stage-2 sample takes the segmentation turn (VisualCoT marks a question region
   for every sample; the paper uses no box, only the answer).
 """
@@ -18,14 +20,12 @@ import re
 
 REASONING_PROMPT = (
     "Question: {question}\n"
-    "Based on the original image and the question, reason whether there exists a region in the image "
-    "that could help you answer the question better. If such a region exists, do segmentation to get the "
-    "question-relevant area with the tag <|seg|>.\n"
-    "Then, you will receive the segmented area. Use both the segmented area and the original image to "
-    "answer the question inside the <answer> and </answer> tags.\n"
-    "Format Example: <|seg|> OR <answer> final answer </answer>."
+    "Look at the image and decide whether one part of it would make the question easier to answer. "
+    "If so, mark that part by writing <|seg|>; the segmented part will then be shown to you.\n"
+    "Answer from the segmented part and the whole image, inside <answer> </answer>.\n"
+    "Reply with either <|seg|> or <answer> your answer </answer>."
 )
-SEG_RESPONSE = "To find the answer, it should first observe <|seg|>."
+SEG_RESPONSE = "I should look at the relevant region first: <|seg|>."
 ANSWER_RESPONSE = "<answer>{answer}</answer>"
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)

@@ -2,7 +2,7 @@
 
 Each sample becomes
     user:      <image> reasoning prompt with the question
-    assistant: "To find the answer, it should first observe <|seg|>."
+    assistant: a short sentence ending in <|seg|> (prompts.SEG_RESPONSE)
     user:      <segmented image: only the patches the mask touches, at their original positions>
     assistant: "<answer>{answer}</answer>"
 The mask is the model's own: the hidden state at `<|seg|>` goes through the frozen

@@ -1,0 +1,158 @@
+# SegAnswer: stage 1 pixel grounding (projector, then LoRA, then merge), stage 2
+# interleaved SFT, stage 3 multi-turn DAPO, evaluation tables.
+
+SEGANSWER = R("seganswer")
+SEG_EVAL_SPLIT = config["seganswer"]["eval"]["split"]
+
+
+rule seganswer_all:
+    input:
+        expand(R("tables/seganswer_{stage}.md"), stage=["stage1", "stage3"]),
+
+
+rule seganswer_stage1_projector:
+    input:
+        train=R("splits/train.parquet"),
+        images=IMAGES_INPUT,
+        base=BASE_MANIFEST,
+    output:
+        model=directory(f"{SEGANSWER}/stage1_projector"),
+        train_log=f"{SEGANSWER}/stage1_projector.log.parquet",
+        prov=prov(f"{SEGANSWER}/stage1_projector.log.parquet"),
+    params:
+        **stage_params("seganswer_stage1_projector", "seganswer.image_size", "seganswer.stage1.projector"),
+        images_root=images_root,
+        qwen=BASE_QWEN,
+        sam2=BASE_SAM2,
+        sam2_config=SAM2_CONFIG,
+    log:
+        f"{SEGANSWER}/logs/stage1_projector.log",
+    benchmark:
+        f"{SEGANSWER}/benchmarks/stage1_projector.tsv"
+    resources:
+        **family_resources("gpu_train"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("seganswer_stage1_projector")
+
+
+rule seganswer_stage1_lora:
+    input:
+        train=R("splits/train.parquet"),
+        images=IMAGES_INPUT,
+        phase_a=f"{SEGANSWER}/stage1_projector",
+    output:
+        model=directory(f"{SEGANSWER}/stage1_lora"),
+        train_log=f"{SEGANSWER}/stage1_lora.log.parquet",
+        prov=prov(f"{SEGANSWER}/stage1_lora.log.parquet"),
+    params:
+        **stage_params("seganswer_stage1_lora", "seganswer.image_size", "seganswer.stage1.lora"),
+        images_root=images_root,
+    log:
+        f"{SEGANSWER}/logs/stage1_lora.log",
+    benchmark:
+        f"{SEGANSWER}/benchmarks/stage1_lora.tsv"
+    resources:
+        **family_resources("gpu_train"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("seganswer_stage1_lora")
+
+
+rule seganswer_stage1_merge:
+    input:
+        unmerged=f"{SEGANSWER}/stage1_lora",
+    output:
+        model=directory(f"{SEGANSWER}/stage1"),
+        prov=f"{SEGANSWER}/stage1.prov.json",
+    params:
+        **stage_params("seganswer_stage1_merge"),
+    log:
+        f"{SEGANSWER}/logs/stage1_merge.log",
+    benchmark:
+        f"{SEGANSWER}/benchmarks/stage1_merge.tsv"
+    resources:
+        **family_resources("cpu_data"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("seganswer_stage1_merge")
+
+
+rule seganswer_stage2_sft:
+    input:
+        train=R("splits/train.parquet"),
+        images=IMAGES_INPUT,
+        stage1=f"{SEGANSWER}/stage1",
+    output:
+        model=directory(f"{SEGANSWER}/stage2"),
+        train_log=f"{SEGANSWER}/stage2.log.parquet",
+        prov=prov(f"{SEGANSWER}/stage2.log.parquet"),
+    params:
+        **stage_params("seganswer_stage2_sft", "seganswer.image_size", "seganswer.stage2"),
+        images_root=images_root,
+    log:
+        f"{SEGANSWER}/logs/stage2.log",
+    benchmark:
+        f"{SEGANSWER}/benchmarks/stage2.tsv"
+    resources:
+        **family_resources("gpu_train"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("seganswer_stage2_sft")
+
+
+rule seganswer_stage3_dapo:
+    input:
+        train=R("splits/train.parquet"),
+        images=IMAGES_INPUT,
+        stage2=f"{SEGANSWER}/stage2",
+    output:
+        checkpoint=directory(f"{SEGANSWER}/stage3/checkpoint"),
+        train_log=f"{SEGANSWER}/stage3/train_log.parquet",
+        curves=f"{SEGANSWER}/stage3/curves.png",
+        prov=prov(f"{SEGANSWER}/stage3/train_log.parquet"),
+    params:
+        **stage_params("seganswer_stage3_dapo", "seganswer.image_size", "seganswer.stage3"),
+        images_root=images_root,
+        run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
+    log:
+        f"{SEGANSWER}/logs/stage3.log",
+    benchmark:
+        f"{SEGANSWER}/benchmarks/stage3.tsv"
+    resources:
+        **family_resources("gpu_train"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("seganswer_stage3_dapo")
+
+
+rule evaluate_seganswer:
+    input:
+        split=R(f"splits/{SEG_EVAL_SPLIT}.parquet"),
+        images=IMAGES_INPUT,
+        model=lambda wildcards: f"{SEGANSWER}/stage1" if wildcards.stage == "stage1" else f"{SEGANSWER}/stage3/checkpoint",
+    output:
+        metrics=f"{SEGANSWER}/metrics/{{stage}}.json",
+        table=R("tables/seganswer_{stage}.parquet"),
+        table_md=R("tables/seganswer_{stage}.md"),
+        prov=prov(f"{SEGANSWER}/metrics/{{stage}}.json"),
+    wildcard_constraints:
+        stage="stage1|stage3",
+    params:
+        **stage_params("evaluate_seganswer", "seganswer.image_size", "seganswer.eval"),
+        images_root=images_root,
+    log:
+        f"{SEGANSWER}/logs/evaluate_{{stage}}.log",
+    benchmark:
+        f"{SEGANSWER}/benchmarks/evaluate_{{stage}}.tsv"
+    resources:
+        **family_resources("gpu_infer"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("evaluate_seganswer")

@@ -1,0 +1,6 @@
+"""Rule seganswer_stage1_merge: the LoRA merged into the language model."""
+from reproseg.provenance import run_job
+from reproseg.seganswer.workflow_stages import stage1_merge_stage
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+run_job(smk, lambda: stage1_merge_stage(smk.input.unmerged, smk.output.model))

@@ -1,0 +1,10 @@
+"""Rule seganswer_stage3_dapo: multi-turn DAPO on the project's GRPO engine."""
+import json
+
+from reproseg.provenance import run_job
+from reproseg.seganswer.workflow_stages import stage3_stage
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+cfg = json.loads(smk.params.cfg)["seganswer"]
+run_job(smk, lambda: stage3_stage(smk.input.train, smk.params.images_root, smk.input.stage2, smk.params.run_dir,
+                                  smk.output.checkpoint, smk.output.train_log, smk.output.curves, cfg))
