@@ -211,3 +211,41 @@ def test_look_prompt_only_when_enabled(row, tmp_path):
     text_on = lpr_training_rows([row], str(tmp_path), on, seed=0, look=True)[0]["prompt"][0]["content"]
     text_off = lpr_training_rows([row], str(tmp_path), CFG, seed=0)[0]["prompt"][0]["content"]
     assert text_on == text_off + " Look." and "Options: A. red B. blue" in text_off
+
+
+def test_reward_functions_pickle_for_the_multi_gpu_launcher():
+    import pickle
+
+    from reproseg.finers.rewards import stage_reward_functions
+
+    cfg = dict(CFG, lpr={"drseg": {"look_to_confirm": True, "distribution_ranked": True, "queue_size": 64}})
+    fns = stage_reward_functions("lpr", cfg)
+    back = pickle.loads(pickle.dumps(fns))
+    perfect = lpr_answer([10, 10, 20, 20], ((15, 15), (16, 16)), "B")
+    cols = {"qtype": ["option"], "answer": ["B"], "bbox": [[10, 10, 20, 20]], "points": [[[15, 15], [16, 16]]],
+            "gt_objects": [[{"bbox_2d": [10, 10, 20, 20], "point_2d": [15, 15]}]]}
+    assert {k: f([perfect], **cols) for k, f in back.items()} == {k: f([perfect], **cols) for k, f in fns.items()}
+
+
+def test_training_job_with_two_gpus_launches_one_process_per_gpu(monkeypatch, tmp_path):
+    """A job given 2 GPUs by Slurm runs torchrun with 2 processes inside it (not 2 jobs)."""
+    import subprocess
+
+    from reproseg.rl import engine_launch
+
+    seen = {}
+
+    class FakePopen:
+        def __init__(self, cmd, **kw):
+            seen["cmd"] = cmd
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    engine_launch.run_distributed(tmp_path / "job.pkl", policy_dir="p", dataset_rows=[{"prompt": []}],
+                                  reward_fns={}, settings={"deepspeed": "zero3"}, out_dir=str(tmp_path),
+                                  log_path=str(tmp_path / "log.parquet"))
+    assert "--nproc-per-node=2" in seen["cmd"] and "torch.distributed.run" in seen["cmd"]
+    assert (tmp_path / "job.pkl").is_file()

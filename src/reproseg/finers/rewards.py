@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..rl.parsing import parse
+from ..rl.rewards_drseg import DistributionRankedReward, DrSegProfile
 from ..rl.rewards_finers import TERMS, FinersTarget, RewardProfile
 
 
@@ -15,22 +16,29 @@ def profile_for(name: str, region_size: int) -> RewardProfile:
                                size_tol=base.size_tol * region_size / base.size_target)
 
 
+class TermReward:
+    """One FineRS reward term as a TRL reward function. A plain class (not a closure) so
+    that the multi-GPU launcher can pickle it for its worker processes."""
+
+    def __init__(self, stage: str, term: str, profile: RewardProfile):
+        self.stage, self.term, self.profile = stage, term, profile
+
+    def __call__(self, completions, **columns) -> list[float]:
+        from ..rl.engine_trainer import completion_text
+
+        fn = TERMS[self.stage][self.term]
+        out = []
+        for i, c in enumerate(completions):
+            gt = FinersTarget.from_mapping({k: columns[k][i] for k in ("qtype", "answer", "bbox", "points", "region")
+                                            if k in columns})
+            out.append(fn(parse(completion_text(c)), gt, self.profile))
+        return out
+
+
 def reward_functions(stage: str, profile: RewardProfile, disabled=()) -> dict:
-    """{f"{stage}/{term}": fn(completions, **columns) -> list[float]} for every enabled
-    term. Disabled terms (the ablations) are left out of training altogether."""
-    from ..rl.engine_trainer import completion_text
-
-    def make(term_fn):
-        def fn(completions, **columns):
-            out = []
-            for i, c in enumerate(completions):
-                gt = FinersTarget.from_mapping({k: columns[k][i] for k in ("qtype", "answer", "bbox", "points", "region")
-                                                if k in columns})
-                out.append(term_fn(parse(completion_text(c)), gt, profile))
-            return out
-        return fn
-
-    return {f"{stage}/{name}": make(term) for name, term in TERMS[stage].items() if name not in set(disabled)}
+    """{f"{stage}/{term}": TermReward} for every enabled term. Disabled terms (the
+    ablations) are left out of training altogether."""
+    return {f"{stage}/{name}": TermReward(stage, name, profile) for name in TERMS[stage] if name not in set(disabled)}
 
 
 # ---- Dr. Seg rewards as an option of any FineRS GRPO stage --------------------------
@@ -71,44 +79,58 @@ def distributed_gather(rows):
     return np.concatenate([np.asarray(p).reshape(-1, rows.shape[1]) for p in parts])
 
 
-def ranked_accuracy(stage: str, profile_name: str, capacity: int, raw: bool = False):
-    import dataclasses as dc
+class FormatReward:
+    """Dr. Seg's Look-to-Confirm terms: `kind` "look" (a non-empty <look> block) or
+    "non_repeat" (no repeated sentence, no copied template phrase)."""
 
-    import numpy as np
+    def __init__(self, kind: str, profile_name: str):
+        self.kind, self.profile_name = kind, profile_name
 
-    from ..rl.engine_trainer import completion_text
-    from ..rl.rewards_drseg import DistributionRankedReward, DrSegProfile, accuracy_vector
+    def __call__(self, completions, **_) -> list[float]:
+        from ..rl.engine_trainer import completion_text
+        from ..rl.rewards_drseg import DrSegProfile, look_reward, non_repeat_reward
 
-    profile = dc.replace(DrSegProfile.by_name(profile_name), capacity=capacity,
-                         init_rows=min(DrSegProfile.by_name(profile_name).init_rows, capacity))
+        fn = look_reward if self.kind == "look" else non_repeat_reward
+        profile = DrSegProfile.by_name(self.profile_name)
+        return [fn(completion_text(c), profile) for c in completions]
 
-    class _Ranked(DistributionRankedReward):
-        def __call__(self, completions, **columns):
-            texts = [_as_objects(completion_text(c), stage) for c in completions]
-            if raw:
-                vecs = [accuracy_vector(t, g, self.profile) for t, g in zip(texts, columns[self.gt_column])]
-                for v in vecs:
-                    self.queue.push(v)
-                return [float(np.mean(v)) for v in vecs]
-            return super().__call__(texts, **columns)
 
-    return _Ranked(profile, gt_column="gt_objects", gather_fn=distributed_gather)
+class RankedAccuracy(DistributionRankedReward):
+    """Dr. Seg's distribution-ranked accuracy on a FineRS stage's single-object answer.
+    With `raw=True` the reward is the mean of the raw accuracy vector instead of its
+    ranks (the 'raw reward vs ranked' ablation); the queue is still kept."""
+
+    def __init__(self, stage: str, profile_name: str, capacity: int, raw: bool = False):
+        base = DrSegProfile.by_name(profile_name)
+        profile = dataclasses.replace(base, capacity=capacity, init_rows=min(base.init_rows, capacity))
+        super().__init__(profile, gt_column="gt_objects", gather_fn=distributed_gather)
+        self.stage, self.raw = stage, raw
+
+    def __call__(self, completions, **columns):
+        import numpy as np
+
+        from ..rl.engine_trainer import completion_text
+        from ..rl.rewards_drseg import accuracy_vector
+
+        texts = [_as_objects(completion_text(c), self.stage) for c in completions]
+        if self.raw:
+            vecs = [accuracy_vector(t, g, self.profile) for t, g in zip(texts, columns[self.gt_column])]
+            for v in vecs:
+                self.queue.push(v)
+            return [float(np.mean(v)) for v in vecs]
+        return super().__call__(texts, **columns)
 
 
 def drseg_functions(stage: str, drseg: dict) -> dict:
     """Look-to-Confirm (look + non-repeat format rewards) and/or the ranked accuracy."""
-    from ..rl.engine_trainer import completion_text
-    from ..rl.rewards_drseg import DrSegProfile, look_reward, non_repeat_reward
-
-    profile = DrSegProfile.by_name(drseg.get("profile", "paper"))
+    name = drseg.get("profile", "paper")
     out = {}
     if drseg.get("look_to_confirm"):
-        out[f"{stage}/look"] = lambda completions, **_: [look_reward(completion_text(c), profile) for c in completions]
-        out[f"{stage}/non_repeat"] = lambda completions, **_: [non_repeat_reward(completion_text(c), profile)
-                                                              for c in completions]
+        out[f"{stage}/look"] = FormatReward("look", name)
+        out[f"{stage}/non_repeat"] = FormatReward("non_repeat", name)
     if drseg.get("distribution_ranked"):
-        out[f"{stage}/ranked_accuracy"] = ranked_accuracy(stage, profile.name, drseg.get("queue_size", 2048),
-                                                          raw=drseg.get("raw_accuracy", False))
+        out[f"{stage}/ranked_accuracy"] = RankedAccuracy(stage, name, drseg.get("queue_size", 2048),
+                                                         raw=drseg.get("raw_accuracy", False))
     return out
 
 

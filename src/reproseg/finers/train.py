@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def _train(stage: str, policy: str, rows: list[dict], cfg: dict, run_dir: str, checkpoint: str,
            train_log: str, curves: str) -> None:
-    from ..rl.engine import train_grpo
+    from ..rl.engine_launch import run_distributed
     from .curves import plot_curves
 
     stage_cfg = cfg[stage]
@@ -30,7 +30,9 @@ def _train(stage: str, policy: str, rows: list[dict], cfg: dict, run_dir: str, c
     if produced.resolve() != Path(checkpoint).resolve():
         raise RuntimeError(f"engine writes {produced}, the rule expects {checkpoint}")
     work_log = Path(run_dir) / "train_log.inprogress.parquet"
-    train_grpo(policy, rows, fns, stage_cfg["grpo"], run_dir, work_log)
+    # One process per GPU of this job (torchrun) when it has several; in-process otherwise.
+    run_distributed(Path(run_dir) / "job.pkl", policy_dir=policy, dataset_rows=rows, reward_fns=fns,
+                    settings=stage_cfg["grpo"], out_dir=run_dir, log_path=work_log)
     os.replace(work_log, train_log)
     plot_curves(train_log, curves, title=f"{stage.upper()} GRPO")
 
