@@ -5,11 +5,15 @@
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/finers.smk"
 include: "rules/seganswer.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -19,3 +23,4 @@ rule all:
         rules.models_all.input,
         rules.finers_all.input,
         rules.seganswer_all.input,
+        report_tables(),

@@ -133,3 +133,11 @@ def finers_tables(exp):
     return [R(f"tables/finers_{key}_{split}.md") for split in EXPERIMENTS[exp]["finers"]["inference"]["splits"]]
 
 
+
+
+def report_tables():
+    """The HTML renderings of every Markdown table the run writes (for --report)."""
+    names = ["splits/stats", "annotations/validation_report", "tables/finers_experiments",
+             "tables/seganswer_stage1", "tables/seganswer_stage3"]
+    names += [md[len(RESULTS) + 1:-3] for exp in EXPERIMENTS for md in finers_tables(exp)]
+    return [R(f"{n}.report.html") for n in sorted(set(names))]

@@ -123,7 +123,7 @@ rule make_splits:
         **{split: R(f"splits/{split}.parquet") for split in SPLITS},
         stats=R("splits/stats.parquet"),
         stats_md=R("splits/stats.md"),
-        plot=R("splits/mask_sizes.png"),
+        plot=report(R("splits/mask_sizes.png"), category="splits", caption="../report/mask_sizes.rst"),
         prov=prov(R("splits/stats.parquet")),
     params:
         **stage_params("make_splits", "data.splits"),

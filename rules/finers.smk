@@ -30,7 +30,8 @@ rule train_lpr:
     output:
         checkpoint=directory(f"{FINERS}/lpr/{{lpr}}/checkpoint"),
         train_log=f"{FINERS}/lpr/{{lpr}}/train_log.parquet",
-        curves=f"{FINERS}/lpr/{{lpr}}/curves.png",
+        curves=report(f"{FINERS}/lpr/{{lpr}}/curves.png", category="training curves",
+                      labels={"stage": "FineRS LPR", "variant": "{lpr}"}, caption="../report/curves.rst"),
         prov=prov(f"{FINERS}/lpr/{{lpr}}/train_log.parquet"),
     params:
         **exp_params("lpr", "train_lpr", "finers.lpr", "finers.lpr_crop", "finers.reward_profile",
@@ -87,7 +88,8 @@ rule train_gse:
     output:
         checkpoint=directory(f"{FINERS}/gse/{{gse}}/checkpoint"),
         train_log=f"{FINERS}/gse/{{gse}}/train_log.parquet",
-        curves=f"{FINERS}/gse/{{gse}}/curves.png",
+        curves=report(f"{FINERS}/gse/{{gse}}/curves.png", category="training curves",
+                      labels={"stage": "FineRS GSE", "variant": "{gse}"}, caption="../report/curves.rst"),
         prov=prov(f"{FINERS}/gse/{{gse}}/train_log.parquet"),
     params:
         **exp_params("gse", "train_gse", "finers.gse", "finers.gse_size", "finers.region_size",

@@ -113,7 +113,8 @@ rule seganswer_stage3_dapo:
     output:
         checkpoint=directory(f"{SEGANSWER}/stage3/checkpoint"),
         train_log=f"{SEGANSWER}/stage3/train_log.parquet",
-        curves=f"{SEGANSWER}/stage3/curves.png",
+        curves=report(f"{SEGANSWER}/stage3/curves.png", category="training curves",
+                      labels={"stage": "SegAnswer stage 3", "variant": "main"}, caption="../report/curves.rst"),
         prov=prov(f"{SEGANSWER}/stage3/train_log.parquet"),
     params:
         **stage_params("seganswer_stage3_dapo", "seganswer.image_size", "seganswer.stage3"),

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the tests need: the ffmpeg CLI (an independent decoder for frame
-# extraction tests) and the Slurm daemons for the real-cluster tests. Idempotent.
+# extraction tests), headless Chromium (the HTML report test) and the Slurm daemons
+# for the real-cluster tests. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
+command -v chromium >/dev/null || need+=(chromium)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

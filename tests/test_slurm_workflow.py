@@ -38,7 +38,7 @@ def copy(tmp_path_factory):
     """A copy of the workflow with the data and base models already built locally, so
     that only the GPU rules go through Slurm."""
     dst = tmp_path_factory.mktemp("slurm_repo")
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "profiles", "src", "envs"):
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "profiles", "src", "envs", "report"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
     (dst / "small.yaml").write_text(CONFIG)

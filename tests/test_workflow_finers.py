@@ -36,7 +36,7 @@ def planned(copy, *extra, config=None):
 @pytest.fixture(scope="module")
 def copy(tmp_path_factory):
     dst = tmp_path_factory.mktemp("repo")
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "profiles", "src", "envs"):
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "profiles", "src", "envs", "report"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
     (dst / "small.yaml").write_text(SMALL)
@@ -154,3 +154,49 @@ def test_shared_library_module_reruns_every_stage_using_it(copy):
                 "train_lpr", "retrospective_regions", "train_gse", "infer_finers", "evaluate_finers"} <= set(jobs)
     finally:
         path.write_text(before)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=5000", "--dump-dom"]
+
+
+def chromium_dom(path, tmp_path):
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("headless Chromium is missing: run `make test`, which installs it (Debian package chromium)")
+    profile = tmp_path / f"chromium-{path.stem}"
+    out = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", path.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_html_report_renders_tables_and_images(copy, tmp_path):
+    import base64
+
+    report = tmp_path / "report.html"
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(copy / "Snakefile"), "-d", str(copy),
+                          "--report", str(report), "--configfile", str(copy / "small.yaml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and report.is_file(), out.stderr[-3000:]
+    # The report app runs in Chromium and lists its result categories.
+    dom = chromium_dom(report, tmp_path)
+    for category in ("tables", "training curves", "splits"):
+        assert category in dom
+    # Each embedded table and image renders on its own in Chromium.
+    text = report.read_text()
+    tables = re.findall(r"data:text/html;[^,\"]*base64,([A-Za-z0-9+/=]+)", text)
+    images = re.findall(r"data:image/png;[^,\"]*base64,([A-Za-z0-9+/=]+)", text)
+    assert len(tables) >= 5 and len(images) >= 4
+    finers = next(base64.b64decode(t).decode() for t in tables if "Ours (reproduced)" in base64.b64decode(t).decode())
+    page = tmp_path / "table.html"
+    page.write_text(finers)
+    dom = chromium_dom(page, tmp_path)
+    assert "<td>Ours (reproduced)</td>" in dom and "<td>FineRS (paper, Table 2)</td>" in dom
+    wrapper = tmp_path / "images.html"
+    wrapper.write_text("<html><body>" + "".join(
+        f"<img src='data:image/png;base64,{b}' onload=\"document.body.dataset.ok=(+(document.body.dataset.ok||0)+"
+        f"(this.naturalWidth>100?1:0))\">" for b in images) + "</body></html>")
+    dom = chromium_dom(wrapper, tmp_path)
+    assert f'data-ok="{len(images)}"' in dom
