@@ -177,3 +177,23 @@ def test_verify_names_hand_edits_and_missing_files(run, tmp_path):
     assert ("results/splits/stats.md", "changed") in found
     assert ("results/frames/video_001", "changed") in found          # a frame is gone from the folder
     assert main(["verify", "--results", str(copy / "results"), "--workdir", str(copy)]) == 1
+
+
+def test_ro_crate_export(run):
+    from reproseg.cli import main
+
+    assert main(["crate", "--results", str(run / "results"), "--workdir", str(run)]) == 0
+    graph = json.loads((run / "ro-crate-metadata.json").read_text())["@graph"]
+    by_id = {e["@id"]: e for e in graph}
+    root = by_id["./"]
+    assert root["mainEntity"] == {"@id": "Snakefile"}
+    assert {"@id": "https://w3id.org/ro/wfrun/workflow/0.5"} in root["conformsTo"]
+    actions = [e for e in graph if e["@type"] == "CreateAction"]
+    records = sorted((run / "results").rglob("*.prov.json"))
+    assert len(actions) == len(records) == 8   # synthesize, 4 x extract, merge, import, splits
+    split = next(a for a in actions if a["name"] == "make_splits")
+    assert {"@id": "results/splits/val.parquet"} in split["result"]
+    assert split["object"] == [{"@id": "results/annotations/annotations.parquet"}]
+    val = by_id["results/splits/val.parquet"]
+    assert val["sha256"] == sha256_path(run / "results/splits/val.parquet")
+    assert json.loads(split["description"])["params"]["cfg"]["data"]["splits"]["seed"] == 0

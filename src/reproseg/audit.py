@@ -104,19 +104,15 @@ def verify(idx: RecordIndex) -> list[Finding]:
             hashes[p] = sha256_path(full) if full.exists() else None
         return hashes[p]
 
+    # (record section, name when the file is gone, name when its bytes differ)
+    checks = (("outputs", "missing", "changed"), ("inputs", "missing-input", "stale-input"))
     for rel, rec in idx.records.items():
-        for entries in rec.get("outputs", {}).values():
-            for e in entries:
-                now = current(e["path"])
-                if now is None:
-                    findings.append(Finding(rel, e["path"], "missing"))
-                elif now != e["sha256"]:
-                    findings.append(Finding(rel, e["path"], "changed"))
-        for entries in rec.get("inputs", {}).values():
-            for e in entries:
-                now = current(e["path"])
-                if now is None:
-                    findings.append(Finding(rel, e["path"], "missing-input"))
-                elif now != e["sha256"]:
-                    findings.append(Finding(rel, e["path"], "stale-input"))
+        for section, gone, differs in checks:
+            for entries in rec.get(section, {}).values():
+                for e in entries:
+                    now = current(e["path"])
+                    if now is None:
+                        findings.append(Finding(rel, e["path"], gone))
+                    elif now != e["sha256"]:
+                        findings.append(Finding(rel, e["path"], differs))
     return findings

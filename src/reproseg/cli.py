@@ -1,4 +1,4 @@
-"""The project's own commands: `reproseg audit`, `reproseg verify`, `reproseg fingerprint`."""
+"""The project's own commands: `reproseg audit`, `verify`, `crate` and `fingerprint`."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,13 @@ def _verify(args) -> int:
     return 1 if findings else 0
 
 
+def _crate(args) -> int:
+    from .crate import export_crate
+
+    print(export_crate(args.results, args.workdir))
+    return 0
+
+
 def _fingerprint(args) -> int:
     from .fingerprint import fingerprint
 
@@ -51,6 +58,10 @@ def main(argv=None) -> int:
         p.add_argument("--json", action="store_true")
     a.set_defaults(func=_audit)
     v.set_defaults(func=_verify)
+    c = sub.add_parser("crate", help="write the run's provenance as a Workflow Run RO-Crate (ro-crate-metadata.json)")
+    c.add_argument("--results", default="results")
+    c.add_argument("--workdir", default=".", help="the run's folder: the crate root")
+    c.set_defaults(func=_crate)
     f = sub.add_parser("fingerprint", help="code fingerprint of a workflow script and the modules it imports")
     f.add_argument("script")
     f.set_defaults(func=_fingerprint)

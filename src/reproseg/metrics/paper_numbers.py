@@ -1,6 +1,6 @@
 """The FineRS paper's own numbers for "Ours (FineRS) 7B", in percent as printed.
 
-Source: /work/shared/papers/finers.txt (text extraction of the paper). Line numbers below
+Source: shared/papers/finers.txt (text extraction of the paper). Line numbers below
 refer to that file.
 
 Column order, from the two header rows of both tables (lines 112-113 and 632-633):
