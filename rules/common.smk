@@ -68,7 +68,7 @@ EXPERIMENTS = {"main": config}
 for _name in config["experiments"]["run"]:
     if _name not in config["experiments"]["defs"]:
         raise cfglib.ConfigError(f"config key 'experiments.run': no experiment named {_name!r} in experiments.defs")
-    EXPERIMENTS[_name] = cfglib.resolve(config, [config["experiments"]["defs"][_name]])
+    EXPERIMENTS[_name] = cfglib.deep_merge(config, config["experiments"]["defs"][_name])
     try:
         cfglib.validate(EXPERIMENTS[_name], _SCHEMA)
     except cfglib.ConfigError as exc:

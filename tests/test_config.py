@@ -73,3 +73,10 @@ def test_subset_and_canonical_are_order_independent(default):
     b = cfglib.canonical(cfglib.subset(default, ["data.frames", "data.splits"]))
     assert a == b
     assert '"stride":4' in a and '"proportions"' in a and "synthetic" not in a
+
+
+def test_deep_merge_follows_omegaconf():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
+    over = {"a": {"c": [9]}, "e": {"f": 1}}
+    assert cfglib.deep_merge(base, over) == cfglib.resolve(base, [over]) == {"a": {"b": 1, "c": [9]}, "d": 3, "e": {"f": 1}}
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 3}   # not modified

@@ -4,6 +4,7 @@ Imported while Snakemake parses the Snakefile, so it stays light (no torch, no n
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,11 +23,25 @@ def resolve(config: dict, overrides: Iterable[dict] = ()) -> dict:
     return OmegaConf.to_container(merged, resolve=True)
 
 
+def deep_merge(base: dict, override: dict) -> dict:
+    """OmegaConf's merge rule on plain data (mappings merge, everything else replaces),
+    for experiment overrides of an already resolved config: OmegaConf itself costs
+    ~0.1 s per merge of the whole config, paid at every parse."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def load_yaml(path: str | Path) -> dict:
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader is ~10x faster
     with open(path) as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=loader)
 
 
 def _key(path: Iterable[Any]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,13 +28,59 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def _parse(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(), filename=str(path))
+# Parsing every module for every rule is what makes a parse slow, so each file's
+# analysis is cached by the sha256 of its bytes: in this process, and on disk between
+# runs (a content key, so an edited file is always analysed again).
+_CACHE_FILE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reproseg" / "fingerprint-cache.json"
+_memo: dict[str, dict] = {}
+_disk: dict[str, dict] | None = None
+_dirty = False
+
+
+def _load_disk() -> dict:
+    global _disk
+    if _disk is None:
+        try:
+            _disk = json.loads(_CACHE_FILE.read_text())
+        except (OSError, ValueError):
+            _disk = {}
+    return _disk
+
+
+def _save_disk() -> None:
+    global _dirty
+    if not _dirty:
+        return
+    try:
+        _CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _CACHE_FILE.with_suffix(f".{os.getpid()}.partial")
+        tmp.write_text(json.dumps(_disk))
+        os.replace(tmp, _CACHE_FILE)
+        _dirty = False
+    except OSError:
+        pass  # a read-only home only costs speed
+
+
+def _analyse(path: Path, module: str | None) -> dict:
+    """{'hash': normalised AST hash, 'imports': [raw import targets]} of one file."""
+    global _dirty
+    data = path.read_bytes()
+    key = hashlib.sha256(data).hexdigest() + f":{module}:{path.name == '__init__.py'}"
+    if key in _memo:
+        return _memo[key]
+    disk = _load_disk()
+    if key not in disk:
+        tree = ast.parse(data, filename=str(path))
+        imports = sorted(_imports_of(tree, module, path.name == "__init__.py"))
+        digest = hashlib.sha256(ast.dump(_strip_docstrings(tree), annotate_fields=False).encode()).hexdigest()
+        disk[key] = {"hash": digest, "imports": imports}
+        _dirty = True
+    _memo[key] = disk[key]
+    return _memo[key]
 
 
 def normalised_hash(path: Path) -> str:
-    tree = _strip_docstrings(_parse(path))
-    return hashlib.sha256(ast.dump(tree, annotate_fields=False).encode()).hexdigest()
+    return _analyse(path, None)["hash"]
 
 
 def _module_file(name: str) -> Path | None:
@@ -52,11 +99,10 @@ def _with_parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def _imports(path: Path, module: str | None) -> set[str]:
-    """Project modules imported anywhere in `path` (module: its dotted name, if any)."""
+def _imports_of(tree: ast.AST, module: str | None, is_pkg: bool) -> set[str]:
+    """Dotted names of every project import in the tree (candidates; filtered later)."""
     found: set[str] = set()
-    is_pkg = path.name == "__init__.py"
-    for node in ast.walk(_parse(path)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -71,11 +117,17 @@ def _imports(path: Path, module: str | None) -> set[str]:
             names = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
             continue
-        for name in names:
-            if name == PACKAGE or name.startswith(PACKAGE + "."):
-                for candidate in _with_parents(name):
-                    if _module_file(candidate):
-                        found.add(candidate)
+        found.update(n for n in names if n == PACKAGE or n.startswith(PACKAGE + "."))
+    return found
+
+
+def _imports(path: Path, module: str | None) -> set[str]:
+    """Project modules imported anywhere in `path` (module: its dotted name, if any)."""
+    found: set[str] = set()
+    for name in _analyse(path, module)["imports"]:
+        for candidate in _with_parents(name):
+            if _module_file(candidate):
+                found.add(candidate)
     return found
 
 
@@ -96,8 +148,9 @@ def closure(script: Path) -> dict[str, Path]:
 @lru_cache(maxsize=None)
 def _cached(script: str, stamp: float) -> dict:
     path = Path(script)
-    modules = {name: normalised_hash(p) for name, p in closure(path).items()}
+    modules = {name: _analyse(p, name)["hash"] for name, p in closure(path).items()}
     detail = {"script": normalised_hash(path), "modules": modules}
+    _save_disk()
     digest = hashlib.sha256(json.dumps(detail, sort_keys=True).encode()).hexdigest()
     return {"fingerprint": digest[:16], **detail}
 
