@@ -67,6 +67,9 @@ def frame_sha256(frame: av.VideoFrame) -> str:
     fmt = frame.format
     for i, plane in enumerate(frame.planes):
         bytes_per_sample = (max(c.bits for c in fmt.components if c.plane == i) + 7) // 8
+        if plane.line_size == plane.width * bytes_per_sample:  # no row padding: hash in place
+            h.update(memoryview(plane)[: plane.line_size * plane.height])
+            continue
         rows = np.frombuffer(memoryview(plane), np.uint8)[: plane.line_size * plane.height]
         rows = rows.reshape(plane.height, plane.line_size)[:, : plane.width * bytes_per_sample]
         h.update(np.ascontiguousarray(rows).tobytes())
