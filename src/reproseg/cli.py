@@ -6,6 +6,20 @@ import json
 import sys
 
 
+def cell(table_path: str, row: str, column: str):
+    """One number of a Parquet table: `row` is a row index or the value of the first column."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(table_path)
+    if column not in table.column_names:
+        raise SystemExit(f"{table_path}: no column {column!r}; columns: {table.column_names}")
+    first = [str(v) for v in table.column(0).to_pylist()]
+    index = first.index(row) if row in first else int(row) if row.isdigit() else None
+    if index is None or index >= table.num_rows:
+        raise SystemExit(f"{table_path}: no row {row!r}; rows: {first}")
+    return table.column(column)[index].as_py()
+
+
 def _audit(args) -> int:
     from .audit import RecordIndex, chain, format_chain
 
@@ -14,7 +28,14 @@ def _audit(args) -> int:
     if not records:
         print(f"no provenance record lists {args.artifact} as an output", file=sys.stderr)
         return 1
-    print(json.dumps(records, indent=2, sort_keys=True) if args.json else format_chain(records))
+    value = cell(args.artifact, args.row, args.column) if args.row is not None else None
+    if args.json:
+        print(json.dumps({"value": value, "chain": records} if args.row is not None else records,
+                         indent=2, sort_keys=True, default=str))
+    else:
+        if args.row is not None:
+            print(f"{args.artifact} [{args.row}, {args.column}] = {value}")
+        print(format_chain(records))
     return 0
 
 
@@ -51,6 +72,8 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     a = sub.add_parser("audit", help="print the chain of jobs, inputs, code and environment behind an artifact")
     a.add_argument("artifact")
+    a.add_argument("--row", help="for a Parquet table: a row index or the value of its first column")
+    a.add_argument("--column", help="for a Parquet table: the column of the number to audit")
     v = sub.add_parser("verify", help="re-hash every recorded artifact; non-zero exit if any differs or is missing")
     for p in (a, v):
         p.add_argument("--results", default="results")
