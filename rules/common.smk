@@ -30,6 +30,21 @@ def prov(path):
     return f"{path}.prov.json"
 
 
+def folder_from_record(input_name, suffix=None, inside=None):
+    """A param: the folder a job made, found from that job's provenance record.
+
+    Consumers list the record (a small file, compared by content) instead of the
+    folder (which Snakemake compares by mtime), so copying the results elsewhere
+    re-runs nothing, while a rerun of the producer rewrites the record and so re-runs
+    its consumers. `inside`: the folder sits beside the record under this name;
+    `suffix`: the folder is the record's path without this suffix.
+    """
+    def param(wildcards, input):
+        path = input[input_name]
+        return os.path.join(os.path.dirname(path), inside) if inside else path[: -len(suffix)]
+    return param
+
+
 def script_path(name):
     return f"../workflow_scripts/{name}.py"
 

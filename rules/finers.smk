@@ -55,8 +55,8 @@ rule retrospective_regions:
     input:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
-        lpr=lambda wildcards: (
-            f"{FINERS}/lpr/{VARIANT['lpr'][wildcards.regions]}/checkpoint"
+        lpr_record=lambda wildcards: (
+            prov(f"{FINERS}/lpr/{VARIANT['lpr'][wildcards.regions]}/train_log.parquet")
             if VARIANT_CFG["regions"][wildcards.regions]["finers"]["regions"]["retrospective"]
             else []
         ),
@@ -67,6 +67,9 @@ rule retrospective_regions:
         **exp_params("regions", "retrospective_regions", "finers.regions", "finers.gse_size", "finers.lpr_crop",
                     "finers.prompts.lpr", "finers.prompts.look", "finers.lpr.gt_points", "finers.lpr.drseg"),
         images_root=images_root,
+        lpr=lambda wildcards, input: (
+            os.path.join(os.path.dirname(input.lpr_record), "checkpoint") if input.lpr_record else None
+        ),
     log:
         f"{FINERS}/logs/retrospective_regions/{{regions}}.log",
     benchmark:
@@ -114,8 +117,8 @@ rule infer_finers:
         split=R("splits/{split}.parquet"),
         images=IMAGES_INPUT,
         base=BASE_MANIFEST,
-        gse=lambda wildcards: f"{FINERS}/gse/{VARIANT['gse'][wildcards.infer]}/checkpoint",
-        lpr=lambda wildcards: f"{FINERS}/lpr/{VARIANT['lpr'][wildcards.infer]}/checkpoint",
+        gse_record=lambda wildcards: prov(f"{FINERS}/gse/{VARIANT['gse'][wildcards.infer]}/train_log.parquet"),
+        lpr_record=lambda wildcards: prov(f"{FINERS}/lpr/{VARIANT['lpr'][wildcards.infer]}/train_log.parquet"),
     output:
         shard=f"{FINERS}/predictions/{{infer}}/{{split}}/shard-{{shard}}.parquet",
         prov=prov(f"{FINERS}/predictions/{{infer}}/{{split}}/shard-{{shard}}.parquet"),
@@ -124,6 +127,8 @@ rule infer_finers:
                     "finers.region_size", "finers.prompts", "finers.lpr.gt_points", "finers.lpr.drseg",
                     "finers.gse.drseg"),
         images_root=images_root,
+        gse=folder_from_record("gse_record", inside="checkpoint"),
+        lpr=folder_from_record("lpr_record", inside="checkpoint"),
         sam2=BASE_SAM2,
         sam2_config=SAM2_CONFIG,
     log:

@@ -41,7 +41,7 @@ rule seganswer_stage1_lora:
     input:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
-        phase_a=f"{SEGANSWER}/stage1_projector",
+        phase_a_record=prov(f"{SEGANSWER}/stage1_projector.log.parquet"),
     output:
         model=directory(f"{SEGANSWER}/stage1_lora"),
         train_log=f"{SEGANSWER}/stage1_lora.log.parquet",
@@ -49,6 +49,7 @@ rule seganswer_stage1_lora:
     params:
         **stage_params("seganswer_stage1_lora", "seganswer.image_size", "seganswer.stage1.lora"),
         images_root=images_root,
+        phase_a=folder_from_record("phase_a_record", suffix=".log.parquet.prov.json"),
     log:
         f"{SEGANSWER}/logs/stage1_lora.log",
     benchmark:
@@ -63,12 +64,13 @@ rule seganswer_stage1_lora:
 
 rule seganswer_stage1_merge:
     input:
-        unmerged=f"{SEGANSWER}/stage1_lora",
+        unmerged_record=prov(f"{SEGANSWER}/stage1_lora.log.parquet"),
     output:
         model=directory(f"{SEGANSWER}/stage1"),
         prov=f"{SEGANSWER}/stage1.prov.json",
     params:
         **stage_params("seganswer_stage1_merge"),
+        unmerged=folder_from_record("unmerged_record", suffix=".log.parquet.prov.json"),
     log:
         f"{SEGANSWER}/logs/stage1_merge.log",
     benchmark:
@@ -85,7 +87,7 @@ rule seganswer_stage2_sft:
     input:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
-        stage1=f"{SEGANSWER}/stage1",
+        stage1_record=f"{SEGANSWER}/stage1.prov.json",
     output:
         model=directory(f"{SEGANSWER}/stage2"),
         train_log=f"{SEGANSWER}/stage2.log.parquet",
@@ -93,6 +95,7 @@ rule seganswer_stage2_sft:
     params:
         **stage_params("seganswer_stage2_sft", "seganswer.image_size", "seganswer.stage2"),
         images_root=images_root,
+        stage1=folder_from_record("stage1_record", suffix=".prov.json"),
     log:
         f"{SEGANSWER}/logs/stage2.log",
     benchmark:
@@ -109,7 +112,7 @@ rule seganswer_stage3_dapo:
     input:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
-        stage2=f"{SEGANSWER}/stage2",
+        stage2_record=prov(f"{SEGANSWER}/stage2.log.parquet"),
     output:
         checkpoint=directory(f"{SEGANSWER}/stage3/checkpoint"),
         train_log=f"{SEGANSWER}/stage3/train_log.parquet",
@@ -119,6 +122,7 @@ rule seganswer_stage3_dapo:
     params:
         **stage_params("seganswer_stage3_dapo", "seganswer.image_size", "seganswer.stage3"),
         images_root=images_root,
+        stage2=folder_from_record("stage2_record", suffix=".log.parquet.prov.json"),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
     log:
         f"{SEGANSWER}/logs/stage3.log",
@@ -136,7 +140,10 @@ rule evaluate_seganswer:
     input:
         split=R(f"splits/{SEG_EVAL_SPLIT}.parquet"),
         images=IMAGES_INPUT,
-        model=lambda wildcards: f"{SEGANSWER}/stage1" if wildcards.stage == "stage1" else f"{SEGANSWER}/stage3/checkpoint",
+        model_record=lambda wildcards: (
+            f"{SEGANSWER}/stage1.prov.json" if wildcards.stage == "stage1"
+            else prov(f"{SEGANSWER}/stage3/train_log.parquet")
+        ),
     output:
         metrics=f"{SEGANSWER}/metrics/{{stage}}.json",
         table=R("tables/seganswer_{stage}.parquet"),
@@ -147,6 +154,10 @@ rule evaluate_seganswer:
     params:
         **stage_params("evaluate_seganswer", "seganswer.image_size", "seganswer.eval"),
         images_root=images_root,
+        model=lambda wildcards, input: (
+            input.model_record[: -len(".prov.json")] if wildcards.stage == "stage1"
+            else os.path.join(os.path.dirname(input.model_record), "checkpoint")
+        ),
     log:
         f"{SEGANSWER}/logs/evaluate_{{stage}}.log",
     benchmark:

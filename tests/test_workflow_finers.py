@@ -99,6 +99,13 @@ def test_touching_an_input_reruns_nothing(copy):
     assert planned(copy) == {}
 
 
+def test_copying_the_results_elsewhere_reruns_nothing(copy, tmp_path):
+    # `cp -r` without -p: every file and folder gets a new mtime, in copy order.
+    moved = tmp_path / "moved"
+    subprocess.run(["cp", "-r", str(copy), str(moved)], check=True)
+    assert planned(moved) == {}
+
+
 def test_new_ablation_adds_only_its_own_jobs(copy, tmp_path):
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("experiments: {run: [no-size-reward]}\n")

@@ -8,5 +8,5 @@ smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["finers"]
 shard, shards = (int(x) for x in smk.wildcards.shard.split("-of-"))
 run_job(smk, lambda: infer_stage(
-    smk.input.split, smk.params.images_root, smk.input.gse, smk.input.lpr, smk.params.sam2,
+    smk.input.split, smk.params.images_root, smk.params.gse, smk.params.lpr, smk.params.sam2,
     smk.params.sam2_config, smk.output.shard, cfg, shard, shards))

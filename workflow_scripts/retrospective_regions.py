@@ -6,5 +6,5 @@ from reproseg.provenance import run_job
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["finers"]
-run_job(smk, lambda: regions_stage(smk.input.train, smk.params.images_root, smk.input.lpr or None,
+run_job(smk, lambda: regions_stage(smk.input.train, smk.params.images_root, smk.params.lpr,
                                    smk.output.regions, cfg))

@@ -3,4 +3,4 @@ from reproseg.provenance import run_job
 from reproseg.seganswer.workflow_stages import stage1_merge_stage
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-run_job(smk, lambda: stage1_merge_stage(smk.input.unmerged, smk.output.model))
+run_job(smk, lambda: stage1_merge_stage(smk.params.unmerged, smk.output.model))
