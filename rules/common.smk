@@ -143,6 +143,11 @@ def finers_shards(exp):
     return [f"{i}-of-{n}" for i in range(n)]
 
 
+def region_shards(key):
+    n = VARIANT_CFG["regions"][key]["finers"]["regions"].get("shards", 1)
+    return [f"{i}-of-{n}" for i in range(n)]
+
+
 def finers_tables(exp):
     key = VARIANT["infer"][exp]
     return [R(f"tables/finers_{key}_{split}.md") for split in EXPERIMENTS[exp]["finers"]["inference"]["splits"]]

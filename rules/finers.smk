@@ -51,7 +51,7 @@ rule train_lpr:
         script_path("train_lpr")
 
 
-rule retrospective_regions:
+rule retrospective_regions_shard:
     input:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
@@ -61,8 +61,8 @@ rule retrospective_regions:
             else []
         ),
     output:
-        regions=f"{FINERS}/regions/{{regions}}/regions.parquet",
-        prov=prov(f"{FINERS}/regions/{{regions}}/regions.parquet"),
+        shard=f"{FINERS}/regions/{{regions}}/shard-{{shard}}.parquet",
+        prov=prov(f"{FINERS}/regions/{{regions}}/shard-{{shard}}.parquet"),
     params:
         **exp_params("regions", "retrospective_regions", "finers.regions", "finers.gse_size", "finers.lpr_crop",
                     "finers.prompts.lpr", "finers.prompts.look", "finers.lpr.gt_points", "finers.lpr.drseg"),
@@ -71,15 +71,37 @@ rule retrospective_regions:
             os.path.join(os.path.dirname(input.lpr_record), "checkpoint") if input.lpr_record else None
         ),
     log:
-        f"{FINERS}/logs/retrospective_regions/{{regions}}.log",
+        f"{FINERS}/logs/retrospective_regions/{{regions}}-{{shard}}.log",
     benchmark:
-        f"{FINERS}/benchmarks/retrospective_regions/{{regions}}.tsv"
+        f"{FINERS}/benchmarks/retrospective_regions/{{regions}}-{{shard}}.tsv"
     resources:
         **family_resources("gpu_infer"),
     conda:
         CONDA_ENV
     script:
         script_path("retrospective_regions")
+
+
+rule retrospective_regions:
+    input:
+        shards=lambda wildcards: expand(
+            f"{FINERS}/regions/{wildcards.regions}/shard-{{shard}}.parquet", shard=region_shards(wildcards.regions)
+        ),
+    output:
+        regions=f"{FINERS}/regions/{{regions}}/regions.parquet",
+        prov=prov(f"{FINERS}/regions/{{regions}}/regions.parquet"),
+    params:
+        **stage_params("merge_region_shards"),
+    log:
+        f"{FINERS}/logs/merge_region_shards/{{regions}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/merge_region_shards/{{regions}}.tsv"
+    resources:
+        **family_resources("cpu_data"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("merge_region_shards")
 
 
 rule train_gse:

@@ -249,3 +249,17 @@ def test_training_job_with_two_gpus_launches_one_process_per_gpu(monkeypatch, tm
                                   log_path=str(tmp_path / "log.parquet"))
     assert "--nproc-per-node=2" in seen["cmd"] and "torch.distributed.run" in seen["cmd"]
     assert (tmp_path / "job.pkl").is_file()
+
+
+def test_region_shards_merge(row, tmp_path):
+    from reproseg.finers.retrospective import merge_region_shards
+
+    off = dict(CFG, regions={**CFG["regions"], "retrospective": False})
+    rows = [dict(row, id=f"r{i}") for i in range(3)]
+    for k in range(2):
+        pq.write_table(select_regions(rows[k::2], str(tmp_path), off, None), tmp_path / f"s{k}.parquet")
+    merge_region_shards([str(tmp_path / "s0.parquet"), str(tmp_path / "s1.parquet")], str(tmp_path / "all.parquet"))
+    assert pq.read_table(tmp_path / "all.parquet").column("id").to_pylist() == ["r0", "r1", "r2"]
+    # A sample in two shards has two chosen regions: refused, naming it.
+    with pytest.raises(ValueError, match="r0"):
+        merge_region_shards([str(tmp_path / "s0.parquet")] * 2, str(tmp_path / "bad.parquet"))

@@ -47,6 +47,7 @@ def copy(tmp_path_factory):
     return dst
 
 
+REGIONS = {"retrospective_regions_shard": 1, "retrospective_regions": 1}
 DOWNSTREAM_OF_GSE = {"train_gse": 1, "infer_finers": 4, "evaluate_finers": 2, "finers_experiment_table": 1, "all": 1}
 
 
@@ -113,9 +114,9 @@ def test_new_ablation_adds_only_its_own_jobs(copy, tmp_path):
     # gains a row so it is rebuilt.
     assert planned(copy, config=cfg) == DOWNSTREAM_OF_GSE
     cfg.write_text("experiments: {run: [no-retrospective]}\n")
-    assert planned(copy, config=cfg) == {"retrospective_regions": 1, **DOWNSTREAM_OF_GSE}
+    assert planned(copy, config=cfg) == {**REGIONS, **DOWNSTREAM_OF_GSE}
     cfg.write_text("experiments: {run: [no-random-region]}\n")
-    assert planned(copy, config=cfg) == {"train_lpr": 1, "retrospective_regions": 1, **DOWNSTREAM_OF_GSE}
+    assert planned(copy, config=cfg) == {"train_lpr": 1, **REGIONS, **DOWNSTREAM_OF_GSE}
 
 
 def test_config_value_of_one_stage(copy, tmp_path):
@@ -137,7 +138,7 @@ def test_library_module_of_one_stage(copy):
     path = copy / "src/reproseg/finers/retrospective.py"
     before = edit(path, "return best if scores[best] > 0", "return best if scores[best] >= 0")
     try:
-        assert planned(copy) == {"retrospective_regions": 1, **DOWNSTREAM_OF_GSE}
+        assert planned(copy) == {**REGIONS, **DOWNSTREAM_OF_GSE}
     finally:
         path.write_text(before)
 

@@ -1,4 +1,4 @@
-"""Rule retrospective_regions: LPR picks the GT region GSE is rewarded for."""
+"""Rule retrospective_regions_shard: LPR picks the GT region GSE is rewarded for (one shard)."""
 import json
 
 from reproseg.finers.retrospective import regions_stage
@@ -6,5 +6,6 @@ from reproseg.provenance import run_job
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["finers"]
+shard, shards = (int(x) for x in smk.wildcards.shard.split("-of-"))
 run_job(smk, lambda: regions_stage(smk.input.train, smk.params.images_root, smk.params.lpr,
-                                   smk.output.regions, cfg))
+                                   smk.output.shard, cfg, shard=shard, shards=shards))

@@ -92,3 +92,16 @@ def regions_stage(train_split: str, images_root: str, lpr_checkpoint: str | None
     parsed = sum(r["lpr_box"] is not None for r in table.to_pylist())
     log.info("%d samples, %d candidates, %d LPR boxes parsed, %d chosen by IoU > 0",
              len(rows), table.num_rows, parsed, sum((r["iou"] or 0) > 0 for r in chosen))
+
+
+def merge_region_shards(shards: list[str], out: str) -> None:
+    """One table of all shards; every sample must have exactly one chosen region."""
+    table = pa.concat_tables([pq.read_table(s, schema=SCHEMA) for s in shards]).sort_by([("id", "ascending"),
+                                                                                          ("candidate", "ascending")])
+    chosen: dict[str, int] = {}
+    for rid, c in zip(table.column("id").to_pylist(), table.column("chosen").to_pylist()):
+        chosen[rid] = chosen.get(rid, 0) + int(c)
+    bad = [rid for rid, n in chosen.items() if n != 1]
+    if bad:
+        raise ValueError(f"region shards {shards}: samples without exactly one chosen region, e.g. {bad[:5]}")
+    write_parquet(out, table)
