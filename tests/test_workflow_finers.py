@@ -48,7 +48,9 @@ def copy(tmp_path_factory):
 
 
 REGIONS = {"retrospective_regions_shard": 1, "retrospective_regions": 1}
-DOWNSTREAM_OF_GSE = {"train_gse": 1, "infer_finers": 4, "evaluate_finers": 2, "finers_experiment_table": 1, "all": 1}
+# The two FineRS tables and the experiment table change, so do their HTML renderings.
+TABLES = {"evaluate_finers": 2, "finers_experiment_table": 1, "markdown_html": 3, "all": 1}
+DOWNSTREAM_OF_GSE = {"train_gse": 1, "infer_finers": 4, **TABLES}
 
 
 def test_default_dag_writes_the_finers_tables(copy):
@@ -124,7 +126,7 @@ def test_config_value_of_one_stage(copy, tmp_path):
     cfg.write_text("finers: {gse: {grpo: {max_steps: 3}}}\n")
     assert planned(copy, config=cfg) == DOWNSTREAM_OF_GSE
     cfg.write_text("finers: {inference: {max_new_tokens: 32}}\n")
-    assert planned(copy, config=cfg) == {"infer_finers": 4, "evaluate_finers": 2, "finers_experiment_table": 1, "all": 1}
+    assert planned(copy, config=cfg) == {"infer_finers": 4, **TABLES}
 
 
 def edit(path, old, new):
