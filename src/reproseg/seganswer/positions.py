@@ -133,25 +133,14 @@ class SequenceBuilder:
 
     def add_image(self, grid_thw, with_markers: bool = True) -> tuple[list[int], torch.Tensor]:
         """A whole image: <|vision_start|> pads <|vision_end|> (markers are text tokens, never trained)."""
-        out_ids, out_pos = [], []
-        if with_markers:
-            i, p = self.add_text([self.vision_start_id])
-            out_ids += i
-            out_pos.append(p)
         grid = tuple(int(v) for v in grid_thw)
-        p = image_positions(self.cur, grid, self.merge_size)
-        n = p.shape[1]
-        _, h, w = merged_grid(grid, self.merge_size)
-        self.images.append(ImageEntry(grid, None, None, p))
-        self.cur += max(h, w)
-        self._append([self.image_token_id] * n, p, [IMAGE] * n, False)
-        out_ids += [self.image_token_id] * n
-        out_pos.append(p)
-        if with_markers:
-            i, p = self.add_text([self.vision_end_id])
-            out_ids += i
-            out_pos.append(p)
-        return out_ids, torch.cat(out_pos, dim=1)
+
+        def place():
+            p = image_positions(self.cur, grid, self.merge_size)
+            _, h, w = merged_grid(grid, self.merge_size)
+            return p, ImageEntry(grid, None, None, p), max(h, w)
+
+        return self._add_visual(place, with_markers)
 
     def add_segmented_image(self, ref: int, keep: np.ndarray,
                             with_markers: bool = True) -> tuple[list[int], torch.Tensor]:
@@ -162,14 +151,25 @@ class SequenceBuilder:
         keep = np.asarray(keep, dtype=bool).reshape(-1)
         if keep.size != base.positions.shape[1]:
             raise ValueError(f"keep has {keep.size} entries, image {ref} has {base.positions.shape[1]} merged patches")
+
+        def place():
+            return base.positions[:, torch.from_numpy(keep)], ImageEntry(base.grid_thw, keep, ref, base.positions), 0
+
+        return self._add_visual(place, with_markers)
+
+    def _add_visual(self, place, with_markers: bool) -> tuple[list[int], torch.Tensor]:
+        """Markers around image pads; `place()` (called after the start marker, whose
+        position it may depend on) gives the pads' positions, the image entry and how
+        far the position counter moves."""
         out_ids, out_pos = [], []
         if with_markers:
             i, p = self.add_text([self.vision_start_id])
             out_ids += i
             out_pos.append(p)
-        p = base.positions[:, torch.from_numpy(keep)]
+        p, entry, advance = place()
         n = p.shape[1]
-        self.images.append(ImageEntry(base.grid_thw, keep, ref, base.positions))
+        self.images.append(entry)
+        self.cur += advance
         self._append([self.image_token_id] * n, p, [IMAGE] * n, False)
         out_ids += [self.image_token_id] * n
         out_pos.append(p)
