@@ -10,7 +10,7 @@ from reproseg.data.masks import rle_decode
 from reproseg.data.synthetic import COLORS, generate
 from reproseg.data.video import extract_stage, merge_manifests_stage
 
-ARGS = dict(n_videos=2, width=320, height=180, n_frames=8, fps=8, objects_per_video=3, crf=18, stride=4)
+ARGS = dict(n_videos=2, width=320, height=180, n_frames=8, fps=8, objects_per_video=3, qp=18, stride=4)
 
 
 def digest(folder):

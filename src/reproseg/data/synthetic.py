@@ -148,7 +148,7 @@ def _question(obj: SceneObject, surface: str, position: str, task: str, attribut
 
 def generate(out_dir: str | Path, annotations_json: str | Path, *, seed: int, n_videos: int,
              width: int, height: int, n_frames: int, fps: int, objects_per_video: int,
-             crf: int, stride: int, indices=None) -> dict:
+             qp: int, stride: int, indices=None) -> dict:
     """Writes `video_XXX.mp4` files into out_dir and one FineRS-4k JSON. Returns counts."""
     out_dir = Path(out_dir)
     wanted = frozenset(indices) if indices is not None else None
@@ -192,7 +192,7 @@ def generate(out_dir: str | Path, annotations_json: str | Path, *, seed: int, n_
                     item["options"] = options
                 annotations.append(item)
         with atomic_path(out_dir / f"{name}.mp4") as tmp:
-            write_video(tmp, frames, fps=fps, crf=crf)
+            write_video(tmp, frames, fps=fps, qp=qp)
     write_text(annotations_json, json.dumps({"annotations": annotations}, indent=1) + "\n")
     return {"videos": n_videos, "annotations": len(annotations)}
 

@@ -43,7 +43,7 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.concatenate(planes), 0, 255).astype(np.uint8)
 
 
-def write_video(path: str | Path, frames, fps: int, crf: int = 18, codec: str = "libx264") -> None:
+def write_video(path: str | Path, frames, fps: int, qp: int = 18, codec: str = "libx264") -> None:
     """Encodes RGB uint8 frames (H, W, 3), H and W even and H a multiple of 4. One
     encoder thread and our own colour conversion keep the bytes reproducible."""
     frames = iter(frames)
@@ -52,7 +52,9 @@ def write_video(path: str | Path, frames, fps: int, crf: int = 18, codec: str = 
     with av.open(str(path), "w", format="mp4") as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        # A constant quantiser, not CRF: CRF rate control is floating point and its bytes
+        # changed once torch had run in the same process (FPU state); QP bytes do not.
+        stream.codec_context.options = {"qp": str(qp), "preset": "veryfast", "threads": "1"}
         stream.codec_context.thread_count = 1
         for arr in (first, *frames):
             for packet in stream.encode(av.VideoFrame.from_ndarray(rgb_to_yuv420p(arr), format="yuv420p")):
