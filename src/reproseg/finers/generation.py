@@ -35,7 +35,3 @@ class Policy:
         new = out[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(new, skip_special_tokens=True)
 
-
-def batched(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]

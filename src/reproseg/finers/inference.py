@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
 from ..io_atomic import write_parquet
-from ..rl.parsing import parse
+from ..rl.parsing import parse, to_box
 from .prompts import target_answer
 from .regions import CropFrame, region_to_crop
 from .samples import gse_image, gse_prompt, load_image, look_enabled, lpr_sample
@@ -70,7 +70,8 @@ def infer_rows(rows: list[dict], images_root: str, cfg: dict, gse, lpr, predicto
         for r, im, text in zip(chunk, images, gse_out):
             parsed = parse(text)
             region = parsed.answer.get("region", parsed.answer.get("bbox")) if isinstance(parsed.answer, dict) else None
-            region = list(parse_box(region)) if parse_box(region) else None
+            region = to_box(region)
+            region = list(region) if region is not None else None
             rec = {"id": r["id"], "task_type": r["task_type"], "attribute": r["attribute"],
                    "size_bucket": r["size_bucket"], "answer": target_answer(r), "gt_rle": r["rle_counts"],
                    "height": r["height"], "width": r["width"], "gse_completion": text, "region_gse": region,
@@ -110,12 +111,6 @@ def infer_rows(rows: list[dict], images_root: str, cfg: dict, gse, lpr, predicto
         for rec, *_ in staged:
             rec["lpr_sam_seconds"] = lpr_s
     return out
-
-
-def parse_box(value):
-    from ..rl.parsing import to_box
-
-    return to_box(value)
 
 
 def infer_stage(split: str, images_root: str, gse_checkpoint: str, lpr_checkpoint: str, sam2: str,

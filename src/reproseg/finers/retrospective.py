@@ -78,13 +78,12 @@ def regions_stage(train_split: str, images_root: str, lpr_checkpoint: str | None
     generate = None
     if cfg["regions"]["retrospective"]:
         policy = Policy(lpr_checkpoint)
-        rc = cfg["regions"]
+        size, tokens = cfg["regions"].get("batch_size", 16), cfg["regions"].get("max_new_tokens", 64)
 
         def generate(images, prompts):
             out = []
-            for i in range(0, len(images), rc.get("batch_size", 16)):
-                out += policy.generate(images[i:i + rc.get("batch_size", 16)],
-                                       prompts[i:i + rc.get("batch_size", 16)], rc.get("max_new_tokens", 64))
+            for i in range(0, len(images), size):
+                out += policy.generate(images[i:i + size], prompts[i:i + size], tokens)
             return out
     table = select_regions(rows, images_root, cfg, generate)
     write_parquet(table_out, table)
