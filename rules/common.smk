@@ -153,6 +153,40 @@ def finers_tables(exp):
     return [R(f"tables/finers_{key}_{split}.md") for split in EXPERIMENTS[exp]["finers"]["inference"]["splits"]]
 
 
+# ---- SegAnswer helpers ------------------------------------------------------------
+
+from reproseg.seganswer import sources as seg_sources
+
+SEG = config["seganswer"]
+SEG_SOURCES = SEG["sources"]
+SEG_DATA = R("seganswer/data")
+
+
+def seg_source_of(selection):
+    name = selection.split("/")[0]
+    if name not in SEG_SOURCES:
+        raise cfglib.ConfigError(f"seganswer data selection {selection!r}: no source named {name!r} "
+                                 f"in seganswer.sources ({sorted(SEG_SOURCES)})")
+    return name
+
+
+def seg_tables(selections, kind):
+    """The normalised tables (one per selection) a stage reads."""
+    return [f"{SEG_DATA}/{seg_source_of(s)}/{kind}.parquet" for s in selections]
+
+
+def seg_roots(selections):
+    """The image folders of those tables, in the same order."""
+    return [seg_sources.image_root(SEG_SOURCES[seg_source_of(s)], f"{SEG_DATA}/{seg_source_of(s)}", FINERS_IMAGES)
+            for s in selections]
+
+
+def seg_source_files(wildcards):
+    """What an import reads: the FineRS splits, or the source's own annotation files."""
+    spec = SEG_SOURCES[wildcards.source]
+    if spec["format"] == "finers":
+        return {f"split_{s}": R(f"splits/{s}.parquet") for s in SPLITS}
+    return {k: spec[k] for k in ("refs", "instances", "file") if spec.get(k)}
 
 
 def report_tables():

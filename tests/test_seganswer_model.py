@@ -241,3 +241,32 @@ def test_evaluation_runs_end_to_end(model):
     assert seg["n"] == 2 and 0.0 <= seg["giou"] <= 1.0
     recs = answer_questions(model, synthetic.qa_rows(2, seed=9), max_turns=2, max_turn_tokens=4)
     assert len(recs) == 2 and qa_accuracy(recs)["n"] == 2
+
+
+def test_refcoco_fixture_trains_stage1_through_the_import_and_selection(bundle, tmp_path):
+    """The paper config's path: a RefCOCO-format source -> normalised table -> a phase-a step."""
+    import json as _json
+
+    from test_seganswer_source_refer import _good_refs, _write_fixture
+
+    from reproseg.seganswer.sources import import_stage
+    from reproseg.seganswer.sources.rows import select
+
+    (tmp_path / "refcoco").mkdir()
+    spec = _write_fixture(tmp_path / "refcoco", _good_refs())
+    spec = {"format": "refer", **{k: v for k, v in spec.items() if k != "name"}}
+    out = tmp_path / "data"
+    import_stage("refcoco", spec, out / "referring.parquet", out / "questions.parquet", out / "images",
+                 out / "report.json", out / "report.md", out / "log.json")
+    report = _json.loads((out / "report.json").read_text())
+    assert (report["total"], report["invalid"]) == (4, 0)
+    rows = select([str(out / "referring.parquet")], [spec["images"]], ["refcoco/train"], "referring", [56, 56])
+    # ref 0 has two sentences; the second falls back to its raw text
+    assert [r["phrase"] for r in rows] == ["man on left", "the person"]
+    # The 4 x 3 box (x 2..5, y 2..4) of a 10 x 8 image at 56 x 56, nearest (pixel centres):
+    # columns j with 2 <= (j + .5) * 10/56 < 6 -> 11..33, rows i with 2 <= (i + .5) * 8/56 < 5 -> 14..34.
+    m = rows[0]["mask"]
+    assert m.shape == (56, 56) and m.sum() == 23 * 21 and m[14:35, 11:34].all()
+    log = stage1.train_phase(SegAnswerModel.from_base(bundle / "qwen", bundle / "sam2", seed=0), rows, "a",
+                             stage1.Stage1Settings.phase_a(batch_size=2, max_steps=1))
+    assert len(log) == 1 and np.isfinite(log[0]["loss"]) and log[0]["focal"] > 0

@@ -1,10 +1,13 @@
-"""SegAnswer rows built from the project's splits."""
+"""SegAnswer samples: the FineRS splits as normalised tables, then selections read from them."""
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from reproseg.data.masks import polygon_to_rle
-from reproseg.seganswer.workflow_stages import phrase_of, question_rows, referring_rows
+from reproseg.seganswer.sources import image_root, import_source
+from reproseg.seganswer.sources.finers import phrase_of
+from reproseg.seganswer.sources.rows import SampleError, Selection, select
 
 
 def test_phrase_of():
@@ -13,19 +16,68 @@ def test_phrase_of():
     assert phrase_of({"answer": "x", "question": "Where is the dog?"}) == "Where is the dog?"
 
 
-def test_rows_from_a_split(tmp_path):
+@pytest.fixture
+def finers_tables(tmp_path):
     Image.new("RGB", (40, 20), (0, 0, 255)).save(tmp_path / "f.png")
     rle = polygon_to_rle([(0, 0), (20, 0), (20, 10), (0, 10)], 40, 20)["counts"]   # the top-left quarter
     base = {"image_path": "f.png", "width": 40, "height": 20, "rle_counts": rle, "attribute": "colors"}
-    rows = [dict(base, id="a", task="IS", question="Segment the box.", answer="The blue box is found.",
-                 answer_option=None, options=[]),
-            dict(base, id="b", task="MVQA", question="Colour?", answer="B", answer_option="B", options=["red", "blue"]),
-            dict(base, id="c", task="OVQA", question="Colour?", answer="blue", answer_option=None, options=[])]
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "s.parquet")
-    ref = referring_rows(str(tmp_path / "s.parquet"), str(tmp_path), [20, 10])
-    assert [r["phrase"] for r in ref] == ["blue box"]
+    train = [dict(base, id="a", task="IS", question="Segment the box.", answer="The blue box is found.",
+                  answer_option=None, options=[]),
+             dict(base, id="b", task="MVQA", question="Colour?", answer="blue", answer_option="B",
+                  options=["red", "blue"]),
+             dict(base, id="c", task="OVQA", question="Colour?", answer="blue", answer_option=None, options=[])]
+    test = [dict(base, id="d", task="IS", question="Segment the car.", answer="", answer_option=None, options=[])]
+    splits = {}
+    for name, rows in (("train", train), ("test", test)):
+        splits[name] = str(tmp_path / f"{name}.parquet")
+        pq.write_table(pa.Table.from_pylist(rows), splits[name])
+    referring, questions, report = import_source("syn", {"format": "finers"}, images_out=tmp_path / "img",
+                                                 finers_splits=splits)
+    pq.write_table(referring, tmp_path / "referring.parquet")
+    pq.write_table(questions, tmp_path / "questions.parquet")
+    return tmp_path, report
+
+
+def test_finers_source_becomes_normalised_tables(finers_tables):
+    d, report = finers_tables
+    ref = pq.read_table(d / "referring.parquet").to_pylist()
+    assert [(r["id"], r["split"], r["phrase"]) for r in ref] == [("syn/d", "test", "car"), ("syn/a", "train", "blue box")]
+    qa = pq.read_table(d / "questions.parquet").to_pylist()
+    assert [(q["id"], q["task"], q["answer"], q["options"]) for q in qa] == [
+        ("syn/b", "MVQA", "B", ["red", "blue"]), ("syn/c", "OVQA", "blue", None)]
+    assert report.total == 4 and not report.problems
+
+
+def test_selection_reads_one_split_and_resizes(finers_tables):
+    d, _ = finers_tables
+    ref = select([str(d / "referring.parquet")], [str(d)], ["syn/train"], "referring", [20, 10])
+    assert len(ref) == 1 and ref[0]["phrase"] == "blue box"
     # Halved: the mask is the top-left 10 x 5 quarter of a 20 x 10 image.
-    assert ref[0]["mask"].shape == (10, 20) and ref[0]["mask"].sum() == 50 and ref[0]["mask"][:5, :10].all()
-    qa = question_rows(str(tmp_path / "s.parquet"), str(tmp_path), [20, 10])
+    m = ref[0]["mask"]
+    assert m.shape == (10, 20) and m.sum() == 50 and m[:5, :10].all() and ref[0]["image"].size == (20, 10)
+    both = select([str(d / "referring.parquet")], [str(d)], ["syn"], "referring", [20, 10])
+    assert [r["id"] for r in both] == ["syn/d", "syn/a"]
+    qa = select([str(d / "questions.parquet")], [str(d)], ["syn/train"], "questions", [20, 10])
     assert [(q["answer"], q["options"]) for q in qa] == [("B", ["red", "blue"]), ("blue", None)]
-    assert qa[0]["image"].size == (20, 10)
+
+
+def test_a_selection_that_matches_nothing_is_named(finers_tables):
+    d, _ = finers_tables
+    with pytest.raises(ValueError, match="'syn/vall'"):
+        select([str(d / "referring.parquet")], [str(d)], ["syn/vall"], "referring", [20, 10])
+
+
+def test_an_image_that_fails_to_load_names_its_record(finers_tables):
+    d, _ = finers_tables
+    (d / "f.png").write_bytes(b"not a png")
+    rows = select([str(d / "questions.parquet")], [str(d)], ["syn/train"], "questions", [20, 10])
+    with pytest.raises(SampleError, match="record syn/b"):
+        rows[0]
+
+
+def test_selection_parsing_and_image_roots():
+    assert (Selection.parse("refcoco/testA").source, Selection.parse("refcoco/testA").split) == ("refcoco", "testA")
+    assert Selection.parse("vstar").split is None
+    assert image_root({"format": "finers"}, "res/data/x", "frames") == "frames"
+    assert image_root({"format": "hrbench", "file": "h.tsv"}, "res/data/hr", "frames") == "res/data/hr/images"
+    assert image_root({"format": "refer", "images": "/coco"}, "res/data/r", "frames") == "/coco"

@@ -82,14 +82,42 @@ def test_seganswer_checkpoints_reload_and_tables(copy):
     for ckpt in ("stage1_projector", "stage1", "stage2", "stage3/checkpoint"):
         model = SegAnswerModel.from_pretrained(res / ckpt)
         assert model.processor.tokenizer.convert_tokens_to_ids("<|seg|>") is not None
+    imported = json.loads((res / "data/synthetic/report.json").read_text())
+    assert imported["invalid"] == 0 and imported["total"] == 24  # 4 videos x 2 frames x 3 objects
     for stage in ("stage1", "stage3"):
         m = json.loads((res / f"metrics/{stage}.json").read_text())
         # test split: one video x 2 frames x 3 objects; IS vs. question records.
-        assert m["referring"]["n"] + m["questions"] == 6
-        assert "| Table 3 (referring segmentation) | gIoU |" in (copy / f"results/tables/seganswer_{stage}.md").read_text()
+        assert m["referring"]["synthetic test"]["n"] + m["questions"]["synthetic test"]["n"] == 6
+        md = (copy / f"results/tables/seganswer_{stage}.md").read_text()
+        assert "| model | synthetic test |" in md and "| ours, cIoU |" in md and "| SegAnswer (paper) | - |" in md
     log = __import__("pyarrow.parquet", fromlist=["x"]).read_table(res / "stage3/train_log.seganswer.parquet")
     assert {"seg_calls_mean", "unanswered", "dropped_groups", "refill_rounds"} <= set(log.column_names)
     assert (res / "stage3/curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_seganswer_eval_setting_reruns_only_its_evaluations(copy, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seganswer: {eval: {max_turns: 2}}\n")
+    assert planned(copy, config=cfg) == {"evaluate_seganswer": 2, "markdown_html": 2, "all": 1}
+    cfg.write_text("seganswer: {stage2: {max_steps: 2}}\n")
+    assert planned(copy, config=cfg) == {"seganswer_stage2_sft": 1, "seganswer_stage3_dapo": 1,
+                                         "evaluate_seganswer": 1, "markdown_html": 1, "all": 1}
+
+
+def test_audit_a_seganswer_number(copy, capsys):
+    from reproseg.cli import main
+
+    table = copy / "results/tables/seganswer_stage3.parquet"
+    assert main(["audit", str(table), "--row", "synthetic test cIoU", "--column", "n",
+                 "--results", str(copy / "results"), "--workdir", str(copy)]) == 0
+    out = capsys.readouterr().out
+    import pyarrow.parquet as pq
+
+    n_is = pq.read_table(copy / "results/splits/test.parquet").column("task").to_pylist().count("IS")
+    assert n_is > 0 and f"[synthetic test cIoU, n] = {n_is}" in out
+    for rule in ("evaluate_seganswer", "seganswer_stage3_dapo", "seganswer_stage2_sft", "seganswer_stage1_merge",
+                 "seganswer_stage1_lora", "seganswer_stage1_projector", "seganswer_import_source", "make_splits"):
+        assert f"== {rule}" in out
 
 
 def test_no_op(copy):

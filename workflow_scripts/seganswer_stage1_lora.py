@@ -6,5 +6,5 @@ from reproseg.seganswer.workflow_stages import stage1_lora_stage
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["seganswer"]
-run_job(smk, lambda: stage1_lora_stage(smk.input.train, smk.params.images_root, smk.params.phase_a,
+run_job(smk, lambda: stage1_lora_stage(list(smk.input.tables), list(smk.params.roots), smk.params.phase_a,
                                        smk.output.model, smk.output.train_log, cfg))

@@ -6,5 +6,5 @@ from reproseg.seganswer.workflow_stages import stage2_stage
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["seganswer"]
-run_job(smk, lambda: stage2_stage(smk.input.train, smk.params.images_root, smk.params.stage1, smk.output.model,
-                                  smk.output.train_log, cfg))
+run_job(smk, lambda: stage2_stage(list(smk.input.tables), list(smk.params.roots), smk.params.stage1,
+                                  smk.output.model, smk.output.train_log, cfg))

@@ -7,6 +7,7 @@ rest.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import Counter
@@ -288,6 +289,31 @@ def lookup_from_directory(root: str | Path) -> Callable[[str], ImageInfo | None]
     return lookup
 
 
+@contextlib.contextmanager
+def failed_report_to(report_log: str):
+    """On an AnnotationError, writes its report to `report_log` (the job's log, which
+    Snakemake keeps when the job fails, so a failed import still names its bad records)."""
+    from ..io_atomic import write_json
+
+    try:
+        yield
+    except AnnotationError as exc:
+        if exc.report is not None:
+            write_json(report_log, exc.report.as_dict())
+        raise
+
+
+def write_reports(report: Report, report_log: str, report_json: str, report_md: str) -> dict:
+    """The report as JSON (job log and output) and Markdown; returns its dict."""
+    from ..io_atomic import write_json, write_text
+
+    d = report.as_dict()
+    write_json(report_log, d)
+    write_json(report_json, d)
+    write_text(report_md, report.markdown())
+    return d
+
+
 def import_stage(annotations_json: str, table_out: str, report_json: str, report_md: str,
                  report_log: str, *, manifest: str | None, images_dir: str | None,
                  on_invalid: str, point_jitter: float, seed: int) -> None:
@@ -297,20 +323,13 @@ def import_stage(annotations_json: str, table_out: str, report_json: str, report
 
     import pyarrow.parquet as pq
 
-    from ..io_atomic import write_json, write_parquet, write_text
+    from ..io_atomic import write_parquet
 
     lookup = lookup_from_manifest(pq.read_table(manifest)) if manifest else lookup_from_directory(images_dir)
-    try:
+    with failed_report_to(report_log):
         table, report = import_annotations(annotations_json, lookup, on_invalid=on_invalid,
                                            point_jitter=point_jitter, seed=seed)
-    except AnnotationError as exc:
-        if exc.report is not None:
-            write_json(report_log, exc.report.as_dict())
-        raise
-    d = report.as_dict()
-    write_json(report_log, d)
-    write_json(report_json, d)
-    write_text(report_md, report.markdown())
+    d = write_reports(report, report_log, report_json, report_md)
     write_parquet(table_out, table)
     logging.getLogger(__name__).info("imported %d of %d records (%d invalid, policy %s)",
                                      d["valid"], d["total"], d["invalid"], on_invalid)

@@ -230,6 +230,11 @@ def build_grpo_config(settings: GRPOSettings, output_dir: str | os.PathLike, rew
     return GRPOConfig(**kwargs)
 
 
+def _check_row(i: int, row: dict) -> None:
+    if "prompt" not in row:
+        raise ValueError(f"row {i} has no 'prompt' (a list of chat messages)")
+
+
 def _dataset(rows: Sequence[dict]):
     """A datasets.Dataset view of in-memory rows (TRL requires that type).
 
@@ -241,17 +246,23 @@ def _dataset(rows: Sequence[dict]):
     from datasets import Dataset
     from PIL import Image
 
-    rows = list(rows)
-    if not rows:
+    # A Sequence that builds its rows on access (SegAnswer's lazily loaded samples) is
+    # kept as it is; its rows are checked when served.
+    lazy = isinstance(rows, Sequence) and not isinstance(rows, list)
+    rows = rows if lazy else list(rows)
+    if not len(rows):
         raise ValueError("no training rows")
-    for i, r in enumerate(rows):
-        if "prompt" not in r:
-            raise ValueError(f"row {i} has no 'prompt' (a list of chat messages)")
+    if not lazy:
+        for i, r in enumerate(rows):
+            _check_row(i, r)
 
     def serve(batch):
         out: dict[str, list] = {}
         for i in batch["_row"]:
-            for k, v in rows[i].items():
+            row = rows[i]
+            if lazy:
+                _check_row(i, row)
+            for k, v in row.items():
                 if k == "image" and isinstance(v, (str, os.PathLike)):
                     with Image.open(v) as im:
                         v = im.convert("RGB")

@@ -213,13 +213,15 @@ def train_phase(model: SegAnswerModel, rows: Sequence[dict], phase: str, setting
     if not params:
         raise ValueError("nothing to train")
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    examples = [build_stage1_example(model.processor, r, settings) for r in rows]
     model.train()
     model.sam.eval()  # SAM has no dropout/batch-norm that should change; keep it deterministic
     log, step, accum = [], 0, 0
     t0 = time.perf_counter()
-    for epoch, idx in _batches(len(examples), settings.batch_size, settings.epochs, settings.seed):
-        terms = stage1_step_loss(model, [examples[i] for i in idx], settings)
+    # Examples are built per batch: rows may load their images lazily (a paper-size set
+    # does not fit in memory decoded).
+    for epoch, idx in _batches(len(rows), settings.batch_size, settings.epochs, settings.seed):
+        terms = stage1_step_loss(model, [build_stage1_example(model.processor, rows[i], settings) for i in idx],
+                                 settings)
         (terms["loss"] / settings.gradient_accumulation_steps).backward()
         accum += 1
         if accum % settings.gradient_accumulation_steps:

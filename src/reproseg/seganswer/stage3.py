@@ -484,14 +484,27 @@ def load_heads(path, processor, device="cpu") -> SegAnswerModel:
 
 
 # -- the stage function ------------------------------------------------------------------
-def stage3_rows(rows: Sequence[dict]) -> list[dict]:
+class Stage3Rows(Sequence):
+    """Engine rows {"prompt", "image", "answer", "options"} built from training rows on access,
+    so the images of a large training set are loaded only when served."""
+
+    def __init__(self, rows: Sequence[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        r = self.rows[i]
+        return {"prompt": reasoning_messages(r["question"], r.get("options")), "image": r["image"].convert("RGB"),
+                "answer": str(r["answer"]), "options": list(r["options"]) if r.get("options") else None}
+
+
+def stage3_rows(rows: Sequence[dict]) -> Stage3Rows:
     """Training rows {"image", "question", "answer", "options"?} -> engine rows with the reasoning prompt."""
-    out = []
-    for r in rows:
-        x = {"prompt": reasoning_messages(r["question"], r.get("options")), "image": r["image"].convert("RGB"),
-             "answer": str(r["answer"]), "options": list(r["options"]) if r.get("options") else None}
-        out.append(x)
-    return out
+    return Stage3Rows(rows)
 
 
 def stage3_grpo_settings(overrides: dict | None = None) -> GRPOSettings:
@@ -508,7 +521,7 @@ def stage3_grpo_settings(overrides: dict | None = None) -> GRPOSettings:
 def bind_trainer(heads_dir, settings: Stage3Settings, rows: Sequence[dict]) -> type:
     """A SegAnswerGRPOTrainer subclass bound to this run (the engine's `trainer_cls`)."""
     return type("BoundSegAnswerGRPOTrainer", (SegAnswerGRPOTrainer,),
-                {"seg_heads_dir": str(heads_dir), "seg_settings": settings, "seg_rows": list(rows)})
+                {"seg_heads_dir": str(heads_dir), "seg_settings": settings, "seg_rows": rows})
 
 
 class SegAnswerLogCallback(TrainerCallback):

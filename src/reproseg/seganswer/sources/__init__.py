@@ -1,0 +1,77 @@
+"""SegAnswer data sources: each is imported once into the two normalised tables of
+`tables.py` (referring rows, question rows) plus a validation report.
+
+Formats (the `format` key of a `seganswer.sources` entry):
+    finers     this run's FineRS splits (the embedded default): IS records -> referring
+               rows, MVQA / OVQA records -> question rows
+    refer      the RefCOCO family (RefCOCO, RefCOCO+, RefCOCOg, RefClef): refs(<by>).p + instances.json
+    vstar      V* Bench test_questions.jsonl
+    hrbench    HR-Bench 4K / 8K TSV (images embedded as base64; written out on import)
+    visualcot  VisualCoT's LLaVA-style conversation JSON (question + final answer; boxes unused)
+    qa_table   a question/answer/image table (Parquet or JSONL), e.g. ViRL39K
+
+This module stays import-light: the Snakefile reads `image_root` while parsing.
+"""
+from __future__ import annotations
+
+import os
+
+REFERRING_FORMATS = {"finers", "refer"}
+QUESTION_FORMATS = {"finers", "vstar", "hrbench", "visualcot", "qa_table"}
+FORMATS = REFERRING_FORMATS | QUESTION_FORMATS
+# Formats whose images live inside the annotation file: the import writes them out.
+WRITES_IMAGES = {"hrbench"}
+
+
+def image_root(spec: dict, import_dir: str, finers_images: str) -> str:
+    """The folder a source's normalised `image_path` values are relative to."""
+    fmt = spec["format"]
+    if fmt == "finers":
+        return finers_images
+    if fmt in WRITES_IMAGES:
+        return os.path.join(import_dir, "images")
+    return spec["images"]
+
+
+def import_source(name: str, spec: dict, *, images_out, finers_splits: dict | None = None):
+    """(referring table, question table, report) of one source."""
+    from pathlib import Path
+
+    from .tables import question_table, referring_table
+
+    fmt = spec["format"]
+    spec = {**spec, "name": name}
+    on_invalid = spec.get("on_invalid", "fail")
+    if fmt not in FORMATS:
+        raise ValueError(f"seganswer source {name!r}: unknown format {fmt!r} (known: {sorted(FORMATS)})")
+    if fmt == "finers":
+        from .finers import import_finers
+
+        return import_finers(spec, finers_splits or {})
+    if fmt == "refer":
+        from .refer import import_refer
+
+        table, report = import_refer(spec, on_invalid=on_invalid)
+        return table, question_table([]), report
+    from .vqa import IMPORTERS
+
+    table, report = IMPORTERS[fmt](spec, on_invalid=on_invalid, images_out=Path(images_out))
+    return referring_table([]), table, report
+
+
+def import_stage(name: str, spec: dict, referring_out: str, questions_out: str, images_out: str,
+                 report_json: str, report_md: str, report_log: str, finers_splits: dict | None = None) -> None:
+    """Rule seganswer_import_source (reports written as for the FineRS import)."""
+    import logging
+
+    from ...data.annotations import failed_report_to, write_reports
+    from ...io_atomic import atomic_dir, write_parquet
+
+    with atomic_dir(images_out) as tmp_images, failed_report_to(report_log):
+        referring, questions, report = import_source(name, spec, images_out=tmp_images, finers_splits=finers_splits)
+    d = write_reports(report, report_log, report_json, report_md)
+    write_parquet(referring_out, referring)
+    write_parquet(questions_out, questions)
+    logging.getLogger(__name__).info("%s: %d referring rows, %d question rows; %d of %d records invalid (policy %s)",
+                                     name, referring.num_rows, questions.num_rows, d["invalid"], d["total"],
+                                     spec.get("on_invalid", "fail"))

@@ -1,0 +1,274 @@
+"""RefCOCO-family importer (reproseg.seganswer.sources.refer) on a hand-made fixture."""
+import json
+import os
+import pickle
+import struct
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from reproseg.data.annotations import AnnotationError
+from reproseg.data.masks import rle_decode
+from reproseg.seganswer.sources import refer
+from reproseg.seganswer.sources.tables import REFERRING_SCHEMA
+
+# Image 2 (6 wide, 4 high): a 2x2 block at rows 0-1, columns 3-4; column-major runs.
+BLOCK_RUNS = [12, 2, 2, 2, 6]
+BLOCK_COUNTS = mask_utils.frPyObjects({"size": [4, 6], "counts": BLOCK_RUNS}, 4, 6)["counts"].decode()
+
+
+def _ref(ref_id, ann_id, image_id, category_id, split, sentences):
+    return {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "category_id": category_id,
+            "split": split, "file_name": f"x_{ann_id}.jpg", "sent_ids": [s["sent_id"] for s in sentences],
+            "sentences": sentences}
+
+
+def _sent(sent_id, sent, raw=None):
+    return {"sent_id": sent_id, "sent": sent, "raw": raw if raw is not None else sent,
+            "tokens": sent.split()}
+
+
+def _good_refs():
+    return [
+        _ref(0, 101, 1, 1, "train", [_sent(10, "  man on left "), _sent(11, "", "the person")]),
+        _ref(1, 102, 2, 2, "testA", [_sent(12, "dog")]),
+        _ref(2, 103, 2, 2, "val", [_sent(13, "small dog")]),
+    ]
+
+
+def _write_fixture(tmp_path, refs, extra_images=(), extra_annotations=(), refs_bytes=None):
+    """Writes refs(unc).p, instances.json and the images; returns the import spec."""
+    images_dir = tmp_path / "images"
+    images_dir.mkdir(exist_ok=True)
+    images = [{"id": 1, "file_name": "img1.png", "width": 10, "height": 8},
+              {"id": 2, "file_name": "img2.png", "width": 6, "height": 4}, *extra_images]
+    for im in images[:2]:
+        Image.new("RGB", (im["width"], im["height"])).save(images_dir / im["file_name"])
+    annotations = [
+        {"id": 101, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 6, 2, 6, 5, 2, 5]],
+         "bbox": [2, 2, 4, 3], "area": 12.0, "iscrowd": 0},
+        {"id": 102, "image_id": 2, "category_id": 2, "segmentation": {"size": [4, 6], "counts": BLOCK_COUNTS},
+         "bbox": [3, 0, 2, 2], "area": 4.0, "iscrowd": 0},
+        {"id": 103, "image_id": 2, "category_id": 2, "segmentation": {"size": [4, 6], "counts": [5, 3, 16]},
+         "bbox": [1, 1, 1, 3], "area": 3.0, "iscrowd": 1},
+        *extra_annotations,
+    ]
+    (tmp_path / "instances.json").write_text(json.dumps({
+        "images": images, "annotations": annotations,
+        "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"}]}))
+    refs_path = tmp_path / "refs(unc).p"
+    if refs_bytes is not None:
+        refs_path.write_bytes(refs_bytes)
+    else:
+        with open(refs_path, "wb") as f:
+            pickle.dump(refs, f, protocol=2)
+    return {"name": "refcoco", "refs": str(refs_path), "instances": str(tmp_path / "instances.json"),
+            "images": str(images_dir)}
+
+
+def _rows(table):
+    return {r["id"]: r for r in table.to_pylist()}
+
+
+def _mask(row):
+    return rle_decode({"size": [row["height"], row["width"]], "counts": row["rle_counts"]})
+
+
+def test_rectangle_polygon_mask_area_and_bounds(tmp_path):
+    table, report = refer.import_refer(_write_fixture(tmp_path, _good_refs()))
+    assert table.schema == REFERRING_SCHEMA
+    row = _rows(table)["refcoco/0/10"]
+    assert (row["width"], row["height"], row["image_path"]) == (10, 8, "img1.png")
+    m = _mask(row)
+    assert m.shape == (8, 10)
+    # pycocotools fills the polygon 2,2 -> 6,2 -> 6,5 -> 2,5 as pixels x in 2..5, y in 2..4
+    # (the right/bottom edges are exclusive): 4 x 3 = 12 pixels.
+    assert int(m.sum()) == 12
+    ys, xs = np.nonzero(m)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (2, 5, 2, 4)
+    assert report.total == 4 and report.problems == []
+
+
+def test_two_sentences_of_one_ref_give_two_rows(tmp_path):
+    rows = _rows(refer.import_refer(_write_fixture(tmp_path, _good_refs()))[0])
+    assert sorted(rows) == ["refcoco/0/10", "refcoco/0/11", "refcoco/1/12", "refcoco/2/13"]
+    a, b = rows["refcoco/0/10"], rows["refcoco/0/11"]
+    assert a["phrase"] == "man on left"          # stripped
+    assert b["phrase"] == "the person"           # empty `sent` falls back to `raw`
+    for r in (a, b):
+        assert (r["source"], r["split"], r["category"]) == ("refcoco", "train", "person")
+    assert a["rle_counts"] == b["rle_counts"]
+    assert (rows["refcoco/1/12"]["split"], rows["refcoco/1/12"]["category"]) == ("testA", "dog")
+
+
+def test_split_filter_keeps_only_asked_splits(tmp_path):
+    refs = _good_refs() + [_ref(9, 999, 1, 1, "val", [_sent(90, "bad but not selected")])]
+    spec = _write_fixture(tmp_path, refs)
+    table, report = refer.import_refer({**spec, "splits": ["testA", "train"]})
+    assert sorted(_rows(table)) == ["refcoco/0/10", "refcoco/0/11", "refcoco/1/12"]
+    assert report.total == 3 and report.problems == []
+    table, report = refer.import_refer({**spec, "splits": ["testB"]})
+    assert table.num_rows == 0 and report.total == 0
+
+
+def test_compressed_rle_passes_through_and_uncompressed_is_encoded(tmp_path):
+    rows = _rows(refer.import_refer(_write_fixture(tmp_path, _good_refs()))[0])
+    block = rows["refcoco/1/12"]
+    assert block["rle_counts"] == BLOCK_COUNTS
+    ys, xs = np.nonzero(_mask(block))
+    assert sorted(zip(ys.tolist(), xs.tolist())) == [(0, 3), (0, 4), (1, 3), (1, 4)]
+    # Runs [5, 3, 16] column-major at 4 rows: pixels 5, 6, 7 = column 1, rows 1-3.
+    ys, xs = np.nonzero(_mask(rows["refcoco/2/13"]))
+    assert sorted(zip(ys.tolist(), xs.tolist())) == [(1, 1), (2, 1), (3, 1)]
+
+
+def _bad_fixture(tmp_path):
+    refs = _good_refs() + [
+        "not a ref",                                                          # malformed, no id
+        {"ref_id": 50, "image_id": 1, "category_id": 1, "split": "train",    # malformed: no ann_id
+         "sentences": [_sent(500, "x")]},
+        _ref(60, 999, 1, 1, "train", [_sent(600, "no annotation")]),
+        _ref(61, 104, 3, 1, "train", [_sent(610, "image not in instances")]),
+        _ref(62, 105, 4, 1, "train", [_sent(620, "image file not on disk")]),
+        _ref(63, 106, 1, 1, "train", [_sent(630, "two points")]),
+        _ref(64, 107, 1, 1, "train", [_sent(640, "odd coordinates")]),
+        _ref(65, 108, 1, 1, "train", [_sent(650, "unparsable")]),
+        _ref(66, 109, 1, 1, "train", [_sent(660, "outside the image")]),
+        _ref(67, 101, 1, 1, "train", [_sent(670, "   ", "")]),
+        _ref(68, 101, 1, 1, "train", [_sent(680, "first"), _sent(680, "second")]),
+    ]
+    extra_images = [{"id": 4, "file_name": "absent.png", "width": 10, "height": 8}]
+    extra_annotations = [
+        {"id": 104, "image_id": 3, "category_id": 1, "segmentation": [[1, 1, 4, 1, 4, 4]]},
+        {"id": 105, "image_id": 4, "category_id": 1, "segmentation": [[1, 1, 4, 1, 4, 4]]},
+        {"id": 106, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 3, 1]]},
+        {"id": 107, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 3, 1, 3, 3, 1]]},
+        {"id": 108, "image_id": 1, "category_id": 1, "segmentation": "nonsense"},
+        {"id": 109, "image_id": 1, "category_id": 1, "segmentation": [[20, 1, 30, 1, 30, 5, 20, 5]]},
+    ]
+    return _write_fixture(tmp_path, refs, extra_images, extra_annotations)
+
+
+EXPECTED_BAD = {
+    None: refer.MALFORMED,
+    "refcoco/50/500": refer.MALFORMED,
+    "refcoco/60/600": refer.MISSING_ANNOTATION,
+    "refcoco/61/610": refer.MISSING_IMAGE,
+    "refcoco/62/620": refer.MISSING_IMAGE,
+    "refcoco/63/630": refer.BAD_SEGMENTATION,
+    "refcoco/64/640": refer.BAD_SEGMENTATION,
+    "refcoco/65/650": refer.BAD_SEGMENTATION,
+    "refcoco/66/660": refer.EMPTY_MASK,
+    "refcoco/67/670": refer.EMPTY_PHRASE,
+    "refcoco/68/680": refer.DUPLICATE,
+}
+
+
+def test_bad_records_dropped_and_reported(tmp_path):
+    table, report = refer.import_refer(_bad_fixture(tmp_path), on_invalid="drop_and_report")
+    rows = _rows(table)
+    assert sorted(rows) == ["refcoco/0/10", "refcoco/0/11", "refcoco/1/12", "refcoco/2/13", "refcoco/68/680"]
+    assert rows["refcoco/68/680"]["phrase"] == "first"  # the first of a duplicated id is kept
+    assert {p["id"]: p["class"] for p in report.problems} == EXPECTED_BAD
+    assert len(report.problems) == len(EXPECTED_BAD)
+    assert report.total == 4 + 12  # every sentence, plus the unreadable ref as one record
+    by_id = {p["id"]: p for p in report.problems}
+    assert "999" in by_id["refcoco/60/600"]["message"]
+    assert "absent.png" in by_id["refcoco/62/620"]["message"]
+    assert "2 point" in by_id["refcoco/63/630"]["message"]
+    assert "odd" in by_id["refcoco/64/640"]["message"]
+    assert "ann_id" in by_id["refcoco/50/500"]["message"]
+    # Records are numbered by sentence within the run: the 4 good sentences come first.
+    assert by_id[None]["record"] == 4 and by_id["refcoco/50/500"]["record"] == 5
+    assert by_id["refcoco/68/680"]["record"] == 15
+
+
+def test_bad_records_fail_by_default(tmp_path):
+    with pytest.raises(AnnotationError) as err:
+        refer.import_refer(_bad_fixture(tmp_path))
+    assert "refcoco/60/600" in str(err.value) and "missing_annotation" in str(err.value)
+    assert "refs(unc).p" in str(err.value)
+    assert {p["id"] for p in err.value.report.problems} == set(EXPECTED_BAD)  # whole file checked
+
+
+def test_unknown_policy_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="on_invalid"):
+        refer.import_refer(_write_fixture(tmp_path, _good_refs()), on_invalid="skip")
+
+
+class _Hostile:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("payload", ["ordereddict", "os.system"])
+def test_pickle_with_globals_is_refused(tmp_path, payload):
+    marker = tmp_path / "pwned"
+    obj = OrderedDict(a=1) if payload == "ordereddict" else _Hostile(marker)
+    refs = _good_refs() + [obj]
+    spec = _write_fixture(tmp_path, None, refs_bytes=pickle.dumps(refs, protocol=2))
+    with pytest.raises(AnnotationError, match="refused") as err:
+        refer.import_refer(spec, on_invalid="drop_and_report")
+    assert "refs(unc).p" in str(err.value)
+    assert not marker.exists()
+
+
+def test_corrupt_files_raise_naming_the_file(tmp_path):
+    spec = _write_fixture(tmp_path, None, refs_bytes=pickle.dumps(_good_refs(), protocol=2)[:40])
+    with pytest.raises(AnnotationError, match=r"refs\(unc\)\.p"):
+        refer.import_refer(spec, on_invalid="drop_and_report")
+    spec = _write_fixture(tmp_path, _good_refs())
+    (tmp_path / "instances.json").write_text("{not json")
+    with pytest.raises(AnnotationError, match="instances.json"):
+        refer.import_refer(spec, on_invalid="drop_and_report")
+
+
+def _py2_pickle(obj) -> bytes:
+    """Protocol-2 pickle as Python 2 writes it: `str` as SHORT_BINSTRING bytes (latin-1)."""
+    def enc(o):
+        if isinstance(o, dict):
+            return b"}(" + b"".join(enc(k) + enc(v) for k, v in o.items()) + b"u"
+        if isinstance(o, list):
+            return b"](" + b"".join(enc(v) for v in o) + b"e"
+        if isinstance(o, int):
+            return b"J" + struct.pack("<i", o)
+        data = o.encode("latin1")
+        return b"U" + bytes([len(data)]) + data
+    return b"\x80\x02" + enc(obj) + b"."
+
+
+def test_python2_pickle_strings_are_read(tmp_path):
+    refs = [_ref(0, 101, 1, 1, "train", [_sent(10, "caf\xe9 table")])]
+    spec = _write_fixture(tmp_path, None, refs_bytes=_py2_pickle(refs))
+    rows = _rows(refer.import_refer(spec)[0])
+    assert rows["refcoco/0/10"]["phrase"] == "caf\xe9 table"
+    assert rows["refcoco/0/10"]["split"] == "train"
+
+
+def test_compressed_rle_parser_matches_pycocotools_and_rejects_bad_strings(tmp_path):
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (4, 6), (37, 23)]:
+        for density in (0.0, 0.1, 0.5, 1.0):
+            m = rng.random(shape) < density
+            counts = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"].decode()
+            flat = m.flatten(order="F").astype(int)
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+            runs = np.diff(np.concatenate([[0], edges])).tolist()
+            parsed = refer._compressed_counts(counts)
+            assert parsed == runs
+    # Wrong size, or runs that do not cover the image: reported, never decoded.
+    bad = [{"id": 110, "image_id": 2, "category_id": 2, "segmentation": {"size": [4, 7], "counts": BLOCK_COUNTS}},
+           {"id": 111, "image_id": 2, "category_id": 2, "segmentation": {"size": [4, 6], "counts": "b0"}}]
+    refs = _good_refs() + [_ref(70, 110, 2, 2, "val", [_sent(700, "a")]),
+                           _ref(71, 111, 2, 2, "val", [_sent(710, "b")])]
+    _, report = refer.import_refer(_write_fixture(tmp_path, refs, extra_annotations=bad),
+                                   on_invalid="drop_and_report")
+    assert {p["id"]: p["class"] for p in report.problems} == {
+        "refcoco/70/700": refer.BAD_SEGMENTATION, "refcoco/71/710": refer.BAD_SEGMENTATION}
+    assert "[4, 7]" in report.problems[0]["message"]

@@ -1,0 +1,349 @@
+"""SegAnswer question importers (V*, HR-Bench, VisualCoT, generic QA table): parsed
+values, every problem class under both policies, and unreadable files."""
+import base64
+import csv
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from reproseg.data.annotations import AnnotationError
+from reproseg.seganswer.sources.vqa import (IMPORTERS, WRITES_IMAGES, import_hrbench,
+                                            import_qa_table, import_visualcot, import_vstar,
+                                            strip_boxed)
+
+VSTAR_TEXT = ("What is the material of the glove?\n(A) rubber\n(B) cotton\n(C) leather\n(D) silk\n"
+              "Answer with the option's letter from the given choices directly.")
+BOX = " Please provide the bounding box coordinate of the region that can help you answer the question better."
+
+
+def image_bytes(fmt: str, colour=(200, 10, 10)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 3), colour).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def make_images(root: Path, *rels: str) -> Path:
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(image_bytes("PNG"))
+    return root
+
+
+def write_jsonl(path: Path, lines) -> Path:
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def classes(report) -> dict:
+    return {(p["class"], p["id"]) for p in report.problems}
+
+
+# ------------------------------------------------------------------------------ V*
+
+def vstar_rec(qid, **over):
+    rec = {"image": "direct_attributes/sa_1.jpg", "text": VSTAR_TEXT, "category": "direct_attributes",
+           "question_id": qid, "label": "A"}
+    rec.update(over)
+    return rec
+
+
+def vstar_spec(tmp_path, lines):
+    images = make_images(tmp_path / "vstar", "direct_attributes/sa_1.jpg", "relative_position/sa_2.jpg")
+    return {"name": "vstar", "file": str(write_jsonl(tmp_path / "test_questions.jsonl", lines)),
+            "images": str(images)}
+
+
+def test_vstar_splits_question_options_and_letter(tmp_path):
+    rel = vstar_rec(1, image="relative_position/sa_2.jpg", category="relative_position", label="B",
+                    text="Is the cup on the left or right side of the dog?\n(A) left\n(B) right\n"
+                         "Answer with the option's letter from the given choices directly.")
+    table, report = import_vstar(vstar_spec(tmp_path, [vstar_rec(0), rel]))
+    assert report.problems == [] and report.total == 2
+    assert table.to_pylist() == [
+        {"id": "vstar/0", "source": "vstar", "split": "test", "image_path": "direct_attributes/sa_1.jpg",
+         "question": "What is the material of the glove?", "answer": "A",
+         "options": ["rubber", "cotton", "leather", "silk"], "task": "MVQA", "category": "direct_attributes"},
+        {"id": "vstar/1", "source": "vstar", "split": "test", "image_path": "relative_position/sa_2.jpg",
+         "question": "Is the cup on the left or right side of the dog?", "answer": "B",
+         "options": ["left", "right"], "task": "MVQA", "category": "relative_position"},
+    ]
+
+
+def test_vstar_drop_and_report_names_each_problem(tmp_path):
+    lines = [
+        vstar_rec(0),
+        "{not json",                                                  # line 2
+        vstar_rec(2, image="direct_attributes/absent.jpg"),
+        vstar_rec(3, text="\n(A) rubber\n(B) cotton\nAnswer with the option's letter."),
+        vstar_rec(4, label=""),
+        vstar_rec(5, label="E"),
+        vstar_rec(6, text="What?\n(A) rubber\nAnswer with the option's letter."),
+        vstar_rec(7, text="What?\n(A) rubber\n(A) cotton\nAnswer."),
+        vstar_rec(0),
+        vstar_rec(9, image=["direct_attributes/sa_1.jpg", "relative_position/sa_2.jpg"]),
+        vstar_rec(10, split="x"),
+    ]
+    table, report = import_vstar(vstar_spec(tmp_path, lines), on_invalid="drop_and_report")
+    assert table.column("id").to_pylist() == ["vstar/0", "vstar/10"]
+    assert report.total == 11
+    assert classes(report) == {
+        ("malformed_record", None), ("missing_image", "vstar/2"), ("empty_question", "vstar/3"),
+        ("missing_answer", "vstar/4"), ("bad_options", "vstar/5"), ("bad_options", "vstar/6"),
+        ("bad_options", "vstar/7"), ("duplicate_id", "vstar/0"), ("multi_image", "vstar/9")}
+    malformed = next(p for p in report.problems if p["class"] == "malformed_record")
+    assert malformed["message"].startswith("line 2:")
+
+
+def test_vstar_fail_names_offending_id(tmp_path):
+    spec = vstar_spec(tmp_path, [vstar_rec(0), vstar_rec(5, label="E")])
+    with pytest.raises(AnnotationError, match="vstar/5") as info:
+        import_vstar(spec)
+    assert [p["id"] for p in info.value.report.problems] == ["vstar/5"]
+
+
+def test_unknown_policy_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="on_invalid"):
+        import_vstar(vstar_spec(tmp_path, [vstar_rec(0)]), on_invalid="ignore")
+
+
+# ------------------------------------------------------------------------ HR-Bench
+
+HR_COLUMNS = ["index", "question", "answer", "category", "cycle_category", "A", "B", "C", "D", "image"]
+
+
+def hr_rec(index, img: bytes | str, **over):
+    rec = {"index": index, "question": "What colour is the sign?", "answer": "B", "category": "single",
+           "cycle_category": "FSP", "A": "red", "B": "blue", "C": "green", "D": "",
+           "image": img if isinstance(img, str) else base64.b64encode(img).decode()}
+    rec.update(over)
+    return rec
+
+
+def write_tsv(path: Path, recs, columns=HR_COLUMNS) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, delimiter="\t")
+        w.writeheader()
+        w.writerows(recs)
+    return path
+
+
+def test_hrbench_tsv_writes_embedded_images_byte_for_byte(tmp_path):
+    limit_before = csv.field_size_limit()
+    png, jpg = image_bytes("PNG"), image_bytes("JPEG", (0, 90, 200))
+    big = png + b"\0" * 200_000  # a field past csv's default 128 kB limit; PNG ignores trailing bytes
+    tsv = write_tsv(tmp_path / "hr_bench_4k.tsv",
+                    [hr_rec(1, big), hr_rec(2, jpg, answer="A", cycle_category="", category="cross")])
+    out = tmp_path / "images"
+    table, report = import_hrbench({"name": "hrbench_4k", "file": str(tsv)}, images_out=out)
+    assert report.problems == [] and report.total == 2
+    rows = table.to_pylist()
+    assert rows == [
+        {"id": "hrbench_4k/1", "source": "hrbench_4k", "split": "test", "image_path": "1.png",
+         "question": "What colour is the sign?", "answer": "B", "options": ["red", "blue", "green"],
+         "task": "MVQA", "category": "FSP"},
+        {"id": "hrbench_4k/2", "source": "hrbench_4k", "split": "test", "image_path": "2.jpg",
+         "question": "What colour is the sign?", "answer": "A", "options": ["red", "blue", "green"],
+         "task": "MVQA", "category": "cross"},
+    ]
+    for row, expected in zip(rows, (big, jpg)):
+        path = (out / row["image_path"]).resolve()
+        assert path.parent == out.resolve()
+        assert path.read_bytes() == expected
+    assert csv.field_size_limit() == limit_before  # the raised limit does not leak
+
+
+def test_hrbench_parquet_drops_nan_options(tmp_path):
+    recs = [hr_rec(7, image_bytes("PNG"), D=float("nan"), C=None, answer="A")]
+    path = tmp_path / "hr_bench_8k.parquet"
+    pq.write_table(pa.Table.from_pylist(recs), path)
+    table, report = import_hrbench({"name": "hr8k", "file": str(path), "split": "val"},
+                                   images_out=tmp_path / "img")
+    row = table.to_pylist()[0]
+    assert (row["id"], row["split"], row["options"], row["answer"], row["image_path"]) == \
+        ("hr8k/7", "val", ["red", "blue"], "A", "7.png")
+    assert (tmp_path / "img" / "7.png").read_bytes() == image_bytes("PNG")
+
+
+def test_hrbench_problems_reported_and_no_images_written_for_them(tmp_path):
+    png = image_bytes("PNG")
+    recs = [hr_rec(1, png), hr_rec(2, base64.b64encode(b"not an image").decode()),
+            hr_rec(3, "%%% not base64 %%%"), hr_rec(4, png, answer="D"), hr_rec(1, png),
+            hr_rec(5, png, question="  "), hr_rec(6, png, answer="")]
+    out = tmp_path / "images"
+    spec = {"name": "hr", "file": str(write_tsv(tmp_path / "hr.tsv", recs))}
+    table, report = import_hrbench(spec, on_invalid="drop_and_report", images_out=out)
+    assert table.column("id").to_pylist() == ["hr/1"]
+    assert classes(report) == {("missing_image", "hr/2"), ("missing_image", "hr/3"), ("bad_options", "hr/4"),
+                               ("duplicate_id", "hr/1"), ("empty_question", "hr/5"),
+                               ("missing_answer", "hr/6")}
+    assert "index 2" in next(p["message"] for p in report.problems if p["id"] == "hr/2")
+    assert sorted(p.name for p in out.iterdir()) == ["1.png"]
+    with pytest.raises(AnnotationError, match="hr/4"):
+        import_hrbench(spec, images_out=tmp_path / "again")
+
+
+def test_hrbench_needs_images_out(tmp_path):
+    tsv = write_tsv(tmp_path / "hr.tsv", [hr_rec(1, image_bytes("PNG"))])
+    with pytest.raises(ValueError, match="images_out"):
+        import_hrbench({"name": "hr", "file": str(tsv)})
+
+
+# ----------------------------------------------------------------------- VisualCoT
+
+def cot_rec(rid, question="What is the man holding?", answer="A red umbrella.", **over):
+    rec = {"id": rid, "image": ["cot/flickr30k/a.jpg", "cot/flickr30k/a.jpg###[1, 2, 30, 40]"],
+           "conversations": [{"from": "human", "value": f"<image>\n{question}{BOX}"},
+                             {"from": "gpt", "value": "[0.10, 0.22, 0.35, 0.60]"},
+                             {"from": "human", "value": "<image>"},
+                             {"from": "gpt", "value": answer}]}
+    rec.update(over)
+    return rec
+
+
+def cot_spec(tmp_path, doc, suffix=".json"):
+    path = tmp_path / f"viscot{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(doc))
+    else:
+        write_jsonl(path, doc)
+    images = make_images(tmp_path / "cot_images", "cot/flickr30k/a.jpg", "gqa/b.jpg")
+    return {"name": "visualcot", "file": str(path), "images": str(images)}
+
+
+def test_visualcot_conversation_keeps_question_and_final_answer(tmp_path):
+    table, report = import_visualcot(cot_spec(tmp_path, [cot_rec("x1")]))
+    assert report.problems == []
+    assert table.to_pylist() == [
+        {"id": "visualcot/x1", "source": "visualcot", "split": "train", "image_path": "cot/flickr30k/a.jpg",
+         "question": "What is the man holding?", "answer": "A red umbrella.", "options": None,
+         "task": "OVQA", "category": "flickr30k"}]
+
+
+def test_visualcot_metadata_jsonl(tmp_path):
+    lines = [{"question_id": 11, "question": "Which room is this?" + BOX, "answer": "kitchen",
+              "image": "gqa/b.jpg", "dataset": "gqa"},
+             {"question": "Is it raining?", "answer": "no", "image": "gqa/b.jpg"}]
+    table, report = import_visualcot(cot_spec(tmp_path, lines, ".jsonl"))
+    assert report.problems == []
+    rows = table.to_pylist()
+    assert [(r["id"], r["question"], r["answer"], r["category"], r["task"]) for r in rows] == [
+        ("visualcot/11", "Which room is this?", "kitchen", "gqa", "OVQA"),
+        ("visualcot/1", "Is it raining?", "no", None, "OVQA")]
+
+
+def test_visualcot_problems(tmp_path):
+    only_box = cot_rec("x3")
+    only_box["conversations"] = only_box["conversations"][:2]
+    doc = [cot_rec("x1"), cot_rec("x2", question="  "), only_box,
+           cot_rec("x4", image=["cot/flickr30k/absent.jpg"]), cot_rec("x5", conversations="hi"), 42,
+           cot_rec("x6", image="../outside.jpg")]
+    table, report = import_visualcot(cot_spec(tmp_path, doc), on_invalid="drop_and_report")
+    assert table.column("id").to_pylist() == ["visualcot/x1"]
+    assert classes(report) == {("empty_question", "visualcot/x2"), ("missing_answer", "visualcot/x3"),
+                               ("missing_image", "visualcot/x4"), ("malformed_record", "visualcot/x5"),
+                               ("malformed_record", None), ("missing_image", "visualcot/x6")}
+
+
+# ---------------------------------------------------------------- generic QA table
+
+def qa_spec(tmp_path, recs, fmt="jsonl", **keys):
+    path = tmp_path / f"qa.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(recs), path)
+    else:
+        write_jsonl(path, recs)
+    images = make_images(tmp_path / "qa_images", "images/1.png", "images/2.png")
+    return {"name": "virl", "file": str(path), "images": str(images), **keys}
+
+
+def test_qa_table_boxed_answers_options_and_open_rows(tmp_path):
+    recs = [{"qid": "q1", "question": "<image>Which shape has four sides?", "answer": "\\boxed{B}",
+             "image": ["images/1.png"], "choices": ["A. circle", "B. square"], "category": "(GradeSchool) Math"},
+            {"qid": "q2", "question": "How many apples?", "answer": "\\boxed{\\frac{1}{2}}",
+             "image": "images/2.png", "choices": None},
+            {"qid": "q3", "question": "Pick the colour.", "answer": "green", "image": "images/2.png",
+             "choices": {"B": "green", "A": "red"}}]
+    spec = qa_spec(tmp_path, recs, options_key="choices", id_key="qid")
+    table, report = import_qa_table(spec)
+    assert report.problems == []
+    assert [(r["id"], r["question"], r["answer"], r["options"], r["task"], r["image_path"], r["category"])
+            for r in table.to_pylist()] == [
+        ("virl/q1", "Which shape has four sides?", "B", ["circle", "square"], "MVQA", "images/1.png",
+         "(GradeSchool) Math"),
+        ("virl/q2", "How many apples?", "\\frac{1}{2}", None, "OVQA", "images/2.png", None),
+        ("virl/q3", "Pick the colour.", "B", ["red", "green"], "MVQA", "images/2.png", None)]
+
+
+def test_strip_boxed():
+    assert strip_boxed("\\boxed{B}") == "B"
+    assert strip_boxed("so \\boxed{\\frac{a}{b}}.") == "\\frac{a}{b}"
+    assert strip_boxed("42") == "42"
+    assert strip_boxed("\\boxed{4") == "\\boxed{4"
+
+
+def test_qa_table_parquet_problems_under_both_policies(tmp_path):
+    good = {"id": "g", "question": "Q?", "answer": "\\boxed{B}", "image": ["images/1.png"], "options": ["x", "y"]}
+    recs = [good,
+            {**good, "id": "multi", "image": ["images/1.png", "images/2.png"]},
+            {**good, "id": "badopt", "answer": "\\boxed{C}"},
+            {**good, "id": "oneopt", "options": ["x"]},
+            {**good, "id": "noans", "answer": "\\boxed{}"},
+            {**good, "id": "noimg", "image": ["images/9.png"]},
+            {**good, "id": "noq", "question": ""},
+            {**good, "id": "g"}]
+    spec = qa_spec(tmp_path, recs, fmt="parquet", options_key="options")
+    table, report = import_qa_table(spec, on_invalid="drop_and_report")
+    assert table.to_pylist() == [{"id": "virl/g", "source": "virl", "split": "train", "image_path": "images/1.png",
+                                  "question": "Q?", "answer": "B", "options": ["x", "y"], "task": "MVQA",
+                                  "category": None}]
+    assert classes(report) == {("multi_image", "virl/multi"), ("bad_options", "virl/badopt"),
+                               ("bad_options", "virl/oneopt"), ("missing_answer", "virl/noans"),
+                               ("missing_image", "virl/noimg"), ("empty_question", "virl/noq"),
+                               ("duplicate_id", "virl/g")}
+    with pytest.raises(AnnotationError, match="virl/multi"):
+        import_qa_table(spec)
+
+
+# ------------------------------------------------------------------ corrupt files
+
+def corrupt_case(tmp_path, kind):
+    if kind == "vstar":
+        path = tmp_path / "test_questions.jsonl"
+        path.write_bytes(b'{"question_id": 0}\n\xff\xfe garbage\n')   # not UTF-8
+        return import_vstar, {"name": "vstar", "file": str(path), "images": str(tmp_path)}, path
+    if kind == "hrbench_tsv":
+        path = tmp_path / "hr_bench_4k.tsv"
+        path.write_text("index\tquestion\n1\tq\n")                     # no answer/options/image columns
+        return import_hrbench, {"name": "hr", "file": str(path)}, path
+    if kind == "hrbench_parquet":
+        path = tmp_path / "hr_bench_4k.parquet"
+        path.write_bytes(b"PAR1 truncated")
+        return import_hrbench, {"name": "hr", "file": str(path)}, path
+    if kind == "visualcot":
+        path = tmp_path / "viscot.json"
+        path.write_text('[{"id": "x1", "conver')
+        return import_visualcot, {"name": "cot", "file": str(path), "images": str(tmp_path)}, path
+    if kind == "qa_table":
+        path = tmp_path / "virl.parquet"
+        path.write_bytes(b"\x00" * 64)
+        return import_qa_table, {"name": "virl", "file": str(path), "images": str(tmp_path)}, path
+    path = tmp_path / "absent.jsonl"
+    return import_qa_table, {"name": "virl", "file": str(path), "images": str(tmp_path)}, path
+
+
+@pytest.mark.parametrize("kind", ["vstar", "hrbench_tsv", "hrbench_parquet", "visualcot", "qa_table", "missing"])
+def test_unreadable_file_raises_naming_it(tmp_path, kind):
+    importer, spec, path = corrupt_case(tmp_path, kind)
+    with pytest.raises(AnnotationError, match=str(path.name)):
+        importer(spec, on_invalid="drop_and_report", images_out=tmp_path / "out")
+
+
+def test_registry():
+    assert IMPORTERS == {"vstar": import_vstar, "hrbench": import_hrbench,
+                         "visualcot": import_visualcot, "qa_table": import_qa_table}
+    assert WRITES_IMAGES == {"hrbench"}
