@@ -32,6 +32,14 @@ def paper_layout(root: Path) -> dict:
     data, models = root / "data", root / "models"
     (data / "finers4k/images").mkdir(parents=True)
     (data / "finers4k/annotations.json").write_text('{"annotations": []}')
+    # SegAnswer's sources in config/paper.yaml (empty files: only planned, never read here)
+    for rel in ("refer/refcoco/refs(unc).p", "refer/refcoco+/refs(unc).p", "refer/refcocog/refs(umd).p",
+                "refer/refclef/refs(unc).p", "visualcot/viscot_363k.json", "virl39k/39Krelease.parquet",
+                "vstar_bench/test_questions.jsonl", "hr_bench/hr_bench_4k.tsv", "hr_bench/hr_bench_8k.tsv"):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes(b"")
+        if rel.startswith("refer/"):
+            ((data / rel).parent / "instances.json").write_bytes(b"")
     (models / "Qwen2.5-VL-7B-Instruct").mkdir(parents=True)
     (models / "sam2.1_hiera_large.pt").write_bytes(b"")
     return dict(os.environ, REPROSEG_DATA=str(data), REPROSEG_MODELS=str(models))

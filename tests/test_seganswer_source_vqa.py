@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from reproseg.data.annotations import AnnotationError
-from reproseg.seganswer.sources.vqa import (IMPORTERS, WRITES_IMAGES, import_hrbench,
+from reproseg.seganswer.sources import QUESTION_FORMATS, WRITES_IMAGES
+from reproseg.seganswer.sources.vqa import (IMPORTERS, import_hrbench,
                                             import_qa_table, import_visualcot, import_vstar,
                                             strip_boxed)
 
@@ -346,4 +347,4 @@ def test_unreadable_file_raises_naming_it(tmp_path, kind):
 def test_registry():
     assert IMPORTERS == {"vstar": import_vstar, "hrbench": import_hrbench,
                          "visualcot": import_visualcot, "qa_table": import_qa_table}
-    assert WRITES_IMAGES == {"hrbench"}
+    assert WRITES_IMAGES == {"hrbench"} and set(IMPORTERS) == QUESTION_FORMATS - {"finers"}

@@ -81,3 +81,62 @@ def test_selection_parsing_and_image_roots():
     assert image_root({"format": "finers"}, "res/data/x", "frames") == "frames"
     assert image_root({"format": "hrbench", "file": "h.tsv"}, "res/data/hr", "frames") == "res/data/hr/images"
     assert image_root({"format": "refer", "images": "/coco"}, "res/data/r", "frames") == "/coco"
+
+
+@pytest.mark.workflow
+def test_paper_config_plans_one_import_per_source_and_the_papers_selections(tmp_path):
+    """config/paper.yaml: each SegAnswer stage reads the tables of the paper's datasets."""
+    import importlib.util
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_workflow", root / "benchmarks/bench_workflow.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    env = bench.paper_layout(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper.yaml",
+                          "--config", f"results={tmp_path}/results"],
+                         cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = {}
+    for block in re.split(r"\n(?=rule \w+:)", out.stdout + out.stderr):
+        m = re.match(r"rule (\w+):", block)
+        if m:
+            jobs.setdefault(m.group(1), []).append(block)
+    imports = sorted(re.search(r"wildcards: source=(\S+)", b).group(1) for b in jobs["seganswer_import_source"])
+    assert imports == sorted(["refcoco", "refcoco+", "refcocog", "refclef", "visualcot", "virl39k", "vstar",
+                              "hrbench4k", "hrbench8k"])  # not the default's synthetic source
+
+    def inputs(rule):
+        return re.search(r"input: (.*)", jobs[rule][0]).group(1)
+
+    stage1 = inputs("seganswer_stage1_projector")
+    for name in ("refcoco", "refcoco+", "refcocog", "refclef"):
+        assert f"seganswer/data/{name}/referring.parquet" in stage1
+    assert "seganswer/data/visualcot/questions.parquet" in inputs("seganswer_stage2_sft")
+    assert "seganswer/data/virl39k/questions.parquet" in inputs("seganswer_stage3_dapo")
+    ev = inputs("evaluate_seganswer")
+    assert "seganswer/data/vstar/questions.parquet" in ev and "seganswer/data/hrbench8k/questions.parquet" in ev
+
+
+def test_an_image_that_does_not_decode_is_reported_at_import(tmp_path):
+    from test_seganswer_source_refer import _good_refs, _write_fixture
+
+    from reproseg.data.annotations import AnnotationError
+
+    spec = _write_fixture(tmp_path, _good_refs())
+    spec = {"format": "refer", **{k: v for k, v in spec.items() if k != "name"}}
+    png = (tmp_path / "images/img2.png").read_bytes()
+    (tmp_path / "images/img2.png").write_bytes(png[: len(png) // 2])  # truncated: the header still reads
+    with pytest.raises(AnnotationError, match="refcoco/1/12") as err:
+        import_source("refcoco", spec, images_out=tmp_path / "out")
+    assert {p["id"] for p in err.value.report.problems} == {"refcoco/1/12", "refcoco/2/13"}
+    referring, _, report = import_source("refcoco", {**spec, "on_invalid": "drop_and_report"},
+                                         images_out=tmp_path / "out")
+    # image 1's two sentences stay; image 2's two are dropped and named
+    assert referring.column("id").to_pylist() == ["refcoco/0/10", "refcoco/0/11"]
+    d = report.as_dict()
+    assert d["by_class"] == {"unreadable_image": 2} and (d["total"], d["valid"]) == (4, 2)

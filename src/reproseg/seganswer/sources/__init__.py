@@ -34,7 +34,8 @@ def image_root(spec: dict, import_dir: str, finers_images: str) -> str:
 
 
 def import_source(name: str, spec: dict, *, images_out, finers_splits: dict | None = None):
-    """(referring table, question table, report) of one source."""
+    """(referring table, question table, report) of one source. FineRS frames were
+    decoded by this workflow; every other source's images are decoded once here."""
     from pathlib import Path
 
     from .tables import question_table, referring_table
@@ -48,15 +49,18 @@ def import_source(name: str, spec: dict, *, images_out, finers_splits: dict | No
         from .finers import import_finers
 
         return import_finers(spec, finers_splits or {})
+    from .verify import verify_images
+
+    root = Path(images_out) if fmt in WRITES_IMAGES else Path(spec["images"])
     if fmt == "refer":
         from .refer import import_refer
 
         table, report = import_refer(spec, on_invalid=on_invalid)
-        return table, question_table([]), report
+        return verify_images(table, root, report, on_invalid), question_table([]), report
     from .vqa import IMPORTERS
 
     table, report = IMPORTERS[fmt](spec, on_invalid=on_invalid, images_out=Path(images_out))
-    return referring_table([]), table, report
+    return referring_table([]), verify_images(table, root, report, on_invalid), report
 
 
 def import_stage(name: str, spec: dict, referring_out: str, questions_out: str, images_out: str,

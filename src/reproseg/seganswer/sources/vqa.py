@@ -39,8 +39,8 @@ Choices
 * Multiple choice: option letters, sorted, must be exactly A, B, C, ... (downstream
   letters the options by position), at least two, none empty, and the answer must map
   to one of them (`answer_letter`: the letter, "A. text" or the text itself).
-* An image exists when `Path.is_file()` under spec["images"]; it is not opened
-  (training sets have 100k+ images). Absolute paths and ".." count as missing: the
+* Here an image exists when `Path.is_file()` under spec["images"]; `verify.py` then
+  decodes each image of the imported rows once. Absolute paths and ".." count as missing: the
   table's image_path must be relative to the image root.
 * "<image>" placeholder tokens are removed from questions: SegAnswer's prompt places
   the single image itself.
@@ -594,4 +594,3 @@ def import_qa_table(spec: dict, *, on_invalid: str = "fail", images_out: Path | 
 IMPORTERS = {"vstar": import_vstar, "hrbench": import_hrbench,
              "visualcot": import_visualcot, "qa_table": import_qa_table}
 # Sources whose importer writes the images (embedded in the file) into images_out.
-WRITES_IMAGES = {"hrbench"}
