@@ -109,14 +109,15 @@ rule seganswer_stage1_merge:
         model=directory(f"{SEGANSWER}/stage1"),
         prov=f"{SEGANSWER}/stage1.prov.json",
     params:
-        **stage_params("seganswer_stage1_merge"),
+        **stage_params("seganswer_stage1_merge", "seganswer.stage1.lora"),
         unmerged=folder_from_record("unmerged_record", suffix=".log.parquet.prov.json"),
     log:
         f"{SEGANSWER}/logs/stage1_merge.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage1_merge.tsv"
     resources:
-        **family_resources("cpu_data"),
+        # the whole language model sits in memory: the inference family's memory, not the CPU rules'
+        **family_resources("gpu_infer"),
     conda:
         CONDA_ENV
     script:

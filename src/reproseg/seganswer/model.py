@@ -148,6 +148,13 @@ def ensure_seg_token(lm, processor, token: str = SEG_TOKEN) -> int:
     return tid
 
 
+def resolve_device(name: str = "auto") -> str:
+    """"auto": the GPU when there is one (a Slurm GPU job), else the CPU."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def _load_sam2_model(path: Path, config_name: str | None, overrides: list | None):
     from reproseg.models.loading import load_sam2_predictor
 

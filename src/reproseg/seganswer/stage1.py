@@ -33,7 +33,7 @@ import torch
 
 from reproseg.io_atomic import atomic_dir, write_json
 from reproseg.seganswer.losses import IGNORE_INDEX, Stage1LossWeights, stage1_loss
-from reproseg.seganswer.model import SegAnswerModel, is_peft, merge_lora  # noqa: F401  (merge_lora: public API)
+from reproseg.seganswer.model import SegAnswerModel, is_peft, merge_lora, resolve_device  # noqa: F401  (merge_lora: public API)
 from reproseg.seganswer.positions import build_conversation
 
 PROMPT_TEMPLATE = "Segment the {phrase} in the image."
@@ -61,6 +61,10 @@ class Stage1Settings:
     prompt_template: str = PROMPT_TEMPLATE
     response: str = RESPONSE
     gradient_checkpointing: bool = False
+    # Where the stage trains: "auto" = the GPU when there is one. dtype of the language
+    # model (the projector and SAM stay float32).
+    device: str = "auto"
+    dtype: str = "float32"
 
     @classmethod
     def phase_a(cls, **kw) -> "Stage1Settings":
@@ -259,7 +263,8 @@ def train_stage1_projector(qwen_dir, sam2_path, rows: Sequence[dict], out_dir,
                            sam2_config_name: str | None = None, sam2_overrides=None) -> Path:
     """Phase a from the base models; writes a SegAnswer checkpoint to `out_dir` (atomic)."""
     s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "a")
-    model = SegAnswerModel.from_base(qwen_dir, sam2_path, sam2_config_name, sam2_overrides, seed=s.seed)
+    model = SegAnswerModel.from_base(qwen_dir, sam2_path, sam2_config_name, sam2_overrides, seed=s.seed,
+                                     dtype=s.dtype, device=resolve_device(s.device))
     log = train_phase(model, rows, "a", s, log_path)
     return _save(model, out_dir, "a", s, log)
 
@@ -268,6 +273,6 @@ def train_stage1_lora(phase_a_dir, rows: Sequence[dict], out_dir, settings: Stag
                       log_path=None) -> Path:
     """Phase b from phase a's checkpoint; writes an unmerged (base + lora/) checkpoint to `out_dir`."""
     s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "b")
-    model = SegAnswerModel.from_pretrained(phase_a_dir)
+    model = SegAnswerModel.from_pretrained(phase_a_dir, dtype=s.dtype, device=resolve_device(s.device))
     log = train_phase(model, rows, "b", s, log_path)
     return _save(model, out_dir, "b", s, log)

@@ -33,7 +33,7 @@ import torch
 
 from reproseg.io_atomic import atomic_dir, write_json
 from reproseg.seganswer.losses import IGNORE_INDEX, next_token_loss
-from reproseg.seganswer.model import SegAnswerModel
+from reproseg.seganswer.model import SegAnswerModel, resolve_device
 from reproseg.seganswer.positions import build_conversation, mask_patch_keep, segmented_image
 from reproseg.seganswer.prompts import ANSWER_RESPONSE, SEG_RESPONSE, observation_message, reasoning_messages
 from reproseg.seganswer.stage1 import _batches, collate
@@ -55,6 +55,8 @@ class Stage2Settings:
     seg_response: str = SEG_RESPONSE
     answer_response: str = ANSWER_RESPONSE
     gradient_checkpointing: bool = False
+    device: str = "auto"  # "auto": the GPU when there is one
+    dtype: str = "float32"  # of the language model (projector and SAM stay float32)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Stage2Settings":
@@ -144,7 +146,7 @@ def train_stage2(stage1_dir, rows: Sequence[dict], out_dir, settings: Stage2Sett
     """Stage-2 SFT from the merged stage-1 checkpoint; writes a SegAnswer checkpoint to `out_dir` (atomic)."""
     s = settings if isinstance(settings, Stage2Settings) else Stage2Settings.from_dict(settings)
     torch.manual_seed(s.seed)
-    model = SegAnswerModel.from_pretrained(stage1_dir)
+    model = SegAnswerModel.from_pretrained(stage1_dir, dtype=s.dtype, device=resolve_device(s.device))
     params = configure_trainable(model, s)
     opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
     model.train()

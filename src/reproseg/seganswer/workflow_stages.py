@@ -41,10 +41,10 @@ def stage1_lora_stage(tables: list[str], roots: list[str], phase_a: str, out_dir
     train_stage1_lora(phase_a, rows, out_dir, cfg["stage1"]["lora"], train_log)
 
 
-def stage1_merge_stage(unmerged: str, out_dir: str) -> None:
+def stage1_merge_stage(unmerged: str, out_dir: str, cfg: dict) -> None:
     from .model import merge_lora
 
-    merge_lora(unmerged, out_dir)
+    merge_lora(unmerged, out_dir, dtype=cfg["stage1"]["lora"].get("dtype", "float32"))
 
 
 def stage2_stage(tables: list[str], roots: list[str], stage1: str, out_dir: str, train_log: str, cfg: dict) -> None:
@@ -82,10 +82,11 @@ def evaluate_stage(referring: dict, questions: dict, model_dir: str, metrics_jso
     eval.referring, questions likewise for eval.questions."""
     from . import paper_tables
     from .evaluate import answer_questions, evaluate_referring, qa_accuracy
-    from .model import SegAnswerModel
+    from .model import SegAnswerModel, resolve_device
 
-    model = SegAnswerModel.from_pretrained(model_dir)
     ev, size = cfg["eval"], cfg["image_size"]
+    model = SegAnswerModel.from_pretrained(model_dir, dtype=ev.get("dtype", "float32"),
+                                           device=resolve_device(ev.get("device", "auto")))
     limit = ev.get("limit")
     ref_metrics, qa_metrics = {}, {}
     for bench, table, root in zip(ev["referring"], referring["tables"], referring["roots"], strict=True):
