@@ -207,8 +207,26 @@ def run_distributed(
     raise subprocess.CalledProcessError(rc, cmd)
 
 
+TARGET_KEY = "_target"  # a job naming "module:function" runs that instead of train_grpo
+
+
+def run_workers(job_path: str | os.PathLike, num_processes: int, target: str, **kwargs) -> None:
+    """`target(**kwargs)` once per process (torchrun) on this node; raises if a worker fails.
+
+    For training loops of the project's own (SegAnswer stages 1-2) that shard a model
+    across the GPUs of one job; `train_grpo` jobs go through `run_distributed`.
+    """
+    write_job(job_path, **{TARGET_KEY: target}, **kwargs)
+    cmd = launch_command(job_path, num_processes)
+    rc = subprocess.run(cmd, preexec_fn=_ignore_usr1).returncode
+    if rc != 0:
+        raise subprocess.CalledProcessError(rc, cmd)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Worker entry point: `python -m reproseg.rl.engine_launch JOB.pkl`."""
+    import importlib
+
     from reproseg.rl.engine import train_grpo
 
     argv = sys.argv[1:] if argv is None else argv
@@ -217,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with open(argv[0], "rb") as f:
         job = pickle.load(f)
-    train_grpo(**job)
+    target = job.pop(TARGET_KEY, None)
+    if target is None:
+        train_grpo(**job)
+    else:
+        module, _, name = target.partition(":")
+        getattr(importlib.import_module(module), name)(**job)
     return 0
 
 

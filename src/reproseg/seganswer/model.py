@@ -260,11 +260,13 @@ class SegAnswerModel(nn.Module):
         out.update({f"mask_decoder.{k}": v for k, v in self.sam.sam_mask_decoder.state_dict().items()})
         return {k: v.detach().float().contiguous().cpu() for k, v in out.items()}
 
-    def save_pretrained(self, out_dir) -> None:
+    def save_pretrained(self, out_dir, lm_state_dict: dict | None = None) -> None:
         """Writes the whole model into `out_dir` (which should be empty or new).
 
         An unmerged LoRA model is written as the base weights (copied from
         `base_qwen_dir`) plus lora/; `merge_lora` turns it into a plain checkpoint.
+        lm_state_dict: the language model's weights when they are not whole in this
+        process (gathered from a sharded model).
         """
         from safetensors.torch import save_file
 
@@ -277,7 +279,7 @@ class SegAnswerModel(nn.Module):
             _copy_qwen_files(Path(self.base_qwen_dir), out)
             self.lm.save_pretrained(str(out / LORA_SUBDIR))
         else:
-            unwrap_qwen(self.lm).save_pretrained(out, safe_serialization=True)
+            unwrap_qwen(self.lm).save_pretrained(out, safe_serialization=True, state_dict=lm_state_dict)
         self.processor.save_pretrained(out)
         save_file(self.heads_state_dict(), str(out / HEADS_FILE))
         sam_dir = out / SAM2_SUBDIR

@@ -57,6 +57,9 @@ class Stage2Settings:
     gradient_checkpointing: bool = False
     device: str = "auto"  # "auto": the GPU when there is one
     dtype: str = "float32"  # of the language model (projector and SAM stay float32)
+    # Processes (one per GPU, the language model sharded; reproseg.seganswer.sharding).
+    # None: one per GPU of the job, one on CPU. batch_size is per process.
+    processes: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Stage2Settings":
@@ -143,40 +146,77 @@ def stage2_step_loss(model: SegAnswerModel, rows: Sequence[dict], s: Stage2Setti
 
 def train_stage2(stage1_dir, rows: Sequence[dict], out_dir, settings: Stage2Settings | dict | None = None,
                  log_path=None) -> Path:
-    """Stage-2 SFT from the merged stage-1 checkpoint; writes a SegAnswer checkpoint to `out_dir` (atomic)."""
+    """Stage-2 SFT from the merged stage-1 checkpoint; writes a SegAnswer checkpoint to `out_dir` (atomic).
+
+    With several processes (`settings.processes`, default one per GPU of the job) this
+    launches them (torchrun) and each runs `_train`; the rows are pickled by reference
+    to their tables (images load in the workers).
+    """
+    from reproseg.rl.engine_launch import run_workers, visible_gpu_count
+
+    from . import sharding
+
     s = settings if isinstance(settings, Stage2Settings) else Stage2Settings.from_dict(settings)
+    n = s.processes or max(1, visible_gpu_count() if resolve_device(s.device) == "cuda" else 1)
+    if n > 1 and not sharding.launched():
+        job = Path(out_dir).with_name(Path(out_dir).name + ".job.pkl")
+        run_workers(job, n, "reproseg.seganswer.stage2:_train", stage1_dir=str(stage1_dir), rows=rows,
+                    out_dir=str(out_dir), s=dataclasses.replace(s, processes=n),
+                    log_path=None if log_path is None else str(log_path))
+        job.unlink(missing_ok=True)
+        return Path(out_dir)
+    return _train(stage1_dir, rows, out_dir, s, log_path)
+
+
+def _train(stage1_dir, rows: Sequence[dict], out_dir, s: Stage2Settings, log_path=None) -> Path:
+    from . import sharding
+
+    device = resolve_device(s.device)
+    d = sharding.init(device) if sharding.launched() else sharding.Dist(device=device)
     torch.manual_seed(s.seed)
-    model = SegAnswerModel.from_pretrained(stage1_dir, dtype=s.dtype, device=resolve_device(s.device))
+    # A sharded model is loaded on the CPU and its shards moved to this worker's device.
+    model = SegAnswerModel.from_pretrained(stage1_dir, dtype=s.dtype, device="cpu" if d.world > 1 else d.device)
+    if d.world > 1:
+        model.sam.to(d.device)
+        model.projector.to(d.device)
+        sharding.shard_language_model(model.lm, d.device)
     params = configure_trainable(model, s)
     opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
     model.train()
     model.sam.eval()
     log, step, accum = [], 0, 0
     t0 = time.perf_counter()
-    for epoch, idx in _batches(len(rows), s.batch_size, s.epochs, s.seed):
-        loss = stage2_step_loss(model, [rows[i] for i in idx], s)
+    # Every process draws the same global batches; each trains on its slice.
+    for epoch, idx in _batches(len(rows), s.batch_size * d.world, s.epochs, s.seed):
+        mine = idx[d.rank::d.world]
+        loss = stage2_step_loss(model, [rows[i] for i in mine], s)
         (loss / s.gradient_accumulation_steps).backward()
         accum += 1
         if accum % s.gradient_accumulation_steps:
             continue
-        gn = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+        gn = sharding.local(torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm))
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         now = time.perf_counter()
-        log.append({"step": step, "epoch": epoch, "loss": float(loss.detach()), "grad_norm": float(gn),
+        log.append({"step": step, "epoch": epoch, "loss": sharding.mean(loss.detach(), d), "grad_norm": float(gn),
                     "learning_rate": s.learning_rate, "step_time_s": now - t0})
         t0 = now
         if s.max_steps is not None and step >= s.max_steps:
             break
     model.eval()
-    if log_path is not None:
-        import pyarrow as pa
+    state = sharding.full_state_dict(model.lm) if d.world > 1 else None
+    if d.is_main:
+        if log_path is not None:
+            import pyarrow as pa
 
-        from reproseg.io_atomic import write_parquet
+            from reproseg.io_atomic import write_parquet
 
-        write_parquet(log_path, pa.Table.from_pylist(log))
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        write_json(tmp / SUMMARY_FILE, {"settings": s.to_dict(), "steps": len(log), "final": log[-1] if log else None})
+            write_parquet(log_path, pa.Table.from_pylist(log))
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(tmp, lm_state_dict=state)
+            write_json(tmp / SUMMARY_FILE, {"settings": s.to_dict(), "steps": len(log), "processes": d.world,
+                                            "final": log[-1] if log else None})
+    sharding.barrier(d)
+    sharding.close(d)
     return Path(out_dir)
