@@ -28,3 +28,16 @@ def ffmpeg_clip(ffmpeg, path, codec, frames=12, size="3840x2160"):
                     "-frames:v", str(frames), "-c:v", codec, "-pix_fmt", "yuv420p", *extra, str(path)],
                    check=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def seganswer_checkpoint(tmp_path_factory):
+    """A fresh SegAnswer checkpoint (tiny random Qwen2.5-VL + SAM 2.1, untrained projector)."""
+    from reproseg.models.tiny_bundle import build_tiny_bundle
+    from reproseg.seganswer.model import SegAnswerModel
+
+    root = tmp_path_factory.mktemp("seganswer_checkpoint")
+    spec = {"hidden_size": 64, "sam2_image_size": 64, "vocab_size": 400, "max_pixels": 112 * 112}
+    build_tiny_bundle(root / "tiny", spec, ["what color is the circle"], seed=0)
+    SegAnswerModel.from_base(root / "tiny" / "qwen", root / "tiny" / "sam2", seed=0).save_pretrained(root / "model")
+    return root / "model"

@@ -5,27 +5,15 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pyarrow.parquet as pq
-import pytest
 import torch
 
-from reproseg.models.tiny_bundle import build_tiny_bundle
 from reproseg.seganswer import stage2, synthetic
 from reproseg.seganswer.model import SegAnswerModel
 from reproseg.seganswer.stage1 import _batches
 
-SPEC = {"hidden_size": 64, "sam2_image_size": 64, "vocab_size": 400, "max_pixels": 112 * 112}
 
-
-@pytest.fixture(scope="module")
-def stage1_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sharded")
-    build_tiny_bundle(root / "tiny", SPEC, ["what color is the circle"], seed=0)
-    out = root / "stage1"
-    SegAnswerModel.from_base(root / "tiny" / "qwen", root / "tiny" / "sam2", seed=0).save_pretrained(out)
-    return out
-
-
-def test_two_processes_take_the_step_of_one_averaging_their_gradients(stage1_dir, tmp_path):
+def test_two_processes_take_the_step_of_one_averaging_their_gradients(seganswer_checkpoint, tmp_path):
+    stage1_dir = seganswer_checkpoint
     rows = synthetic.qa_rows(4, seed=3)
     s = stage2.Stage2Settings(batch_size=1, max_steps=1, learning_rate=1e-3, processes=2, device="cpu")
     stage2.train_stage2(stage1_dir, rows, tmp_path / "two", s, log_path=tmp_path / "two.parquet")

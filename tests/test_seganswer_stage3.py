@@ -10,19 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from reproseg.models.tiny_bundle import build_tiny_bundle
 from reproseg.seganswer import stage3, synthetic
 from reproseg.seganswer.model import SegAnswerModel
 
-SPEC = {"hidden_size": 64, "sam2_image_size": 64, "vocab_size": 400, "max_pixels": 112 * 112}
-
 
 @pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("seganswer3")
-    build_tiny_bundle(root / "tiny", SPEC, ["what color is the circle"], seed=0)
-    SegAnswerModel.from_base(root / "tiny" / "qwen", root / "tiny" / "sam2", seed=0).save_pretrained(root / "s2")
-    return root / "s2"
+def policy_dir(seganswer_checkpoint):
+    return seganswer_checkpoint
 
 
 def _spread(completions, **_):
