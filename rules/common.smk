@@ -177,8 +177,8 @@ def seg_tables(selections, kind):
 
 def seg_roots(selections):
     """The image folders of those tables, in the same order."""
-    return [seg_sources.image_root(SEG_SOURCES[seg_source_of(s)], f"{SEG_DATA}/{seg_source_of(s)}", FINERS_IMAGES)
-            for s in selections]
+    names = [seg_source_of(s) for s in selections]
+    return [seg_sources.image_root(SEG_SOURCES[n], f"{SEG_DATA}/{n}/images", FINERS_IMAGES) for n in names]
 
 
 def seg_source_files(wildcards):

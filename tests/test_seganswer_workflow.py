@@ -78,9 +78,9 @@ def test_an_image_that_fails_to_load_names_its_record(finers_tables):
 def test_selection_parsing_and_image_roots():
     assert (Selection.parse("refcoco/testA").source, Selection.parse("refcoco/testA").split) == ("refcoco", "testA")
     assert Selection.parse("vstar").split is None
-    assert image_root({"format": "finers"}, "res/data/x", "frames") == "frames"
-    assert image_root({"format": "hrbench", "file": "h.tsv"}, "res/data/hr", "frames") == "res/data/hr/images"
-    assert image_root({"format": "refer", "images": "/coco"}, "res/data/r", "frames") == "/coco"
+    assert image_root({"format": "finers"}, "res/data/x/images", "frames") == "frames"
+    assert image_root({"format": "hrbench", "file": "h.tsv"}, "res/data/hr/images", "frames") == "res/data/hr/images"
+    assert image_root({"format": "refer", "images": "/coco"}, "res/data/r/images", "frames") == "/coco"
 
 
 @pytest.mark.workflow

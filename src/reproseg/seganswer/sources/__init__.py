@@ -14,8 +14,6 @@ This module stays import-light: the Snakefile reads `image_root` while parsing.
 """
 from __future__ import annotations
 
-import os
-
 REFERRING_FORMATS = {"finers", "refer"}
 QUESTION_FORMATS = {"finers", "vstar", "hrbench", "visualcot", "qa_table"}
 FORMATS = REFERRING_FORMATS | QUESTION_FORMATS
@@ -23,13 +21,14 @@ FORMATS = REFERRING_FORMATS | QUESTION_FORMATS
 WRITES_IMAGES = {"hrbench"}
 
 
-def image_root(spec: dict, import_dir: str, finers_images: str) -> str:
-    """The folder a source's normalised `image_path` values are relative to."""
+def image_root(spec: dict, written_images, finers_images) -> str:
+    """The folder a source's normalised `image_path` values are relative to: its import's
+    `written_images` folder for formats that embed their images, else where they live."""
     fmt = spec["format"]
     if fmt == "finers":
-        return finers_images
+        return str(finers_images)
     if fmt in WRITES_IMAGES:
-        return os.path.join(import_dir, "images")
+        return str(written_images)
     return spec["images"]
 
 
@@ -51,7 +50,7 @@ def import_source(name: str, spec: dict, *, images_out, finers_splits: dict | No
         return import_finers(spec, finers_splits or {})
     from .verify import verify_images
 
-    root = Path(images_out) if fmt in WRITES_IMAGES else Path(spec["images"])
+    root = Path(image_root(spec, images_out, finers_images=None))
     if fmt == "refer":
         from .refer import import_refer
 

@@ -34,9 +34,6 @@ class Selection:
             raise ValueError(f"bad data selection {text!r}: expected 'source' or 'source/split'")
         return cls(source, split or None)
 
-    def __str__(self) -> str:
-        return self.source if self.split is None else f"{self.source}/{self.split}"
-
 
 class SampleRows(Sequence):
     """Sample dicts built on access from table records; `kind` is "referring" or "questions"."""
