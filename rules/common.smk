@@ -90,10 +90,15 @@ for _name in config["experiments"]["run"]:
         raise cfglib.ConfigError(f"experiment {_name!r}: {exc}") from None
 
 _UPSTREAM = ["data", "models"]
+# What the format warm-up reads (rules/finers.smk); every policy starts from it.
+WARMUP_KEYS = ["finers.warmup", "finers.lpr_crop", "finers.gse_size", "finers.region_size", "finers.prompts.lpr",
+               "finers.prompts.gse", "finers.lpr.gt_points"]
 STAGE_KEYS = {
-    "lpr": _UPSTREAM + ["finers.lpr", "finers.lpr_crop", "finers.reward_profile", "finers.prompts.lpr",
-            "finers.prompts.look"],
+    "warmup": _UPSTREAM + WARMUP_KEYS,
+    "lpr": _UPSTREAM + WARMUP_KEYS + ["finers.lpr", "finers.reward_profile", "finers.prompts.look"],
 }
+# The untrained reference: the starting policy through the same inference.
+STAGE_KEYS["untrained"] = STAGE_KEYS["warmup"] + ["finers.inference"]
 STAGE_KEYS["regions"] = STAGE_KEYS["lpr"] + ["finers.regions", "finers.gse_size"]
 STAGE_KEYS["gse"] = STAGE_KEYS["regions"] + ["finers.gse", "finers.region_size", "finers.prompts.gse"]
 STAGE_KEYS["infer"] = STAGE_KEYS["gse"] + ["finers.inference"]
@@ -146,6 +151,47 @@ def finers_shards(exp):
 def region_shards(key):
     n = VARIANT_CFG["regions"][key]["finers"]["regions"].get("shards", 1)
     return [f"{i}-of-{n}" for i in range(n)]
+
+
+FINERS_DIR = R("finers")
+
+
+def start_policy_record(stage):
+    """Input function: what a policy starts from, the warm-up's record or the base manifest."""
+    def fn(wildcards):
+        key = getattr(wildcards, stage)
+        if VARIANT_CFG[stage][key]["finers"]["warmup"]["enabled"]:
+            return prov(f"{FINERS_DIR}/warmup/{VARIANT['warmup'][key]}/train_log.parquet")
+        return BASE_MANIFEST
+    return fn
+
+
+def sam2_record(stage):
+    """Input function: the SAM 2.1 inference prompts, the warm-up's (default) or the base one."""
+    def fn(wildcards):
+        key = getattr(wildcards, stage)
+        if VARIANT_CFG[stage][key]["finers"]["warmup"]["enabled"]:
+            return prov(f"{FINERS_DIR}/warmup/{VARIANT['warmup'][key]}/sam2_log.parquet")
+        return BASE_MANIFEST
+    return fn
+
+
+def sam2_dir(wildcards, input):
+    return os.path.join(os.path.dirname(input.sam2), "sam2") if input.sam2 != BASE_MANIFEST else BASE_SAM2
+
+
+def start_policy_dir(wildcards, input):
+    """Param: the folder of that policy (the warm-up's checkpoint beside its record)."""
+    record = input.start
+    return os.path.join(os.path.dirname(record), "checkpoint") if record != BASE_MANIFEST else BASE_QWEN
+
+
+def untrained_metrics(exp, split):
+    """The untrained reference's metrics for an experiment's table ([] when switched off)."""
+    cfg = EXPERIMENTS[exp]["finers"]
+    if not cfg["inference"].get("untrained", True):
+        return []
+    return [R(f"finers/untrained/metrics/{VARIANT['untrained'][exp]}/{split}.json")]
 
 
 def finers_tables(exp):

@@ -8,6 +8,8 @@ SAM2_CONFIG = None if MODELS["source"] == "tiny" else MODELS["local"]["sam2_conf
 
 
 wildcard_constraints:
+    warmup="[a-z0-9-]+",
+    untrained="[a-z0-9-]+",
     lpr="[a-z0-9-]+",
     regions="[a-z0-9-]+",
     gse="[a-z0-9-]+",
@@ -22,11 +24,70 @@ rule finers_all:
         R("tables/finers_experiments.md"),
 
 
+rule warmup_policy:
+    input:
+        train=R("splits/train.parquet"),
+        val=R("splits/val.parquet"),
+        images=IMAGES_INPUT,
+        base=BASE_MANIFEST,
+    output:
+        checkpoint=directory(f"{FINERS}/warmup/{{warmup}}/checkpoint"),
+        train_log=f"{FINERS}/warmup/{{warmup}}/train_log.parquet",
+        curves=report(f"{FINERS}/warmup/{{warmup}}/curves.png", category="training curves",
+                      labels={"stage": "FineRS format warm-up", "variant": "{warmup}"},
+                      caption="../report/sft_curves.rst"),
+        prov=prov(f"{FINERS}/warmup/{{warmup}}/train_log.parquet"),
+    params:
+        **exp_params("warmup", "warmup_policy", *WARMUP_KEYS),
+        run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
+        images_root=images_root,
+        policy=BASE_QWEN,
+    log:
+        f"{FINERS}/logs/warmup_policy/{{warmup}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/warmup_policy/{{warmup}}.tsv"
+    resources:
+        **family_resources("gpu_train"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("warmup_policy")
+
+
+rule warmup_sam2:
+    input:
+        train=R("splits/train.parquet"),
+        val=R("splits/val.parquet"),
+        images=IMAGES_INPUT,
+        base=BASE_MANIFEST,
+    output:
+        sam2=directory(f"{FINERS}/warmup/{{warmup}}/sam2"),
+        train_log=f"{FINERS}/warmup/{{warmup}}/sam2_log.parquet",
+        curves=report(f"{FINERS}/warmup/{{warmup}}/sam2_curves.png", category="training curves",
+                      labels={"stage": "SAM 2.1 warm-up", "variant": "{warmup}"},
+                      caption="../report/sft_curves.rst"),
+        prov=prov(f"{FINERS}/warmup/{{warmup}}/sam2_log.parquet"),
+    params:
+        **exp_params("warmup", "warmup_sam2", *WARMUP_KEYS),
+        images_root=images_root,
+        sam2=BASE_SAM2,
+    log:
+        f"{FINERS}/logs/warmup_sam2/{{warmup}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/warmup_sam2/{{warmup}}.tsv"
+    resources:
+        **family_resources("gpu_train"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("warmup_sam2")
+
+
 rule train_lpr:
     input:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
-        base=BASE_MANIFEST,
+        start=start_policy_record("lpr"),
     output:
         checkpoint=directory(f"{FINERS}/lpr/{{lpr}}/checkpoint"),
         train_log=f"{FINERS}/lpr/{{lpr}}/train_log.parquet",
@@ -38,7 +99,7 @@ rule train_lpr:
                     "finers.prompts.lpr", "finers.prompts.look"),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         images_root=images_root,
-        policy=BASE_QWEN,
+        policy=start_policy_dir,
     log:
         f"{FINERS}/logs/train_lpr/{{lpr}}.log",
     benchmark:
@@ -108,7 +169,7 @@ rule train_gse:
     input:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
-        base=BASE_MANIFEST,
+        start=start_policy_record("gse"),
         regions=lambda wildcards: f"{FINERS}/regions/{VARIANT['regions'][wildcards.gse]}/regions.parquet",
     output:
         checkpoint=directory(f"{FINERS}/gse/{{gse}}/checkpoint"),
@@ -121,7 +182,7 @@ rule train_gse:
                     "finers.reward_profile", "finers.prompts.gse", "finers.prompts.look"),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         images_root=images_root,
-        policy=BASE_QWEN,
+        policy=start_policy_dir,
     log:
         f"{FINERS}/logs/train_gse/{{gse}}.log",
     benchmark:
@@ -141,6 +202,7 @@ rule infer_finers:
         base=BASE_MANIFEST,
         gse_record=lambda wildcards: prov(f"{FINERS}/gse/{VARIANT['gse'][wildcards.infer]}/train_log.parquet"),
         lpr_record=lambda wildcards: prov(f"{FINERS}/lpr/{VARIANT['lpr'][wildcards.infer]}/train_log.parquet"),
+        sam2=sam2_record("infer"),
     output:
         shard=f"{FINERS}/predictions/{{infer}}/{{split}}/shard-{{shard}}.parquet",
         prov=prov(f"{FINERS}/predictions/{{infer}}/{{split}}/shard-{{shard}}.parquet"),
@@ -151,7 +213,7 @@ rule infer_finers:
         images_root=images_root,
         gse=folder_from_record("gse_record", inside="checkpoint"),
         lpr=folder_from_record("lpr_record", inside="checkpoint"),
-        sam2=BASE_SAM2,
+        sam2=sam2_dir,
         sam2_config=SAM2_CONFIG,
     log:
         f"{FINERS}/logs/infer_finers/{{infer}}/{{split}}-{{shard}}.log",
@@ -165,12 +227,67 @@ rule infer_finers:
         script_path("infer_finers")
 
 
+rule infer_finers_untrained:
+    input:
+        split=R("splits/{split}.parquet"),
+        images=IMAGES_INPUT,
+        base=BASE_MANIFEST,
+        start=start_policy_record("untrained"),
+        sam2=sam2_record("untrained"),
+    output:
+        shard=f"{FINERS}/untrained/predictions/{{untrained}}/{{split}}/shard-{{shard}}.parquet",
+        prov=prov(f"{FINERS}/untrained/predictions/{{untrained}}/{{split}}/shard-{{shard}}.parquet"),
+    params:
+        **exp_params("untrained", "infer_finers", "finers.inference", "finers.gse_size", "finers.lpr_crop",
+                    "finers.region_size", "finers.prompts", "finers.lpr.gt_points"),
+        images_root=images_root,
+        gse=start_policy_dir,
+        lpr=start_policy_dir,
+        sam2=sam2_dir,
+        sam2_config=SAM2_CONFIG,
+    log:
+        f"{FINERS}/logs/infer_finers_untrained/{{untrained}}/{{split}}-{{shard}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/infer_finers_untrained/{{untrained}}/{{split}}-{{shard}}.tsv"
+    resources:
+        **family_resources("gpu_infer"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("infer_finers")
+
+
+rule evaluate_finers_untrained:
+    input:
+        shards=lambda wildcards: expand(
+            f"{FINERS}/untrained/predictions/{wildcards.untrained}/{wildcards.split}/shard-{{shard}}.parquet",
+            shard=finers_shards(wildcards.untrained),
+        ),
+    output:
+        predictions=f"{FINERS}/untrained/predictions/{{untrained}}/{{split}}.parquet",
+        metrics=f"{FINERS}/untrained/metrics/{{untrained}}/{{split}}.json",
+        prov=prov(f"{FINERS}/untrained/metrics/{{untrained}}/{{split}}.json"),
+    params:
+        **exp_params("untrained", "evaluate_finers", "finers.reward_profile"),
+    log:
+        f"{FINERS}/logs/evaluate_finers_untrained/{{untrained}}/{{split}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/evaluate_finers_untrained/{{untrained}}/{{split}}.tsv"
+    resources:
+        **family_resources("cpu_data"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("evaluate_finers")
+
+
 rule evaluate_finers:
     input:
         shards=lambda wildcards: expand(
             f"{FINERS}/predictions/{wildcards.infer}/{wildcards.split}/shard-{{shard}}.parquet",
             shard=finers_shards(wildcards.infer),
         ),
+        untrained=lambda wildcards: untrained_metrics(wildcards.infer, wildcards.split),
     output:
         predictions=f"{FINERS}/predictions/{{infer}}/{{split}}.parquet",
         metrics=f"{FINERS}/metrics/{{infer}}/{{split}}.json",

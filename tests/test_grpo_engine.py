@@ -264,3 +264,123 @@ def test_internal_tensor_names_are_saved_in_base_layout(policy, tmp_path):
     reloaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "out", local_files_only=True)
     for k, v in reloaded.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def test_rollout_batch_settings():
+    assert GRPOSettings().updates_per_rollout == 1 and GRPOSettings().steps_per_generation is None
+    s = GRPOSettings.from_dict({"gradient_accumulation_steps": 2, "steps_per_generation": "8", "save_steps": 4})
+    assert (s.steps_per_generation, s.updates_per_rollout) == (8, 4)
+    assert GRPOSettings.from_dict({"steps_per_generation": 2, "num_iterations": 2, "save_steps": 8}).updates_per_rollout == 4
+    with pytest.raises(ValueError, match="multiple of gradient_accumulation_steps"):
+        GRPOSettings.from_dict({"gradient_accumulation_steps": 2, "steps_per_generation": 3})
+    with pytest.raises(ValueError, match="save_steps"):
+        GRPOSettings.from_dict({"steps_per_generation": 4, "save_steps": 50})
+    assert GRPOSettings.from_dict({"report_to": "none"}).report_to == []
+    assert GRPOSettings.from_dict({"report_to": "wandb"}).report_to == ["wandb"]
+    assert GRPOSettings().report_to == ["tensorboard"]
+    with pytest.raises(ValueError, match="report_to"):
+        GRPOSettings.from_dict({"report_to": ["tensorboard", "neptune"]})
+    # Where the logs go does not change the run: a resume may switch reporters.
+    assert GRPOSettings(report_to=[], logging_dir="/x").fingerprint() == GRPOSettings().fingerprint()
+
+
+def test_grpo_config_mapping(tmp_path, monkeypatch):
+    from transformers import integrations
+
+    from reproseg.rl.engine import build_grpo_config
+
+    s = GRPOSettings.from_dict({**SETTINGS, "steps_per_generation": 4, "save_steps": 2})
+    args = build_grpo_config(s, tmp_path, ["length"])
+    # 4 micro-batches of 4 completions per rollout, 2 per optimizer step: 2 updates per rollout.
+    assert (args.steps_per_generation, args.generation_batch_size, args.gradient_accumulation_steps) == (4, 16, 2)
+    assert args.report_to == ["tensorboard"] and args.disable_tqdm is False
+    assert build_grpo_config(GRPOSettings.from_dict(SETTINGS), tmp_path, ["length"]).steps_per_generation == 2
+    monkeypatch.setattr(integrations, "is_wandb_available", lambda: False)
+    with pytest.raises(RuntimeError, match="wandb"):
+        build_grpo_config(GRPOSettings(report_to=["wandb"]), tmp_path, ["length"])
+
+
+def _same(a, b) -> bool:
+    return (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)) or a == b
+
+
+@pytest.mark.slow
+def test_stop_waits_for_the_rollout_batch_and_resumes_exactly(policy, tmp_path):
+    # One prompt (4 completions) per optimizer step, both prompts per rollout batch: 2 updates each.
+    settings = {**SETTINGS, "gradient_accumulation_steps": 1, "steps_per_generation": 2, "max_steps": 4,
+                "save_steps": 2}
+    ref_counter = CountingReward()
+    out_a = tmp_path / "a"
+    stale = out_a / "tensorboard" / "events.out.tfevents.stale"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")  # an earlier run's curves: a run from scratch drops them
+    train_grpo(policy, _rows(), {"length": length_reward, "count": ref_counter}, settings, out_a, out_a / "log.parquet")
+    assert not stale.exists() and len(list(stale.parent.glob("events.out.tfevents.*"))) == 1
+    # Completions are scored once per rollout batch and flushed after every optimizer step.
+    assert ref_counter.flushed == [8, 0, 8, 0]
+
+    out_b = tmp_path / "b"
+    with pytest.raises(TrainingInterrupted) as info:
+        train_grpo(policy, _rows(), {"length": length_reward, "count": CountingReward()}, settings, out_b,
+                   out_b / "log.parquet", callbacks=[SigtermAt(1)])
+    assert info.value.step == 2  # the signal came in step 1, inside the first rollout batch
+    assert [p.name for p in (out_b / "resume").glob("checkpoint-*")] == ["checkpoint-2"]
+    counter = CountingReward()
+    train_grpo(policy, _rows(), {"length": length_reward, "count": counter}, settings, out_b, out_b / "log.parquet")
+    assert counter.flushed == [8, 0, 8, 0]
+    a = load_file(out_a / "checkpoint" / "model.safetensors")
+    b = load_file(out_b / "checkpoint" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log_a = pq.read_table(out_a / "log.parquet").to_pylist()
+    log_b = pq.read_table(out_b / "log.parquet").to_pylist()
+    for ra, rb in zip(log_a, log_b, strict=True):
+        for col in ("step", "loss", "reward_mean", "clip_ratio", "entropy", "grad_norm"):
+            assert _same(ra[col], rb[col]), (ra["step"], col)
+    # Rollout columns only on the step that generated; the first update of a batch cannot clip.
+    assert [math.isfinite(r["reward_mean"]) for r in log_a] == [True, False, True, False]
+    assert log_a[0]["clip_ratio"] == log_a[2]["clip_ratio"] == 0.0
+    # Each run writes its own TensorBoard file beside checkpoint/; resume/ is gone.
+    assert len(list((out_b / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    assert sorted(p.name for p in out_b.iterdir()) == ["checkpoint", "log.parquet", "tensorboard"]
+
+
+def test_curves_panels_and_notes(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import pyarrow as pa
+    from PIL import Image as PILImage
+
+    from reproseg.finers.curves import plot_curves
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+
+    cols = log_columns(["iou", "format"])
+    nan = math.nan
+    rows = []
+    for step in (1, 2, 3):
+        row = {c: 1000.0 + 0.001 * step for c in cols}  # a tiny change on a large value: offset notation by default
+        row.update(step=step, kl=nan, reward_format_mean=nan, clip_ratio=0.1 * (step - 1))
+        rows.append(row)
+    rows[1]["reward_mean"] = nan  # a step that did not generate
+    table = pa.Table.from_pylist(rows, pa.schema([(c, pa.int64() if c == "step" else pa.float64()) for c in cols]))
+    log = tmp_path / "log.parquet"
+    pq.write_table(table, log)
+    panels = plot_curves(str(log), str(tmp_path / "curves.png"), "test")
+    assert [p.title for p in panels] == [
+        "total reward", "reward term: iou", "reward term: format", "KL to the reference policy",
+        "policy entropy", "completion length", "ratio-clipped tokens", "groups with zero reward std"]
+    notes = {p.title: p.note for p in panels}
+    assert notes.pop("KL to the reference policy") == "no KL logged: TRL computes it only when beta > 0"
+    assert "no finite value" in notes.pop("reward term: format")
+    assert all(n is None for n in notes.values()), notes
+    with PILImage.open(tmp_path / "curves.png") as im:
+        assert im.format == "PNG" and im.size == (1584, 638)  # 4 x 2 panels of 3.6 x 2.9 in at 110 dpi
+    (fig,) = figures
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == len(panels)
+    for ax in axes:
+        assert ax.get_xlabel() == "optimizer step" and ax.get_ylabel()
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+        assert ax.yaxis.get_major_formatter().get_offset() == ""  # no "+1e3" above the axis

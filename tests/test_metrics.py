@@ -274,3 +274,40 @@ def test_val_table_uses_table_a1_and_skips_timing():
     assert "Table A1" in to_markdown(table)
     with pytest.raises(ValueError):
         build_table(seg, qa, "test", timing={"SAM": 1.0})
+
+
+def test_untrained_reference_columns_and_row(tmp_path):
+    import json
+
+    from reproseg.metrics.tables import scores_from_metrics
+
+    seg, qa = _results()
+    # The untrained reference: only the XS sample segmented (1/1), the MVQA shape answer right.
+    seg_u = segmentation_metrics([
+        sample(1, rle(0, 0, 10, 10), None, "s"),
+        sample(2, rle(30, 0, 4, 4), rle(30, 0, 4, 4), "xs"),
+        sample(3, rle(50, 30, 2, 2), None, "xxs"),
+    ])
+    qa_u = qa_metrics([
+        {"task_type": "option", "attribute": "colors", "answer": "A", "pred_response": "B"},
+        {"task_type": "option", "attribute": "shape", "answer": "A", "pred_response": "A"},
+        {"task_type": "reasoning", "attribute": "colors", "answer": "red", "pred_response": "blue"},
+    ])
+    # Through the metrics JSON, as rule evaluate_finers_untrained writes it.
+    metrics = json.loads(json.dumps({
+        "segmentation": {k: vars(v) for k, v in seg_u.items()},
+        "qa": {t: {g: {"n": s.n, "correct": s.correct} for g, s in groups.items()} for t, groups in qa_u.items()},
+    }))
+    table = write_tables(tmp_path / "t.parquet", tmp_path / "t.md", seg, qa, "test",
+                         untrained=scores_from_metrics(metrics))
+    d = table.to_pydict()
+    assert d["IoU/All untrained"][0] == pytest.approx(100 / 3)       # (0 + 1 + 0) / 3
+    assert d["IoU/S untrained"][0] == 0.0 and d["IoU/XS untrained"][0] == 100.0
+    assert d["IoU/All ours"][0] == pytest.approx(400 / 9)
+    assert d["QA/Shape untrained"][2] == 100.0 and d["QA/Color untrained"][2] == 0.0
+    assert d["QA/Color untrained"][3] == 0.0 and d["IoU/S untrained"][2] is None
+    md = (tmp_path / "t.md").read_text()
+    row = next(l for l in md.splitlines() if l.startswith("| Ours, untrained"))
+    assert row.split(" | ")[1:3] == ["0.0/0.0", "100.0/100.0"]
+    # Without a reference there is no such column or row.
+    assert "IoU/All untrained" not in build_table(seg, qa, "test").column_names

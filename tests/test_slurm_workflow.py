@@ -24,8 +24,9 @@ data:
   synthetic: {{n_videos: 4, width: 320, height: 180, n_frames: 8}}
   splits: {{proportions: {{train: 2, val: 1, test: 1}}}}
 finers:
+  warmup: {{max_steps: 4}}
   lpr:
-    grpo: {{max_steps: {STEPS}, save_steps: 2}}
+    grpo: {{max_steps: {STEPS}, save_steps: 2, per_device_batch_size: 8, max_completion_length: 16}}
 resources:
   gpu_train: {{mem_mb: 4000, runtime: 20, cpus_per_task: 1, gpu: 1}}
   gpu_infer: {{mem_mb: 4000, runtime: 20, cpus_per_task: 1, gpu: 1}}

@@ -83,3 +83,19 @@ def test_answers_are_true_of_the_decoded_frames(dataset):
             assert truth == ("left", "middle", "right")[min(int(3 * cx / r["width"]), 2)]
             checked += 1
     assert checked >= 2
+
+
+def test_bucket_cycle_and_area_override(tmp_path):
+    args = {**ARGS, "n_videos": 2, "objects_per_video": 3}
+    generate(tmp_path / "v", tmp_path / "a.json", seed=3, buckets=["s", "s", "xs"], bucket_area={"s": 0.004}, **args)
+    items = json.loads((tmp_path / "a.json").read_text())["annotations"]
+    by_object = {}
+    for it in items:
+        by_object.setdefault(it["id"].rsplit("-", 1)[0][:9] + it["id"][-1], []).append(it["area_percent"])
+    # Per video: two S objects near 0.4 % of the frame and one XS one near 0.035 %.
+    areas = sorted(a for v in by_object.values() for a in v[:1])
+    assert len(areas) == 6
+    assert sum(0.3 < a < 0.5 for a in areas) == 4 and sum(0.025 < a < 0.045 for a in areas) == 2
+    # An area outside its bucket's FineRS-4k range is refused, naming it.
+    with pytest.raises(ValueError, match="bucket_area xs=0.001"):
+        generate(tmp_path / "w", tmp_path / "b.json", seed=3, bucket_area={"xs": 0.001}, **args)

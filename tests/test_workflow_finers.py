@@ -15,6 +15,10 @@ SMALL = """
 data:
   synthetic: {n_videos: 4, width: 320, height: 180, n_frames: 8}
   splits: {proportions: {train: 2, val: 1, test: 1}}
+finers:
+  warmup: {max_steps: 4, sam2: {max_steps: 2}}
+  lpr: {grpo: {max_steps: 4, per_device_batch_size: 8, max_completion_length: 24}}
+  gse: {grpo: {max_steps: 4, per_device_batch_size: 8, max_completion_length: 24}}
 """
 pytestmark = pytest.mark.workflow
 
@@ -63,7 +67,12 @@ def test_default_dag_writes_the_finers_tables(copy):
         assert m["samples"] == sum(m["status"].values()) == 6
         assert set(m["segmentation"]) == {"s", "xs", "xxs", "all"}
         md = (res / f"tables/finers_main_{split}.md").read_text()
-        assert "FineRS (paper" in md and "Ours (reproduced)" in md
+        assert "FineRS (paper" in md and "Ours (reproduced)" in md and "Ours, untrained" in md
+        # The untrained reference went through the same inference, from the warm-up.
+        u = json.loads((res / f"finers/untrained/metrics/main/{split}.json").read_text())
+        assert u["samples"] == 6
+    assert (res / "finers/warmup/main/checkpoint/model.safetensors").is_file()
+    assert (res / "finers/warmup/main/sam2/model.pt").is_file()
     assert (res / "finers/lpr/main/checkpoint/model.safetensors").is_file()
     assert (res / "finers/gse/main/checkpoint/model.safetensors").is_file()
     assert (res / "finers/lpr/main/curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -154,7 +163,15 @@ def test_config_value_of_one_stage(copy, tmp_path):
     cfg.write_text("finers: {gse: {grpo: {max_steps: 3}}}\n")
     assert planned(copy, config=cfg) == DOWNSTREAM_OF_GSE
     cfg.write_text("finers: {inference: {max_new_tokens: 32}}\n")
-    assert planned(copy, config=cfg) == {"infer_finers": 4, **TABLES}
+    # The untrained reference goes through the same inference, so it re-runs too.
+    assert planned(copy, config=cfg) == {"infer_finers": 4, "infer_finers_untrained": 4,
+                                         "evaluate_finers_untrained": 2, **TABLES}
+    cfg.write_text("finers: {warmup: {max_steps: 3}}\n")
+    # Every policy starts from the warm-up: all FineRS training and inference re-runs,
+    # SAM 2.1's warm-up (same keys) too; the data and SegAnswer do not.
+    assert planned(copy, config=cfg) == {"warmup_policy": 1, "warmup_sam2": 1, "train_lpr": 1, **REGIONS,
+                                         "infer_finers_untrained": 4, "evaluate_finers_untrained": 2,
+                                         **DOWNSTREAM_OF_GSE}
 
 
 def edit(path, old, new):

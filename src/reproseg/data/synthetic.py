@@ -28,6 +28,9 @@ SHAPES = ("square", "circle", "triangle", "diamond")
 # Target area as a fraction of the frame, one per FineRS-4k bucket (xxs < 0.017 %,
 # xs 0.017-0.055 %, s > 0.055 %), chosen well inside each range.
 BUCKET_AREA = {"s": 0.0015, "xs": 0.00035, "xxs": 0.00009}
+# FineRS-4k's bucket bounds on the area fraction (xxs < 0.017 %, s > 0.055 %).
+BUCKET_RANGE = {"s": (0.00055, 1.0), "xs": (0.00017, 0.00055), "xxs": (0.0, 0.00017)}
+DEFAULT_BUCKETS = ("s", "xs", "xxs")
 SURFACES = ("road", "grass")
 POSITIONS = ("left", "middle", "right")
 TASK_TYPES = ("referring", "option", "reasoning")
@@ -82,16 +85,27 @@ def _terrain(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.n
     return np.clip(base, 0, 255).astype(np.uint8), road
 
 
-def _place_objects(rng, road, n, width, height, pan) -> list[SceneObject]:
+def bucket_areas(buckets, bucket_area: dict | None) -> dict[str, float]:
+    """Area fraction per bucket (BUCKET_AREA with overrides), each checked against its bounds."""
+    areas = {**BUCKET_AREA, **(bucket_area or {})}
+    for name in set(buckets) | set(bucket_area or {}):
+        if name not in BUCKET_RANGE:
+            raise ValueError(f"unknown size bucket {name!r}; buckets are {sorted(BUCKET_RANGE)}")
+        lo, hi = BUCKET_RANGE[name]
+        if not lo < areas[name] < hi:
+            raise ValueError(f"bucket_area {name}={areas[name]} is outside that bucket's range ({lo}, {hi})")
+    return areas
+
+
+def _place_objects(rng, road, n, width, height, pan, buckets, areas) -> list[SceneObject]:
     colors = rng.permutation(list(COLORS))[:n]
     shapes = rng.permutation(SHAPES)[:n]
-    buckets = ("s", "xs", "xxs")
     objs = []
     h, w = road.shape
     for i in range(n):
-        bucket = buckets[i % 3]
+        bucket = buckets[i]
         shape = str(shapes[i])
-        r = _radius_for_area(shape, BUCKET_AREA[bucket] * width * height)
+        r = _radius_for_area(shape, areas[bucket] * width * height)
         want_road = i % 2 == 1
         for _ in range(1000):
             # Always inside the frame whatever the camera offset (0..pan).
@@ -148,9 +162,15 @@ def _question(obj: SceneObject, surface: str, position: str, task: str, attribut
 
 def generate(out_dir: str | Path, annotations_json: str | Path, *, seed: int, n_videos: int,
              width: int, height: int, n_frames: int, fps: int, objects_per_video: int,
-             qp: int, stride: int, indices=None) -> dict:
-    """Writes `video_XXX.mp4` files into out_dir and one FineRS-4k JSON. Returns counts."""
+             qp: int, stride: int, indices=None, buckets=DEFAULT_BUCKETS, bucket_area: dict | None = None) -> dict:
+    """Writes `video_XXX.mp4` files into out_dir and one FineRS-4k JSON. Returns counts.
+
+    Object sizes cycle through `buckets` over all objects of all videos (the default gives
+    every video one S, one XS and one XXS object); `bucket_area` overrides a bucket's
+    area fraction within its FineRS-4k range."""
     out_dir = Path(out_dir)
+    buckets = list(buckets)
+    areas = bucket_areas(buckets, bucket_area)
     wanted = frozenset(indices) if indices is not None else None
     pan = max(8, min(width, height) // 12)
     annotations = []
@@ -159,7 +179,8 @@ def generate(out_dir: str | Path, annotations_json: str | Path, *, seed: int, n_
         rng = np.random.default_rng([seed, v])
         name = f"video_{v:03d}"
         world, road = _terrain(rng, height + pan, width + pan)
-        objs = _place_objects(rng, road, objects_per_video, width, height, pan)
+        sizes = [buckets[(v * objects_per_video + i) % len(buckets)] for i in range(objects_per_video)]
+        objs = _place_objects(rng, road, objects_per_video, width, height, pan, sizes, areas)
         frames = []
         for t in range(n_frames):
             off = int(round(pan * t / max(n_frames - 1, 1)))

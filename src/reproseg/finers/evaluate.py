@@ -27,11 +27,15 @@ def _mean(values) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def evaluate_stage(shards: list[str], predictions: str, metrics_json: str, table_parquet: str,
-                   table_md: str, split: str, qa_profile: str = "paper") -> None:
+def evaluate_stage(shards: list[str], predictions: str, metrics_json: str, table_parquet: str | None,
+                   table_md: str | None, split: str, qa_profile: str = "paper",
+                   untrained_metrics: str | None = None) -> None:
+    """Metrics of the merged predictions, and the paper-layout table unless table_parquet
+    is None (the untrained reference only feeds the trained run's table, as
+    `untrained_metrics`)."""
     from ..metrics.qa import qa_metrics
     from ..metrics.segmentation import segmentation_metrics
-    from ..metrics.tables import write_tables
+    from ..metrics.tables import scores_from_metrics, write_tables
 
     table = merge_shards(shards, predictions)
     rows = table.to_pylist()
@@ -44,7 +48,12 @@ def evaluate_stage(shards: list[str], predictions: str, metrics_json: str, table
     qa = qa_metrics(rows, profile=qa_profile)
     timing = {"GSE": _mean(r["gse_seconds"] for r in rows),
               "LPR+SAM2": _mean(r["lpr_sam_seconds"] for r in rows)}
-    write_tables(table_parquet, table_md, seg, qa, split, timing)
+    if table_parquet is not None:
+        untrained = None
+        if untrained_metrics:
+            with open(untrained_metrics) as f:
+                untrained = scores_from_metrics(json.load(f))
+        write_tables(table_parquet, table_md, seg, qa, split, timing, untrained)
     status: dict[str, int] = {}
     for r in rows:
         status[r["status"]] = status.get(r["status"], 0) + 1

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
+from tqdm import tqdm
 
 from ..io_atomic import write_parquet
 from ..rl.parsing import parse, to_box
@@ -60,7 +61,7 @@ def infer_rows(rows: list[dict], images_root: str, cfg: dict, gse, lpr, predicto
     batch = cfg["inference"].get("batch_size", 16)
     tokens = cfg["inference"].get("max_new_tokens", 64)
     out = []
-    for start in range(0, len(rows), batch):
+    for start in tqdm(range(0, len(rows), batch), desc="FineRS inference", unit="batch", mininterval=10):
         chunk = rows[start:start + batch]
         images = [load_image(images_root, r["image_path"]) for r in chunk]
         t0 = time.perf_counter()

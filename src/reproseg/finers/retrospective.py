@@ -12,6 +12,7 @@ import logging
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from ..io_atomic import write_parquet
 from ..rl.geometry import box_iou
@@ -43,30 +44,43 @@ def choose(ious: list[float | None], kinds: list[str]) -> int:
     return best if scores[best] > 0 else kinds.index("centred")
 
 
-def select_regions(rows: list[dict], images_root: str, cfg: dict, lpr_generate=None) -> pa.Table:
-    """`lpr_generate(images, prompts) -> completions`; None when retrospective is off."""
+def select_regions(rows: list[dict], images_root: str, cfg: dict, lpr_generate=None,
+                   rows_per_call: int = 16) -> pa.Table:
+    """`lpr_generate(images, prompts) -> completions`; None when retrospective is off.
+    The candidates of `rows_per_call` records go to one call, so that generation runs in
+    full batches."""
     rc = cfg["regions"]
     out = []
-    for row in rows:
-        cands = candidates(row, cfg["lpr_crop"], rc["n_random"] if rc["retrospective"] else 0, rc["seed"])
-        kinds = [k for k, _ in cands]
-        completions: list[str | None] = [None] * len(cands)
-        boxes: list[list[float] | None] = [None] * len(cands)
-        ious: list[float | None] = [None] * len(cands)
+    for start in tqdm(range(0, len(rows), rows_per_call), desc="retrospective regions", unit="chunk",
+                      mininterval=10):
+        chunk = rows[start:start + rows_per_call]
+        cands = [candidates(r, cfg["lpr_crop"], rc["n_random"] if rc["retrospective"] else 0, rc["seed"])
+                 for r in chunk]
+        texts: list[str | None] = [None] * sum(len(c) for c in cands)
         if rc["retrospective"]:
-            image = load_image(images_root, row["image_path"])
-            samples = [lpr_sample(row, image, crop, cfg, look_enabled(cfg, "lpr")) for _, crop in cands]
-            completions = lpr_generate([s["image"] for s in samples], [s["prompt"] for s in samples])
-            for k, (text, (_, crop)) in enumerate(zip(completions, cands)):
-                pred = parse(text).bbox
+            samples = []
+            for row, cs in zip(chunk, cands):
+                image = load_image(images_root, row["image_path"])
+                samples += [lpr_sample(row, image, crop, cfg, look_enabled(cfg, "lpr")) for _, crop in cs]
+            texts = lpr_generate([s["image"] for s in samples], [s["prompt"] for s in samples])
+        pos = 0
+        for row, cs in zip(chunk, cands):
+            kinds = [k for k, _ in cs]
+            completions = texts[pos:pos + len(cs)]
+            pos += len(cs)
+            boxes: list[list[float] | None] = [None] * len(cs)
+            ious: list[float | None] = [None] * len(cs)
+            for k, (text, (_, crop)) in enumerate(zip(completions, cs)):
+                pred = parse(text).bbox if text is not None else None
                 if pred is not None:
                     boxes[k] = CropFrame(tuple(crop), cfg["lpr_crop"]).to_original(list(pred))
                     ious[k] = box_iou(boxes[k], row["box"])
-        best = choose(ious, kinds)
-        for k, (kind, crop) in enumerate(cands):
-            out.append({"id": row["id"], "candidate": k, "kind": kind, "crop": crop,
-                        "region_gse": to_gse(crop, row["width"], row["height"], cfg["gse_size"]),
-                        "completion": completions[k], "lpr_box": boxes[k], "iou": ious[k], "chosen": k == best})
+            best = choose(ious, kinds)
+            for k, (kind, crop) in enumerate(cs):
+                out.append({"id": row["id"], "candidate": k, "kind": kind, "crop": crop,
+                            "region_gse": to_gse(crop, row["width"], row["height"], cfg["gse_size"]),
+                            "completion": completions[k], "lpr_box": boxes[k], "iou": ious[k],
+                            "chosen": k == best})
     return pa.Table.from_pylist(out, schema=SCHEMA)
 
 

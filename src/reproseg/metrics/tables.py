@@ -2,12 +2,15 @@
 
 Parquet (numbers): one row per metric (gIoU, cIoU, MVQA, OVQA), then, when timings are
 given, one row per stage ("GSE time", "LPR+SAM2 time"). Columns: "metric", then for each
-paper column "<block>/<group> ours", "... paper" and "... n" (our sample count); IoU
-columns are filled on IoU rows and QA columns on QA rows only, the rest null. Timing rows
-use "Time s/img ours" / "Time s/img paper". Scores are percent, like the paper's.
+paper column "<block>/<group> ours", "... paper" and "... n" (our sample count), and,
+when the untrained reference was evaluated, "... untrained" (the starting policy, before
+GRPO, through the same inference); IoU columns are filled on IoU rows and QA columns on
+QA rows only, the rest null. Timing rows use "Time s/img ours" / "Time s/img paper".
+Scores are percent, like the paper's.
 
 Markdown: the paper's own layout, a row per method with "gIoU/cIoU" and "MVQA/OVQA"
-cells, and a Table A4-style block with seconds per image for GSE and LPR+SAM2.
+cells (trained, untrained, paper), and a Table A4-style block with seconds per image for
+GSE and LPR+SAM2.
 Both files are written atomically (temporary file in the same directory, then rename).
 """
 from __future__ import annotations
@@ -51,17 +54,27 @@ def _ours(metric: str, group: str, seg, qa) -> tuple[float | None, int | None]:
     return 100 * qa_score.accuracy, qa_score.n
 
 
+def scores_from_metrics(metrics: Mapping) -> tuple[dict[str, SegScore], dict[str, dict[str, QAScore]]]:
+    """(seg, qa) back from the metrics JSON that rule evaluate_finers writes."""
+    seg = {k: SegScore(**v) for k, v in metrics["segmentation"].items()}
+    qa = {t: {g: QAScore(n=v["n"], correct=v["correct"]) for g, v in groups.items()}
+          for t, groups in metrics["qa"].items()}
+    return seg, qa
+
+
 def build_table(seg: Mapping[str, SegScore] | None, qa: Mapping[str, Mapping[str, QAScore]] | None,
-                split: str = "test", timing: Mapping[str, float] | None = None) -> pa.Table:
+                split: str = "test", timing: Mapping[str, float] | None = None,
+                untrained: tuple[Mapping, Mapping] | None = None) -> pa.Table:
     """`seg` from segmentation_metrics, `qa` from qa_metrics, `timing` seconds per image
-    keyed by GSE and/or LPR+SAM2."""
+    keyed by GSE and/or LPR+SAM2, `untrained` the (seg, qa) of the untrained reference."""
     paper = paper_result(split)
     unknown = set(timing or {}) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown timing stages {sorted(unknown)}; expected {STAGES}")
     metric_col, cols = [], {}
+    suffixes = ("ours", "untrained", "paper", "n") if untrained is not None else ("ours", "paper", "n")
     for block, group, header in COLUMNS:
-        for suffix in ("ours", "paper", "n"):
+        for suffix in suffixes:
             cols[f"{column_id(block, header)} {suffix}"] = []
     for block, metric in METRICS:
         metric_col.append(metric)
@@ -69,6 +82,8 @@ def build_table(seg: Mapping[str, SegScore] | None, qa: Mapping[str, Mapping[str
             cid = column_id(col_block, header)
             ours, n = _ours(metric, group, seg, qa) if col_block == block else (None, None)
             cols[f"{cid} ours"].append(ours)
+            if untrained is not None:
+                cols[f"{cid} untrained"].append(_ours(metric, group, *untrained)[0] if col_block == block else None)
             cols[f"{cid} paper"].append(paper.metric(metric)[group] if col_block == block else None)
             cols[f"{cid} n"].append(n)
     time_ours, time_paper = [None] * len(METRICS), [None] * len(METRICS)
@@ -124,6 +139,8 @@ def to_markdown(table: pa.Table) -> str:
         _row(["Method"] + headers),
         _row(["---"] + ["---:"] * len(headers)),
         _row(["Ours (reproduced)"] + [cell(b, h, "ours") for b, _, h in COLUMNS]),
+        *([_row(["Ours, untrained (starting policy)"] + [cell(b, h, "untrained") for b, _, h in COLUMNS])]
+          if f"{column_id('IoU', 'All')} untrained" in data else []),
         _row([paper_label] + [cell(b, h, "paper") for b, _, h in COLUMNS]),
         _row(["Samples (ours)"] + [cell(b, h, "n") for b, _, h in COLUMNS]),
     ]
@@ -149,8 +166,9 @@ def to_markdown(table: pa.Table) -> str:
 
 def write_tables(parquet_path: str | os.PathLike, markdown_path: str | os.PathLike,
                  seg: Mapping[str, SegScore] | None, qa: Mapping[str, Mapping[str, QAScore]] | None,
-                 split: str = "test", timing: Mapping[str, float] | None = None) -> pa.Table:
-    table = build_table(seg, qa, split, timing)
+                 split: str = "test", timing: Mapping[str, float] | None = None,
+                 untrained: tuple[Mapping, Mapping] | None = None) -> pa.Table:
+    table = build_table(seg, qa, split, timing, untrained)
     write_parquet(parquet_path, table)
     write_text(markdown_path, to_markdown(table))
     return table

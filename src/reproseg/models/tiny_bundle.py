@@ -297,6 +297,12 @@ def build_tiny_policy(qwen_dir: str | os.PathLike, spec: dict | None, corpus: li
         _write_policy(tmp, resolve_spec(spec), corpus, seed)
 
 
+def build_tiny_sam2(sam2_dir: str | os.PathLike, spec: dict | None, seed: int) -> None:
+    """Only the SAM 2.1 part of the bundle, for tests of the mask training."""
+    with atomic_dir(sam2_dir) as tmp:
+        _build_sam2(tmp, resolve_spec(spec), seed)
+
+
 def build_tiny_bundle(out_dir: str | os.PathLike, spec: dict | None, corpus: list[str], seed: int) -> dict:
     """Writes the tiny Qwen2.5-VL (+processor) and SAM 2.1 bundle; returns {relative file: sha256}.
 

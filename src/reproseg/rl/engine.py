@@ -6,8 +6,11 @@ engine adds what the papers' runs need and TRL leaves to the user:
 
 - settings from a plain config dict, with the papers' defaults (GRPO loss, KL 5e-3)
   instead of TRL's (DAPO loss, no KL);
-- a per-step Parquet log of every reward term, KL, entropy, length and the fraction of
-  prompt groups with zero reward std;
+- a per-step Parquet log of every reward term, KL, entropy, length, the clipped-token
+  fraction and the fraction of prompt groups with zero reward std; the Trainer's own
+  `report_to` (TensorBoard by default, W&B on request) and tqdm progress bar;
+- rollout batches split into several optimizer steps (`steps_per_generation`, veRL's
+  mini-batches), so that PPO's ratio clipping acts;
 - exact resume: a stop signal saves a full Trainer checkpoint (weights, optimizer,
   scheduler, RNG, reward state) and re-running the same call continues from it;
 - the final policy in Hugging Face format (LoRA merged) with its processor.
@@ -16,6 +19,9 @@ Directory layout under `out_dir`:
     checkpoint/   final model + processor (appears whole, or not at all)
     resume/       Trainer checkpoints (checkpoint-<step>/) and engine_run.json; removed
                   after success unless `keep_resume_state`
+    tensorboard/  TensorBoard event files (`report_to` holds "tensorboard"; another
+                  folder with `logging_dir`); kept after success; a resumed run adds a
+                  file, a run from scratch starts the folder anew
 """
 from __future__ import annotations
 
@@ -34,11 +40,13 @@ from reproseg.rl.engine_trainer import StatefulReward, zero_std_fraction  # noqa
 
 RESUME_DIR = "resume"
 FINAL_DIR = "checkpoint"
+TENSORBOARD_DIR = "tensorboard"
 RUN_MANIFEST = "engine_run.json"
 STOP_FILE = "STOP"  # created by a launcher to ask all ranks to save and stop
 INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+REPORTERS = ("tensorboard", "wandb")  # Trainer integrations a stage may report to
 
 # Keys of a config dict that name the same setting as a field.
 _ALIASES = {
@@ -53,7 +61,7 @@ _ALIASES = {
 }
 
 # Fields that do not change the training trajectory; a resumed run may differ in them.
-_NOT_FINGERPRINTED = ("save_steps", "keep_resume_state", "logging_steps")
+_NOT_FINGERPRINTED = ("save_steps", "keep_resume_state", "logging_steps", "report_to", "logging_dir")
 
 
 class TrainingInterrupted(SystemExit):
@@ -72,8 +80,34 @@ class TrainingInterrupted(SystemExit):
 class GRPOSettings:
     """GRPO hyper-parameters. Batch sizes count completions, as in TRL.
 
-    Prompts per optimizer step = per_device_batch_size * processes *
-    gradient_accumulation_steps / num_generations.
+    Prompts per optimizer step (veRL's mini-batch, `global_batch_size`) =
+    per_device_batch_size * processes * gradient_accumulation_steps / num_generations.
+
+    A rollout batch (veRL's `rollout_batch_size`, the prompts generated for at once) is
+    `steps_per_generation` micro-batches (TRL's name; None means
+    gradient_accumulation_steps, i.e. rollout batch = mini-batch) and is trained on for
+    `updates_per_rollout` = num_iterations * steps_per_generation /
+    gradient_accumulation_steps optimizer steps. Only from the second of those on does
+    the policy differ from the one that sampled, so with one update per rollout batch the
+    ratio is exactly 1 and the clip (epsilon, epsilon_high) never acts. veRL terms map as
+    steps_per_generation = gradient_accumulation_steps * rollout_batch_size /
+    global_batch_size and num_iterations = ppo_epochs. The papers:
+
+    - FineRS (Fines' EasyR1/veRL scripts) and Dr. Seg (its drseg_7b.yaml; the paper's
+      appendix: global batch 16, n 8, micro-batch 2 per device, 4 GPUs) set
+      rollout_batch_size = global_batch_size (16; 8 in FineRS's GSE script) and 1 PPO
+      epoch: one update per rollout batch, steps_per_generation =
+      gradient_accumulation_steps (None), num_iterations 1. The micro-batch only sets
+      gradient accumulation, not the trajectory: Dr. Seg's 16 x 8 / 4 = 32 completions
+      per GPU and update are per_device_batch_size 2 x gradient_accumulation_steps 16.
+    - SegAnswer stage 3 uses DAPO and gives no batch sizes; DAPO's recipe (Yu et al.
+      2025; verl's recipe/dapo: train_prompt_bsz 512, train_prompt_mini_bsz 32) makes 16
+      updates per rollout batch: steps_per_generation = 16 * gradient_accumulation_steps.
+
+    A stop signal is acted on at the end of a rollout batch (at most updates_per_rollout
+    - 1 steps late) and save_steps must be a multiple of updates_per_rollout: a
+    checkpoint inside a rollout batch could not resume exactly (the rest of the batch's
+    completions are not saved).
     """
 
     num_generations: int = 8
@@ -84,7 +118,8 @@ class GRPOSettings:
     epsilon: float = 0.2
     epsilon_high: float | None = None  # None: symmetric clipping
     scale_rewards: str = "group"
-    num_iterations: int = 1
+    num_iterations: int = 1  # optimizer passes over each rollout batch (veRL's ppo_epochs)
+    steps_per_generation: int | None = None  # micro-batches per rollout batch; None: gradient_accumulation_steps
     temperature: float = 1.0
     top_p: float = 1.0
     max_completion_length: int = 512
@@ -107,6 +142,11 @@ class GRPOSettings:
     reward_weights: dict[str, float] | None = None  # per reward name; default 1.0
     keep_resume_state: bool = False
     dataloader_num_workers: int = 0
+    # Trainer integrations (REPORTERS); [] for none. TensorBoard files go to logging_dir,
+    # default <out_dir>/tensorboard (a relative path is taken under out_dir). W&B reads
+    # its project and mode from the WANDB_* environment variables.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    logging_dir: str | None = None
     extra_grpo_config: dict = field(default_factory=dict)  # any other GRPOConfig field, verbatim
 
     def __post_init__(self):
@@ -134,7 +174,7 @@ class GRPOSettings:
                 continue
             if f.type in ("float", "float | None"):
                 setattr(self, f.name, float(v))
-            elif f.type == "int":
+            elif f.type in ("int", "int | None"):
                 if float(v) != int(float(v)):
                     raise ValueError(f"GRPO setting {f.name} must be an integer, got {v!r}")
                 setattr(self, f.name, int(float(v)))
@@ -146,6 +186,32 @@ class GRPOSettings:
             raise ValueError(f"model_dtype {self.model_dtype!r} not in ('float32', 'bfloat16', 'float16')")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"scale_rewards {self.scale_rewards!r} not in ('group', 'batch', 'none')")
+        for name in ("num_iterations", "gradient_accumulation_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        ga = self.gradient_accumulation_steps
+        if self.steps_per_generation is not None and (self.steps_per_generation < 1 or self.steps_per_generation % ga):
+            raise ValueError(
+                f"steps_per_generation ({self.steps_per_generation}) must be a positive multiple of "
+                f"gradient_accumulation_steps ({ga}): a rollout batch is a whole number of optimizer steps"
+            )
+        if self.save_steps % self.updates_per_rollout:
+            raise ValueError(
+                f"save_steps ({self.save_steps}) must be a multiple of the {self.updates_per_rollout} optimizer "
+                "steps per rollout batch, so that every checkpoint resumes exactly"
+            )
+        if isinstance(self.report_to, str):
+            self.report_to = [] if self.report_to == "none" else [self.report_to]
+        self.report_to = list(self.report_to or [])
+        unknown = sorted(set(self.report_to) - set(REPORTERS))
+        if unknown:
+            raise ValueError(f"report_to {unknown} not in {REPORTERS}")
+
+    @property
+    def updates_per_rollout(self) -> int:
+        """Optimizer steps trained on each rollout batch."""
+        spg = self.steps_per_generation or self.gradient_accumulation_steps
+        return self.num_iterations * spg // self.gradient_accumulation_steps
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -174,10 +240,23 @@ def _deepspeed_arg(settings: GRPOSettings, bf16: bool):
     return ds
 
 
+def _check_reporters(report_to: list[str]) -> None:
+    # Fail before the model loads, naming the fix, rather than inside Trainer.__init__.
+    from transformers.integrations import is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    missing = [r for r in report_to if not available[r]()]
+    if missing:
+        raise RuntimeError(f"report_to names {missing}, which is not installed; install it or leave it out "
+                           "of the GRPO setting report_to")
+
+
 def build_grpo_config(settings: GRPOSettings, output_dir: str | os.PathLike, reward_names: list[str]):
     """The TRL GRPOConfig for `settings`; every value that differs from TRL's default is set explicitly."""
     import torch
     from trl import GRPOConfig
+
+    _check_reporters(settings.report_to)
 
     bf16 = _use_bf16(settings)
     weights = None
@@ -197,6 +276,7 @@ def build_grpo_config(settings: GRPOSettings, output_dir: str | os.PathLike, rew
         epsilon_high=settings.epsilon_high,
         scale_rewards=settings.scale_rewards,
         num_iterations=settings.num_iterations,
+        steps_per_generation=settings.steps_per_generation,  # None: TRL's default, gradient_accumulation_steps
         temperature=settings.temperature,
         top_p=settings.top_p,
         max_completion_length=settings.max_completion_length,
@@ -221,7 +301,8 @@ def build_grpo_config(settings: GRPOSettings, output_dir: str | os.PathLike, rew
         use_cpu=not torch.cuda.is_available(),
         deepspeed=_deepspeed_arg(settings, bf16),
         reward_weights=weights,
-        report_to=[],
+        report_to=list(settings.report_to),
+        disable_tqdm=False,  # TRL/transformers switch the bar off when their log level is above WARN
         dataloader_num_workers=settings.dataloader_num_workers,
         remove_unused_columns=False,  # reward functions read the ground-truth columns
         shuffle_dataset=True,
@@ -407,6 +488,20 @@ def _export_final(trainer, policy_dir: Path, out_dir: Path, settings: GRPOSettin
     trainer.accelerator.wait_for_everyone()
 
 
+def _direct_tensorboard(trainer, logging_dir: Path) -> None:
+    """Points the Trainer's TensorBoard callback at `logging_dir`.
+
+    transformers 5 has no `logging_dir` argument: it writes under output_dir (here
+    resume/, deleted after success) unless TENSORBOARD_LOGGING_DIR is set, and setting
+    that variable would leak into every later Trainer of the process.
+    """
+    from transformers.integrations import TensorBoardCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            cb.logging_dir = str(logging_dir)
+
+
 def train_grpo(
     policy_dir: str | os.PathLike,
     dataset_rows: Sequence[dict],
@@ -432,6 +527,9 @@ def train_grpo(
 
     callbacks: extra TrainerCallbacks. trainer_cls: a subclass of EngineGRPOTrainer
     (another rollout, e.g. a multi-turn one); default EngineGRPOTrainer.
+
+    Progress goes to tqdm and to `settings.report_to` (TensorBoard files under
+    `out_dir/tensorboard` by default) besides the Parquet log.
     """
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -479,10 +577,15 @@ def train_grpo(
     # A stop request left over from an earlier run must not end this one.
     if is_main:
         (resume_dir / STOP_FILE).unlink(missing_ok=True)
+    tb_dir = out_dir / (settings.logging_dir or TENSORBOARD_DIR)
+    if is_main and last is None and not settings.logging_dir:
+        # An earlier run's curves in the default folder would be drawn over this run's.
+        shutil.rmtree(tb_dir, ignore_errors=True)
     if args.distributed_state is not None:
         args.distributed_state.wait_for_everyone()
     stop = StopSignal(stop_file=resume_dir / STOP_FILE)
-    stop_cb = StopOnSignalCallback(stop, skip_final_save=not settings.keep_resume_state)
+    stop_cb = StopOnSignalCallback(stop, skip_final_save=not settings.keep_resume_state,
+                                   steps_per_rollout=settings.updates_per_rollout)
     trainer_cls = trainer_cls or EngineGRPOTrainer
     if not issubclass(trainer_cls, EngineGRPOTrainer):
         raise TypeError(f"trainer_cls must subclass EngineGRPOTrainer, got {trainer_cls!r}")
@@ -502,6 +605,7 @@ def train_grpo(
         ],
         stateful_rewards=stateful,
     )
+    _direct_tensorboard(trainer, tb_dir)
     with stop:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
         stopped = stop_cb.stopped_at_step

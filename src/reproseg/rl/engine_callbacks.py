@@ -14,8 +14,12 @@ from transformers import TrainerCallback
 
 from reproseg.io_atomic import write_parquet
 
-# TRL log key -> column in the engine's log. Missing keys become NaN (TRL logs no
-# "kl" when beta is 0, for instance).
+# TRL log key -> column in the engine's log. Missing keys become NaN: TRL logs no "kl"
+# when beta is 0, and the rollout's columns (rewards, lengths, zero-std) only on the
+# first optimizer step of each rollout batch. "clipped_ratio" is TRL's share of
+# completions cut at max_completion_length; "clip_ratio*" are shares of completion
+# tokens whose probability ratio was clipped (low: below 1 - epsilon with a negative
+# advantage, high: above 1 + epsilon_high with a positive one; clip_ratio = both).
 _LOG_COLUMNS = {
     "loss": "loss",
     "grad_norm": "grad_norm",
@@ -29,6 +33,8 @@ _LOG_COLUMNS = {
     "engine/frac_zero_std": "frac_zero_std",
     "frac_reward_zero_std": "frac_zero_std_trl",
     "clip_ratio/region_mean": "clip_ratio",
+    "clip_ratio/low_mean": "clip_ratio_low",
+    "clip_ratio/high_mean": "clip_ratio_high",
     "step_time": "step_time_s",
 }
 
@@ -67,8 +73,9 @@ class ParquetLogCallback(TrainerCallback):
             self.rows = [r for r in old if r.get("step", math.inf) <= resume_step]
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        # The end-of-training summary is logged too; only step logs carry "reward".
-        if not state.is_world_process_zero or not logs or "reward" not in logs:
+        # The end-of-training summary ("train_loss") is logged too; step logs carry "loss",
+        # and "reward" only on steps that generated.
+        if not state.is_world_process_zero or not logs or not ("loss" in logs or "reward" in logs):
             return
         row = {col: _number(logs.get(key)) for key, col in _LOG_COLUMNS.items()}
         for name in self.reward_names:
@@ -148,11 +155,16 @@ class StopOnSignalCallback(TrainerCallback):
     With `skip_final_save`, the Trainer's own checkpoint after the last step is
     dropped: the engine exports the final weights itself, and for a 7B policy the
     optimizer state alone is tens of GB written only to be deleted.
+
+    With several optimizer steps per rollout batch (`steps_per_rollout`), the stop waits
+    for the end of the batch: a checkpoint inside it would resume with newly generated
+    completions, not the ones the uninterrupted run trains on.
     """
 
-    def __init__(self, stop: StopSignal, skip_final_save: bool = False):
+    def __init__(self, stop: StopSignal, skip_final_save: bool = False, steps_per_rollout: int = 1):
         self.stop = stop
         self.skip_final_save = skip_final_save
+        self.steps_per_rollout = int(steps_per_rollout)
         self.stopped_at_step: int | None = None
 
     def _any_rank(self, args) -> bool:
@@ -164,7 +176,9 @@ class StopOnSignalCallback(TrainerCallback):
         return flag
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stopped_at_step is None and self._any_rank(args):
+        # Every rank reaches the collective in _any_rank at the same steps.
+        at_boundary = state.global_step % self.steps_per_rollout == 0
+        if self.stopped_at_step is None and at_boundary and self._any_rank(args):
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at_step = state.global_step

@@ -1,0 +1,176 @@
+"""Supervised training of a SAM 2.1 model on (image, box + points, mask) examples.
+
+The papers use the released SAM 2.1 frozen; the embedded default's tiny SAM 2.1 is
+random, so without this its masks would say nothing about the boxes LPR predicts. The
+forward pass is `SAM2ImagePredictor.predict`'s own, with gradients: the predictor's
+transforms, the box as the two corner points (labels 2, 3) before the positive points
+(label 1), one mask (multimask off, as FineRS's inference asks), and the predictor's
+bilinear upsampling to the crop. The loss is SAM 2's: focal and dice on the mask, 20:1.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..io_atomic import atomic_dir, write_json, write_parquet
+from .loading import load_sam2_predictor
+from .tiny_bundle import SAM2_CHECKPOINT_FILE, SAM2_CONFIG_FILE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SAM2Settings:
+    learning_rate: float = 1e-3
+    max_steps: int = 200
+    batch_size: int = 8
+    seed: int = 0
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SAM2Settings":
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown SAM2 warm-up setting(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        s = cls(**d)
+        s.learning_rate = float(s.learning_rate)
+        return s
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """Per-mask sigmoid focal loss, mean over pixels (SAM 2's training loss)."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = prob * target + (1 - prob) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma
+    loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return loss.flatten(1).mean(1)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    prob = logits.sigmoid().flatten(1)
+    target = target.flatten(1)
+    return 1 - (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
+
+
+@torch.no_grad()
+def image_features(predictor, images: Sequence[np.ndarray], batch_size: int = 8) -> list[list[torch.Tensor]]:
+    """Per image, the encoder's feature maps [high-res..., embedding] (as set_image_batch
+    computes them). The encoder stays frozen: it is most of SAM 2's compute, and features
+    computed once serve every step."""
+    model, tf = predictor.model, predictor._transforms
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        x = torch.stack([tf(im) for im in chunk]).to(predictor.device)
+        _, feats, _, _ = model._prepare_backbone_features(model.forward_image(x))
+        if model.directly_add_no_mem_embed:
+            feats[-1] = feats[-1] + model.no_mem_embed
+        maps = [f.permute(1, 2, 0).view(len(chunk), -1, *s)
+                for f, s in zip(feats[::-1], predictor._bb_feat_sizes[::-1])][::-1]
+        out += [[m[i:i + 1] for m in maps] for i in range(len(chunk))]
+    return out
+
+
+def mask_logits(predictor, feats: list[torch.Tensor], hw: tuple[int, int], box, points) -> torch.Tensor:
+    """Mask logits (H, W) at the image's size from its features, with gradients through
+    the prompt encoder and the mask decoder (the predictor's own prompt path)."""
+    model, tf = predictor.model, predictor._transforms
+    dev = feats[-1].device
+    box_t = tf.transform_boxes(torch.as_tensor(box, dtype=torch.float, device=dev), normalize=True,
+                               orig_hw=hw).reshape(1, 2, 2)
+    pts = tf.transform_coords(torch.as_tensor(points, dtype=torch.float, device=dev), normalize=True,
+                              orig_hw=hw).reshape(1, -1, 2)
+    labels = torch.tensor([[2, 3] + [1] * pts.shape[1]], dtype=torch.int, device=dev)
+    sparse, dense = model.sam_prompt_encoder(points=(torch.cat([box_t, pts], dim=1), labels), boxes=None, masks=None)
+    low, _, _, _ = model.sam_mask_decoder(
+        image_embeddings=feats[-1], image_pe=model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+        repeat_image=False, high_res_features=feats[:-1])
+    return tf.postprocess_masks(low, hw)[0, 0]
+
+
+def mean_iou(predictor, examples: Sequence[dict], feats) -> float:
+    """Mean mask IoU of the thresholded predictions (logit > 0, the predictor's threshold)."""
+    ious = []
+    with torch.no_grad():
+        for e, f in zip(examples, feats):
+            pred, gt = mask_logits(predictor, f, e["mask"].shape, e["box"], e["points"]).cpu().numpy() > 0, e["mask"]
+            union = np.logical_or(pred, gt).sum()
+            ious.append(np.logical_and(pred, gt).sum() / union if union else 1.0)
+    return float(np.mean(ious)) if ious else math.nan
+
+
+def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Settings | dict, out_dir: str | Path,
+               log_path: str | Path, held_out: Sequence[dict] = ()) -> dict:
+    """Trains SAM 2.1's prompt encoder and mask decoder on `examples` ({"image": HxWx3 uint8, "box": [4],
+    "points": [[x, y], ...], "mask": HxW bool}, crop pixel coordinates); writes the
+    bundle layout (model.pt + sam2_config.json) to `out_dir` and the per-step log."""
+    import pyarrow as pa
+
+    settings = settings if isinstance(settings, SAM2Settings) else SAM2Settings.from_dict(settings)
+    if not examples:
+        raise ValueError("no SAM2 training examples")
+    sam2_dir = Path(sam2_dir)
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    predictor = load_sam2_predictor(sam2_dir)
+    model = predictor.model
+    feats = image_features(predictor, [e["image"] for e in examples])
+    held_feats = image_features(predictor, [e["image"] for e in held_out])
+    before = mean_iou(predictor, held_out, held_feats)
+    model.train()
+    params = [*model.sam_prompt_encoder.parameters(), *model.sam_mask_decoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / settings.max_steps)))
+    rows = []
+    order = rng.permutation(len(examples))
+    pos = 0
+    for step in tqdm(range(1, settings.max_steps + 1), desc="SAM2 warm-up", mininterval=5):
+        idx = []
+        while len(idx) < settings.batch_size:
+            if pos == len(order):
+                order, pos = rng.permutation(len(examples)), 0
+            idx.append(order[pos])
+            pos += 1
+        focal, dice = [], []
+        for i in idx:
+            e = examples[i]
+            lg = mask_logits(predictor, feats[i], e["mask"].shape, e["box"], e["points"])
+            target = torch.as_tensor(e["mask"], dtype=torch.float32, device=lg.device)[None]
+            focal.append(focal_loss(lg[None], target))
+            dice.append(dice_loss(lg[None], target))
+        focal_t, dice_t = torch.cat(focal).mean(), torch.cat(dice).mean()
+        loss = settings.focal_weight * focal_t + settings.dice_weight * dice_t
+        opt.zero_grad()
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+        opt.step()
+        sched.step()
+        rows.append({"step": step, "loss": loss.item(), "focal": focal_t.item(), "dice": dice_t.item(),
+                     "grad_norm": grad_norm, "learning_rate": float(sched.get_last_lr()[0]), "wall_time": time.time()})
+    model.eval()
+    after = mean_iou(predictor, held_out, held_feats)
+    write_parquet(log_path, pa.Table.from_pylist(rows))
+    summary = {"settings": asdict(settings), "examples": len(examples), "held_out": len(held_out),
+               "held_out_iou_before": before, "held_out_iou_after": after,
+               "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"]}
+    meta = json.loads((sam2_dir / SAM2_CONFIG_FILE).read_text())
+    with atomic_dir(out_dir) as tmp:
+        torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, tmp / SAM2_CHECKPOINT_FILE)
+        write_json(tmp / SAM2_CONFIG_FILE, {**meta, "checkpoint": SAM2_CHECKPOINT_FILE})
+        write_json(tmp / "sam2_warmup_summary.json", summary)
+    log.info("SAM2 warm-up: %s", json.dumps({k: v for k, v in summary.items() if k != "settings"}))
+    return summary

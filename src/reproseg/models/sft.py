@@ -1,0 +1,191 @@
+"""Supervised fine-tuning of a Qwen2.5-VL policy on (image, prompt, target text) examples.
+
+The loss is next-token cross-entropy on the target tokens only: the prompt, the image
+placeholders and the padding are masked out (label -100). Training runs on Hugging Face's
+`Trainer`, which brings the learning-rate schedule (linear warm-up, then the configured
+decay), gradient clipping, logging and `report_to` (TensorBoard under the run folder by
+default). The prompt is rendered exactly as the GRPO trainer and the inference code render
+it (the image before the text of the user turn), so what the policy learns here is what
+it is later asked.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from transformers import (
+    AutoProcessor,
+    Qwen2_5_VLForConditionalGeneration,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from ..io_atomic import atomic_dir, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+@dataclass
+class SFTSettings:
+    learning_rate: float = 1e-3
+    max_steps: int = 300
+    batch_size: int = 8
+    warmup_steps: int = 10
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SFTSettings":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown SFT setting(s) {unknown}; known: {sorted(known)}")
+        s = cls(**d)
+        s.learning_rate, s.weight_decay, s.max_grad_norm = map(float, (s.learning_rate, s.weight_decay, s.max_grad_norm))
+        return s
+
+
+def user_turn(prompt: list[dict]) -> list[dict]:
+    """Chat messages with the image part first in each user turn (as TRL and inference do)."""
+    return [{"role": m["role"], "content": [{"type": "image"}, {"type": "text", "text": m["content"]}]}
+            for m in prompt]
+
+
+class SFTCollator:
+    """Batches examples `{"image", "prompt", "target"}` into model inputs with masked labels."""
+
+    def __init__(self, processor, eos: str = "<|im_end|>"):
+        self.processor = processor
+        self.eos = eos
+
+    def __call__(self, examples: Sequence[dict]) -> dict:
+        proc = self.processor
+        prompts = [proc.apply_chat_template(user_turn(e["prompt"]), tokenize=False, add_generation_prompt=True)
+                   for e in examples]
+        full = [p + e["target"] + self.eos for p, e in zip(prompts, examples)]
+        images = [e["image"] for e in examples]
+        batch = proc(text=full, images=images, padding=True, return_tensors="pt")
+        prompt_ids = proc(text=prompts, images=images, padding=False, return_tensors=None)["input_ids"]
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = IGNORE
+        pad_left = proc.tokenizer.padding_side == "left"
+        for i, ids in enumerate(prompt_ids):
+            start = int((batch["attention_mask"][i] == 0).sum()) if pad_left else 0
+            labels[i, : start + len(ids)] = IGNORE
+        batch["labels"] = labels
+        return batch
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, examples: Sequence[dict]):
+        self.examples = examples
+
+    def __len__(self):
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        e = self.examples[i]
+        image = e["image"]
+        if isinstance(image, (str, os.PathLike)):
+            with Image.open(image) as im:
+                image = im.convert("RGB")
+        return {**e, "image": image}
+
+
+class _LossLog(TrainerCallback):
+    """One row per logged step: loss, learning rate, gradient norm."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" in logs:
+            self.rows.append({"step": int(state.global_step), "loss": float(logs["loss"]),
+                              "learning_rate": float(logs.get("learning_rate", math.nan)),
+                              "grad_norm": float(logs.get("grad_norm", math.nan)), "wall_time": time.time()})
+
+
+def target_loss(model, collator: SFTCollator, examples: Sequence[dict], batch_size: int = 16) -> float:
+    """Mean per-token cross-entropy of the targets (for before/after comparisons)."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = collator(list(examples[start:start + batch_size]))
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            logits = model(**batch).logits[:, :-1].float()
+            target = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                     ignore_index=IGNORE, reduction="sum")
+            total += float(loss)
+            count += int((target != IGNORE).sum())
+    return total / max(count, 1)
+
+
+def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings: SFTSettings | dict,
+              out_dir: str | os.PathLike, log_path: str | os.PathLike,
+              held_out: Sequence[dict] = ()) -> dict:
+    """Fine-tunes the policy on `examples`; writes `out_dir/checkpoint` (HF format + processor)
+    and the per-step loss log. Returns a summary with the target loss before and after on
+    `held_out` (examples not trained on), when given."""
+    settings = settings if isinstance(settings, SFTSettings) else SFTSettings.from_dict(settings)
+    if not examples:
+        raise ValueError("no SFT examples")
+    out_dir = Path(out_dir)
+    torch.manual_seed(settings.seed)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(policy_dir, dtype=torch.float32, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(policy_dir, local_files_only=True, padding_side="right")
+    collator = SFTCollator(processor)
+    before = target_loss(model, collator, held_out) if held_out else math.nan
+    args = TrainingArguments(
+        output_dir=str(out_dir / "trainer"),  # TensorBoard events go to trainer/runs/
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        max_steps=settings.max_steps,
+        warmup_steps=settings.warmup_steps,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        logging_steps=1,
+        save_strategy="no",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        report_to=list(settings.report_to),
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+    loss_log = _LossLog()
+    trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(examples), data_collator=collator,
+                      callbacks=[loss_log])
+    trainer.train()
+    after = target_loss(model, collator, held_out) if held_out else math.nan
+    import pyarrow as pa
+
+    write_parquet(log_path, pa.Table.from_pylist(loss_log.rows))
+    summary = {"settings": asdict(settings), "examples": len(examples), "held_out": len(held_out),
+               "held_out_loss_before": before, "held_out_loss_after": after,
+               "train_loss_first": loss_log.rows[0]["loss"], "train_loss_last": loss_log.rows[-1]["loss"]}
+    processor.tokenizer.padding_side = "left"   # generation appends on the right
+    with atomic_dir(out_dir / "checkpoint") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        write_json(tmp / "sft_summary.json", summary)
+    log.info("SFT: %s", json.dumps({k: v for k, v in summary.items() if k != "settings"}))
+    return summary

@@ -1,0 +1,145 @@
+"""The default's warm-ups: the format SFT of the policy and the prompted mask training of
+SAM 2.1. Targets score full format reward, labels cover exactly the target tokens, and
+both trainings improve on a fixed set, while a broken variant (no step, a shifted mask)
+does not."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from reproseg.data.masks import polygon_to_rle
+from reproseg.finers import prompts as P
+from reproseg.finers.rewards import profile_for
+from reproseg.finers.warmup import gse_target, lpr_target, sam2_examples, warmup_examples
+from reproseg.models.sam2_warmup import image_features, mean_iou, train_sam2
+from reproseg.models.sft import IGNORE, SFTCollator, target_loss, train_sft
+from reproseg.models.tiny_bundle import build_tiny_policy, build_tiny_sam2
+from reproseg.rl.parsing import parse
+from reproseg.rl.rewards_finers import FinersTarget, TERMS
+
+W, H = 160, 96
+CFG = {
+    "gse_size": [80, 48], "lpr_crop": 56, "region_size": 28, "reward_profile": "paper",
+    "lpr": {"gt_points": "centre_jitter", "random_region": True},
+    "prompts": {"lpr": {t: "{question}{options} Box it." for t in P.TASK_TYPES},
+                "gse": {t: "{question}{options} Region {region_size}." for t in P.TASK_TYPES}, "look": "Look."},
+}
+
+
+def _row(i: int, x: int, y: int, tmp_path) -> dict:
+    image = np.full((H, W, 3), 90, np.uint8)
+    image[y:y + 12, x:x + 12] = (220, 30, 30)
+    Image.fromarray(image).save(tmp_path / f"f{i}.png")
+    rle = polygon_to_rle([(x, y), (x + 12, y), (x + 12, y + 12), (x, y + 12)], W, H)
+    return {"id": f"r{i}", "image_path": f"f{i}.png", "width": W, "height": H, "box": [x, y, x + 12, y + 12],
+            "points_centre_jitter": [[x + 6, y + 6], [x + 5, y + 7]], "points_inscribed": [[x + 6, y + 6]] * 2,
+            "task_type": "referring", "question": "Segment the red square.", "options": None,
+            "option_letters": None, "answer": "The red square is found.", "answer_option": None,
+            "rle_counts": rle["counts"]}
+
+
+@pytest.fixture
+def rows(tmp_path):
+    return [_row(i, 10 + 23 * i, 8 + 11 * (i % 6), tmp_path) for i in range(6)]
+
+
+def test_targets_score_every_format_term(rows, tmp_path):
+    profile = profile_for("paper", CFG["region_size"])
+    examples = warmup_examples(rows, str(tmp_path), CFG, seed=0)
+    assert len(examples) == 2 * len(rows)
+    for row, lpr, gse in zip(rows, examples[0::2], examples[1::2]):
+        lp, gp = parse(lpr["target"]), parse(gse["target"])
+        lpr_gt = FinersTarget(qtype="referring", answer=row["answer"])
+        assert TERMS["lpr"]["format"](lp, lpr_gt, profile) == 1.0
+        assert TERMS["lpr"]["think"](lp, lpr_gt, profile) == 1.0
+        assert TERMS["lpr"]["response"](lp, lpr_gt, profile) == 1.0
+        assert TERMS["gse"]["format"](gp, lpr_gt, profile) == 1.0
+        # The GSE region is lpr_crop original px = region_size at the GSE size, and
+        # covers the object (original box / 2).
+        x1, y1, x2, y2 = gp.answer["region"]
+        assert (x2 - x1, y2 - y1) == (28, 28)
+        bx1, by1, bx2, by2 = (v / 2 for v in row["box"])
+        assert x1 <= bx1 and y1 <= by1 and x2 >= bx2 and y2 >= by2
+    # Coordinates are integers, exactly as the template shows them.
+    assert lpr_target({"bbox": [1.4, 2.6, 3.5, 4.0], "points": [[1.2, 2.2], [3.0, 3.9]], "answer": "A"}) == (
+        '<think>Looking at the scene.</think><answer>{"bbox": [1, 3, 4, 4], "points_1": [1, 2], '
+        '"points_2": [3, 4], "response": "A"}</answer>')
+    assert gse_target([0.2, 9.7, 28.2, 37.7], "B").endswith('{"region": [0, 10, 28, 38], "response": "B"}</answer>')
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("policy") / "qwen"
+    build_tiny_policy(path, {}, ["Segment the red square. Box it."], seed=0)
+    return path
+
+
+def test_labels_cover_exactly_the_target(rows, tmp_path, policy):
+    from transformers import AutoProcessor
+
+    examples = warmup_examples(rows[:2], str(tmp_path), CFG, seed=0)
+    for side in ("left", "right"):
+        proc = AutoProcessor.from_pretrained(policy, padding_side=side)
+        batch = SFTCollator(proc)(examples)
+        for i, e in enumerate(examples):
+            labelled = batch["input_ids"][i][batch["labels"][i] != IGNORE]
+            assert proc.tokenizer.decode(labelled) == e["target"] + "<|im_end|>"
+
+
+def test_sft_loss_falls_on_a_fixed_batch_and_not_without_steps(rows, tmp_path, policy):
+    torch.set_num_threads(1)
+    examples = warmup_examples(rows, str(tmp_path), CFG, seed=0)
+    settings = {"learning_rate": 3e-3, "max_steps": 25, "batch_size": 4, "warmup_steps": 2, "report_to": []}
+    out = train_sft(policy, examples, settings, tmp_path / "run", tmp_path / "log.parquet", held_out=examples)
+    assert out["held_out_loss_after"] < 0.6 * out["held_out_loss_before"]
+    log = pq.read_table(tmp_path / "log.parquet").to_pydict()
+    assert log["step"] == list(range(1, 26)) and log["loss"][-1] < log["loss"][0]
+    assert (tmp_path / "run/checkpoint/model.safetensors").is_file()
+    # The same measure with a zero learning rate stays where it was.
+    frozen = train_sft(policy, examples, {**settings, "learning_rate": 0.0, "max_steps": 3}, tmp_path / "run0",
+                       tmp_path / "log0.parquet", held_out=examples)
+    assert frozen["held_out_loss_after"] == pytest.approx(frozen["held_out_loss_before"], rel=1e-5)
+
+
+def test_target_loss_is_the_mean_token_cross_entropy(rows, tmp_path, policy):
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    examples = warmup_examples(rows[:2], str(tmp_path), CFG, seed=0)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(policy, dtype=torch.float32)
+    collator = SFTCollator(AutoProcessor.from_pretrained(policy, padding_side="right"))
+    batch = collator(examples)
+    # The model's own loss (mean over labelled tokens) is the same number.
+    with torch.no_grad():
+        expected = float(model(**batch).loss)
+    assert target_loss(model, collator, examples) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def sam2(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sam2") / "sam2"
+    build_tiny_sam2(path, {"sam2_image_size": 128}, seed=0)
+    return path
+
+
+def test_sam2_mask_iou_rises_and_a_shifted_target_scores_lower(rows, tmp_path, sam2):
+    torch.set_num_threads(1)
+    examples = sam2_examples(rows, str(tmp_path), CFG, seed=0, box_jitter=0.1)
+    for e in examples:   # the crop holds the whole 12 x 12 object
+        assert e["image"].shape[:2] == e["mask"].shape == (56, 56) and e["mask"].sum() == 144
+    out = train_sam2(sam2, examples, {"learning_rate": 3e-3, "max_steps": 30, "batch_size": 4}, tmp_path / "s",
+                     tmp_path / "slog.parquet", held_out=examples)
+    assert out["held_out_iou_after"] > out["held_out_iou_before"] + 0.3
+    assert out["held_out_iou_after"] > 0.5
+    from reproseg.models.loading import load_sam2_predictor
+
+    trained = load_sam2_predictor(tmp_path / "s")
+    feats = image_features(trained, [e["image"] for e in examples])
+    assert mean_iou(trained, examples, feats) == pytest.approx(out["held_out_iou_after"], abs=1e-6)
+    # A mask pasted 8 px off its object: the trained model's masks match it far worse.
+    shifted = [{**e, "mask": np.roll(e["mask"], 8, axis=1)} for e in examples]
+    assert mean_iou(trained, shifted, feats) < out["held_out_iou_after"] - 0.3
