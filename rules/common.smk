@@ -92,10 +92,10 @@ for _name in config["experiments"]["run"]:
 _UPSTREAM = ["data", "models"]
 # What the format warm-up reads (rules/finers.smk); every policy starts from it.
 WARMUP_KEYS = ["finers.warmup", "finers.lpr_crop", "finers.gse_size", "finers.region_size", "finers.prompts.lpr",
-               "finers.prompts.gse", "finers.lpr.gt_points"]
+               "finers.prompts.gse", "finers.prompts.look", "finers.lpr.gt_points"]
 STAGE_KEYS = {
     "warmup": _UPSTREAM + WARMUP_KEYS,
-    "lpr": _UPSTREAM + WARMUP_KEYS + ["finers.lpr", "finers.reward_profile", "finers.prompts.look"],
+    "lpr": _UPSTREAM + WARMUP_KEYS + ["finers.lpr", "finers.reward_profile"],
 }
 # The untrained reference: the starting policy through the same inference.
 STAGE_KEYS["untrained"] = STAGE_KEYS["warmup"] + ["finers.inference"]

@@ -20,6 +20,7 @@ from reproseg.models.sam2_warmup import image_features, mean_iou, train_sam2
 from reproseg.models.sft import IGNORE, SFTCollator, target_loss, train_sft
 from reproseg.models.tiny_bundle import build_tiny_policy, build_tiny_sam2
 from reproseg.rl.parsing import parse
+from reproseg.rl.rewards_drseg import look_reward, non_repeat_reward
 from reproseg.rl.rewards_finers import FinersTarget, TERMS
 
 W, H = 160, 96
@@ -51,8 +52,15 @@ def rows(tmp_path):
 def test_targets_score_every_format_term(rows, tmp_path):
     profile = profile_for("paper", CFG["region_size"])
     examples = warmup_examples(rows, str(tmp_path), CFG, seed=0)
-    assert len(examples) == 2 * len(rows)
-    for row, lpr, gse in zip(rows, examples[0::2], examples[1::2]):
+    looked = [e for e in examples if "<look>" in e["target"]]
+    plain = [e for e in examples if "<look>" not in e["target"]]
+    # Records 0 and 3 also get the Look-to-Confirm prompt, and answer with a <look> block.
+    assert len(plain) == 2 * len(rows) and len(looked) == 2
+    for e in looked:
+        assert e["prompt"][0]["content"].endswith("Look.")
+        assert look_reward(parse(e["target"])) == 1.0 and non_repeat_reward(parse(e["target"])) == 1.0
+        assert TERMS["lpr"]["format"](parse(e["target"]), FinersTarget(), profile_for("paper", 28)) == 1.0
+    for row, lpr, gse in zip(rows, plain[0::2], plain[1::2]):
         lp, gp = parse(lpr["target"]), parse(gse["target"])
         lpr_gt = FinersTarget(qtype="referring", answer=row["answer"])
         assert TERMS["lpr"]["format"](lp, lpr_gt, profile) == 1.0
@@ -82,7 +90,7 @@ def policy(tmp_path_factory):
 def test_labels_cover_exactly_the_target(rows, tmp_path, policy):
     from transformers import AutoProcessor
 
-    examples = warmup_examples(rows[:2], str(tmp_path), CFG, seed=0)
+    examples = warmup_examples(rows[:2], str(tmp_path), CFG, seed=0)   # one look example among them
     for side in ("left", "right"):
         proc = AutoProcessor.from_pretrained(policy, padding_side=side)
         batch = SFTCollator(proc)(examples)

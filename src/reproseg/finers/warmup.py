@@ -33,21 +33,28 @@ from .samples import gt_points, gse_image, gse_prompt, load_image, lpr_sample, r
 log = logging.getLogger(__name__)
 
 THINK = "Looking at the scene."
+# Dr. Seg's Look-to-Confirm prompt asks for a <look> block inside <think>; every
+# LOOK_EVERY-th record also gets that prompt and answer, so the Dr. Seg experiments
+# start from a policy that writes one.
+LOOK = "A small object stands out here."
+LOOK_EVERY = 3
 
 
 def _ints(values) -> list[int]:
     return [int(round(v)) for v in values]
 
 
-def answer_text(answer: dict) -> str:
-    """A completion in the template's format: a think block, then the answer JSON."""
-    return f"<think>{THINK}</think><answer>{json.dumps(answer)}</answer>"
+def answer_text(answer: dict, look: bool = False) -> str:
+    """A completion in the template's format: a think block (with a <look> block for the
+    Look-to-Confirm prompt), then the answer JSON."""
+    think = f"<look>{LOOK}</look> {THINK}" if look else THINK
+    return f"<think>{think}</think><answer>{json.dumps(answer)}</answer>"
 
 
-def lpr_target(sample: dict) -> str:
+def lpr_target(sample: dict, look: bool = False) -> str:
     p1, p2 = sample["points"]
     return answer_text({"bbox": _ints(sample["bbox"]), "points_1": _ints(p1), "points_2": _ints(p2),
-                        "response": sample["answer"]})
+                        "response": sample["answer"]}, look)
 
 
 def gse_target(region: list[float], answer: str) -> str:
@@ -56,14 +63,18 @@ def gse_target(region: list[float], answer: str) -> str:
 
 def warmup_examples(rows: list[dict], images_root: str, cfg: dict, seed: int) -> list[dict]:
     """Two examples per record: LPR on a crop at a random offset that covers the box, and
-    GSE on the whole frame with a region_size region centred on the object."""
+    GSE on the whole frame with a region_size region centred on the object; every
+    LOOK_EVERY-th record adds the LPR example under the Look-to-Confirm prompt."""
     out = []
     side = cfg["lpr_crop"]
-    for row in rows:
+    for i, row in enumerate(rows):
         image = load_image(images_root, row["image_path"])
         crop = crop_covering(row["box"], row["width"], row["height"], side, row_rng(seed, row["id"]))
         s = lpr_sample(row, image, crop, cfg)
         out.append({"image": s["image"], "prompt": s["prompt"], "target": lpr_target(s)})
+        if i % LOOK_EVERY == 0:
+            looked = lpr_sample(row, image, crop, cfg, look=True)
+            out.append({"image": looked["image"], "prompt": looked["prompt"], "target": lpr_target(looked, True)})
         # The region in original pixels is lpr_crop wide: region_size at the GSE size.
         region = to_gse(crop_covering(row["box"], row["width"], row["height"], side, None),
                         row["width"], row["height"], cfg["gse_size"])
