@@ -1,6 +1,7 @@
 # SegAnswer: each data source imported into normalised tables (with a validation
 # report), stage 1 pixel grounding (projector, then LoRA, then merge), stage 2
-# interleaved SFT, stage 3 multi-turn DAPO, evaluation tables.
+# interleaved SFT, stage 3 multi-turn DAPO; every checkpoint (the base model and each
+# stage's) evaluated, then side by side in the paper's table layouts.
 
 SEGANSWER = R("seganswer")
 # FineRS-format sources read this run's frames (or the released images).
@@ -14,6 +15,29 @@ SEG_EVAL_QA = [b["data"] for b in SEG["eval"]["questions"]]
 # Only the sources some stage or benchmark reads are imported (a --configfile cannot
 # remove the default's entries from the merged `sources` map).
 SEG_USED = sorted({seg_source_of(s) for sel in [*SEG["data"].values(), SEG_EVAL_REF, SEG_EVAL_QA] for s in sel})
+# The checkpoints in pipeline order; the record each one's producer wrote (base: the base models).
+SEG_CHECKPOINTS = ["base", "stage1", "stage2", "stage3"]
+SEG_RECORDS = {
+    "base": BASE_MANIFEST,
+    "stage1": f"{SEGANSWER}/stage1.prov.json",
+    "stage2": prov(f"{SEGANSWER}/stage2.log.parquet"),
+    "stage3": prov(f"{SEGANSWER}/stage3/train_log.parquet"),
+}
+# The section-wide keys every SegAnswer training and evaluation rule reads besides its own.
+SEG_SHARED_KEYS = ("seganswer.image_size", "seganswer.sam_feature_cache_mb")
+# What an evaluation job loads: a checkpoint folder, or the base models (projector drawn in the job).
+SEG_MODELS = {
+    "base": cfglib.canonical({"qwen": BASE_QWEN, "sam2": BASE_SAM2, "sam2_config": SAM2_CONFIG}),
+    "stage1": cfglib.canonical({"dir": f"{SEGANSWER}/stage1"}),
+    "stage2": cfglib.canonical({"dir": f"{SEGANSWER}/stage2"}),
+    "stage3": cfglib.canonical({"dir": f"{SEGANSWER}/stage3/checkpoint"}),
+}
+# Only a FineRS-format source reads this run's frames; the other formats' images come
+# with their import.
+SEG_READS_FRAMES = {name: spec["format"] == "finers" for name, spec in SEG_SOURCES.items()}
+seg_images = lambda selections: (
+    IMAGES_INPUT if any(SEG_READS_FRAMES[seg_source_of(s)] for s in selections) else []
+)
 
 
 rule seganswer_all:
@@ -51,14 +75,14 @@ rule seganswer_import_source:
 rule seganswer_stage1_projector:
     input:
         tables=seg_tables(SEG["data"]["stage1_projector"], "referring"),
-        images=IMAGES_INPUT,
+        images=seg_images(SEG["data"]["stage1_projector"]),
         base=BASE_MANIFEST,
     output:
         model=directory(f"{SEGANSWER}/stage1_projector"),
         train_log=f"{SEGANSWER}/stage1_projector.log.parquet",
         prov=prov(f"{SEGANSWER}/stage1_projector.log.parquet"),
     params:
-        **stage_params("seganswer_stage1_projector", "seganswer.image_size", "seganswer.stage1.projector",
+        **stage_params("seganswer_stage1_projector", *SEG_SHARED_KEYS, "seganswer.stage1.projector",
                        "seganswer.data.stage1_projector"),
         roots=seg_roots(SEG["data"]["stage1_projector"]),
         qwen=BASE_QWEN,
@@ -79,14 +103,14 @@ rule seganswer_stage1_projector:
 rule seganswer_stage1_lora:
     input:
         tables=seg_tables(SEG["data"]["stage1_lora"], "referring"),
-        images=IMAGES_INPUT,
+        images=seg_images(SEG["data"]["stage1_lora"]),
         phase_a_record=prov(f"{SEGANSWER}/stage1_projector.log.parquet"),
     output:
         model=directory(f"{SEGANSWER}/stage1_lora"),
         train_log=f"{SEGANSWER}/stage1_lora.log.parquet",
         prov=prov(f"{SEGANSWER}/stage1_lora.log.parquet"),
     params:
-        **stage_params("seganswer_stage1_lora", "seganswer.image_size", "seganswer.stage1.lora",
+        **stage_params("seganswer_stage1_lora", *SEG_SHARED_KEYS, "seganswer.stage1.lora",
                        "seganswer.data.stage1_lora"),
         roots=seg_roots(SEG["data"]["stage1_lora"]),
         phase_a=folder_from_record("phase_a_record", suffix=".log.parquet.prov.json"),
@@ -127,14 +151,14 @@ rule seganswer_stage1_merge:
 rule seganswer_stage2_sft:
     input:
         tables=seg_tables(SEG["data"]["stage2"], "questions"),
-        images=IMAGES_INPUT,
+        images=seg_images(SEG["data"]["stage2"]),
         stage1_record=f"{SEGANSWER}/stage1.prov.json",
     output:
         model=directory(f"{SEGANSWER}/stage2"),
         train_log=f"{SEGANSWER}/stage2.log.parquet",
         prov=prov(f"{SEGANSWER}/stage2.log.parquet"),
     params:
-        **stage_params("seganswer_stage2_sft", "seganswer.image_size", "seganswer.stage2", "seganswer.data.stage2"),
+        **stage_params("seganswer_stage2_sft", *SEG_SHARED_KEYS, "seganswer.stage2", "seganswer.data.stage2"),
         roots=seg_roots(SEG["data"]["stage2"]),
         stage1=folder_from_record("stage1_record", suffix=".prov.json"),
     log:
@@ -152,7 +176,7 @@ rule seganswer_stage2_sft:
 rule seganswer_stage3_dapo:
     input:
         tables=seg_tables(SEG["data"]["stage3"], "questions"),
-        images=IMAGES_INPUT,
+        images=seg_images(SEG["data"]["stage3"]),
         stage2_record=prov(f"{SEGANSWER}/stage2.log.parquet"),
     output:
         checkpoint=directory(f"{SEGANSWER}/stage3/checkpoint"),
@@ -161,7 +185,7 @@ rule seganswer_stage3_dapo:
                       labels={"stage": "SegAnswer stage 3", "variant": "main"}, caption="../report/curves.rst"),
         prov=prov(f"{SEGANSWER}/stage3/train_log.parquet"),
     params:
-        **stage_params("seganswer_stage3_dapo", "seganswer.image_size", "seganswer.stage3", "seganswer.data.stage3"),
+        **stage_params("seganswer_stage3_dapo", *SEG_SHARED_KEYS, "seganswer.stage3", "seganswer.data.stage3"),
         roots=seg_roots(SEG["data"]["stage3"]),
         stage2=folder_from_record("stage2_record", suffix=".log.parquet.prov.json"),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
@@ -181,33 +205,53 @@ rule evaluate_seganswer:
     input:
         referring=seg_tables(SEG_EVAL_REF, "referring"),
         questions=seg_tables(SEG_EVAL_QA, "questions"),
-        images=IMAGES_INPUT,
-        model_record=lambda wildcards: (
-            f"{SEGANSWER}/stage1.prov.json" if wildcards.stage == "stage1"
-            else prov(f"{SEGANSWER}/stage3/train_log.parquet")
-        ),
+        images=seg_images(SEG_EVAL_REF + SEG_EVAL_QA),
+        model_record=lambda wildcards: SEG_RECORDS[wildcards.checkpoint],
     output:
-        metrics=f"{SEGANSWER}/metrics/{{stage}}.json",
-        table=R("tables/seganswer_{stage}.parquet"),
-        table_md=R("tables/seganswer_{stage}.md"),
-        prov=prov(f"{SEGANSWER}/metrics/{{stage}}.json"),
+        metrics=f"{SEGANSWER}/metrics/{{checkpoint}}.json",
+        prov=prov(f"{SEGANSWER}/metrics/{{checkpoint}}.json"),
     wildcard_constraints:
-        stage="stage1|stage3",
+        checkpoint="base|stage1|stage2|stage3",
     params:
-        **stage_params("evaluate_seganswer", "seganswer.image_size", "seganswer.eval"),
+        # the base checkpoint's projector is drawn with phase a's seed
+        **stage_params("evaluate_seganswer", *SEG_SHARED_KEYS, "seganswer.eval", "seganswer.stage1.projector"),
         referring_roots=seg_roots(SEG_EVAL_REF),
         question_roots=seg_roots(SEG_EVAL_QA),
-        model=lambda wildcards, input: (
-            input.model_record[: -len(".prov.json")] if wildcards.stage == "stage1"
-            else os.path.join(os.path.dirname(input.model_record), "checkpoint")
-        ),
+        model=lambda wildcards: SEG_MODELS[wildcards.checkpoint],
     log:
-        f"{SEGANSWER}/logs/evaluate_{{stage}}.log",
+        f"{SEGANSWER}/logs/evaluate_{{checkpoint}}.log",
     benchmark:
-        f"{SEGANSWER}/benchmarks/evaluate_{{stage}}.tsv"
+        f"{SEGANSWER}/benchmarks/evaluate_{{checkpoint}}.tsv"
     resources:
         **family_resources("gpu_infer"),
     conda:
         CONDA_ENV
     script:
         script_path("evaluate_seganswer")
+
+
+rule seganswer_table:
+    input:
+        # the metrics of every checkpoint up to the table's stage, named metrics_<checkpoint>
+        unpack(lambda wildcards: {
+            f"metrics_{c}": f"{SEGANSWER}/metrics/{c}.json"
+            for c in SEG_CHECKPOINTS[: SEG_CHECKPOINTS.index(wildcards.stage) + 1]
+        }),
+    output:
+        table=R("tables/seganswer_{stage}.parquet"),
+        table_md=R("tables/seganswer_{stage}.md"),
+        prov=prov(R("tables/seganswer_{stage}.parquet")),
+    wildcard_constraints:
+        stage="stage1|stage2|stage3",
+    params:
+        **stage_params("seganswer_table"),
+    log:
+        f"{SEGANSWER}/logs/table_{{stage}}.log",
+    benchmark:
+        f"{SEGANSWER}/benchmarks/table_{{stage}}.tsv"
+    resources:
+        **family_resources("cpu_data"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("seganswer_table")

@@ -270,3 +270,82 @@ def test_refcoco_fixture_trains_stage1_through_the_import_and_selection(bundle, 
     log = stage1.train_phase(SegAnswerModel.from_base(bundle / "qwen", bundle / "sam2", seed=0), rows, "a",
                              stage1.Stage1Settings.phase_a(batch_size=2, max_steps=1))
     assert len(log) == 1 and np.isfinite(log[0]["loss"]) and log[0]["focal"] > 0
+
+
+def test_sam_feature_cache_matches_a_fresh_forward_and_is_bounded_by_megabytes(model):
+    from reproseg.seganswer.model import SamFeatureCache
+
+    images = [r["image"] for r in synthetic.seg_rows(3, seed=4)]
+    model.enable_feature_cache(0)
+    assert model.feature_cache is None
+    plain = model.sam_image_features(images)
+    maps = [plain["image_embed"], *plain["high_res_feats"]]
+    per_picture = sum(m[0].numel() * m.element_size() for m in maps)
+    # room for exactly two pictures
+    model.enable_feature_cache(2.5 * per_picture / 2**20)
+    try:
+        cache = model.feature_cache
+        first = model.sam_image_features(images[:2])
+        assert (cache.misses, cache.hits, len(cache)) == (2, 0, 2)
+        again = model.sam_image_features(images)  # two hits, one new picture: the oldest goes
+        assert (cache.misses, cache.hits, len(cache)) == (3, 2, 2) and cache.nbytes == 2 * per_picture
+        assert SamFeatureCache.key(np.asarray(images[0].convert("RGB"))) not in cache._items
+        # the same features as a forward without the cache (up to the rounding a different
+        # batch composition brings)
+        for out in (first, again):
+            n = out["image_embed"].shape[0]
+            assert torch.allclose(out["image_embed"], plain["image_embed"][:n], atol=1e-5)
+            assert all(torch.allclose(a, b[:n], atol=1e-5) for a, b in zip(out["high_res_feats"],
+                                                                           plain["high_res_feats"]))
+        # a hit hands back the stored tensors themselves
+        assert torch.equal(model.sam_image_features(images[1:2])["image_embed"], again["image_embed"][1:2])
+        assert again["orig_hw"] == plain["orig_hw"]
+    finally:
+        model.enable_feature_cache(0)
+
+
+def test_evaluation_job_scores_the_base_checkpoint_and_the_table_job_lays_checkpoints_side_by_side(bundle, tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from reproseg.seganswer.sources import import_source
+    from reproseg.seganswer.workflow_stages import evaluate_stage, load_checkpoint, tables_stage
+
+    spec = {"format": "shapes", "counts": {"test": 2}, "size": [84, 56], "seed": 0, "tasks": ["MVQA"]}
+    referring, questions, _ = import_source("shapes", spec, images_out=tmp_path / "images")
+    pq.write_table(referring, tmp_path / "referring.parquet")
+    pq.write_table(questions, tmp_path / "questions.parquet")
+    cfg = {"image_size": [84, 56], "stage1": {"projector": {"seed": 0}},
+           "eval": {"referring": [{"label": "shapes test", "data": "shapes/test"}],
+                    "questions": [{"label": "shapes test", "data": "shapes/test"}],
+                    "max_new_tokens": 3, "max_turns": 2, "device": "cpu"}}
+    base = {"qwen": str(bundle / "qwen"), "sam2": str(bundle / "sam2")}
+    # the base checkpoint is exactly the model stage 1 phase a starts from
+    a = load_checkpoint(base, cfg)
+    b = SegAnswerModel.from_base(bundle / "qwen", bundle / "sam2", seed=0)
+    assert torch.equal(a.projector.fc1.weight, b.projector.fc1.weight)
+    tables = {"tables": [str(tmp_path / "referring.parquet")], "roots": [str(tmp_path / "images")]}
+    qtables = {"tables": [str(tmp_path / "questions.parquet")], "roots": [str(tmp_path / "images")]}
+    evaluate_stage(tables, qtables, base, str(tmp_path / "base.json"), cfg, "base")
+    m = json.loads((tmp_path / "base.json").read_text())
+    assert m["checkpoint"] == "base" and m["model"] == base
+    ref = m["referring"]["shapes test"]
+    assert ref["n"] == ref["given"]["n"] == 2 and ref["given"]["n_missing"] == 0
+    assert m["questions"]["shapes test"]["n"] == 2 and m["questions"]["shapes test"]["open"]["n"] == 0
+    # a stage-1 table from two hand-made metrics files
+    s1 = json.loads(json.dumps(m))
+    s1["checkpoint"] = "stage1"
+    s1["referring"]["shapes test"].update(giou=0.5, ciou=0.25, n_missing=0)
+    (tmp_path / "stage1.json").write_text(json.dumps(s1))
+    tables_stage({"base": str(tmp_path / "base.json"), "stage1": str(tmp_path / "stage1.json")}, "stage1",
+                 str(tmp_path / "t.md"), str(tmp_path / "t.parquet"))
+    t = pq.read_table(tmp_path / "t.parquet")
+    by = {r["row"]: r for r in t.to_pylist()}
+    assert by["shapes test gIoU"]["stage1"] == 50.0 and by["shapes test cIoU"]["ours"] == 25.0
+    assert "shapes test gIoU, response given" in by and t.schema.field("base").type == pa.float64()
+    md = (tmp_path / "t.md").read_text()
+    assert "| ours: stage 1 | 50.0 | 25.0 |" in md and "- shapes test: base (untrained) " in md
+    with pytest.raises(ValueError, match="needs the metrics of"):
+        tables_stage({"base": str(tmp_path / "base.json")}, "stage1", str(tmp_path / "u.md"), str(tmp_path / "u.pq"))

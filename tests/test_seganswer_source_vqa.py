@@ -347,4 +347,5 @@ def test_unreadable_file_raises_naming_it(tmp_path, kind):
 def test_registry():
     assert IMPORTERS == {"vstar": import_vstar, "hrbench": import_hrbench,
                          "visualcot": import_visualcot, "qa_table": import_qa_table}
-    assert WRITES_IMAGES == {"hrbench"} and set(IMPORTERS) == QUESTION_FORMATS - {"finers"}
+    # shapes generates its pictures, hrbench decodes them from its file; finers and shapes have their own modules
+    assert WRITES_IMAGES == {"hrbench", "shapes"} and set(IMPORTERS) == QUESTION_FORMATS - {"finers", "shapes"}

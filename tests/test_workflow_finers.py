@@ -19,6 +19,15 @@ finers:
   warmup: {max_steps: 4, sam2: {max_steps: 2}}
   lpr: {grpo: {max_steps: 4, per_device_batch_size: 8, max_completion_length: 24}}
   gse: {grpo: {max_steps: 4, per_device_batch_size: 8, max_completion_length: 24}}
+seganswer:
+  sources:
+    shapes: {format: shapes, counts: {train: 16, test: 4}, size: [224, 126], seed: 0, tasks: [MVQA]}
+  stage1:
+    projector: {learning_rate: 3.0e-3, epochs: 1, batch_size: 4, max_steps: 2}
+    lora: {learning_rate: 1.0e-3, lora_learning_rate: 1.0e-4, epochs: 1, batch_size: 4, max_steps: 2, lora_r: 8,
+           lora_alpha: 16}
+  stage2: {max_steps: 2}
+  stage3: {grpo: {max_steps: 2}}
 """
 pytestmark = pytest.mark.workflow
 
@@ -91,14 +100,18 @@ def test_seganswer_checkpoints_reload_and_tables(copy):
     for ckpt in ("stage1_projector", "stage1", "stage2", "stage3/checkpoint"):
         model = SegAnswerModel.from_pretrained(res / ckpt)
         assert model.processor.tokenizer.convert_tokens_to_ids("<|seg|>") is not None
-    imported = json.loads((res / "data/synthetic/report.json").read_text())
-    assert imported["invalid"] == 0 and imported["total"] == 24  # 4 videos x 2 frames x 3 objects
-    for stage in ("stage1", "stage3"):
-        m = json.loads((res / f"metrics/{stage}.json").read_text())
-        # test split: one video x 2 frames x 3 objects; IS vs. question records.
-        assert m["referring"]["synthetic test"]["n"] + m["questions"]["synthetic test"]["n"] == 6
-        md = (copy / f"results/tables/seganswer_{stage}.md").read_text()
-        assert "| model | synthetic test |" in md and "| ours, cIoU |" in md and "| SegAnswer (paper) | - |" in md
+    imported = json.loads((res / "data/shapes/report.json").read_text())
+    assert imported["invalid"] == 0 and imported["total"] == 20  # 16 train + 4 test pictures
+    for ckpt in ("base", "stage1", "stage2", "stage3"):
+        m = json.loads((res / f"metrics/{ckpt}.json").read_text())
+        # One referring row and one multiple-choice question per test picture.
+        assert m["checkpoint"] == ckpt
+        assert m["referring"]["shapes test"]["n"] == 4 and m["questions"]["shapes test"]["n"] == 4
+    for table in ("stage1", "stage3"):
+        md = (copy / f"results/tables/seganswer_{table}.md").read_text()
+        assert "| model | shapes test gIoU | shapes test cIoU |" in md and "| ours: base (untrained) |" in md
+        assert "| SegAnswer (paper, cIoU) | - | - |" in md
+    assert "| ours: stage 3 |" in (copy / "results/tables/seganswer_stage3.md").read_text()
     log = __import__("pyarrow.parquet", fromlist=["x"]).read_table(res / "stage3/train_log.seganswer.parquet")
     assert {"seg_calls_mean", "unanswered", "dropped_groups", "refill_rounds"} <= set(log.column_names)
     assert (res / "stage3/curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -107,25 +120,25 @@ def test_seganswer_checkpoints_reload_and_tables(copy):
 def test_seganswer_eval_setting_reruns_only_its_evaluations(copy, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("seganswer: {eval: {max_turns: 2}}\n")
-    assert planned(copy, config=cfg) == {"evaluate_seganswer": 2, "markdown_html": 2, "all": 1}
-    cfg.write_text("seganswer: {stage2: {max_steps: 2}}\n")
+    assert planned(copy, config=cfg) == {"evaluate_seganswer": 4, "seganswer_table": 2, "markdown_html": 2,
+                                         "all": 1}
+    cfg.write_text("seganswer: {stage2: {max_steps: 3}}\n")
     assert planned(copy, config=cfg) == {"seganswer_stage2_sft": 1, "seganswer_stage3_dapo": 1,
-                                         "evaluate_seganswer": 1, "markdown_html": 1, "all": 1}
+                                         "evaluate_seganswer": 2, "seganswer_table": 1, "markdown_html": 1,
+                                         "all": 1}
 
 
 def test_audit_a_seganswer_number(copy, capsys):
     from reproseg.cli import main
 
     table = copy / "results/tables/seganswer_stage3.parquet"
-    assert main(["audit", str(table), "--row", "synthetic test cIoU", "--column", "n",
+    assert main(["audit", str(table), "--row", "shapes test cIoU", "--column", "n",
                  "--results", str(copy / "results"), "--workdir", str(copy)]) == 0
     out = capsys.readouterr().out
-    import pyarrow.parquet as pq
-
-    n_is = pq.read_table(copy / "results/splits/test.parquet").column("task").to_pylist().count("IS")
-    assert n_is > 0 and f"[synthetic test cIoU, n] = {n_is}" in out
-    for rule in ("evaluate_seganswer", "seganswer_stage3_dapo", "seganswer_stage2_sft", "seganswer_stage1_merge",
-                 "seganswer_stage1_lora", "seganswer_stage1_projector", "seganswer_import_source", "make_splits"):
+    assert "[shapes test cIoU, n] = 4" in out   # the test pictures
+    for rule in ("seganswer_table", "evaluate_seganswer", "seganswer_stage3_dapo", "seganswer_stage2_sft",
+                 "seganswer_stage1_merge", "seganswer_stage1_lora", "seganswer_stage1_projector",
+                 "seganswer_import_source"):
         assert f"== {rule}" in out
 
 

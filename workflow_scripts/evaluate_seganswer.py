@@ -1,4 +1,4 @@
-"""Rule evaluate_seganswer: referring segmentation and VQA tables for one stage's model."""
+"""Rule evaluate_seganswer: referring segmentation and VQA metrics of one checkpoint."""
 import json
 
 from reproseg.provenance import run_job
@@ -9,4 +9,4 @@ cfg = json.loads(smk.params.cfg)["seganswer"]
 run_job(smk, lambda: evaluate_stage(
     {"tables": list(smk.input.referring), "roots": list(smk.params.referring_roots)},
     {"tables": list(smk.input.questions), "roots": list(smk.params.question_roots)},
-    smk.params.model, smk.output.metrics, smk.output.table_md, smk.output.table, cfg, smk.wildcards.stage))
+    json.loads(smk.params.model), smk.output.metrics, cfg, smk.wildcards.checkpoint))

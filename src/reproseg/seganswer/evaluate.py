@@ -6,6 +6,9 @@ greedily and the mask comes from the first `<|seg|>` it writes; an answer withou
 LISA-style rules (reproseg.metrics.segmentation: an empty target with an empty
 prediction scores 1).
 
+`evaluate_referring_given` measures the mask alone: the stage-1 response is given and
+the mask is read at its `<|seg|>`.
+
 Question answering (paper Tables 1-2) runs the multi-turn rollout greedily (up to
 `max_turns` assistant turns, segmenting when the model asks) and scores the final
 <answer>: multiple choice by the option letter (metrics.qa's "paper" rule, or the
@@ -21,6 +24,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from reproseg.seganswer.model import SegAnswerModel
 from reproseg.seganswer.prompts import reasoning_messages
@@ -49,13 +53,14 @@ def giou_ciou(pred_masks: Sequence[np.ndarray | None], gt_masks: Sequence[np.nda
 
 @torch.no_grad()
 def predict_referring_masks(model: SegAnswerModel, rows: Sequence[Mapping], max_new_tokens: int = 64,
-                            prompt_template: str = PROMPT_TEMPLATE, batch_size: int = 8) -> list[np.ndarray | None]:
+                            prompt_template: str = PROMPT_TEMPLATE, batch_size: int = 8, progress: bool = True,
+                            desc: str = "eval") -> list[np.ndarray | None]:
     """Greedy answer to "Segment the {phrase} in the image."; the mask of its first `<|seg|>` (None if none)."""
     model.eval()
     s = RolloutSettings(max_turns=1, max_turn_tokens=max_new_tokens, max_completion_tokens=max_new_tokens,
                         temperature=0.0)
     out = []
-    for start in range(0, len(rows), batch_size):
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"{desc} referring", unit="batch", disable=not progress):
         chunk = rows[start:start + batch_size]
         prompts = [prepare_prompt(model, r["image"], [{"role": "user", "content": [
             {"type": "image"}, {"type": "text", "text": prompt_template.format(phrase=r["phrase"])}]}])
@@ -81,20 +86,31 @@ def _first_seg_mask(model: SegAnswerModel, image, ro) -> np.ndarray | None:
 
 
 def evaluate_referring(model: SegAnswerModel, rows: Sequence[Mapping], **kw) -> dict:
-    """gIoU / cIoU of rows {"image", "mask", "phrase"}."""
+    """gIoU / cIoU of rows {"image", "mask", "phrase"}: the model writes its answer (greedy)."""
     preds = predict_referring_masks(model, rows, **kw)
+    return giou_ciou(preds, [r["mask"] for r in rows])
+
+
+def evaluate_referring_given(model: SegAnswerModel, rows: Sequence[Mapping], batch_size: int = 8) -> dict:
+    """gIoU / cIoU with the stage-1 response ("It is <|seg|>.") given instead of generated: the
+    mask the model decodes for the phrase, whether or not it would have written `<|seg|>`
+    (a model that no longer answers the stage-1 prompt that way is still measured)."""
+    from reproseg.seganswer.stage1 import predict_masks
+
+    preds = predict_masks(model, rows, batch_size=batch_size)
     return giou_ciou(preds, [r["mask"] for r in rows])
 
 
 @torch.no_grad()
 def answer_questions(model: SegAnswerModel, rows: Sequence[Mapping], max_turns: int = 3,
-                     max_turn_tokens: int = 256, batch_size: int = 8) -> list[dict]:
+                     max_turn_tokens: int = 256, batch_size: int = 8, progress: bool = True,
+                     desc: str = "eval") -> list[dict]:
     """Greedy multi-turn answers: one record per row with pred_response, answered, seg_calls, turns."""
     model.eval()
     s = RolloutSettings(max_turns=max_turns, max_turn_tokens=max_turn_tokens,
                         max_completion_tokens=max_turns * (max_turn_tokens + 2048), temperature=0.0)
     out = []
-    for start in range(0, len(rows), batch_size):
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"{desc} questions", unit="batch", disable=not progress):
         chunk = rows[start:start + batch_size]
         prompts = [prepare_prompt(model, r["image"], reasoning_messages(r["question"], r.get("options")))
                    for r in chunk]

@@ -28,9 +28,11 @@ On-disk format (a Hugging Face Qwen2.5-VL directory with the SegAnswer parts bes
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -162,6 +164,54 @@ def _load_sam2_model(path: Path, config_name: str | None, overrides: list | None
     return predictor.model
 
 
+class SamFeatureCache:
+    """Least-recently-used store of per-picture SAM image-encoder features, keyed by the pixels,
+    holding at most `max_mb` megabytes of tensors."""
+
+    def __init__(self, max_mb: float):
+        self.max_bytes = int(max_mb * 2**20)
+        self._items: OrderedDict[bytes, list[torch.Tensor]] = OrderedDict()
+        self.nbytes = 0
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(rgb: np.ndarray) -> bytes:
+        """A digest of the picture (its size and every pixel)."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(np.asarray(rgb.shape, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(rgb).tobytes())
+        return h.digest()
+
+    @staticmethod
+    def _size(maps: list[torch.Tensor]) -> int:
+        return sum(m.numel() * m.element_size() for m in maps)
+
+    def get(self, key: bytes) -> list[torch.Tensor] | None:
+        got = self._items.get(key)
+        if got is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return got
+
+    def put(self, key: bytes, maps: list[torch.Tensor]) -> None:
+        size = self._size(maps)
+        if size > self.max_bytes:
+            return
+        if key in self._items:
+            self.nbytes -= self._size(self._items.pop(key))
+        # a slice of a batch would keep the whole batch's storage alive: store own copies
+        self._items[key] = [m.clone() for m in maps]
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.nbytes -= self._size(old)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class SegAnswerModel(nn.Module):
     """Qwen2.5-VL policy + projector + SAM 2.1 mask decoder, one `forward` for text and masks."""
 
@@ -181,6 +231,7 @@ class SegAnswerModel(nn.Module):
         for p in self.sam.parameters():
             p.requires_grad_(False)
         self._sam_transforms = None
+        self.feature_cache: SamFeatureCache | None = None
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -312,21 +363,41 @@ class SegAnswerModel(nn.Module):
                                                   max_hole_area=0.0, max_sprinkle_area=0.0)
         return self._sam_transforms
 
+    def enable_feature_cache(self, max_mb: float) -> None:
+        """Keep SAM image-encoder features of pictures seen before, up to `max_mb` MB (0: none).
+
+        The image encoder is frozen in every stage, so a cached feature is what a new
+        forward would give (up to the float rounding of a different batch composition);
+        training revisits the same pictures every epoch. At SAM's 1024 px one picture's
+        features take 16 MB, at 256 px 1 MB.
+        """
+        self.feature_cache = SamFeatureCache(max_mb) if max_mb and max_mb > 0 else None
+
     @torch.no_grad()
     def sam_image_features(self, images: Sequence) -> dict:
         """SAM 2.1 image-encoder features of PIL images (frozen; computed without gradients)."""
-        tf = self.sam_transforms()
-        x = torch.stack([tf(np.asarray(im.convert("RGB"))) for im in images]).to(self.device)
-        backbone = self.sam.forward_image(x)
-        _, feats, _, sizes = self.sam._prepare_backbone_features(backbone)
-        if self.sam.directly_add_no_mem_embed:
-            feats[-1] = feats[-1] + self.sam.no_mem_embed
-        b = x.shape[0]
-        maps = [f.permute(1, 2, 0).reshape(b, -1, *s) for f, s in zip(feats, sizes)]
+        arrays = [np.asarray(im.convert("RGB")) for im in images]
+        cache = self.feature_cache
+        keys = [SamFeatureCache.key(a) for a in arrays] if cache is not None else [None] * len(arrays)
+        found = [cache.get(k) if cache is not None else None for k in keys]
+        todo = [i for i, f in enumerate(found) if f is None]
+        if todo:
+            tf = self.sam_transforms()
+            x = torch.stack([tf(arrays[i]) for i in todo]).to(self.device)
+            backbone = self.sam.forward_image(x)
+            _, feats, _, sizes = self.sam._prepare_backbone_features(backbone)
+            if self.sam.directly_add_no_mem_embed:
+                feats[-1] = feats[-1] + self.sam.no_mem_embed
+            maps = [f.permute(1, 2, 0).reshape(len(todo), -1, *s) for f, s in zip(feats, sizes)]
+            for j, i in enumerate(todo):
+                found[i] = [m[j:j + 1] for m in maps]
+                if cache is not None:
+                    cache.put(keys[i], found[i])
+        maps = [torch.cat([f[level] for f in found]) for level in range(len(found[0]))]
         return {
             "image_embed": maps[-1],
             "high_res_feats": maps[:-1],
-            "orig_hw": [(im.size[1], im.size[0]) for im in images],
+            "orig_hw": [(a.shape[0], a.shape[1]) for a in arrays],
         }
 
     def decode_masks(self, seg_hidden: torch.Tensor, sam_feats: dict, image_index: torch.Tensor):

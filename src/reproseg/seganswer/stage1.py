@@ -17,7 +17,15 @@ in phase b the `<|seg|>` rows of the input embedding and of the LM head also tra
 without training the whole vocabulary; mask losses at SAM's input resolution (the
 low-res logits upsampled bilinearly, the GT resized with nearest neighbour); the
 prompt without the paper's typographic quotes around the phrase (template argument).
-Training order is a seeded shuffle per epoch; everything is deterministic given `seed`.
+One learning rate for all trained parts, as in the paper, unless `lora_learning_rate`
+gives the LoRA matrices their own (the embedded default: its tiny random language
+model is rewritten by a LoRA at the mask decoder's rate). Training order is a seeded
+shuffle per epoch; everything is deterministic given `seed`.
+
+The step log holds every loss term, the gradient norm and `mask_iou`, the batch's mean
+IoU of the thresholded masks with their targets; `predict_masks` gives the mask at
+the `<|seg|>` of the given response for any rows (what the tests and the
+"response given" evaluation measure).
 """
 from __future__ import annotations
 
@@ -30,9 +38,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from reproseg.io_atomic import atomic_dir, write_json
-from reproseg.seganswer.losses import IGNORE_INDEX, Stage1LossWeights, stage1_loss
+from reproseg.seganswer.losses import IGNORE_INDEX, Stage1LossWeights, actual_iou, stage1_loss
 from reproseg.seganswer.model import SegAnswerModel, is_peft, merge_lora, resolve_device  # noqa: F401  (merge_lora: public API)
 from reproseg.seganswer.positions import build_conversation
 
@@ -57,6 +66,9 @@ class Stage1Settings:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: str = LM_LORA_TARGETS
+    # The LoRA matrices' own learning rate (None: learning_rate, as in the paper); the
+    # projector, mask decoder and `<|seg|>` rows keep learning_rate.
+    lora_learning_rate: float | None = None
     train_seg_token_rows: bool = True
     prompt_template: str = PROMPT_TEMPLATE
     response: str = RESPONSE
@@ -65,6 +77,9 @@ class Stage1Settings:
     # model (the projector and SAM stay float32).
     device: str = "auto"
     dtype: str = "float32"
+    # Megabytes of frozen SAM image-encoder features kept between epochs
+    # (SegAnswerModel.enable_feature_cache: the same features, faster); 0: none.
+    sam_feature_cache_mb: float = 0
 
     @classmethod
     def phase_a(cls, **kw) -> "Stage1Settings":
@@ -177,13 +192,34 @@ def configure_trainable(model: SegAnswerModel, phase: str, settings: Stage1Setti
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def stage1_step_loss(model: SegAnswerModel, examples: Sequence[dict], settings: Stage1Settings) -> dict:
-    """Forward + loss of one batch of examples (from build_stage1_example)."""
+def _teacher_forced(model: SegAnswerModel, examples: Sequence[dict]):
+    """The model's forward over whole stage-1 examples (the response, with its `<|seg|>`, given)."""
     batch = collate(examples, model.processor.tokenizer.pad_token_id)
     dev = model.device
     feats = model.sam_image_features([e["image"] for e in examples])
     out = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["position_ids"].to(dev),
                 batch["pixel_values"].to(dev), batch["image_grid_thw"].to(dev), sam_feats=feats)
+    return batch, out
+
+
+def param_groups(model: SegAnswerModel, params: list[torch.nn.Parameter], settings: Stage1Settings) -> list[dict]:
+    """AdamW groups: the LoRA matrices at lora_learning_rate (when set), the rest at learning_rate."""
+    if settings.lora_learning_rate is None:
+        return [{"params": params}]
+    lora = {id(p) for n, p in model.lm.named_parameters() if "lora_" in n}
+    groups = [{"params": [p for p in params if id(p) not in lora]},
+              {"params": [p for p in params if id(p) in lora], "lr": settings.lora_learning_rate}]
+    return [g for g in groups if g["params"]]
+
+
+def stage1_step_loss(model: SegAnswerModel, examples: Sequence[dict], settings: Stage1Settings) -> dict:
+    """Forward + loss of one batch of examples (from build_stage1_example).
+
+    Besides the loss terms: "mask_iou", the mean IoU (mask thresholded at logit 0, at
+    SAM's input resolution) of the masks whose target has an object (no gradient).
+    """
+    batch, out = _teacher_forced(model, examples)
+    dev = model.device
     size = int(model.sam.image_size)
     if out.mask_logits is not None:
         rows = out.seg_index[:, 0].tolist()
@@ -191,8 +227,49 @@ def stage1_step_loss(model: SegAnswerModel, examples: Sequence[dict], settings: 
         targets = mask_targets([examples[r]["mask"] for r in rows], size).to(dev)
     else:
         logits = targets = None
-    return stage1_loss(out.logits, batch["labels"].to(dev), logits, targets, out.iou_pred, out.object_logits,
-                       settings.loss)
+    terms = stage1_loss(out.logits, batch["labels"].to(dev), logits, targets, out.iou_pred, out.object_logits,
+                        settings.loss)
+    has_obj = targets.flatten(1).any(1) if targets is not None else None
+    terms["mask_iou"] = (actual_iou(logits.detach(), targets)[has_obj].mean() if has_obj is not None and has_obj.any()
+                         else torch.tensor(float("nan")))
+    return terms
+
+
+@torch.no_grad()
+def predict_masks(model: SegAnswerModel, rows: Sequence[dict], settings: Stage1Settings | None = None,
+                  batch_size: int = 8) -> list[np.ndarray | None]:
+    """The mask at the `<|seg|>` of each row's stage-1 conversation (the response given, not
+    generated), at the row's image size; None where the response has no `<|seg|>`."""
+    s = settings or Stage1Settings.phase_a()
+    was_training = model.training
+    model.eval()
+    out_masks = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = [build_stage1_example(model.processor, r, s) for r in rows[start:start + batch_size]]
+            _, out = _teacher_forced(model, chunk)
+            first = {}
+            if out.mask_logits is not None:
+                for j, b in enumerate(out.seg_index[:, 0].tolist()):
+                    first.setdefault(b, j)
+            for b, e in enumerate(chunk):
+                if b not in first:
+                    out_masks.append(None)
+                    continue
+                h, w = e["mask"].shape
+                logits = model.upsample_masks(out.mask_logits[first[b]: first[b] + 1], (h, w))
+                out_masks.append((logits[0, 0] > model.config.mask_threshold).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return out_masks
+
+
+def optimizer_steps(n_rows: int, batch_size: int, settings) -> int:
+    """Optimizer steps a run of `settings` (epochs, accumulation, max_steps) takes on `n_rows`
+    rows in global batches of `batch_size` (what the progress bar counts to)."""
+    batches = math.ceil(settings.epochs * n_rows / batch_size) if n_rows else 0
+    steps = batches // settings.gradient_accumulation_steps
+    return steps if settings.max_steps is None else min(steps, settings.max_steps)
 
 
 def _batches(n: int, batch_size: int, epochs: float, seed: int):
@@ -216,14 +293,20 @@ def train_phase(model: SegAnswerModel, rows: Sequence[dict], phase: str, setting
     params = configure_trainable(model, phase, settings)
     if not params:
         raise ValueError("nothing to train")
-    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, params, settings), lr=settings.learning_rate,
+                            weight_decay=settings.weight_decay)
     model.train()
     model.sam.eval()  # SAM has no dropout/batch-norm that should change; keep it deterministic
+    if settings.sam_feature_cache_mb and model.feature_cache is None:
+        model.enable_feature_cache(settings.sam_feature_cache_mb)
     log, step, accum = [], 0, 0
     t0 = time.perf_counter()
+    batches = _batches(len(rows), settings.batch_size, settings.epochs, settings.seed)
+    bar = tqdm(total=optimizer_steps(len(rows), settings.batch_size, settings), desc=f"SegAnswer stage 1{phase}",
+               unit="step")
     # Examples are built per batch: rows may load their images lazily (a paper-size set
     # does not fit in memory decoded).
-    for epoch, idx in _batches(len(rows), settings.batch_size, settings.epochs, settings.seed):
+    for epoch, idx in batches:
         terms = stage1_step_loss(model, [build_stage1_example(model.processor, rows[i], settings) for i in idx],
                                  settings)
         (terms["loss"] / settings.gradient_accumulation_steps).backward()
@@ -235,11 +318,16 @@ def train_phase(model: SegAnswerModel, rows: Sequence[dict], phase: str, setting
         opt.zero_grad(set_to_none=True)
         step += 1
         now = time.perf_counter()
-        log.append({"step": step, "epoch": epoch, **{k: float(v.detach()) for k, v in terms.items()},
-                    "grad_norm": float(gn), "learning_rate": settings.learning_rate, "step_time_s": now - t0})
+        row = {"step": step, "epoch": epoch, **{k: float(v.detach()) for k, v in terms.items()},
+               "grad_norm": float(gn), "learning_rate": settings.learning_rate, "step_time_s": now - t0}
+        log.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", ce=f"{row['ce']:.3f}", mask_iou=f"{row['mask_iou']:.2f}",
+                        refresh=False)
         t0 = now
         if settings.max_steps is not None and step >= settings.max_steps:
             break
+    bar.close()
     model.eval()
     if log_path is not None:
         import pyarrow as pa

@@ -30,13 +30,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from reproseg.io_atomic import atomic_dir, write_json
 from reproseg.seganswer.losses import IGNORE_INDEX, next_token_loss
 from reproseg.seganswer.model import SegAnswerModel, resolve_device
 from reproseg.seganswer.positions import build_conversation, mask_patch_keep, segmented_image
 from reproseg.seganswer.prompts import ANSWER_RESPONSE, SEG_RESPONSE, observation_message, reasoning_messages
-from reproseg.seganswer.stage1 import _batches, collate
+from reproseg.seganswer.stage1 import _batches, collate, optimizer_steps
 
 SUMMARY_FILE = "stage2_summary.json"
 
@@ -57,6 +58,8 @@ class Stage2Settings:
     gradient_checkpointing: bool = False
     device: str = "auto"  # "auto": the GPU when there is one
     dtype: str = "float32"  # of the language model (projector and SAM stay float32)
+    # Megabytes of frozen SAM image-encoder features kept in memory (the same features, faster); 0: none.
+    sam_feature_cache_mb: float = 0
     # Processes (one per GPU, the language model sharded; reproseg.seganswer.sharding).
     # None: one per GPU of the job, one on CPU. batch_size is per process.
     processes: int | None = None
@@ -180,12 +183,15 @@ def _train(stage1_dir, rows: Sequence[dict], out_dir, s: Stage2Settings, log_pat
         model.sam.to(d.device)
         model.projector.to(d.device)
         sharding.shard_language_model(model.lm, d.device)
+    model.enable_feature_cache(s.sam_feature_cache_mb)
     params = configure_trainable(model, s)
     opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
     model.train()
     model.sam.eval()
     log, step, accum = [], 0, 0
     t0 = time.perf_counter()
+    bar = tqdm(total=optimizer_steps(len(rows), s.batch_size * d.world, s), desc="SegAnswer stage 2", unit="step",
+               disable=not d.is_main)
     # Every process draws the same global batches; each trains on its slice.
     for epoch, idx in _batches(len(rows), s.batch_size * d.world, s.epochs, s.seed):
         mine = idx[d.rank::d.world]
@@ -201,9 +207,12 @@ def _train(stage1_dir, rows: Sequence[dict], out_dir, s: Stage2Settings, log_pat
         now = time.perf_counter()
         log.append({"step": step, "epoch": epoch, "loss": sharding.mean(loss.detach(), d), "grad_norm": float(gn),
                     "learning_rate": s.learning_rate, "step_time_s": now - t0})
+        bar.update(1)
+        bar.set_postfix(loss=f"{log[-1]['loss']:.3f}", refresh=False)
         t0 = now
         if s.max_steps is not None and step >= s.max_steps:
             break
+    bar.close()
     model.eval()
     state = sharding.full_state_dict(model.lm) if d.world > 1 else None
     if d.is_main:

@@ -274,6 +274,8 @@ class Stage3Settings:
     dynamic_sampling: bool = True
     max_refill_rounds: int = 4
     reward_weights: dict = field(default_factory=lambda: dict(REWARD_WEIGHTS))
+    # Megabytes of frozen SAM image-encoder features kept in memory (the same features, faster); 0: none.
+    sam_feature_cache_mb: float = 0
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Stage3Settings":
@@ -304,6 +306,7 @@ class SegAnswerGRPOTrainer(EngineGRPOTrainer):
         if self.accelerator.num_processes > 1:
             raise NotImplementedError("SegAnswer stage 3 runs on one process (dynamic sampling is not synchronised)")
         self.seg = load_heads(self.seg_heads_dir, self.processing_class, device=self.accelerator.device)
+        self.seg.enable_feature_cache(self.seg_settings.sam_feature_cache_mb)
         self._seg_batch = None
         self._seg_buffer = None
         self._banned = banned_token_ids(self.processing_class.tokenizer)
@@ -333,7 +336,8 @@ class SegAnswerGRPOTrainer(EngineGRPOTrainer):
         inputs = []
         for r in rollouts:
             x = {k: v for k, v in row.items() if k != "prompt"}
-            x.update(prompt=row["prompt"], turns=r.turns, answered=r.answered, seg_calls=r.seg_calls)
+            x.update(prompt=row["prompt"], turns=r.turns, answered=r.answered, seg_calls=r.seg_calls,
+                     generated_ids=[t for t, m in zip(r.completion_ids, r.completion_loss_mask) if m])
             inputs.append(x)
         completions = [r.text for r in rollouts]
         per_func = self._calculate_rewards(inputs, [row["prompt"]] * n, completions,
@@ -560,7 +564,8 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
     extra_log_path (default: beside log_path, `.seganswer.parquet`): `<|seg|>` calls,
     unanswered rollouts, dropped groups and refill rounds per step. reward_fns: the
     reward terms, default {"acc": accuracy_reward, "format": format_reward}; each gets
-    the completions plus the columns answer, options, turns, answered, seg_calls.
+    the completions plus the columns answer, options, turns, answered, seg_calls and
+    generated_ids (the token ids the policy wrote, observations left out).
     """
     from reproseg.rl.engine import FINAL_DIR, train_grpo
 

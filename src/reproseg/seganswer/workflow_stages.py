@@ -4,17 +4,29 @@ Every stage reads the selections its `seganswer.data` entry lists ("source" or
 "source/split"); the rule passes the matching tables and their image folders in the
 same order. Images (and masks, nearest neighbour) are resized to
 `seganswer.image_size` when a sample is read (reproseg.seganswer.sources.rows).
+`seganswer.sam_feature_cache_mb` is every stage's SAM feature cache unless the stage's
+own settings name one.
+
+Evaluation runs once per checkpoint (base, stage1, stage2, stage3; see paper_tables
+for what each stands for) and writes that checkpoint's metrics; `tables_stage` puts
+the checkpoints up to a stage side by side in the paper's layouts.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from ..io_atomic import write_json, write_parquet, write_text
 from .sources.rows import select
 
 log = logging.getLogger(__name__)
+
+
+def _with_cache(settings: dict | None, cfg: dict) -> dict:
+    """A stage's settings with the section-wide SAM feature cache unless they set their own."""
+    return {"sam_feature_cache_mb": cfg.get("sam_feature_cache_mb", 0), **(settings or {})}
 
 
 def _referring(tables, roots, selections, size, limit=None):
@@ -29,7 +41,7 @@ def stage1_projector_stage(tables: list[str], roots: list[str], qwen: str, sam2:
     from .stage1 import train_stage1_projector
 
     rows = _referring(tables, roots, cfg["data"]["stage1_projector"], cfg["image_size"])
-    train_stage1_projector(qwen, sam2, rows, out_dir, cfg["stage1"]["projector"], train_log,
+    train_stage1_projector(qwen, sam2, rows, out_dir, _with_cache(cfg["stage1"]["projector"], cfg), train_log,
                            sam2_config_name=sam2_config)
 
 
@@ -38,7 +50,7 @@ def stage1_lora_stage(tables: list[str], roots: list[str], phase_a: str, out_dir
     from .stage1 import train_stage1_lora
 
     rows = _referring(tables, roots, cfg["data"]["stage1_lora"], cfg["image_size"])
-    train_stage1_lora(phase_a, rows, out_dir, cfg["stage1"]["lora"], train_log)
+    train_stage1_lora(phase_a, rows, out_dir, _with_cache(cfg["stage1"]["lora"], cfg), train_log)
 
 
 def stage1_merge_stage(unmerged: str, out_dir: str, cfg: dict) -> None:
@@ -51,20 +63,18 @@ def stage2_stage(tables: list[str], roots: list[str], stage1: str, out_dir: str,
     from .stage2 import train_stage2
 
     rows = select(tables, roots, cfg["data"]["stage2"], "questions", cfg["image_size"])
-    train_stage2(stage1, rows, out_dir, cfg["stage2"], train_log)
+    train_stage2(stage1, rows, out_dir, _with_cache(cfg["stage2"], cfg), train_log)
 
 
 def stage3_stage(tables: list[str], roots: list[str], stage2: str, run_dir: str, checkpoint: str, train_log: str,
                  curves: str, cfg: dict) -> None:
-    import os
-
     from .stage3 import train_stage3
 
     rows = select(tables, roots, cfg["data"]["stage3"], "questions", cfg["image_size"])
     # As for FineRS: the step log lives beside the resume state until the run ends.
     work_log = Path(run_dir) / "train_log.inprogress.parquet"
     produced = train_stage3(stage2, rows, run_dir, work_log, grpo=cfg["stage3"]["grpo"],
-                            settings=cfg["stage3"]["settings"])
+                            settings=_with_cache(cfg["stage3"]["settings"], cfg))
     if Path(produced).resolve() != Path(checkpoint).resolve():
         raise RuntimeError(f"stage 3 wrote {produced}, the rule expects {checkpoint}")
     extra = work_log.with_name(work_log.name.replace(".parquet", ".seganswer.parquet"))
@@ -76,34 +86,63 @@ def stage3_stage(tables: list[str], roots: list[str], stage2: str, run_dir: str,
     plot_curves(train_log, curves, title="SegAnswer stage 3 (DAPO): R_acc, R_format, total")
 
 
-def evaluate_stage(referring: dict, questions: dict, model_dir: str, metrics_json: str, table_md: str,
-                   table_parquet: str, cfg: dict, stage: str) -> None:
-    """Every benchmark of `seganswer.eval`: referring = {"tables", "roots"} in the order of
-    eval.referring, questions likewise for eval.questions."""
-    from . import paper_tables
-    from .evaluate import answer_questions, evaluate_referring, qa_accuracy
+def load_checkpoint(model: dict, cfg: dict):
+    """The model one evaluation job scores. model: {"dir": a SegAnswer checkpoint}, or for the
+    base checkpoint {"qwen", "sam2", "sam2_config"} (the projector drawn with stage 1 phase
+    a's seed, exactly the model phase a starts from)."""
     from .model import SegAnswerModel, resolve_device
 
+    ev = cfg["eval"]
+    dtype, device = ev.get("dtype", "float32"), resolve_device(ev.get("device", "auto"))
+    if "dir" in model:
+        return SegAnswerModel.from_pretrained(model["dir"], dtype=dtype, device=device)
+    seed = (cfg["stage1"]["projector"] or {}).get("seed", 0)
+    return SegAnswerModel.from_base(model["qwen"], model["sam2"], model.get("sam2_config"), seed=seed,
+                                    dtype=dtype, device=device)
+
+
+def evaluate_stage(referring: dict, questions: dict, model: dict, metrics_json: str, cfg: dict,
+                   checkpoint: str) -> None:
+    """Every benchmark of `seganswer.eval` on one checkpoint (see load_checkpoint); referring =
+    {"tables", "roots"} in the order of eval.referring, questions likewise for eval.questions."""
+    from .evaluate import answer_questions, evaluate_referring, evaluate_referring_given, qa_accuracy
+
     ev, size = cfg["eval"], cfg["image_size"]
-    model = SegAnswerModel.from_pretrained(model_dir, dtype=ev.get("dtype", "float32"),
-                                           device=resolve_device(ev.get("device", "auto")))
+    net = load_checkpoint(model, cfg)
+    net.enable_feature_cache(ev.get("sam_feature_cache_mb", cfg.get("sam_feature_cache_mb", 0)))
     limit = ev.get("limit")
     ref_metrics, qa_metrics = {}, {}
     for bench, table, root in zip(ev["referring"], referring["tables"], referring["roots"], strict=True):
         rows = _referring([table], [root], [bench["data"]], size, limit)
-        ref_metrics[bench["label"]] = evaluate_referring(model, rows, max_new_tokens=ev["max_new_tokens"])
+        ref_metrics[bench["label"]] = {**evaluate_referring(net, rows, max_new_tokens=ev["max_new_tokens"],
+                                                            desc=f"{checkpoint} {bench['label']}"),
+                                       "given": evaluate_referring_given(net, rows)}
     for bench, table, root in zip(ev["questions"], questions["tables"], questions["roots"], strict=True):
         rows = select([table], [root], [bench["data"]], "questions", size, limit)
-        records = answer_questions(model, rows, max_turns=ev["max_turns"], max_turn_tokens=ev["max_new_tokens"])
+        records = answer_questions(net, rows, max_turns=ev["max_turns"], max_turn_tokens=ev["max_new_tokens"],
+                                   desc=f"{checkpoint} {bench['label']}")
         qa_metrics[bench["label"]] = {**qa_accuracy(records),
-                             "multiple_choice": qa_accuracy([r for r in records if r.get("options")]),
-                             "open": qa_accuracy([r for r in records if not r.get("options")]),
-                             "seg_calls": sum(int(r.get("seg_calls") or 0) for r in records)}
-    write_json(metrics_json, {"stage": stage, "referring": ref_metrics, "questions": qa_metrics})
-    rows = paper_tables.long_rows(ref_metrics, qa_metrics)
+                                      "multiple_choice": qa_accuracy([r for r in records if r.get("options")]),
+                                      "open": qa_accuracy([r for r in records if not r.get("options")]),
+                                      "seg_calls": sum(int(r.get("seg_calls") or 0) for r in records)}
+    write_json(metrics_json, {"checkpoint": checkpoint, "model": model, "referring": ref_metrics,
+                              "questions": qa_metrics})
+    log.info("%s: %s", checkpoint, json.dumps({"referring": ref_metrics, "questions": qa_metrics}, default=str))
+
+
+def tables_stage(metrics: dict[str, str], stage: str, table_md: str, table_parquet: str) -> None:
+    """The checkpoints up to `stage` side by side (metrics: {checkpoint: metrics JSON path})."""
+    from . import paper_tables
+
+    order = paper_tables.checkpoints_up_to(stage)
+    if sorted(metrics) != sorted(order):
+        raise ValueError(f"the {stage} table needs the metrics of {order}, got {sorted(metrics)}")
+    loaded = {c: json.loads(Path(metrics[c]).read_text()) for c in order}
+    rows = paper_tables.table_rows(loaded)
     write_parquet(table_parquet, paper_tables.arrow_table(rows))
-    notes = [f"- {label}: `<|seg|>` calls {m['seg_calls']}; multiple choice "
-             f"{paper_tables.pct(m['multiple_choice']['accuracy'])} % of {m['multiple_choice']['n']}, open "
-             f"{paper_tables.pct(m['open']['accuracy'])} % of {m['open']['n']}" for label, m in qa_metrics.items()]
+    notes = ["`<|seg|>` calls in the VQA rollouts:", ""]
+    for label in loaded[order[0]]["questions"]:
+        calls = ", ".join(f"{paper_tables.CHECKPOINT_LABELS[c]} {loaded[c]['questions'][label]['seg_calls']}"
+                          for c in order)
+        notes.append(f"- {label}: {calls}")
     write_text(table_md, paper_tables.markdown(stage, rows, notes))
-    log.info("%s: %s", stage, json.dumps({"referring": ref_metrics, "questions": qa_metrics}, default=str))

@@ -2,8 +2,10 @@
 `tables.py` (referring rows, question rows) plus a validation report.
 
 Formats (the `format` key of a `seganswer.sources` entry):
-    finers     this run's FineRS splits (the embedded default): IS records -> referring
-               rows, MVQA / OVQA records -> question rows
+    shapes     SegAnswer's own synthetic pictures (the embedded default): one large object
+               on drone-like terrain, its referring row and colour questions (shapes.py)
+    finers     this run's FineRS splits: IS records -> referring rows, MVQA / OVQA
+               records -> question rows
     refer      the RefCOCO family (RefCOCO, RefCOCO+, RefCOCOg, RefClef): refs(<by>).p + instances.json
     vstar      V* Bench test_questions.jsonl
     hrbench    HR-Bench 4K / 8K TSV (images embedded as base64; written out on import)
@@ -14,11 +16,11 @@ This module stays import-light: the Snakefile reads `image_root` while parsing.
 """
 from __future__ import annotations
 
-REFERRING_FORMATS = {"finers", "refer"}
-QUESTION_FORMATS = {"finers", "vstar", "hrbench", "visualcot", "qa_table"}
+REFERRING_FORMATS = {"finers", "refer", "shapes"}
+QUESTION_FORMATS = {"finers", "vstar", "hrbench", "visualcot", "qa_table", "shapes"}
 FORMATS = REFERRING_FORMATS | QUESTION_FORMATS
-# Formats whose images live inside the annotation file: the import writes them out.
-WRITES_IMAGES = {"hrbench"}
+# Formats whose images the import writes (embedded in the annotation file, or generated).
+WRITES_IMAGES = {"hrbench", "shapes"}
 
 
 def image_root(spec: dict, written_images, finers_images) -> str:
@@ -48,6 +50,10 @@ def import_source(name: str, spec: dict, *, images_out, finers_splits: dict | No
         from .finers import import_finers
 
         return import_finers(spec, finers_splits or {})
+    if fmt == "shapes":
+        from .shapes import import_shapes
+
+        return import_shapes(spec, images_out=Path(images_out))
     from .verify import verify_images
 
     root = Path(image_root(spec, images_out, finers_images=None))
