@@ -156,34 +156,23 @@ def region_shards(key):
 FINERS_DIR = R("finers")
 
 
-def start_policy_record(stage):
-    """Input function: what a policy starts from, the warm-up's record or the base manifest."""
+def warmup_record(stage, log_name):
+    """Input function: the warm-up's record `log_name` (default) or, with the warm-up off,
+    the base manifest; the model folder sits beside the record (warmup_folder)."""
     def fn(wildcards):
         key = getattr(wildcards, stage)
         if VARIANT_CFG[stage][key]["finers"]["warmup"]["enabled"]:
-            return prov(f"{FINERS_DIR}/warmup/{VARIANT['warmup'][key]}/train_log.parquet")
+            return prov(f"{FINERS_DIR}/warmup/{VARIANT['warmup'][key]}/{log_name}")
         return BASE_MANIFEST
     return fn
 
 
-def sam2_record(stage):
-    """Input function: the SAM 2.1 inference prompts, the warm-up's (default) or the base one."""
-    def fn(wildcards):
-        key = getattr(wildcards, stage)
-        if VARIANT_CFG[stage][key]["finers"]["warmup"]["enabled"]:
-            return prov(f"{FINERS_DIR}/warmup/{VARIANT['warmup'][key]}/sam2_log.parquet")
-        return BASE_MANIFEST
-    return fn
-
-
-def sam2_dir(wildcards, input):
-    return os.path.join(os.path.dirname(input.sam2), "sam2") if input.sam2 != BASE_MANIFEST else BASE_SAM2
-
-
-def start_policy_dir(wildcards, input):
-    """Param: the folder of that policy (the warm-up's checkpoint beside its record)."""
-    record = input.start
-    return os.path.join(os.path.dirname(record), "checkpoint") if record != BASE_MANIFEST else BASE_QWEN
+def warmup_folder(input_name, inside, base):
+    """Param: the folder `inside` beside that record, or `base` when it is the base manifest."""
+    def param(wildcards, input):
+        record = input[input_name]
+        return os.path.join(os.path.dirname(record), inside) if record != BASE_MANIFEST else base
+    return param
 
 
 def untrained_metrics(exp, split):

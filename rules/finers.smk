@@ -87,7 +87,7 @@ rule train_lpr:
     input:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
-        start=start_policy_record("lpr"),
+        start=warmup_record("lpr", "train_log.parquet"),
     output:
         checkpoint=directory(f"{FINERS}/lpr/{{lpr}}/checkpoint"),
         train_log=f"{FINERS}/lpr/{{lpr}}/train_log.parquet",
@@ -99,7 +99,7 @@ rule train_lpr:
                     "finers.prompts.lpr", "finers.prompts.look"),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         images_root=images_root,
-        policy=start_policy_dir,
+        policy=warmup_folder("start", "checkpoint", BASE_QWEN),
     log:
         f"{FINERS}/logs/train_lpr/{{lpr}}.log",
     benchmark:
@@ -169,7 +169,7 @@ rule train_gse:
     input:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
-        start=start_policy_record("gse"),
+        start=warmup_record("gse", "train_log.parquet"),
         regions=lambda wildcards: f"{FINERS}/regions/{VARIANT['regions'][wildcards.gse]}/regions.parquet",
     output:
         checkpoint=directory(f"{FINERS}/gse/{{gse}}/checkpoint"),
@@ -182,7 +182,7 @@ rule train_gse:
                     "finers.reward_profile", "finers.prompts.gse", "finers.prompts.look"),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         images_root=images_root,
-        policy=start_policy_dir,
+        policy=warmup_folder("start", "checkpoint", BASE_QWEN),
     log:
         f"{FINERS}/logs/train_gse/{{gse}}.log",
     benchmark:
@@ -202,7 +202,7 @@ rule infer_finers:
         base=BASE_MANIFEST,
         gse_record=lambda wildcards: prov(f"{FINERS}/gse/{VARIANT['gse'][wildcards.infer]}/train_log.parquet"),
         lpr_record=lambda wildcards: prov(f"{FINERS}/lpr/{VARIANT['lpr'][wildcards.infer]}/train_log.parquet"),
-        sam2=sam2_record("infer"),
+        sam2=warmup_record("infer", "sam2_log.parquet"),
     output:
         shard=f"{FINERS}/predictions/{{infer}}/{{split}}/shard-{{shard}}.parquet",
         prov=prov(f"{FINERS}/predictions/{{infer}}/{{split}}/shard-{{shard}}.parquet"),
@@ -213,7 +213,7 @@ rule infer_finers:
         images_root=images_root,
         gse=folder_from_record("gse_record", inside="checkpoint"),
         lpr=folder_from_record("lpr_record", inside="checkpoint"),
-        sam2=sam2_dir,
+        sam2=warmup_folder("sam2", "sam2", BASE_SAM2),
         sam2_config=SAM2_CONFIG,
     log:
         f"{FINERS}/logs/infer_finers/{{infer}}/{{split}}-{{shard}}.log",
@@ -232,8 +232,8 @@ rule infer_finers_untrained:
         split=R("splits/{split}.parquet"),
         images=IMAGES_INPUT,
         base=BASE_MANIFEST,
-        start=start_policy_record("untrained"),
-        sam2=sam2_record("untrained"),
+        start=warmup_record("untrained", "train_log.parquet"),
+        sam2=warmup_record("untrained", "sam2_log.parquet"),
     output:
         shard=f"{FINERS}/untrained/predictions/{{untrained}}/{{split}}/shard-{{shard}}.parquet",
         prov=prov(f"{FINERS}/untrained/predictions/{{untrained}}/{{split}}/shard-{{shard}}.parquet"),
@@ -241,9 +241,9 @@ rule infer_finers_untrained:
         **exp_params("untrained", "infer_finers", "finers.inference", "finers.gse_size", "finers.lpr_crop",
                     "finers.region_size", "finers.prompts", "finers.lpr.gt_points"),
         images_root=images_root,
-        gse=start_policy_dir,
-        lpr=start_policy_dir,
-        sam2=sam2_dir,
+        gse=warmup_folder("start", "checkpoint", BASE_QWEN),
+        lpr=warmup_folder("start", "checkpoint", BASE_QWEN),
+        sam2=warmup_folder("sam2", "sam2", BASE_SAM2),
         sam2_config=SAM2_CONFIG,
     log:
         f"{FINERS}/logs/infer_finers_untrained/{{untrained}}/{{split}}-{{shard}}.log",

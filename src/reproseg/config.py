@@ -5,6 +5,7 @@ Imported while Snakemake parses the Snakefile, so it stays light (no torch, no n
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -99,3 +100,14 @@ def subset(config: dict, keys: Iterable[str]) -> dict:
 def canonical(obj: Any) -> str:
     """A stable text form (sorted keys): Snakemake compares params by repr."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def dataclass_from_dict(cls, d: dict | None, what: str):
+    """`cls(**d)` for a settings dataclass: an unknown key is named, and float fields given
+    as YAML strings or ints ("1e-3", 0) become floats."""
+    d = dict(d or {})
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}")
+    return cls(**{k: float(v) if known[k].type == "float" else v for k, v in d.items()})

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..config import dataclass_from_dict
 from ..io_atomic import atomic_dir, write_json, write_parquet
 from .loading import load_sam2_predictor
 from .tiny_bundle import SAM2_CHECKPOINT_FILE, SAM2_CONFIG_FILE
@@ -40,12 +41,7 @@ class SAM2Settings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SAM2Settings":
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown SAM2 warm-up setting(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        s = cls(**d)
-        s.learning_rate = float(s.learning_rate)
-        return s
+        return dataclass_from_dict(cls, d, "SAM2 warm-up")
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:

@@ -29,6 +29,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from ..config import dataclass_from_dict
 from ..io_atomic import atomic_dir, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,7 @@ class SFTSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SFTSettings":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown SFT setting(s) {unknown}; known: {sorted(known)}")
-        s = cls(**d)
-        s.learning_rate, s.weight_decay, s.max_grad_norm = map(float, (s.learning_rate, s.weight_decay, s.max_grad_norm))
-        return s
+        return dataclass_from_dict(cls, d, "SFT")
 
 
 def user_turn(prompt: list[dict]) -> list[dict]:
