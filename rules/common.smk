@@ -99,9 +99,14 @@ STAGE_KEYS = {
 }
 # The untrained reference: the starting policy through the same inference.
 STAGE_KEYS["untrained"] = STAGE_KEYS["warmup"] + ["finers.inference"]
-STAGE_KEYS["regions"] = STAGE_KEYS["lpr"] + ["finers.regions", "finers.gse_size"]
+# The checkpoint selections read the val split on top of their stage; what follows a
+# selection starts from the policy it chose.
+SELECTION_KEYS = ["finers.selection.batch_size", "finers.selection.max_new_tokens"]
+STAGE_KEYS["lpr_select"] = STAGE_KEYS["lpr"] + ["finers.selection.lpr", *SELECTION_KEYS]
+STAGE_KEYS["regions"] = STAGE_KEYS["lpr_select"] + ["finers.regions", "finers.gse_size"]
 STAGE_KEYS["gse"] = STAGE_KEYS["regions"] + ["finers.gse", "finers.region_size", "finers.prompts.gse"]
-STAGE_KEYS["infer"] = STAGE_KEYS["gse"] + ["finers.inference"]
+STAGE_KEYS["gse_select"] = STAGE_KEYS["gse"] + ["finers.selection.gse"]
+STAGE_KEYS["infer"] = STAGE_KEYS["gse_select"] + ["finers.inference"]
 
 
 def _variant_keys():

@@ -11,6 +11,8 @@ wildcard_constraints:
     warmup="[a-z0-9-]+",
     untrained="[a-z0-9-]+",
     lpr="[a-z0-9-]+",
+    lpr_select="[a-z0-9-]+",
+    gse_select="[a-z0-9-]+",
     regions="[a-z0-9-]+",
     gse="[a-z0-9-]+",
     infer="[a-z0-9-]+",
@@ -90,6 +92,7 @@ rule train_lpr:
         start=warmup_record("lpr", "train_log.parquet"),
     output:
         checkpoint=directory(f"{FINERS}/lpr/{{lpr}}/checkpoint"),
+        candidates=directory(f"{FINERS}/lpr/{{lpr}}/candidates"),
         train_log=f"{FINERS}/lpr/{{lpr}}/train_log.parquet",
         curves=report(f"{FINERS}/lpr/{{lpr}}/curves.png", category="training curves",
                       labels={"stage": "FineRS LPR", "variant": "{lpr}"}, caption="../report/curves.rst"),
@@ -112,12 +115,40 @@ rule train_lpr:
         script_path("train_lpr")
 
 
+rule select_lpr:
+    input:
+        val=R("splits/val.parquet"),
+        images=IMAGES_INPUT,
+        train_record=lambda wildcards: prov(f"{FINERS}/lpr/{VARIANT['lpr'][wildcards.lpr_select]}/train_log.parquet"),
+    output:
+        checkpoint=directory(f"{FINERS}/lpr_select/{{lpr_select}}/checkpoint"),
+        selection=f"{FINERS}/lpr_select/{{lpr_select}}/selection.json",
+        prov=prov(f"{FINERS}/lpr_select/{{lpr_select}}/selection.json"),
+    params:
+        **exp_params("lpr_select", "select_policy", "finers.selection.lpr", *SELECTION_KEYS, "finers.lpr",
+                    "finers.lpr_crop", "finers.gse_size", "finers.region_size", "finers.reward_profile",
+                    "finers.prompts.lpr", "finers.prompts.look"),
+        stage="lpr",
+        images_root=images_root,
+        candidates=folder_from_record("train_record", inside="candidates"),
+    log:
+        f"{FINERS}/logs/select_lpr/{{lpr_select}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/select_lpr/{{lpr_select}}.tsv"
+    resources:
+        **family_resources("gpu_infer"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("select_policy")
+
+
 rule retrospective_regions_shard:
     input:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
         lpr_record=lambda wildcards: (
-            prov(f"{FINERS}/lpr/{VARIANT['lpr'][wildcards.regions]}/train_log.parquet")
+            prov(f"{FINERS}/lpr_select/{VARIANT['lpr_select'][wildcards.regions]}/selection.json")
             if VARIANT_CFG["regions"][wildcards.regions]["finers"]["regions"]["retrospective"]
             else []
         ),
@@ -173,6 +204,7 @@ rule train_gse:
         regions=lambda wildcards: f"{FINERS}/regions/{VARIANT['regions'][wildcards.gse]}/regions.parquet",
     output:
         checkpoint=directory(f"{FINERS}/gse/{{gse}}/checkpoint"),
+        candidates=directory(f"{FINERS}/gse/{{gse}}/candidates"),
         train_log=f"{FINERS}/gse/{{gse}}/train_log.parquet",
         curves=report(f"{FINERS}/gse/{{gse}}/curves.png", category="training curves",
                       labels={"stage": "FineRS GSE", "variant": "{gse}"}, caption="../report/curves.rst"),
@@ -195,13 +227,41 @@ rule train_gse:
         script_path("train_gse")
 
 
+rule select_gse:
+    input:
+        val=R("splits/val.parquet"),
+        images=IMAGES_INPUT,
+        train_record=lambda wildcards: prov(f"{FINERS}/gse/{VARIANT['gse'][wildcards.gse_select]}/train_log.parquet"),
+    output:
+        checkpoint=directory(f"{FINERS}/gse_select/{{gse_select}}/checkpoint"),
+        selection=f"{FINERS}/gse_select/{{gse_select}}/selection.json",
+        prov=prov(f"{FINERS}/gse_select/{{gse_select}}/selection.json"),
+    params:
+        **exp_params("gse_select", "select_policy", "finers.selection.gse", *SELECTION_KEYS, "finers.gse",
+                    "finers.lpr_crop", "finers.gse_size", "finers.region_size", "finers.reward_profile",
+                    "finers.prompts.gse", "finers.prompts.look"),
+        stage="gse",
+        images_root=images_root,
+        candidates=folder_from_record("train_record", inside="candidates"),
+    log:
+        f"{FINERS}/logs/select_gse/{{gse_select}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/select_gse/{{gse_select}}.tsv"
+    resources:
+        **family_resources("gpu_infer"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("select_policy")
+
+
 rule infer_finers:
     input:
         split=R("splits/{split}.parquet"),
         images=IMAGES_INPUT,
         base=BASE_MANIFEST,
-        gse_record=lambda wildcards: prov(f"{FINERS}/gse/{VARIANT['gse'][wildcards.infer]}/train_log.parquet"),
-        lpr_record=lambda wildcards: prov(f"{FINERS}/lpr/{VARIANT['lpr'][wildcards.infer]}/train_log.parquet"),
+        gse_record=lambda wildcards: prov(f"{FINERS}/gse_select/{VARIANT['gse_select'][wildcards.infer]}/selection.json"),
+        lpr_record=lambda wildcards: prov(f"{FINERS}/lpr_select/{VARIANT['lpr_select'][wildcards.infer]}/selection.json"),
         sam2=warmup_record("infer", "sam2_log.parquet"),
     output:
         shard=f"{FINERS}/predictions/{{infer}}/{{split}}/shard-{{shard}}.parquet",

@@ -44,6 +44,9 @@ rule seganswer_all:
     input:
         expand(R("tables/seganswer_{stage}.md"), stage=["stage1", "stage3"]),
         expand(f"{SEG_DATA}/{{source}}/report.md", source=SEG_USED),
+        # The sources' validation reports in `snakemake --report` (rule markdown_html); listed
+        # here, not in report_tables(), because SEG_USED is defined in this file.
+        expand(f"{SEG_DATA}/{{source}}/report.report.html", source=SEG_USED),
 
 
 rule seganswer_import_source:
@@ -80,6 +83,9 @@ rule seganswer_stage1_projector:
     output:
         model=directory(f"{SEGANSWER}/stage1_projector"),
         train_log=f"{SEGANSWER}/stage1_projector.log.parquet",
+        curves=report(f"{SEGANSWER}/stage1_projector_curves.png", category="training curves",
+                      labels={"stage": "SegAnswer stage 1a projector", "variant": "main"},
+                      caption="../report/seganswer_sft_curves.rst"),
         prov=prov(f"{SEGANSWER}/stage1_projector.log.parquet"),
     params:
         **stage_params("seganswer_stage1_projector", *SEG_SHARED_KEYS, "seganswer.stage1.projector",
@@ -108,6 +114,9 @@ rule seganswer_stage1_lora:
     output:
         model=directory(f"{SEGANSWER}/stage1_lora"),
         train_log=f"{SEGANSWER}/stage1_lora.log.parquet",
+        curves=report(f"{SEGANSWER}/stage1_lora_curves.png", category="training curves",
+                      labels={"stage": "SegAnswer stage 1b LoRA", "variant": "main"},
+                      caption="../report/seganswer_sft_curves.rst"),
         prov=prov(f"{SEGANSWER}/stage1_lora.log.parquet"),
     params:
         **stage_params("seganswer_stage1_lora", *SEG_SHARED_KEYS, "seganswer.stage1.lora",
@@ -156,6 +165,9 @@ rule seganswer_stage2_sft:
     output:
         model=directory(f"{SEGANSWER}/stage2"),
         train_log=f"{SEGANSWER}/stage2.log.parquet",
+        curves=report(f"{SEGANSWER}/stage2_curves.png", category="training curves",
+                      labels={"stage": "SegAnswer stage 2 SFT", "variant": "main"},
+                      caption="../report/seganswer_sft_curves.rst"),
         prov=prov(f"{SEGANSWER}/stage2.log.parquet"),
     params:
         **stage_params("seganswer_stage2_sft", *SEG_SHARED_KEYS, "seganswer.stage2", "seganswer.data.stage2"),

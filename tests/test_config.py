@@ -80,3 +80,35 @@ def test_deep_merge_follows_omegaconf():
     over = {"a": {"c": [9]}, "e": {"f": 1}}
     assert cfglib.deep_merge(base, over) == cfglib.resolve(base, [over]) == {"a": {"b": 1, "c": [9]}, "d": 3, "e": {"f": 1}}
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 3}   # not modified
+
+
+@pytest.mark.parametrize("section, settings, key", [
+    # 2 micro-batches per rollout batch, one micro-batch per update: 2 updates per batch.
+    (("finers", "lpr", "grpo"), {"steps_per_generation": 2, "save_steps": 5}, "finers.lpr.grpo.save_steps"),
+    (("finers", "gse", "grpo"), {"steps_per_generation": 2, "max_steps": 61}, "finers.gse.grpo.max_steps"),
+    # 16 micro-batches, 2 per update, 2 passes: 16 updates per batch (stage 3 of the paper).
+    (("seganswer", "stage3", "grpo"), {"steps_per_generation": 16, "gradient_accumulation_steps": 2,
+                                       "num_iterations": 2, "max_steps": 40}, "seganswer.stage3.grpo.max_steps"),
+])
+def test_rollout_batch_rules_at_parse_time(default, section, settings, key):
+    cfg = copy.deepcopy(default)
+    node = cfg
+    for p in section:
+        node = node[p]
+    node.update(settings)
+    with pytest.raises(cfglib.ConfigError, match=key.replace(".", r"\.") + ".*rollout batch"):
+        cfglib.validate(cfg, SCHEMA)
+    node.update({k: 32 for k in ("max_steps", "save_steps")})   # multiples of 2 and of 16
+    cfglib.validate(cfg, SCHEMA)
+
+
+def test_selection_settings(default):
+    cfg = copy.deepcopy(default)
+    cfg["finers"]["selection"]["gse"] = {"choose": "best"}
+    with pytest.raises(cfglib.ConfigError, match=r"finers\.selection\.gse\.metric.*required"):
+        cfglib.validate(cfg, SCHEMA)
+    cfg["finers"]["selection"]["gse"] = {"choose": "best", "metric": "box_iou"}   # an LPR term
+    with pytest.raises(cfglib.ConfigError, match=r"finers\.selection\.gse\.metric"):
+        cfglib.validate(cfg, SCHEMA)
+    cfg["finers"]["selection"]["gse"] = {"choose": "last"}
+    cfglib.validate(cfg, SCHEMA)

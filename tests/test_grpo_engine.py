@@ -384,3 +384,59 @@ def test_curves_panels_and_notes(tmp_path, monkeypatch):
         assert ax.get_xlabel() == "optimizer step" and ax.get_ylabel()
         assert all(float(t).is_integer() for t in ax.get_xticks())
         assert ax.yaxis.get_major_formatter().get_offset() == ""  # no "+1e3" above the axis
+
+
+@pytest.mark.parametrize("with_iou", [True, False])
+def test_sft_curves_mask_iou_panel(tmp_path, monkeypatch, with_iou):
+    import matplotlib.pyplot as plt
+    import pyarrow as pa
+
+    from reproseg.finers.curves import plot_curves
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    # A SegAnswer stage 1 log has mask_iou (NaN where the batch had no object); stage 2's has not.
+    rows = [{"step": s, "epoch": 0, "loss": 1.0 / s, "focal": 0.1, "dice": 0.5, "grad_norm": 2.0,
+             "learning_rate": 1e-3, "step_time_s": 0.1, **({"mask_iou": iou} if with_iou else {})}
+            for s, iou in ((1, 0.2), (2, math.nan), (3, 0.4))]
+    log = tmp_path / "log.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), log)
+    panels = plot_curves(str(log), str(tmp_path / "curves.png"), "test", kind="sft")
+    titles = ["training loss", "loss parts", "learning rate", "gradient norm"]
+    if with_iou:
+        titles.insert(2, "mask IoU on the training batch")
+    assert [p.title for p in panels] == titles
+    assert all(p.note is None for p in panels)
+    (fig,) = figures
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert len(axes) == len(panels)
+    assert all(ax.get_xlabel() == "optimizer step" and ax.get_ylabel() for ax in axes.values())
+    if with_iou:
+        ax = axes["mask IoU on the training batch"]
+        assert ax.get_ylabel() == "IoU (batch mean)"
+        (line,) = ax.get_lines()
+        assert list(line.get_xdata()) == [1, 3]  # the NaN step is skipped
+
+
+def test_candidates_survive_a_stop_and_match_an_uninterrupted_run(run_a, policy, tmp_path):
+    out_a, _ = run_a
+    out = tmp_path / "candidates"
+    settings = {**SETTINGS, "candidate_every": 1}
+    with pytest.raises(TrainingInterrupted):
+        train_grpo(policy, _rows(), {"length": length_reward, "count": CountingReward()}, settings, out,
+                   out / "log.parquet", callbacks=[SigtermAt(2)])
+    # Saved during training where a failed job's outputs are not deleted (resume/).
+    assert sorted(p.name for p in (out / "resume" / "candidates").iterdir()) == ["step-000001", "step-000002"]
+    assert not (out / "candidates").exists()
+    train_grpo(policy, _rows(), {"length": length_reward, "count": CountingReward()}, settings, out,
+               out / "log.parquet")
+    assert sorted(p.name for p in (out / "candidates").iterdir()) == ["step-000001", "step-000002", "step-000003"]
+    final = out / "candidates" / "step-000003" / "model.safetensors"
+    assert os.stat(final).st_ino == os.stat(out / "checkpoint" / "model.safetensors").st_ino  # a link, no copy
+    assert (out / "candidates" / "step-000001" / "processor_config.json").is_file()  # loadable on its own
+    # Saving candidates leaves the trajectory alone: the final weights are run_a's.
+    a, b = load_file(out_a / "checkpoint" / "model.safetensors"), load_file(final)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    first = load_file(out / "candidates" / "step-000001" / "model.safetensors")
+    assert first.keys() == a.keys() and any(not torch.equal(first[k], a[k]) for k in a)

@@ -17,8 +17,9 @@ data:
   splits: {proportions: {train: 2, val: 1, test: 1}}
 finers:
   warmup: {max_steps: 4, sam2: {max_steps: 2}}
-  lpr: {grpo: {max_steps: 4, per_device_batch_size: 8, max_completion_length: 24}}
-  gse: {grpo: {max_steps: 4, per_device_batch_size: 8, max_completion_length: 24}}
+  lpr: {grpo: {max_steps: 4, per_device_batch_size: 8, max_completion_length: 24, candidate_every: 2}}
+  gse: {grpo: {max_steps: 4, per_device_batch_size: 8, max_completion_length: 24, candidate_every: 2}}
+  selection: {max_new_tokens: 24}
 seganswer:
   sources:
     shapes: {format: shapes, counts: {train: 16, test: 4}, size: [224, 126], seed: 0, tasks: [MVQA]}
@@ -63,7 +64,8 @@ def copy(tmp_path_factory):
 REGIONS = {"retrospective_regions_shard": 1, "retrospective_regions": 1}
 # The two FineRS tables and the experiment table change, so do their HTML renderings.
 TABLES = {"evaluate_finers": 2, "finers_experiment_table": 1, "markdown_html": 3, "all": 1}
-DOWNSTREAM_OF_GSE = {"train_gse": 1, "infer_finers": 4, **TABLES}
+DOWNSTREAM_OF_GSE = {"train_gse": 1, "select_gse": 1, "infer_finers": 4, **TABLES}
+LPR = {"train_lpr": 1, "select_lpr": 1}
 
 
 def test_default_dag_writes_the_finers_tables(copy):
@@ -168,12 +170,12 @@ def test_new_ablation_adds_only_its_own_jobs(copy, tmp_path):
     cfg.write_text("experiments: {run: [no-retrospective]}\n")
     assert planned(copy, config=cfg) == {**REGIONS, **DOWNSTREAM_OF_GSE}
     cfg.write_text("experiments: {run: [no-random-region]}\n")
-    assert planned(copy, config=cfg) == {"train_lpr": 1, **REGIONS, **DOWNSTREAM_OF_GSE}
+    assert planned(copy, config=cfg) == {**LPR, **REGIONS, **DOWNSTREAM_OF_GSE}
 
 
 def test_config_value_of_one_stage(copy, tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("finers: {gse: {grpo: {max_steps: 3}}}\n")
+    cfg.write_text("finers: {gse: {grpo: {max_steps: 2}}}\n")
     assert planned(copy, config=cfg) == DOWNSTREAM_OF_GSE
     cfg.write_text("finers: {inference: {max_new_tokens: 32}}\n")
     # The untrained reference goes through the same inference, so it re-runs too.
@@ -182,9 +184,44 @@ def test_config_value_of_one_stage(copy, tmp_path):
     cfg.write_text("finers: {warmup: {max_steps: 3}}\n")
     # Every policy starts from the warm-up: all FineRS training and inference re-runs,
     # SAM 2.1's warm-up (same keys) too; the data and SegAnswer do not.
-    assert planned(copy, config=cfg) == {"warmup_policy": 1, "warmup_sam2": 1, "train_lpr": 1, **REGIONS,
+    assert planned(copy, config=cfg) == {"warmup_policy": 1, "warmup_sam2": 1, **LPR, **REGIONS,
                                          "infer_finers_untrained": 4, "evaluate_finers_untrained": 2,
                                          **DOWNSTREAM_OF_GSE}
+
+
+def test_selection_change_reruns_only_the_selection_and_what_follows(copy, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("finers: {selection: {gse: {choose: last}}}\n")
+    assert planned(copy, config=cfg) == {"select_gse": 1, "infer_finers": 4, **TABLES}
+    cfg.write_text("finers: {selection: {lpr: {choose: best, metric: total}}}\n")
+    assert planned(copy, config=cfg) == {"select_lpr": 1, **REGIONS, **DOWNSTREAM_OF_GSE}
+    cfg.write_text("finers: {selection: {lpr: {choose: best, metric: gIoU}}}\n")
+    with pytest.raises(AssertionError, match="finers.selection.lpr.metric"):
+        planned(copy, config=cfg)
+
+
+def test_selection_reads_val_only_and_records_every_candidate(copy):
+    import json
+
+    from reproseg.audit import RecordIndex, chain
+
+    idx = RecordIndex.load(copy / "results", copy)
+    for stage in ("lpr", "gse"):
+        sel = copy / f"results/finers/{stage}_select/main/selection.json"
+        selection = json.loads(sel.read_text())
+        assert [c["step"] for c in selection["candidates"]] == [2, 4]
+        assert selection["chosen"]["step"] in (2, 4) and selection["split"] == "val"
+        record = json.loads((copy / f"results/finers/{stage}_select/main/selection.json.prov.json").read_text())
+        assert record["outcome"]["selection"] == selection
+        # Nothing upstream of the choice, back to the raw data, read the test split.
+        inputs = [e["path"] for rec in chain(idx, str(sel)) for entries in rec["inputs"].values() for e in entries]
+        assert any(p.endswith("splits/val.parquet") for p in inputs)
+        assert not any(p.endswith("splits/test.parquet") for p in inputs), stage
+    # The test table's policies are the chosen ones.
+    infer = json.loads(next((copy / "results/finers/predictions/main/test").glob("shard-*.parquet.prov.json"))
+                       .read_text())
+    assert infer["params"]["lpr"].endswith("finers/lpr_select/main/checkpoint")
+    assert infer["params"]["gse"].endswith("finers/gse_select/main/checkpoint")
 
 
 def edit(path, old, new):
@@ -279,6 +316,8 @@ def test_audit_a_number_in_a_metrics_table(copy, capsys):
     out = capsys.readouterr().out
     # The paper's Table 2 gIoU (All) is 55.1; the chain reaches the raw inputs.
     assert "[gIoU, IoU/All paper] = 55.1" in out
-    for rule in ("evaluate_finers", "infer_finers", "train_gse", "train_lpr", "retrospective_regions",
+    assert "selection best by box_iou (max) on val" in out and "selection best by cover (max) on val" in out
+    for rule in ("evaluate_finers", "infer_finers", "select_gse", "train_gse", "select_lpr", "train_lpr",
+                 "retrospective_regions",
                  "build_tiny_models", "make_splits", "synthesize_dataset"):
         assert f"== {rule}" in out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .io_atomic import sha256_path
 from .provenance import RECORD_SUFFIX
+from .selection import describe as describe_selection
 
 
 @dataclass
@@ -79,6 +80,9 @@ def format_chain(records: list[dict]) -> str:
         lines.append(f"   env     python {env.get('python')} torch {pk.get('torch')} transformers "
                      f"{pk.get('transformers')} snakemake {pk.get('snakemake')} host {env.get('host')}")
         slurm = rec.get("slurm") or {}
+        selection = (rec.get("outcome") or {}).get("selection")
+        if selection:
+            lines += [f"   {line}" for line in describe_selection(selection)]
         lines.append(f"   job     slurm {slurm.get('SLURM_JOB_ID', '-')} started {rec.get('started')} "
                      f"ended {rec.get('ended')} seed {rec.get('seed')}")
     return "\n".join(lines)

@@ -75,6 +75,41 @@ def _cross_checks(config: dict) -> list[str]:
         for key in ("qwen", "sam2_checkpoint"):
             if not models.get("local", {}).get(key):
                 out.append(f"config key 'models.local.{key}': required when models.source is 'local'")
+    for key in GRPO_SECTIONS:
+        out += _rollout_checks(key, config)
+    for stage, sel in config.get("finers", {}).get("selection", {}).items():
+        if isinstance(sel, dict) and sel.get("choose") == "best" and not sel.get("metric"):
+            out.append(f"config key 'finers.selection.{stage}.metric': required when choose is 'best'")
+    return out
+
+
+# The GRPO engine settings of each RL stage (reproseg.rl.engine.GRPOSettings).
+GRPO_SECTIONS = ("finers.lpr.grpo", "finers.gse.grpo", "seganswer.stage3.grpo")
+
+
+def _rollout_checks(key: str, config: dict) -> list[str]:
+    """The engine's rollout-batch rules, at parse time instead of inside the training job:
+    a resume checkpoint and the last step fall on the end of a rollout batch."""
+    try:
+        g = get(config, key)
+    except (KeyError, TypeError):
+        return []
+    if not isinstance(g, dict):
+        return []
+    ga = g.get("gradient_accumulation_steps") or 1
+    spg = g.get("steps_per_generation") or ga
+    if not all(isinstance(v, int) for v in (ga, spg, g.get("num_iterations", 1))) or spg % ga:
+        return []   # the schema names these
+    updates = g.get("num_iterations", 1) * spg // ga
+    out = []
+    for name, default in (("save_steps", 50), ("max_steps", 200)):
+        value = g.get(name, default)
+        if isinstance(value, int) and value % updates:
+            why = ("every checkpoint resumes exactly" if name == "save_steps"
+                   else "no rollout batch is generated and then only partly trained on")
+            out.append(f"config key '{key}.{name}': {value} is not a multiple of the {updates} optimizer steps "
+                       f"per rollout batch (num_iterations x steps_per_generation / gradient_accumulation_steps), "
+                       f"so that {why}")
     return out
 
 

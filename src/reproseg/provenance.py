@@ -132,7 +132,8 @@ def run_job(smk, func: Callable[[], None]) -> None:
     """Runs one workflow job and writes its provenance record to `output.prov`.
 
     `smk` is the `snakemake` object of a script; `func` does the work. The record is
-    written only after `func` returned, so its presence marks a complete job.
+    written only after `func` returned, so its presence marks a complete job. A dict that
+    `func` returns goes into the record as its `outcome` (a checkpoint selection, say).
     """
     from .fingerprint import SRC, fingerprint
 
@@ -140,7 +141,7 @@ def run_job(smk, func: Callable[[], None]) -> None:
     _setup_logging(log[0] if log else None)
     started, t0 = _now(), time.monotonic()
     try:
-        func()
+        outcome = func()
     except BaseException:
         logging.exception("job of rule %s failed", smk.rule)
         raise
@@ -162,6 +163,8 @@ def run_job(smk, func: Callable[[], None]) -> None:
         resources={k: v for k, v in smk.resources.items() if not k.startswith("_")},
     )
     record["duration_s"] = round(time.monotonic() - t0, 3)
+    if isinstance(outcome, dict):
+        record["outcome"] = outcome
     write_json(prov, record)
 
 

@@ -50,11 +50,16 @@ def _panels(columns: list[str]) -> list[Panel]:
 
 
 def _sft_panels(columns: list[str]) -> list[Panel]:
-    """A supervised stage's log: its loss (and loss parts), learning rate, gradient norm."""
+    """A supervised stage's log: its loss (and loss parts), the batch mask IoU where logged
+    (SegAnswer stage 1), learning rate, gradient norm."""
     parts = [c for c in ("focal", "dice") if c in columns]
     panels = [Panel("training loss", "loss (mean per target token or mask)", ["loss"], ["loss"], "no loss logged")]
     if parts:
         panels.append(Panel("loss parts", "loss (unweighted)", parts, parts, "no loss parts logged"))
+    if "mask_iou" in columns:
+        # NaN on a step whose batch had no target with an object.
+        panels.append(Panel("mask IoU on the training batch", "IoU (batch mean)", ["mask_iou"], ["mask IoU"],
+                            "no batch had a target mask with an object"))
     return panels + [
         Panel("learning rate", "learning rate", ["learning_rate"], ["lr"], "no learning rate logged"),
         Panel("gradient norm", "norm (before clipping)", ["grad_norm"], ["grad norm"], "no gradient norm logged"),

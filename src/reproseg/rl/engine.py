@@ -17,6 +17,10 @@ engine adds what the papers' runs need and TRL leaves to the user:
 
 Directory layout under `out_dir`:
     checkpoint/   final model + processor (appears whole, or not at all)
+    candidates/   with `candidate_every`: step-<N>/ every that many optimizer steps and
+                  the final one (hard links to checkpoint/), the same HF layout, for a
+                  selection on val (reproseg.selection); written during training under
+                  resume/, so that a resumed run keeps them, and moved here at the end
     resume/       Trainer checkpoints (checkpoint-<step>/) and engine_run.json; removed
                   after success unless `keep_resume_state`
     tensorboard/  TensorBoard event files (`report_to` holds "tensorboard"; another
@@ -40,6 +44,7 @@ from reproseg.rl.engine_trainer import StatefulReward, zero_std_fraction  # noqa
 
 RESUME_DIR = "resume"
 FINAL_DIR = "checkpoint"
+CANDIDATES_DIR = "candidates"
 TENSORBOARD_DIR = "tensorboard"
 RUN_MANIFEST = "engine_run.json"
 STOP_FILE = "STOP"  # created by a launcher to ask all ranks to save and stop
@@ -61,7 +66,8 @@ _ALIASES = {
 }
 
 # Fields that do not change the training trajectory; a resumed run may differ in them.
-_NOT_FINGERPRINTED = ("save_steps", "keep_resume_state", "logging_steps", "report_to", "logging_dir")
+_NOT_FINGERPRINTED = ("save_steps", "keep_resume_state", "logging_steps", "report_to", "logging_dir",
+                      "candidate_every")
 
 
 class TrainingInterrupted(SystemExit):
@@ -141,6 +147,9 @@ class GRPOSettings:
     lora: dict | None = None  # peft.LoraConfig arguments; merged into the final checkpoint
     reward_weights: dict[str, float] | None = None  # per reward name; default 1.0
     keep_resume_state: bool = False
+    # Saves the policy every this many optimizer steps as a candidate for checkpoint
+    # selection (CANDIDATES_DIR); None: only the final policy is written.
+    candidate_every: int | None = None
     dataloader_num_workers: int = 0
     # Trainer integrations (REPORTERS); [] for none. TensorBoard files go to logging_dir,
     # default <out_dir>/tensorboard (a relative path is taken under out_dir). W&B reads
@@ -186,8 +195,8 @@ class GRPOSettings:
             raise ValueError(f"model_dtype {self.model_dtype!r} not in ('float32', 'bfloat16', 'float16')")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"scale_rewards {self.scale_rewards!r} not in ('group', 'batch', 'none')")
-        for name in ("num_iterations", "gradient_accumulation_steps", "save_steps"):
-            if getattr(self, name) < 1:
+        for name in ("num_iterations", "gradient_accumulation_steps", "save_steps", "candidate_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         ga = self.gradient_accumulation_steps
         if self.steps_per_generation is not None and (self.steps_per_generation < 1 or self.steps_per_generation % ga):
@@ -442,12 +451,13 @@ def _save_in_base_layout(state: dict, policy_dir: Path, out: Path) -> None:
     model.save_pretrained(out, safe_serialization=True)
 
 
-def _export_final(trainer, policy_dir: Path, out_dir: Path, settings: GRPOSettings, processor) -> None:
-    """Final weights in Hugging Face format (LoRA merged) with the processor, written atomically."""
+def _export(trainer, policy_dir: Path, target: Path, settings: GRPOSettings, processor) -> None:
+    """The current weights in Hugging Face format (LoRA merged) with the processor, written
+    atomically to `target`; every rank calls it (the final policy, and each candidate)."""
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     main = trainer.accelerator.is_main_process
-    staging = out_dir / f".{FINAL_DIR}-staging"
+    staging = target.parent / f".{target.name}-staging"
     zero3_full = trainer.is_deepspeed_enabled and is_deepspeed_zero3_enabled() and not settings.lora
     # Every rank takes part in both: under ZeRO-3 the weights are gathered to rank 0.
     if zero3_full:
@@ -455,7 +465,7 @@ def _export_final(trainer, policy_dir: Path, out_dir: Path, settings: GRPOSettin
     else:
         trainer.save_model(str(staging))
     if main:
-        with _plain_model_loading(), atomic_dir(out_dir / FINAL_DIR) as tmp:
+        with _plain_model_loading(), atomic_dir(target) as tmp:
             if zero3_full:
                 _save_in_base_layout(state, policy_dir, tmp)
             elif settings.lora:
@@ -475,7 +485,7 @@ def _export_final(trainer, policy_dir: Path, out_dir: Path, settings: GRPOSettin
             names, base_names = _weight_names(tmp), _weight_names(policy_dir)
             if names != base_names:
                 raise RuntimeError(
-                    f"final checkpoint tensor names differ from the base model's: "
+                    f"{target.name}: checkpoint tensor names differ from the base model's: "
                     f"{sorted(names ^ base_names)[:6]} ..."
                 )
             processor.save_pretrained(tmp)
@@ -486,6 +496,19 @@ def _export_final(trainer, policy_dir: Path, out_dir: Path, settings: GRPOSettin
             })
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+
+
+def _collect_candidates(resume_dir: Path, out_dir: Path, final_step: int) -> None:
+    """Moves the candidates saved during training to out_dir/candidates and adds the final
+    policy as step-<final_step> (hard links: no second copy on disk), in one rename."""
+    from reproseg.selection import candidate_name, link_tree
+
+    saved = resume_dir / CANDIDATES_DIR
+    with atomic_dir(out_dir / CANDIDATES_DIR) as tmp:
+        if saved.is_dir():
+            for p in sorted(saved.glob("step-*")):
+                shutil.move(str(p), tmp / p.name)
+        link_tree(out_dir / FINAL_DIR, tmp / candidate_name(final_step))
 
 
 def _direct_tensorboard(trainer, logging_dir: Path) -> None:
@@ -534,6 +557,7 @@ def train_grpo(
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from reproseg.rl.engine_callbacks import (
+        CandidateCallback,
         ParquetLogCallback,
         RewardStateCallback,
         StopOnSignalCallback,
@@ -586,6 +610,7 @@ def train_grpo(
     stop = StopSignal(stop_file=resume_dir / STOP_FILE)
     stop_cb = StopOnSignalCallback(stop, skip_final_save=not settings.keep_resume_state,
                                    steps_per_rollout=settings.updates_per_rollout)
+    candidate_cb = CandidateCallback(settings.candidate_every)
     trainer_cls = trainer_cls or EngineGRPOTrainer
     if not issubclass(trainer_cls, EngineGRPOTrainer):
         raise TypeError(f"trainer_cls must subclass EngineGRPOTrainer, got {trainer_cls!r}")
@@ -601,16 +626,23 @@ def train_grpo(
             ParquetLogCallback(log_path, reward_names, resume_step),
             RewardStateCallback(stateful),
             *callbacks,
+            candidate_cb,
             stop_cb,
         ],
         stateful_rewards=stateful,
     )
     _direct_tensorboard(trainer, tb_dir)
+    from reproseg.selection import candidate_name
+
+    candidate_cb.export = lambda step: _export(
+        trainer, policy_dir, resume_dir / CANDIDATES_DIR / candidate_name(step), settings, processor)
     with stop:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
         stopped = stop_cb.stopped_at_step
         if stopped is not None and trainer.state.global_step < args.max_steps:
             raise TrainingInterrupted(stopped, str(resume_dir / f"checkpoint-{stopped}"))
-        _export_final(trainer, policy_dir, out_dir, settings, processor)
+        _export(trainer, policy_dir, out_dir / FINAL_DIR, settings, processor)
+    if is_main and settings.candidate_every:
+        _collect_candidates(resume_dir, out_dir, trainer.state.global_step)
     if is_main and not settings.keep_resume_state:
         shutil.rmtree(resume_dir, ignore_errors=True)

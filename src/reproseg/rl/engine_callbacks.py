@@ -110,6 +110,20 @@ class RewardStateCallback(TrainerCallback):
             reward.on_step_end()
 
 
+class CandidateCallback(TrainerCallback):
+    """Exports the policy every `every` optimizer steps, before the last, as a candidate
+    for checkpoint selection (the engine exports the final one itself). `export(step)` is
+    set by the engine once the trainer exists; every rank calls it (ZeRO-3 gathers)."""
+
+    def __init__(self, every: int | None):
+        self.every = every
+        self.export = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            self.export(state.global_step)
+
+
 class StopSignal:
     """Records SIGTERM/SIGUSR1 instead of dying, while training runs.
 
