@@ -14,14 +14,18 @@ SEG_EVAL_REF = [b["data"] for b in SEG["eval"]["referring"]]
 SEG_EVAL_QA = [b["data"] for b in SEG["eval"]["questions"]]
 # Only the sources some stage or benchmark reads are imported (a --configfile cannot
 # remove the default's entries from the merged `sources` map).
-SEG_USED = sorted({seg_source_of(s) for sel in [*SEG["data"].values(), SEG_EVAL_REF, SEG_EVAL_QA] for s in sel})
+SEG_USED = sorted({seg_source_of(s) for sel in [*SEG["data"].values(), SEG["selection"]["data"], SEG_EVAL_REF,
+                                                SEG_EVAL_QA] for s in sel})
+# Where the candidates are scored: the evaluation's device and precision, when it names them.
+SEG_EVAL_RUNTIME = [f"seganswer.eval.{k}" for k in ("dtype", "device") if k in SEG["eval"]]
 # The checkpoints in pipeline order; the record each one's producer wrote (base: the base models).
 SEG_CHECKPOINTS = ["base", "stage1", "stage2", "stage3"]
 SEG_RECORDS = {
     "base": BASE_MANIFEST,
     "stage1": f"{SEGANSWER}/stage1.prov.json",
     "stage2": prov(f"{SEGANSWER}/stage2.log.parquet"),
-    "stage3": prov(f"{SEGANSWER}/stage3/train_log.parquet"),
+    # the candidate the stage-3 selection chose on val
+    "stage3": prov(f"{SEGANSWER}/stage3_select/selection.json"),
 }
 # The section-wide keys every SegAnswer training and evaluation rule reads besides its own.
 SEG_SHARED_KEYS = ("seganswer.image_size", "seganswer.sam_feature_cache_mb")
@@ -30,7 +34,7 @@ SEG_MODELS = {
     "base": cfglib.canonical({"qwen": BASE_QWEN, "sam2": BASE_SAM2, "sam2_config": SAM2_CONFIG}),
     "stage1": cfglib.canonical({"dir": f"{SEGANSWER}/stage1"}),
     "stage2": cfglib.canonical({"dir": f"{SEGANSWER}/stage2"}),
-    "stage3": cfglib.canonical({"dir": f"{SEGANSWER}/stage3/checkpoint"}),
+    "stage3": cfglib.canonical({"dir": f"{SEGANSWER}/stage3_select/checkpoint"}),
 }
 # Only a FineRS-format source reads this run's frames; the other formats' images come
 # with their import.
@@ -192,6 +196,7 @@ rule seganswer_stage3_dapo:
         stage2_record=prov(f"{SEGANSWER}/stage2.log.parquet"),
     output:
         checkpoint=directory(f"{SEGANSWER}/stage3/checkpoint"),
+        candidates=directory(f"{SEGANSWER}/stage3/candidates"),
         train_log=f"{SEGANSWER}/stage3/train_log.parquet",
         curves=report(f"{SEGANSWER}/stage3/curves.png", category="training curves",
                       labels={"stage": "SegAnswer stage 3", "variant": "main"}, caption="../report/curves.rst"),
@@ -212,6 +217,30 @@ rule seganswer_stage3_dapo:
     script:
         script_path("seganswer_stage3_dapo")
 
+
+rule seganswer_stage3_select:
+    input:
+        tables=seg_tables(SEG["selection"]["data"], "questions"),
+        images=seg_images(SEG["selection"]["data"]),
+        train_record=prov(f"{SEGANSWER}/stage3/train_log.parquet"),
+    output:
+        checkpoint=directory(f"{SEGANSWER}/stage3_select/checkpoint"),
+        selection=f"{SEGANSWER}/stage3_select/selection.json",
+        prov=prov(f"{SEGANSWER}/stage3_select/selection.json"),
+    params:
+        **stage_params("seganswer_stage3_select", *SEG_SHARED_KEYS, "seganswer.selection", *SEG_EVAL_RUNTIME),
+        roots=seg_roots(SEG["selection"]["data"]),
+        candidates=folder_from_record("train_record", inside="candidates"),
+    log:
+        f"{SEGANSWER}/logs/stage3_select.log",
+    benchmark:
+        f"{SEGANSWER}/benchmarks/stage3_select.tsv"
+    resources:
+        **family_resources("gpu_infer"),
+    conda:
+        CONDA_ENV
+    script:
+        script_path("seganswer_stage3_select")
 
 rule evaluate_seganswer:
     input:

@@ -112,3 +112,18 @@ def test_selection_settings(default):
         cfglib.validate(cfg, SCHEMA)
     cfg["finers"]["selection"]["gse"] = {"choose": "last"}
     cfglib.validate(cfg, SCHEMA)
+
+
+def test_seganswer_selection_reads_val_only(default):
+    cfg = copy.deepcopy(default)
+    cfg["seganswer"]["selection"]["data"] = ["shapes/test"]
+    with pytest.raises(cfglib.ConfigError, match=r"seganswer\.selection\.data.*val data only"):
+        cfglib.validate(cfg, SCHEMA)
+    cfg["seganswer"]["selection"]["data"] = [cfg["seganswer"]["eval"]["questions"][0]["data"]]
+    with pytest.raises(cfglib.ConfigError, match="evaluated benchmark"):
+        cfglib.validate(cfg, SCHEMA)
+    cfg["seganswer"]["selection"]["data"] = []
+    with pytest.raises(cfglib.ConfigError, match="a val selection is required"):
+        cfglib.validate(cfg, SCHEMA)
+    cfg["seganswer"]["selection"]["stage3"] = {"choose": "last", "metric": None}
+    cfglib.validate(cfg, SCHEMA)

@@ -22,13 +22,13 @@ finers:
   selection: {max_new_tokens: 24}
 seganswer:
   sources:
-    shapes: {format: shapes, counts: {train: 16, test: 4}, size: [224, 126], seed: 0, tasks: [MVQA]}
+    shapes: {format: shapes, counts: {train: 16, val: 4, test: 4}, size: [224, 126], seed: 0, tasks: [MVQA]}
   stage1:
     projector: {learning_rate: 3.0e-3, epochs: 1, batch_size: 4, max_steps: 2}
     lora: {learning_rate: 1.0e-3, lora_learning_rate: 1.0e-4, epochs: 1, batch_size: 4, max_steps: 2, lora_r: 8,
            lora_alpha: 16}
   stage2: {max_steps: 2}
-  stage3: {grpo: {max_steps: 2}}
+  stage3: {grpo: {max_steps: 2, candidate_every: 1}}
 """
 pytestmark = pytest.mark.workflow
 
@@ -99,11 +99,16 @@ def test_seganswer_checkpoints_reload_and_tables(copy):
     from reproseg.seganswer.model import SegAnswerModel
 
     res = copy / "results/seganswer"
-    for ckpt in ("stage1_projector", "stage1", "stage2", "stage3/checkpoint"):
+    for ckpt in ("stage1_projector", "stage1", "stage2", "stage3/checkpoint", "stage3/candidates/step-000001",
+                 "stage3_select/checkpoint"):
         model = SegAnswerModel.from_pretrained(res / ckpt)
         assert model.processor.tokenizer.convert_tokens_to_ids("<|seg|>") is not None
     imported = json.loads((res / "data/shapes/report.json").read_text())
-    assert imported["invalid"] == 0 and imported["total"] == 20  # 16 train + 4 test pictures
+    assert imported["invalid"] == 0 and imported["total"] == 24  # 16 train + 4 val + 4 test pictures
+    selection = json.loads((res / "stage3_select/selection.json").read_text())
+    assert [c["step"] for c in selection["candidates"]] == [1, 2] and selection["metric"] == "accuracy"
+    # Scored on the val pictures: 4 questions, so every accuracy is a multiple of 1/4.
+    assert all(c["scores"]["accuracy"] * 4 == int(c["scores"]["accuracy"] * 4) for c in selection["candidates"])
     for ckpt in ("base", "stage1", "stage2", "stage3"):
         m = json.loads((res / f"metrics/{ckpt}.json").read_text())
         # One referring row and one multiple-choice question per test picture.
@@ -126,8 +131,18 @@ def test_seganswer_eval_setting_reruns_only_its_evaluations(copy, tmp_path):
                                          "all": 1}
     cfg.write_text("seganswer: {stage2: {max_steps: 3}}\n")
     assert planned(copy, config=cfg) == {"seganswer_stage2_sft": 1, "seganswer_stage3_dapo": 1,
-                                         "evaluate_seganswer": 2, "seganswer_table": 1, "markdown_html": 1,
+                                         "seganswer_stage3_select": 1, "evaluate_seganswer": 2, "seganswer_table": 1, "markdown_html": 1,
                                          "all": 1}
+
+
+def test_seganswer_selection_reruns_only_the_choice_and_its_evaluation(copy, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seganswer: {selection: {stage3: {choose: last}}}\n")
+    assert planned(copy, config=cfg) == {"seganswer_stage3_select": 1, "evaluate_seganswer": 1,
+                                         "seganswer_table": 1, "markdown_html": 1, "all": 1}
+    cfg.write_text("seganswer: {selection: {data: [shapes/test]}}\n")
+    with pytest.raises(AssertionError, match="val data only"):
+        planned(copy, config=cfg)
 
 
 def test_audit_a_seganswer_number(copy, capsys):
@@ -138,7 +153,9 @@ def test_audit_a_seganswer_number(copy, capsys):
                  "--results", str(copy / "results"), "--workdir", str(copy)]) == 0
     out = capsys.readouterr().out
     assert "[shapes test cIoU, n] = 4" in out   # the test pictures
-    for rule in ("seganswer_table", "evaluate_seganswer", "seganswer_stage3_dapo", "seganswer_stage2_sft",
+    assert "selection best by accuracy (max) on val" in out
+    for rule in ("seganswer_table", "evaluate_seganswer", "seganswer_stage3_select", "seganswer_stage3_dapo",
+                 "seganswer_stage2_sft",
                  "seganswer_stage1_merge", "seganswer_stage1_lora", "seganswer_stage1_projector",
                  "seganswer_import_source"):
         assert f"== {rule}" in out

@@ -567,7 +567,7 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
     the completions plus the columns answer, options, turns, answered, seg_calls and
     generated_ids (the token ids the policy wrote, observations left out).
     """
-    from reproseg.rl.engine import FINAL_DIR, train_grpo
+    from reproseg.rl.engine import CANDIDATES_DIR, FINAL_DIR, train_grpo
 
     g = grpo if isinstance(grpo, GRPOSettings) else stage3_grpo_settings(grpo)
     s = settings if isinstance(settings, Stage3Settings) else Stage3Settings.from_dict(settings)
@@ -580,10 +580,14 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
     train_grpo(stage2_dir, engine_rows, reward_fns, g, out_dir, log_path, callbacks=[SegAnswerLogCallback(extra)],
                trainer_cls=bind_trainer(stage2_dir, s, engine_rows))
     final = Path(out_dir) / FINAL_DIR
-    # The projector, mask decoder and SAM 2.1 did not change: carry them over; the config goes last.
-    shutil.copy2(Path(stage2_dir) / HEADS_FILE, final / HEADS_FILE)
-    if (final / SAM2_SUBDIR).exists():
-        shutil.rmtree(final / SAM2_SUBDIR)
-    shutil.copytree(Path(stage2_dir) / SAM2_SUBDIR, final / SAM2_SUBDIR)
-    shutil.copy2(Path(stage2_dir) / CONFIG_FILE, final / CONFIG_FILE)
+    # The projector, mask decoder and SAM 2.1 did not change: carry them over into the final
+    # policy and every candidate (each a whole SegAnswer checkpoint); the config goes last.
+    # Copies, not links: the engine's final candidate shares its files with `final`.
+    candidates = sorted((Path(out_dir) / CANDIDATES_DIR).glob("step-*"))
+    for target in (final, *candidates):
+        shutil.copy2(Path(stage2_dir) / HEADS_FILE, target / HEADS_FILE)
+        if (target / SAM2_SUBDIR).exists():
+            shutil.rmtree(target / SAM2_SUBDIR)
+        shutil.copytree(Path(stage2_dir) / SAM2_SUBDIR, target / SAM2_SUBDIR)
+        shutil.copy2(Path(stage2_dir) / CONFIG_FILE, target / CONFIG_FILE)
     return final

@@ -1,0 +1,51 @@
+"""Val scores of SegAnswer stage-3 candidates (rule seganswer_stage3_select).
+
+Each candidate (a whole SegAnswer checkpoint: policy, heads, SAM 2.1) answers the val
+questions greedily, multi-turn, as the evaluation does; the val metrics are `accuracy`
+and `answered` (the share of rollouts that gave an answer at all).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..selection import SelectionSettings, select as select_candidate
+from .sources.rows import select
+
+log = logging.getLogger(__name__)
+
+VAL_METRICS = ("accuracy", "answered")
+
+
+def score_candidate(path: Path, rows, cfg: dict) -> dict[str, float]:
+    from .evaluate import answer_questions, qa_accuracy   # torch: kept out of the Snakefile's parse
+    from .model import SegAnswerModel, resolve_device
+
+    ev, sel = cfg.get("eval", {}), cfg["selection"]
+    net = SegAnswerModel.from_pretrained(str(path), dtype=ev.get("dtype", "float32"),
+                                         device=resolve_device(ev.get("device", "auto")))
+    net.enable_feature_cache(cfg.get("sam_feature_cache_mb", 0))
+    records = answer_questions(net, rows, max_turns=sel["max_turns"], max_turn_tokens=sel["max_new_tokens"],
+                               desc=f"val {path.name}")
+    q = qa_accuracy(records)
+    scores = {"accuracy": q["accuracy"], "answered": 1 - q["unanswered"] / q["n"]}
+    log.info("%s: %s", path.name, scores)
+    return scores
+
+
+def select_stage3(tables: list[str], roots: list[str], candidates: str, out_dir: str, selection_json: str,
+                  cfg: dict) -> dict:
+    sel = cfg["selection"]
+    settings = SelectionSettings(**sel["stage3"])
+    settings.check_metric(VAL_METRICS, "seganswer.selection.stage3")
+    score = None
+    if settings.metric is not None:
+        rows = select(tables, roots, sel["data"], "questions", cfg["image_size"], sel.get("limit"))
+        if not len(rows):
+            raise ValueError(f"seganswer.selection.data {sel['data']}: no val questions to score candidates on")
+
+        def score(path):
+            return score_candidate(path, rows, cfg)
+    selection = select_candidate(candidates, score, settings, out_dir, selection_json, split="val")
+    log.info("chosen: step %d of %d candidates", selection["chosen"]["step"], len(selection["candidates"]))
+    return {"selection": selection}
