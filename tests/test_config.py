@@ -31,6 +31,7 @@ def test_paper_config_is_valid_and_resolves_env(monkeypatch, default):
         g = cfg["finers"][stage]["grpo"]
         assert (g["num_generations"], g["learning_rate"], g["weight_decay"], g["beta"]) == (8, 1e-6, 0.01, 5e-3)
     assert cfg["finers"]["region_size"] == 256
+    assert cfg["data"]["splits"]["proportions"] == {"train": 8956, "val": 749, "test": 2427}
 
 
 @pytest.mark.parametrize("path, value, expected", [

@@ -36,6 +36,8 @@ def test_settings_are_checked():
         SelectionSettings("first", "m")
     with pytest.raises(ValueError, match="not a val metric"):
         SelectionSettings("best", "gIoU").check_metric(val_metrics("lpr"), "finers.selection.lpr")
+    SelectionSettings("best", "iou").check_metric(val_metrics("lpr"), "finers.selection.lpr")
+    SelectionSettings("best", "covered").check_metric(val_metrics("gse"), "finers.selection.gse")
 
 
 def _candidates(root, steps):
@@ -104,9 +106,11 @@ def test_lpr_val_metrics_of_exact_shifted_and_garbage_answers():
     # score 1 and 0, the shifted one (IoU 1/3) 0.
     assert s["box_iou"] == pytest.approx(1 / 3)
     assert s["format"] == pytest.approx(2 / 3)
+    # The continuous score: IoU 1, 1/3 and 0 (no box).
+    assert s["iou"] == pytest.approx((1 + 1 / 3) / 3)
     # total: the trained terms only (response is disabled), averaged over the three.
     one = score_completions("lpr", texts[:1], [sample], CFG)
-    assert one["total"] == pytest.approx(sum(v for k, v in one.items() if k not in ("total", "response")))
+    assert one["total"] == pytest.approx(sum(v for k, v in one.items() if k not in ("total", "response", "iou")))
     assert one["response"] == 1.0
     assert score_completions("lpr", texts[2:], [sample], CFG)["total"] == 0.0
 
@@ -117,3 +121,9 @@ def test_gse_cover_follows_the_object_box_not_the_target_region():
     covering, missing = gse_target([40, 40, 88, 88], "the car is found"), gse_target([0, 0, 48, 48], "x")
     s = score_completions("gse", [covering, missing], [sample] * 2, CFG)
     assert s["cover"] == pytest.approx(0.5)
+    # Share of the 10 x 10 GT box inside the region: all of it, then none.
+    assert s["covered"] == pytest.approx(0.5)
+    half = gse_target([55, 0, 103, 48], "x")   # x 55-60 of 50-60, y 50-60 outside 0-48: none
+    corner = gse_target([55, 55, 103, 103], "x")   # 5 x 5 of 10 x 10
+    s = score_completions("gse", [half, corner], [sample] * 2, CFG)
+    assert s["covered"] == pytest.approx(0.25 / 2)

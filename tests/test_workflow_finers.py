@@ -333,7 +333,7 @@ def test_audit_a_number_in_a_metrics_table(copy, capsys):
     out = capsys.readouterr().out
     # The paper's Table 2 gIoU (All) is 55.1; the chain reaches the raw inputs.
     assert "[gIoU, IoU/All paper] = 55.1" in out
-    assert "selection best by box_iou (max) on val" in out and "selection best by cover (max) on val" in out
+    assert "selection best by iou (max) on val" in out and "selection best by covered (max) on val" in out
     for rule in ("evaluate_finers", "infer_finers", "select_gse", "train_gse", "select_lpr", "train_lpr",
                  "retrospective_regions",
                  "build_tiny_models", "make_splits", "synthesize_dataset"):

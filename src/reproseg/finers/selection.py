@@ -4,9 +4,12 @@ Each candidate answers every val record once, greedily, in its training format (
 a crop placed as in training, GSE on the whole frame with the centred region as its
 target: the retrospective regions exist for the training split only), and is scored with
 the stage's FineRS reward terms under the run's reward profile. The val metrics are the
-terms' means and `total`, the sum of the terms the stage trains on (Dr. Seg's rewards
-are left out: the ranked reward depends on its history, so it cannot compare two
-policies).
+terms' means, `total` (the sum of the terms the stage trains on; Dr. Seg's rewards are
+left out: the ranked reward depends on its history, so it cannot compare two policies),
+and one continuous localisation score per stage, because the terms are thresholded (a
+box scores 1 above IoU 0.5) and a few val records then rarely separate two candidates:
+LPR `iou`, the mean IoU of the answer's box with the GT box; GSE `covered`, the mean
+share of the GT box inside the answer's region. An answer without a box scores 0.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..rl.rewards_finers import TERMS
+from ..rl.geometry import box_iou
+from ..rl.parsing import parse, to_box
+from ..rl.rewards_finers import TERMS, RewardProfile
 from ..selection import SelectionSettings, select
 from .regions import crop_covering, to_gse
 from .rewards import profile_for, reward_functions
@@ -25,8 +30,26 @@ from .samples import gse_training_rows, look_enabled, lpr_training_rows
 log = logging.getLogger(__name__)
 
 
+# The continuous localisation score of each stage (see the module docstring).
+LOCALISATION = {"lpr": "iou", "gse": "covered"}
+
+
 def val_metrics(stage: str) -> tuple[str, ...]:
-    return (*TERMS[stage], "total")
+    return (*TERMS[stage], "total", LOCALISATION[stage])
+
+
+def localisation(stage: str, text: str, gt_box, profile: RewardProfile) -> float:
+    """LPR: IoU of the answer's box with the GT box; GSE: share of the GT box inside the region."""
+    answer = parse(text).answer
+    pred = to_box(answer.get("bbox" if stage == "lpr" else profile.gse_box_key)) if isinstance(answer, dict) else None
+    if pred is None or gt_box is None:
+        return 0.0
+    if stage == "lpr":
+        return box_iou(pred, gt_box)
+    ix = max(0.0, min(pred[2], gt_box[2]) - max(pred[0], gt_box[0]))
+    iy = max(0.0, min(pred[3], gt_box[3]) - max(pred[1], gt_box[1]))
+    area = (gt_box[2] - gt_box[0]) * (gt_box[3] - gt_box[1])
+    return ix * iy / area if area > 0 else 0.0
 
 
 def val_samples(stage: str, rows: list[dict], images_root: str, cfg: dict) -> list[dict]:
@@ -41,7 +64,8 @@ def val_samples(stage: str, rows: list[dict], images_root: str, cfg: dict) -> li
 
 def score_completions(stage: str, completions: list[str], samples: list[dict], cfg: dict) -> dict[str, float]:
     """Mean of every reward term over the samples, and `total` over the trained terms."""
-    fns = reward_functions(stage, profile_for(cfg["reward_profile"], cfg.get("region_size", 256)))
+    profile = profile_for(cfg["reward_profile"], cfg.get("region_size", 256))
+    fns = reward_functions(stage, profile)
     columns = {k: [s.get(k) for s in samples] for k in ("qtype", "answer", "bbox", "points", "region")}
     scores, trained = {}, set(TERMS[stage]) - set(cfg[stage].get("disabled_rewards", []))
     per_term = {}
@@ -51,6 +75,8 @@ def score_completions(stage: str, completions: list[str], samples: list[dict], c
         scores[term] = sum(per_term[term]) / len(completions)
     totals = [sum(per_term[t][i] for t in per_term if t in trained) for i in range(len(completions))]
     scores["total"] = sum(totals) / len(completions)
+    scores[LOCALISATION[stage]] = sum(localisation(stage, t, s.get("bbox"), profile)
+                                      for t, s in zip(completions, samples)) / len(completions)
     return scores
 
 
