@@ -68,7 +68,7 @@ def main() -> None:
     from reproseg import config as cfglib
     from reproseg.finers import samples as S
     from reproseg.finers.rewards import profile_for, reward_functions
-    from reproseg.rl.engine import train_grpo
+    from reproseg.grpo.engine import train_grpo
 
     root = Path(__file__).resolve().parents[1]
     cfg = cfglib.resolve(cfglib.load_yaml(root / "config/config.yaml"), [cfglib.load_yaml(root / "config/paper.yaml")])["finers"]

@@ -41,7 +41,7 @@ def main() -> None:
     from PIL import Image
 
     from reproseg.models.tiny_bundle import build_tiny_policy
-    from reproseg.rl.engine import train_grpo
+    from reproseg.grpo.engine import train_grpo
 
     rng = np.random.default_rng(0)
     rows = [

@@ -126,17 +126,34 @@ def _variant_keys():
 VARIANT, VARIANT_CFG = _variant_keys()
 
 
-def exp_params(stage, script_name, *keys):
-    """stage_params of the experiment a wildcard key stands for (params as a function)."""
+def exp_params(stage, script_name, *keys, options=None):
+    """stage_params of the experiment a wildcard key stands for (params as a function).
+
+    options: fn(experiment config) -> the project modules the script loads by name when
+    that config turns them on; their fingerprints join the code param then, and only then.
+    """
     def cfg_of(wildcards):
         return VARIANT_CFG[stage][getattr(wildcards, stage)]
 
     path = Path(workflow.basedir) / "workflow_scripts" / f"{script_name}.py"
-    code = cfglib.canonical({"script": f"workflow_scripts/{script_name}.py", "fingerprint": fp.short(path)})
+    code = {"script": f"workflow_scripts/{script_name}.py", "fingerprint": fp.short(path)}
+
+    def code_of(wildcards):
+        loaded = options(cfg_of(wildcards)) if options else []
+        return cfglib.canonical({**code, **({"options": {m: fp.module_short(m) for m in loaded}} if loaded else {})})
+
     return {
         "cfg": lambda wildcards: cfglib.canonical(cfglib.subset(cfg_of(wildcards), keys)),
-        "code": code,
+        "code": code_of,
     }
+
+
+def drseg_option(stage):
+    """`options` of a FineRS GRPO stage: Dr. Seg's rewards, loaded when finers.<stage>.drseg asks."""
+    def options(cfg):
+        drseg = cfg["finers"][stage]["drseg"]
+        return ["reproseg.finers.drseg_option"] if drseg["look_to_confirm"] or drseg["distribution_ranked"] else []
+    return options
 
 
 # ---- FineRS helpers ---------------------------------------------------------------

@@ -99,7 +99,7 @@ rule train_lpr:
         prov=prov(f"{FINERS}/lpr/{{lpr}}/train_log.parquet"),
     params:
         **exp_params("lpr", "train_lpr", "finers.lpr", "finers.lpr_crop", "finers.reward_profile",
-                    "finers.prompts.lpr", "finers.prompts.look"),
+                    "finers.prompts.lpr", "finers.prompts.look", options=drseg_option("lpr")),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         images_root=images_root,
         policy=warmup_folder("start", "checkpoint", BASE_QWEN),
@@ -125,7 +125,7 @@ rule select_lpr:
         selection=f"{FINERS}/lpr_select/{{lpr_select}}/selection.json",
         prov=prov(f"{FINERS}/lpr_select/{{lpr_select}}/selection.json"),
     params:
-        **exp_params("lpr_select", "select_policy", "finers.selection.lpr", *SELECTION_KEYS, "finers.lpr",
+        **exp_params("lpr_select", "select_lpr", "finers.selection.lpr", *SELECTION_KEYS, "finers.lpr",
                     "finers.lpr_crop", "finers.gse_size", "finers.region_size", "finers.reward_profile",
                     "finers.prompts.lpr", "finers.prompts.look"),
         stage="lpr",
@@ -140,10 +140,10 @@ rule select_lpr:
     conda:
         CONDA_ENV
     script:
-        script_path("select_policy")
+        script_path("select_lpr")
 
 
-rule retrospective_regions_shard:
+rule retrospective_regions:
     input:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
@@ -174,7 +174,7 @@ rule retrospective_regions_shard:
         script_path("retrospective_regions")
 
 
-rule retrospective_regions:
+rule merge_region_shards:
     input:
         shards=lambda wildcards: expand(
             f"{FINERS}/regions/{wildcards.regions}/shard-{{shard}}.parquet", shard=region_shards(wildcards.regions)
@@ -211,7 +211,7 @@ rule train_gse:
         prov=prov(f"{FINERS}/gse/{{gse}}/train_log.parquet"),
     params:
         **exp_params("gse", "train_gse", "finers.gse", "finers.gse_size", "finers.region_size",
-                    "finers.reward_profile", "finers.prompts.gse", "finers.prompts.look"),
+                    "finers.reward_profile", "finers.prompts.gse", "finers.prompts.look", options=drseg_option("gse")),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         images_root=images_root,
         policy=warmup_folder("start", "checkpoint", BASE_QWEN),
@@ -237,7 +237,7 @@ rule select_gse:
         selection=f"{FINERS}/gse_select/{{gse_select}}/selection.json",
         prov=prov(f"{FINERS}/gse_select/{{gse_select}}/selection.json"),
     params:
-        **exp_params("gse_select", "select_policy", "finers.selection.gse", *SELECTION_KEYS, "finers.gse",
+        **exp_params("gse_select", "select_gse", "finers.selection.gse", *SELECTION_KEYS, "finers.gse",
                     "finers.lpr_crop", "finers.gse_size", "finers.region_size", "finers.reward_profile",
                     "finers.prompts.gse", "finers.prompts.look"),
         stage="gse",
@@ -252,7 +252,7 @@ rule select_gse:
     conda:
         CONDA_ENV
     script:
-        script_path("select_policy")
+        script_path("select_gse")
 
 
 rule infer_finers:

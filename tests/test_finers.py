@@ -14,6 +14,7 @@ from reproseg.finers.evaluate import evaluate_stage
 from reproseg.finers.inference import infer_rows
 from reproseg.finers.regions import CropFrame, crop_covering, region_to_crop, to_gse
 from reproseg.finers.retrospective import choose, select_regions
+from reproseg.finers import gse_rewards, lpr_rewards
 from reproseg.finers.rewards import profile_for, reward_functions
 
 W, H = 200, 100
@@ -140,7 +141,7 @@ def test_unparseable_outputs_are_counted_not_raised(row, tmp_path):
 
 
 def test_reward_functions_per_term(row):
-    fns = reward_functions("lpr", profile_for("paper", 20))
+    fns = reward_functions("lpr", lpr_rewards.TERMS, profile_for("paper", 20))
     assert list(fns) == [f"lpr/{t}" for t in ("box_iou", "box_l1", "point", "format", "think", "response")]
     cols = {"qtype": ["option"], "answer": ["B"], "bbox": [[10, 10, 20, 20]], "points": [[[15, 15], [16, 16]]]}
     perfect = lpr_answer([10, 10, 20, 20], ((15, 15), (16, 16)), "B")
@@ -148,7 +149,7 @@ def test_reward_functions_per_term(row):
     off = lpr_answer([10, 10, 20, 31], ((15, 15), (16, 16)), "A")   # IoU 100/210 < 0.5, L1 11/4 = 2.75
     got = {k.split("/")[1]: f([off], **cols)[0] for k, f in fns.items()}
     assert got == {"box_iou": 0.0, "box_l1": 1.0, "point": 1.0, "format": 1.0, "think": 1.0, "response": 0.0}
-    gse = reward_functions("gse", profile_for("paper", 20), disabled=["size"])
+    gse = reward_functions("gse", gse_rewards.TERMS, profile_for("paper", 20), disabled=["size"])
     assert "gse/size" not in gse and "gse/cover" in gse
     # The size target follows the config: 20 +- 15 x 20/256.
     assert profile_for("paper", 20).size_target == 20 and profile_for("paper", 20).size_tol == pytest.approx(15 * 20 / 256)
@@ -182,7 +183,7 @@ def test_drseg_options_on_lpr():
     from reproseg.finers.rewards import stage_reward_functions
 
     cfg = dict(CFG, lpr={"drseg": {"look_to_confirm": True, "distribution_ranked": True, "queue_size": 2048}})
-    fns = stage_reward_functions("lpr", cfg)
+    fns = stage_reward_functions("lpr", cfg, lpr_rewards.TERMS)
     # The ranked accuracy replaces the hard box/point thresholds; LC adds two terms.
     assert sorted(fns) == ["lpr/format", "lpr/look", "lpr/non_repeat", "lpr/ranked_accuracy", "lpr/response",
                            "lpr/think"]
@@ -199,7 +200,7 @@ def test_drseg_options_on_lpr():
     assert ranked(["junk", perfect], **cols) == [pytest.approx(129 / 130), 1.0]
     assert fns["lpr/look"]([perfect, "<think>no look</think><answer>{}</answer>"]) == [1.0, 0.0]
     state = ranked.state_dict()
-    again = stage_reward_functions("lpr", cfg)["lpr/ranked_accuracy"]
+    again = stage_reward_functions("lpr", cfg, lpr_rewards.TERMS)["lpr/ranked_accuracy"]
     again.load_state_dict(state)
     assert again(["junk"], **{k: v[:1] for k, v in cols.items()}) == [pytest.approx(129 / 130)]
 
@@ -219,7 +220,7 @@ def test_reward_functions_pickle_for_the_multi_gpu_launcher():
     from reproseg.finers.rewards import stage_reward_functions
 
     cfg = dict(CFG, lpr={"drseg": {"look_to_confirm": True, "distribution_ranked": True, "queue_size": 64}})
-    fns = stage_reward_functions("lpr", cfg)
+    fns = stage_reward_functions("lpr", cfg, lpr_rewards.TERMS)
     back = pickle.loads(pickle.dumps(fns))
     perfect = lpr_answer([10, 10, 20, 20], ((15, 15), (16, 16)), "B")
     cols = {"qtype": ["option"], "answer": ["B"], "bbox": [[10, 10, 20, 20]], "points": [[[15, 15], [16, 16]]],
@@ -231,7 +232,7 @@ def test_training_job_with_two_gpus_launches_one_process_per_gpu(monkeypatch, tm
     """A job given 2 GPUs by Slurm runs torchrun with 2 processes inside it (not 2 jobs)."""
     import subprocess
 
-    from reproseg.rl import engine_launch
+    from reproseg.grpo import launch as engine_launch
 
     seen = {}
 
@@ -248,7 +249,8 @@ def test_training_job_with_two_gpus_launches_one_process_per_gpu(monkeypatch, tm
                                   reward_fns={}, settings={"deepspeed": "zero3"}, out_dir=str(tmp_path),
                                   log_path=str(tmp_path / "log.parquet"))
     assert "--nproc-per-node=2" in seen["cmd"] and "torch.distributed.run" in seen["cmd"]
-    assert (tmp_path / "job.pkl").is_file()
+    job = __import__("pickle").loads((tmp_path / "job.pkl").read_bytes())
+    assert job["_target"] == "reproseg.grpo.engine:train_grpo"   # what each worker runs
 
 
 def test_region_shards_merge(row, tmp_path):

@@ -15,10 +15,11 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from reproseg.models.tiny_bundle import build_tiny_policy
-from reproseg.rl.engine import GRPOSettings, StatefulReward, TrainingInterrupted, train_grpo, zero_std_fraction
-from reproseg.rl.engine_callbacks import log_columns
-from reproseg.rl.engine_launch import WORKER_MODULE, deepspeed_config, launch_command, visible_gpu_count
-from reproseg.rl.engine_trainer import reward_state_file
+from reproseg.grpo.engine import GRPOSettings, StatefulReward, TrainingInterrupted, train_grpo, zero_std_fraction
+from reproseg.grpo.callbacks import log_columns
+from reproseg.grpo.deepspeed import deepspeed_config
+from reproseg.launch import WORKER_MODULE, launch_command, visible_gpu_count
+from reproseg.grpo.trainer import reward_state_file
 
 SETTINGS = dict(
     n=4,
@@ -254,7 +255,7 @@ def test_internal_tensor_names_are_saved_in_base_layout(policy, tmp_path):
     # What ZeRO-3's gathered state dict holds: the module's own names (model.language_model.*).
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from reproseg.rl.engine import _save_in_base_layout, _weight_names
+    from reproseg.grpo.engine import _save_in_base_layout, _weight_names
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(policy, local_files_only=True)
     state = {k: v.clone() + 1.0 for k, v in model.state_dict().items()}
@@ -287,7 +288,7 @@ def test_rollout_batch_settings():
 def test_grpo_config_mapping(tmp_path, monkeypatch):
     from transformers import integrations
 
-    from reproseg.rl.engine import build_grpo_config
+    from reproseg.grpo.engine import build_grpo_config
 
     s = GRPOSettings.from_dict({**SETTINGS, "steps_per_generation": 4, "save_steps": 2})
     args = build_grpo_config(s, tmp_path, ["length"])
@@ -350,7 +351,7 @@ def test_curves_panels_and_notes(tmp_path, monkeypatch):
     import pyarrow as pa
     from PIL import Image as PILImage
 
-    from reproseg.finers.curves import plot_curves
+    from reproseg.curves import plot_curves
 
     figures = []
     close = plt.close
@@ -391,7 +392,7 @@ def test_sft_curves_mask_iou_panel(tmp_path, monkeypatch, with_iou):
     import matplotlib.pyplot as plt
     import pyarrow as pa
 
-    from reproseg.finers.curves import plot_curves
+    from reproseg.curves import plot_curves
 
     figures = []
     close = plt.close

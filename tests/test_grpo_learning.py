@@ -27,9 +27,9 @@ import pytest
 import torch
 
 from reproseg.models.tiny_bundle import build_tiny_policy
-from reproseg.rl.engine import TENSORBOARD_DIR, train_grpo
-from reproseg.rl.engine_trainer import EngineGRPOTrainer
-from reproseg.rl.rewards_drseg import DistributionRankedReward, DrSegProfile
+from reproseg.grpo.engine import TENSORBOARD_DIR, train_grpo
+from reproseg.grpo.trainer import EngineGRPOTrainer
+from reproseg.drseg.rewards import DistributionRankedReward, DrSegProfile
 
 LETTER = "e"
 STEPS = 40

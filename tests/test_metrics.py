@@ -10,7 +10,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from reproseg.metrics import paper_numbers
-from reproseg.metrics.qa import is_correct, option_correct, open_correct, qa_metrics
+from reproseg.answers.qa import is_correct, option_correct, open_correct, qa_metrics
 from reproseg.metrics.segmentation import RLEError, per_sample, segmentation_metrics, to_coco_rle
 from reproseg.metrics.tables import build_table, to_markdown, write_tables
 

@@ -5,7 +5,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reproseg.rl.parsing import (MAX_OBJECTS, Parsed, ParsedObject, first_flat_object, parse,
+from reproseg.answers.parsing import (MAX_OBJECTS, Parsed, ParsedObject, first_flat_object, parse,
                                  strip_fence, to_box, to_point)
 
 LPR_ANSWER = '{"bbox": [10, 20, 30.5, 40], "points_1": [15, 25], "points_2": [20.5, 30], "response": "It is found."}'

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reproseg.rl.parsing import parse
-from reproseg.rl.rewards_drseg import (TEMPLATE_PLACEHOLDERS, DistributionRankedReward, DrSegProfile,
+from reproseg.answers.parsing import parse
+from reproseg.drseg.rewards import (TEMPLATE_PLACEHOLDERS, DistributionRankedReward, DrSegProfile,
                                        QuantileQueue, accuracy_vector, answer_format_reward, gt_objects,
                                        look_reward, non_repeat_reward, point_score, ranked_reward,
                                        segzero_accuracy_reward, think_reward)

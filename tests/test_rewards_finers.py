@@ -9,13 +9,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reproseg.rl import geometry as geo
-from reproseg.rl.parsing import parse
-from reproseg.rl.rewards_finers import (GSE_TERMS, LPR_TERMS, FinersTarget, RewardProfile, box_iou_reward,
-                                        box_l1_reward, cover_reward, gse_format_reward, gse_response_reward,
-                                        lpr_format_reward, lpr_response_reward, pair_distance, point_reward,
-                                        region_iou_reward, region_l1_reward, size_reward, think_reward,
-                                        total_reward)
+from reproseg.answers import geometry as geo
+from reproseg.answers.parsing import parse
+from reproseg.finers import gse_rewards, lpr_rewards
+from reproseg.finers.gse_rewards import (cover_reward, gse_format_reward, gse_response_reward, region_iou_reward,
+                                         region_l1_reward, size_reward)
+from reproseg.finers.lpr_rewards import (box_iou_reward, box_l1_reward, lpr_format_reward, lpr_response_reward,
+                                         pair_distance, point_reward)
+from reproseg.finers.reward_terms import FinersTarget, RewardProfile, think_reward
+from reproseg.finers.reward_terms import total_reward as _total
+
+LPR_TERMS, GSE_TERMS = tuple(lpr_rewards.TERMS), tuple(gse_rewards.TERMS)
+
+
+def total_reward(parsed, gt, profile=None, disabled=frozenset(), stage="lpr"):
+    """The stage's terms and their sum (the helper takes the stage's TERMS)."""
+    terms = lpr_rewards.TERMS if stage == "lpr" else gse_rewards.TERMS
+    return _total(parsed, gt, terms, profile, disabled)
 
 PAPER = RewardProfile.paper()
 CODE = RewardProfile.reference_code()
@@ -307,10 +317,8 @@ def test_disabled_terms_report_zero_and_leave_the_total():
     out = total_reward(paper, GSE_GT, PAPER, disabled=frozenset({"size", "cover"}), stage="gse")
     assert out["size"] == out["cover"] == 0.0 and out["total"] == 5.0
     assert set(out) == set(GSE_TERMS) | {"total"}
-    with pytest.raises(ValueError):
-        total_reward(paper, GSE_GT, PAPER, disabled={"point"}, stage="gse")
-    with pytest.raises(ValueError):
-        total_reward(paper, GSE_GT, PAPER, stage="sam")
+    with pytest.raises(ValueError, match="unknown reward terms"):
+        total_reward(paper, GSE_GT, PAPER, disabled={"point"}, stage="gse")   # an LPR term
 
 
 def test_total_reward_parses_strings_and_defaults_to_paper():

@@ -21,18 +21,9 @@ from reproseg.seganswer.losses import (
 )
 from reproseg.seganswer.positions import SequenceBuilder, mask_patch_keep
 from reproseg.seganswer.rollout import Rollout
-from reproseg.seganswer.stage3 import (
-    REWARD_WEIGHTS,
-    Group,
-    accuracy_reward,
-    answer_correct,
-    collate_rollouts,
-    dynamic_sampling,
-    format_ok,
-    format_reward,
-    group_advantages,
-    total_reward,
-)
+from reproseg.answers.qa import answer_correct
+from reproseg.seganswer.rewards import REWARD_WEIGHTS, accuracy_reward, format_ok, format_reward, total_reward
+from reproseg.seganswer.stage3 import Group, collate_rollouts, dynamic_sampling, group_advantages
 
 
 def sig(x):

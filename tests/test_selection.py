@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from reproseg.finers import gse_rewards, lpr_rewards
 from reproseg.finers.selection import score_completions, val_metrics
 from reproseg.finers.warmup import gse_target, lpr_target
 from reproseg.selection import SelectionSettings, candidate_name, choose, describe, list_candidates, select
@@ -35,9 +36,9 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="choose"):
         SelectionSettings("first", "m")
     with pytest.raises(ValueError, match="not a val metric"):
-        SelectionSettings("best", "gIoU").check_metric(val_metrics("lpr"), "finers.selection.lpr")
-    SelectionSettings("best", "iou").check_metric(val_metrics("lpr"), "finers.selection.lpr")
-    SelectionSettings("best", "covered").check_metric(val_metrics("gse"), "finers.selection.gse")
+        SelectionSettings("best", "gIoU").check_metric(val_metrics("lpr", lpr_rewards.TERMS), "finers.selection.lpr")
+    SelectionSettings("best", "iou").check_metric(val_metrics("lpr", lpr_rewards.TERMS), "finers.selection.lpr")
+    SelectionSettings("best", "covered").check_metric(val_metrics("gse", gse_rewards.TERMS), "finers.selection.gse")
 
 
 def _candidates(root, steps):
@@ -100,8 +101,8 @@ def test_lpr_val_metrics_of_exact_shifted_and_garbage_answers():
               "points": [[15, 15], [25, 25]]}
     shifted = {**sample, "bbox": [20, 10, 40, 30]}   # IoU with the GT: 200 / 600 = 1/3
     texts = [lpr_target(sample), lpr_target(shifted), "no answer at all"]
-    s = score_completions("lpr", texts, [sample] * 3, CFG)
-    assert set(s) == set(val_metrics("lpr"))
+    s = score_completions("lpr", lpr_rewards.TERMS, texts, [sample] * 3, CFG)
+    assert set(s) == set(val_metrics("lpr", lpr_rewards.TERMS))
     # Paper Eq. 6: the box IoU reward is 1 above IoU 0.5: the exact and garbage answers
     # score 1 and 0, the shifted one (IoU 1/3) 0.
     assert s["box_iou"] == pytest.approx(1 / 3)
@@ -109,21 +110,21 @@ def test_lpr_val_metrics_of_exact_shifted_and_garbage_answers():
     # The continuous score: IoU 1, 1/3 and 0 (no box).
     assert s["iou"] == pytest.approx((1 + 1 / 3) / 3)
     # total: the trained terms only (response is disabled), averaged over the three.
-    one = score_completions("lpr", texts[:1], [sample], CFG)
+    one = score_completions("lpr", lpr_rewards.TERMS, texts[:1], [sample], CFG)
     assert one["total"] == pytest.approx(sum(v for k, v in one.items() if k not in ("total", "response", "iou")))
     assert one["response"] == 1.0
-    assert score_completions("lpr", texts[2:], [sample], CFG)["total"] == 0.0
+    assert score_completions("lpr", lpr_rewards.TERMS, texts[2:], [sample], CFG)["total"] == 0.0
 
 
 def test_gse_cover_follows_the_object_box_not_the_target_region():
     sample = {"qtype": "referring", "answer": "the car is found", "bbox": [50, 50, 60, 60],
               "region": [30, 30, 78, 78]}
     covering, missing = gse_target([40, 40, 88, 88], "the car is found"), gse_target([0, 0, 48, 48], "x")
-    s = score_completions("gse", [covering, missing], [sample] * 2, CFG)
+    s = score_completions("gse", gse_rewards.TERMS, [covering, missing], [sample] * 2, CFG)
     assert s["cover"] == pytest.approx(0.5)
     # Share of the 10 x 10 GT box inside the region: all of it, then none.
     assert s["covered"] == pytest.approx(0.5)
     half = gse_target([55, 0, 103, 48], "x")   # x 55-60 of 50-60, y 50-60 outside 0-48: none
     corner = gse_target([55, 55, 103, 103], "x")   # 5 x 5 of 10 x 10
-    s = score_completions("gse", [half, corner], [sample] * 2, CFG)
+    s = score_completions("gse", gse_rewards.TERMS, [half, corner], [sample] * 2, CFG)
     assert s["covered"] == pytest.approx(0.25 / 2)

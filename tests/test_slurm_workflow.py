@@ -86,7 +86,7 @@ def _signal_and_check(proc, copy, env):
     run_uuid = next(line.split("SLURM run ID:")[1].strip() for line in output.splitlines() if "SLURM run ID:" in line)
     records = _slurm_jobs(env, run_uuid)
     trains = [j for j in records if j["comment"].startswith("rule_train_lpr")]
-    regions = [j for j in records if j["comment"].startswith("rule_retrospective_regions_shard")]
+    regions = [j for j in records if j["comment"].startswith("rule_retrospective_regions")]
     # Attempt 1 was ended by the signal; attempt 2 is a new Slurm job that completed.
     assert len(trains) == 2, records
     assert str(trains[0]["id"]) == train[0] and trains[0]["state"] != "COMPLETED"

@@ -19,9 +19,12 @@ from reproseg.finers.warmup import gse_target, lpr_target, sam2_examples, warmup
 from reproseg.models.sam2_warmup import image_features, mean_iou, train_sam2
 from reproseg.models.sft import IGNORE, SFTCollator, target_loss, train_sft
 from reproseg.models.tiny_bundle import build_tiny_policy, build_tiny_sam2
-from reproseg.rl.parsing import parse
-from reproseg.rl.rewards_drseg import look_reward, non_repeat_reward
-from reproseg.rl.rewards_finers import FinersTarget, TERMS
+from reproseg.answers.parsing import parse
+from reproseg.drseg.rewards import look_reward, non_repeat_reward
+from reproseg.finers import gse_rewards, lpr_rewards
+from reproseg.finers.reward_terms import FinersTarget
+
+TERMS = {"lpr": lpr_rewards.TERMS, "gse": gse_rewards.TERMS}
 
 W, H = 160, 96
 CFG = {

@@ -61,7 +61,7 @@ def copy(tmp_path_factory):
     return dst
 
 
-REGIONS = {"retrospective_regions_shard": 1, "retrospective_regions": 1}
+REGIONS = {"retrospective_regions": 1, "merge_region_shards": 1}
 # The two FineRS tables and the experiment table change, so do their HTML renderings.
 TABLES = {"evaluate_finers": 2, "finers_experiment_table": 1, "markdown_html": 3, "all": 1}
 DOWNSTREAM_OF_GSE = {"train_gse": 1, "select_gse": 1, "infer_finers": 4, **TABLES}
@@ -257,8 +257,55 @@ def test_library_module_of_one_stage(copy):
         path.write_text(before)
 
 
+SEG_STAGE3 = {"seganswer_stage3_dapo": 1, "seganswer_stage3_select": 1, "evaluate_seganswer": 1,
+              "seganswer_table": 1, "markdown_html": 1, "all": 1}
+
+
+@pytest.mark.parametrize("path, old, new, expected", [
+    # An LPR term: LPR, its selection, the regions it picks and everything of GSE after them.
+    ("src/reproseg/finers/lpr_rewards.py", "< profile.box_l1_max", "<= profile.box_l1_max",
+     {**LPR, **REGIONS, **DOWNSTREAM_OF_GSE}),
+    # A GSE term (the size reward's half credit): GSE and what follows, not LPR or the regions.
+    ("src/reproseg/finers/gse_rewards.py", "else 0.5 if any(ok)", "else 0.6 if any(ok)", DOWNSTREAM_OF_GSE),
+    # A Dr. Seg term: no stage of the main run uses Dr. Seg's rewards.
+    ("src/reproseg/drseg/rewards.py", "return float(any(b.strip() for b in blocks))",
+     "return float(any(b.strip() for b in blocks[:8]))", {}),
+    # A SegAnswer stage-3 term: stage 3, its selection, its evaluation and table.
+    ("src/reproseg/seganswer/rewards.py", "if not answered or not turns:", "if not (answered and turns):",
+     SEG_STAGE3),
+])
+def test_reward_term_edit_reruns_exactly_its_stage(copy, path, old, new, expected):
+    before = edit(copy / path, old, new)
+    try:
+        assert planned(copy) == expected
+    finally:
+        (copy / path).write_text(before)
+
+
+def test_drseg_term_edit_reruns_the_stages_that_use_it(copy, tmp_path):
+    """Dr. Seg's option is loaded by name, so its code joins a stage's code param only when
+    the stage's config turns it on: an edit of a Dr. Seg term re-runs lpr-drseg's LPR."""
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("experiments: {run: [lpr-drseg]}\n")
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(copy / "Snakefile"), "-d", str(copy),
+                          "--cores", "2", "--configfile", str(copy / "small.yaml"), str(cfg), "--",
+                          "results/finers/lpr/lpr-drseg/train_log.parquet"],
+                         capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    built = planned(copy, config=cfg)
+    assert "train_lpr" not in built and built["select_lpr"] == 1   # lpr-drseg's LPR is there
+    path = copy / "src/reproseg/drseg/rewards.py"
+    before = edit(path, "return float(any(b.strip() for b in blocks))",
+                  "return float(any(b.strip() for b in blocks[:8]))")
+    try:
+        assert planned(copy, config=cfg) == {**built, "train_lpr": 1}
+        assert planned(copy) == {}   # the main run has no Dr. Seg stage
+    finally:
+        path.write_text(before)
+
+
 def test_comment_or_docstring_edit_reruns_nothing(copy):
-    path = copy / "src/reproseg/rl/rewards_finers.py"
+    path = copy / "src/reproseg/finers/reward_terms.py"
     before = path.read_text()
     path.write_text('"""Edited docstring."""\n# a new comment\n' + before.split('"""', 2)[2])
     try:
@@ -335,6 +382,6 @@ def test_audit_a_number_in_a_metrics_table(copy, capsys):
     assert "[gIoU, IoU/All paper] = 55.1" in out
     assert "selection best by iou (max) on val" in out and "selection best by covered (max) on val" in out
     for rule in ("evaluate_finers", "infer_finers", "select_gse", "train_gse", "select_lpr", "train_lpr",
-                 "retrospective_regions",
+                 "retrospective_regions", "merge_region_shards",
                  "build_tiny_models", "make_splits", "synthesize_dataset"):
         assert f"== {rule}" in out

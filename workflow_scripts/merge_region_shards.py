@@ -1,4 +1,4 @@
-"""Rule retrospective_regions: the region shards merged into one table."""
+"""Rule merge_region_shards: the retrospective region shards merged into one table."""
 from reproseg.finers.retrospective import merge_region_shards
 from reproseg.provenance import run_job
 

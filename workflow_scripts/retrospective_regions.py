@@ -1,4 +1,4 @@
-"""Rule retrospective_regions_shard: LPR picks the GT region GSE is rewarded for (one shard)."""
+"""Rule retrospective_regions: LPR picks the GT region GSE is rewarded for (one shard of the training split)."""
 import json
 
 from reproseg.finers.retrospective import regions_stage

@@ -1,7 +1,7 @@
 """Rule seganswer_stage1_lora: stage 1 phase b (LoRA + projector + mask decoder)."""
 import json
 
-from reproseg.finers.curves import plot_curves
+from reproseg.curves import plot_curves
 from reproseg.provenance import run_job
 from reproseg.seganswer.workflow_stages import stage1_lora_stage
 

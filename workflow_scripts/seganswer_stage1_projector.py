@@ -1,7 +1,7 @@
 """Rule seganswer_stage1_projector: stage 1 phase a (only the projector trains)."""
 import json
 
-from reproseg.finers.curves import plot_curves
+from reproseg.curves import plot_curves
 from reproseg.provenance import run_job
 from reproseg.seganswer.workflow_stages import stage1_projector_stage
 

@@ -1,7 +1,7 @@
 """Rule seganswer_stage2_sft: interleaved SFT with the segmented image at its original positions."""
 import json
 
-from reproseg.finers.curves import plot_curves
+from reproseg.curves import plot_curves
 from reproseg.provenance import run_job
 from reproseg.seganswer.workflow_stages import stage2_stage
 

@@ -2,7 +2,7 @@
 import json
 
 from reproseg.provenance import run_job
-from reproseg.seganswer.workflow_stages import stage3_stage
+from reproseg.seganswer.stage3 import stage3_stage
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["seganswer"]

@@ -95,7 +95,7 @@ def _cross_checks(config: dict) -> list[str]:
     return out
 
 
-# The GRPO engine settings of each RL stage (reproseg.rl.engine.GRPOSettings).
+# The GRPO engine settings of each RL stage (reproseg.grpo.engine.GRPOSettings).
 GRPO_SECTIONS = ("finers.lpr.grpo", "finers.gse.grpo", "seganswer.stage3.grpo")
 
 

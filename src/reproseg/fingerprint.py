@@ -163,3 +163,21 @@ def fingerprint(script: str | Path) -> dict:
 
 def short(script: str | Path) -> str:
     return fingerprint(script)["fingerprint"]
+
+
+def module_short(name: str) -> str:
+    """Short fingerprint of project module `name` and every project module it imports: for
+    code a stage loads by name only when its config asks for it (an option), which the
+    static closure of its script cannot see."""
+    path = _module_file(name)
+    if path is None:
+        raise ValueError(f"{name}: not a module of {PACKAGE}")
+    seen, todo = {}, [name]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen[current] = _analyse(_module_file(current), current)["hash"]
+        todo.extend(_imports(_module_file(current), current) - seen.keys())
+    _save_disk()
+    return hashlib.sha256(json.dumps(dict(sorted(seen.items()))).encode()).hexdigest()[:16]

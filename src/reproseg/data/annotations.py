@@ -199,11 +199,11 @@ def import_annotations(json_path: str | Path, lookup: Callable[[str], ImageInfo 
         if checked is not None:
             rows.append(_row(item, rid, checked, point_jitter, seed))
     if report.problems and on_invalid == "fail":
-        raise AnnotationError(_summary(report), report)
+        raise AnnotationError(report_summary(report), report)
     return _to_table(rows), report
 
 
-def _summary(report: Report, limit: int = 10) -> str:
+def report_summary(report: Report, limit: int = 10) -> str:
     shown = "\n  ".join(f"record {p['record']} (id {p['id']}): {p['class']}: {p['message']}"
                         for p in report.problems[:limit])
     more = len(report.problems) - limit

@@ -33,7 +33,7 @@ def evaluate_stage(shards: list[str], predictions: str, metrics_json: str, table
     """Metrics of the merged predictions, and the paper-layout table unless table_parquet
     is None (the untrained reference only feeds the trained run's table, as
     `untrained_metrics`)."""
-    from ..metrics.qa import qa_metrics
+    from ..answers.qa import qa_metrics
     from ..metrics.segmentation import segmentation_metrics
     from ..metrics.tables import scores_from_metrics, write_tables
 

@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from ..data.images import load_image
 from ..io_atomic import write_parquet
-from ..rl.parsing import parse, to_box
+from ..answers.parsing import parse, to_box
 from .prompts import target_answer
 from .regions import CropFrame, region_to_crop
-from .samples import gse_image, gse_prompt, load_image, look_enabled, lpr_sample
+from .samples import gse_image, gse_prompt, look_enabled, lpr_sample
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ..data.images import load_image
 from ..io_atomic import write_parquet
-from ..rl.geometry import box_iou
-from ..rl.parsing import parse
+from ..answers.geometry import box_iou
+from ..answers.parsing import parse
 from .regions import CropFrame, crop_covering, to_gse
-from .samples import load_image, look_enabled, lpr_sample, row_rng
+from .samples import look_enabled, lpr_sample, row_rng
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..data.images import load_image
 from . import prompts as P
 from .regions import CropFrame, crop_covering, to_gse
 
@@ -14,15 +14,6 @@ from .regions import CropFrame, crop_covering, to_gse
 def row_rng(seed: int, key: str) -> np.random.Generator:
     """A generator per (seed, record): the same crop whatever the order or sharding."""
     return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")])
-
-
-def load_image(root: str | Path, rel: str) -> Image.Image:
-    path = Path(root) / rel
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as exc:
-        raise OSError(f"{path}: cannot load image: {exc}") from exc
 
 
 def crop_image(image: Image.Image, frame: CropFrame) -> Image.Image:

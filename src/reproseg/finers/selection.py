@@ -19,12 +19,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..rl.geometry import box_iou
-from ..rl.parsing import parse, to_box
-from ..rl.rewards_finers import TERMS, RewardProfile
+from ..answers.geometry import box_iou
+from ..answers.parsing import parse, to_box
 from ..selection import SelectionSettings, select
 from .regions import crop_covering, to_gse
-from .rewards import profile_for, reward_functions
+from .reward_terms import FinersTarget, RewardProfile, total_reward
+from .rewards import profile_for
 from .samples import gse_training_rows, look_enabled, lpr_training_rows
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 LOCALISATION = {"lpr": "iou", "gse": "covered"}
 
 
-def val_metrics(stage: str) -> tuple[str, ...]:
-    return (*TERMS[stage], "total", LOCALISATION[stage])
+def val_metrics(stage: str, terms: dict) -> tuple[str, ...]:
+    """The names a selection may use: the stage's terms (`terms`, its TERMS), total, and its
+    localisation score."""
+    return (*terms, "total", LOCALISATION[stage])
 
 
 def localisation(stage: str, text: str, gt_box, profile: RewardProfile) -> float:
@@ -62,25 +64,27 @@ def val_samples(stage: str, rows: list[dict], images_root: str, cfg: dict) -> li
     return gse_training_rows(rows, centred, images_root, cfg, look=look)
 
 
-def score_completions(stage: str, completions: list[str], samples: list[dict], cfg: dict) -> dict[str, float]:
-    """Mean of every reward term over the samples, and `total` over the trained terms."""
+def score_completions(stage: str, terms: dict, completions: list[str], samples: list[dict],
+                      cfg: dict) -> dict[str, float]:
+    """Mean of every reward term over the samples, `total` over the trained terms, and the
+    stage's localisation score."""
     profile = profile_for(cfg["reward_profile"], cfg.get("region_size", 256))
-    fns = reward_functions(stage, profile)
-    columns = {k: [s.get(k) for s in samples] for k in ("qtype", "answer", "bbox", "points", "region")}
-    scores, trained = {}, set(TERMS[stage]) - set(cfg[stage].get("disabled_rewards", []))
-    per_term = {}
-    for name, fn in fns.items():
-        term = name.split("/", 1)[1]
-        per_term[term] = fn(completions, **{k: v for k, v in columns.items() if any(x is not None for x in v)})
-        scores[term] = sum(per_term[term]) / len(completions)
-    totals = [sum(per_term[t][i] for t in per_term if t in trained) for i in range(len(completions))]
-    scores["total"] = sum(totals) / len(completions)
-    scores[LOCALISATION[stage]] = sum(localisation(stage, t, s.get("bbox"), profile)
-                                      for t, s in zip(completions, samples)) / len(completions)
-    return scores
+    trained = set(terms) - set(cfg[stage].get("disabled_rewards", []))
+    sums = dict.fromkeys([*terms, "total", LOCALISATION[stage]], 0.0)
+    for text, sample in zip(completions, samples, strict=True):
+        parsed = parse(text)
+        gt = FinersTarget.from_mapping({k: v for k, v in sample.items()
+                                        if k in ("qtype", "answer", "bbox", "points", "region")})
+        # Every term is measured, disabled ones too; `total` is what the stage trains on.
+        values = total_reward(parsed, gt, terms, profile)
+        for name in terms:
+            sums[name] += values[name]
+        sums["total"] += sum(values[name] for name in trained)
+        sums[LOCALISATION[stage]] += localisation(stage, text, sample.get("bbox"), profile)
+    return {k: v / len(completions) for k, v in sums.items()}
 
 
-def score_policy(policy_dir: Path, stage: str, samples: list[dict], cfg: dict, batch_size: int,
+def score_policy(policy_dir: Path, stage: str, terms: dict, samples: list[dict], cfg: dict, batch_size: int,
                  max_new_tokens: int) -> dict[str, float]:
     from .generation import Policy   # torch: kept out of the Snakefile's parse
 
@@ -89,16 +93,17 @@ def score_policy(policy_dir: Path, stage: str, samples: list[dict], cfg: dict, b
     for i in tqdm(range(0, len(samples), batch_size), desc=f"val {policy_dir.name}", unit="batch", mininterval=10):
         chunk = samples[i:i + batch_size]
         texts += policy.generate([s["image"] for s in chunk], [s["prompt"] for s in chunk], max_new_tokens)
-    scores = score_completions(stage, texts, samples, cfg)
+    scores = score_completions(stage, terms, texts, samples, cfg)
     log.info("%s: %s", policy_dir.name, {k: round(v, 4) for k, v in scores.items()})
     return scores
 
 
 def select_stage(stage: str, val_split: str, images_root: str, candidates: str, out_dir: str,
-                 selection_json: str, cfg: dict) -> dict:
-    """Scores every candidate on the val split and links the chosen one to `out_dir`."""
+                 selection_json: str, cfg: dict, terms: dict) -> dict:
+    """Scores every candidate on the val split and links the chosen one to `out_dir`.
+    terms: the stage's reward terms (reproseg.finers.lpr_rewards or gse_rewards TERMS)."""
     settings = SelectionSettings(**cfg["selection"][stage])
-    settings.check_metric(val_metrics(stage), f"finers.selection.{stage}")
+    settings.check_metric(val_metrics(stage, terms), f"finers.selection.{stage}")
     score = None
     if settings.metric is not None:
         rows = pq.read_table(val_split).to_pylist()
@@ -108,7 +113,7 @@ def select_stage(stage: str, val_split: str, images_root: str, candidates: str, 
         batch, tokens = cfg["selection"]["batch_size"], cfg["selection"]["max_new_tokens"]
 
         def score(path):
-            return score_policy(path, stage, samples, cfg, batch, tokens)
+            return score_policy(path, stage, terms, samples, cfg, batch, tokens)
     selection = select(candidates, score, settings, out_dir, selection_json, split="val")
     log.info("chosen: step %d of %d candidates", selection["chosen"]["step"], len(selection["candidates"]))
     return {"selection": selection}

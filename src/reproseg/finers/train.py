@@ -7,21 +7,20 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from .rewards import gt_objects, stage_reward_functions
+from ..curves import plot_curves
+from ..grpo.launch import run_distributed
+from .rewards import add_reward_columns, stage_reward_functions
 from .samples import gse_training_rows, look_enabled, lpr_training_rows
 
 log = logging.getLogger(__name__)
 
 
-def _train(stage: str, policy: str, rows: list[dict], cfg: dict, run_dir: str, checkpoint: str,
+def _train(stage: str, policy: str, rows: list[dict], cfg: dict, terms: dict, run_dir: str, checkpoint: str,
            train_log: str, curves: str) -> None:
-    from ..rl.engine_launch import run_distributed
-    from .curves import plot_curves
 
     stage_cfg = cfg[stage]
-    fns = stage_reward_functions(stage, cfg)
-    for row in rows:   # Dr. Seg's accuracy vector reads the GT as an object list
-        row["gt_objects"] = gt_objects(stage, row)
+    fns = stage_reward_functions(stage, cfg, terms)
+    add_reward_columns(stage, cfg, rows)
     log.info("%s: %d samples, rewards %s", stage, len(rows), list(fns))
     # The engine keeps its resume state, and the step log, in run_dir under names that
     # are not rule outputs, so Snakemake does not delete them when an attempt fails; a
@@ -38,18 +37,20 @@ def _train(stage: str, policy: str, rows: list[dict], cfg: dict, run_dir: str, c
 
 
 def train_lpr_stage(train_split: str, images_root: str, policy: str, run_dir: str, checkpoint: str,
-                    train_log: str, curves: str, cfg: dict) -> None:
+                    train_log: str, curves: str, cfg: dict, terms: dict) -> None:
+    """terms: the LPR reward terms (reproseg.finers.lpr_rewards.TERMS)."""
     rows = pq.read_table(train_split).to_pylist()
     samples = lpr_training_rows(rows, images_root, cfg, seed=cfg["lpr"]["grpo"].get("seed", 0), look=look_enabled(cfg, "lpr"))
-    _train("lpr", policy, samples, cfg, run_dir, checkpoint, train_log, curves)
+    _train("lpr", policy, samples, cfg, terms, run_dir, checkpoint, train_log, curves)
 
 
 def train_gse_stage(train_split: str, regions: str, images_root: str, policy: str, run_dir: str,
-                    checkpoint: str, train_log: str, curves: str, cfg: dict) -> None:
+                    checkpoint: str, train_log: str, curves: str, cfg: dict, terms: dict) -> None:
+    """terms: the GSE reward terms (reproseg.finers.gse_rewards.TERMS)."""
     rows = pq.read_table(train_split).to_pylist()
     chosen = {r["id"]: r["region_gse"] for r in pq.read_table(regions).to_pylist() if r["chosen"]}
     missing = [r["id"] for r in rows if r["id"] not in chosen]
     if missing:
         raise ValueError(f"{regions}: no chosen region for {len(missing)} training sample(s), e.g. {missing[:5]}")
     samples = gse_training_rows(rows, chosen, images_root, cfg, look=look_enabled(cfg, "gse"))
-    _train("gse", policy, samples, cfg, run_dir, checkpoint, train_log, curves)
+    _train("gse", policy, samples, cfg, terms, run_dir, checkpoint, train_log, curves)

@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..data.images import load_image
 from ..data.masks import rle_decode
 from ..models.sam2_warmup import train_sam2
 from ..models.sft import train_sft
 from ..models.tiny_bundle import SAM2_CONFIG_FILE
-from .curves import plot_curves
+from ..curves import plot_curves
 from .regions import crop_covering, to_gse
-from .samples import gt_points, gse_image, gse_prompt, load_image, lpr_sample, row_rng
+from .samples import gt_points, gse_image, gse_prompt, lpr_sample, row_rng
 
 log = logging.getLogger(__name__)
 

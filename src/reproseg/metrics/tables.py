@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from reproseg.io_atomic import write_parquet, write_text
 from reproseg.metrics.paper_numbers import TIMING_S_PER_IMAGE, paper_result
-from reproseg.metrics.qa import QAScore
+from reproseg.answers.qa import QAScore
 from reproseg.metrics.segmentation import SegScore
 
 # (block, our group key, paper header), in the paper's column order.

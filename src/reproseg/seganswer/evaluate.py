@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from reproseg.answers.qa import answer_correct
 from reproseg.seganswer.model import SegAnswerModel
 from reproseg.seganswer.prompts import reasoning_messages
 from reproseg.seganswer.rollout import RolloutSettings, prepare_prompt, rollout_batch
@@ -123,8 +124,6 @@ def answer_questions(model: SegAnswerModel, rows: Sequence[Mapping], max_turns: 
 
 def qa_accuracy(records: Iterable[Mapping]) -> dict:
     """{"accuracy", "n", "correct", "unanswered"}; multiple choice when a record has options."""
-    from reproseg.seganswer.stage3 import answer_correct
-
     n = correct = unanswered = 0
     for r in records:
         n += 1

@@ -155,7 +155,7 @@ def train_stage2(stage1_dir, rows: Sequence[dict], out_dir, settings: Stage2Sett
     launches them (torchrun) and each runs `_train`; the rows are pickled by reference
     to their tables (images load in the workers).
     """
-    from reproseg.rl.engine_launch import run_workers, visible_gpu_count
+    from reproseg.launch import run_workers, visible_gpu_count
 
     from . import sharding
 

@@ -1,6 +1,6 @@
 """Stage 3, reasoning with pixel grounding: multi-turn DAPO on the project's GRPO engine (paper Sec. 3.3, 4.2).
 
-What this adds to `reproseg.rl.engine` (a subclass of its EngineGRPOTrainer, passed as
+What this adds to `reproseg.grpo.engine` (a subclass of its EngineGRPOTrainer, passed as
 `train_grpo(..., trainer_cls=)`; the engine's config, resume, stop-signal, Parquet log
 and export are reused as they are):
 - multi-turn rollouts (rollout.py): generate until the turn ends; on `<|seg|>` decode
@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import re
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,11 +53,15 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from reproseg.rl.engine import GRPOSettings
-from reproseg.rl.engine_trainer import EngineGRPOTrainer
+from reproseg.curves import plot_curves
+from reproseg.grpo.engine import GRPOSettings
+from reproseg.grpo.trainer import EngineGRPOTrainer
 from reproseg.seganswer.model import CONFIG_FILE, HEADS_FILE, SAM2_SUBDIR, SegAnswerModel
 from reproseg.seganswer.positions import sparse_image_features
-from reproseg.seganswer.prompts import extract_answer, reasoning_messages
+from reproseg.seganswer.prompts import reasoning_messages
+from reproseg.seganswer.rewards import REWARD_WEIGHTS, accuracy_reward, format_reward
+from reproseg.seganswer.sources.rows import select
+from reproseg.seganswer.workflow_stages import with_cache
 from reproseg.seganswer.rollout import (
     Rollout,
     RolloutSettings,
@@ -67,72 +71,8 @@ from reproseg.seganswer.rollout import (
     rollout_batch,
 )
 
-REWARD_WEIGHTS = {"acc": 0.8, "format": 0.2}
-SEG_TOKEN = "<|seg|>"
 EXTRA_LOG_COLUMNS = ("seg_calls_mean", "seg_calls_total", "unanswered", "rollouts", "dropped_groups",
                      "refill_rounds", "padded_groups", "acc_mean", "format_mean", "total_mean")
-
-
-# -- rewards -----------------------------------------------------------------------------
-def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s.-]", " ", str(text).lower()).split()).strip(" .")
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text.replace(",", ""))
-    except (TypeError, ValueError):
-        return None
-
-
-def answer_correct(response: str | None, answer: str, options: Sequence[str] | None = None) -> bool:
-    """Is `response` (the text inside <answer>) the right answer?"""
-    if response is None:
-        return False
-    from reproseg.metrics.qa import option_correct, option_letter
-
-    if options:
-        letter = option_letter(str(answer))
-        if letter is not None and option_correct(str(answer), response, "paper"):
-            return True
-        if letter is not None and "a" <= letter <= "z" and ord(letter) - 97 < len(options):
-            return _norm(response) == _norm(options[ord(letter) - 97])
-        return False
-    r, a = _norm(response), _norm(answer)
-    if r == a:
-        return True
-    rn, an = _number(r), _number(a)
-    return rn is not None and an is not None and math.isclose(rn, an, rel_tol=1e-6, abs_tol=1e-9)
-
-
-def format_ok(turns: Sequence[str], answered: bool) -> bool:
-    if not answered or not turns:
-        return False
-    for t in turns[:-1]:
-        if t.count(SEG_TOKEN) < 1 or "<answer>" in t or "</answer>" in t:
-            return False
-    last = turns[-1]
-    return (SEG_TOKEN not in last and last.count("<answer>") == 1 and last.count("</answer>") == 1
-            and extract_answer(last) is not None)
-
-
-def accuracy_reward(completions: list[str], answer: list, answered: list, turns: list,
-                    options: list | None = None, **_) -> list[float]:
-    """R_acc per rollout (0 for a rollout that never answered)."""
-    options = options or [None] * len(completions)
-    return [float(bool(ok) and answer_correct(extract_answer(t[-1]), a, o))
-            for t, a, ok, o in zip(turns, answer, answered, options)]
-
-
-def format_reward(completions: list[str], turns: list, answered: list, **_) -> list[float]:
-    """R_format per rollout (0 for a rollout that never answered)."""
-    return [float(format_ok(t, bool(ok))) for t, ok in zip(turns, answered)]
-
-
-def total_reward(acc: Sequence[float], fmt: Sequence[float], weights: dict | None = None) -> np.ndarray:
-    """R = w_a R_acc + w_f R_format (paper Eq. 2; w_a 0.8, w_f 0.2)."""
-    w = weights or REWARD_WEIGHTS
-    return w["acc"] * np.asarray(acc, dtype=float) + w["format"] * np.asarray(fmt, dtype=float)
 
 
 # -- dynamic sampling --------------------------------------------------------------------
@@ -567,7 +507,7 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
     the completions plus the columns answer, options, turns, answered, seg_calls and
     generated_ids (the token ids the policy wrote, observations left out).
     """
-    from reproseg.rl.engine import CANDIDATES_DIR, FINAL_DIR, train_grpo
+    from reproseg.grpo.engine import CANDIDATES_DIR, FINAL_DIR, train_grpo
 
     g = grpo if isinstance(grpo, GRPOSettings) else stage3_grpo_settings(grpo)
     s = settings if isinstance(settings, Stage3Settings) else Stage3Settings.from_dict(settings)
@@ -591,3 +531,19 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
         shutil.copytree(Path(stage2_dir) / SAM2_SUBDIR, target / SAM2_SUBDIR)
         shutil.copy2(Path(stage2_dir) / CONFIG_FILE, target / CONFIG_FILE)
     return final
+
+
+def stage3_stage(tables: list[str], roots: list[str], stage2: str, run_dir: str, checkpoint: str, train_log: str,
+                 curves: str, cfg: dict) -> None:
+    rows = select(tables, roots, cfg["data"]["stage3"], "questions", cfg["image_size"])
+    # As for FineRS: the step log lives beside the resume state until the run ends.
+    work_log = Path(run_dir) / "train_log.inprogress.parquet"
+    produced = train_stage3(stage2, rows, run_dir, work_log, grpo=cfg["stage3"]["grpo"],
+                            settings=with_cache(cfg["stage3"]["settings"], cfg))
+    if Path(produced).resolve() != Path(checkpoint).resolve():
+        raise RuntimeError(f"stage 3 wrote {produced}, the rule expects {checkpoint}")
+    extra = work_log.with_name(work_log.name.replace(".parquet", ".seganswer.parquet"))
+    os.replace(work_log, train_log)
+    if extra.exists():
+        os.replace(extra, Path(train_log).with_suffix(".seganswer.parquet"))
+    plot_curves(train_log, curves, title="SegAnswer stage 3 (DAPO): R_acc, R_format, total")

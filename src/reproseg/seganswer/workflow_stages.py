@@ -7,6 +7,9 @@ same order. Images (and masks, nearest neighbour) are resized to
 `seganswer.sam_feature_cache_mb` is every stage's SAM feature cache unless the stage's
 own settings name one.
 
+Stage 3's job is reproseg.seganswer.stage3.stage3_stage: kept out of this module so that
+the other stages' code fingerprints do not hold stage 3's rewards.
+
 Evaluation runs once per checkpoint (base, stage1, stage2, stage3; see paper_tables
 for what each stands for) and writes that checkpoint's metrics; `tables_stage` puts
 the checkpoints up to a stage side by side in the paper's layouts.
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from ..io_atomic import write_json, write_parquet, write_text
@@ -24,7 +26,7 @@ from .sources.rows import select
 log = logging.getLogger(__name__)
 
 
-def _with_cache(settings: dict | None, cfg: dict) -> dict:
+def with_cache(settings: dict | None, cfg: dict) -> dict:
     """A stage's settings with the section-wide SAM feature cache unless they set their own."""
     return {"sam_feature_cache_mb": cfg.get("sam_feature_cache_mb", 0), **(settings or {})}
 
@@ -41,7 +43,7 @@ def stage1_projector_stage(tables: list[str], roots: list[str], qwen: str, sam2:
     from .stage1 import train_stage1_projector
 
     rows = _referring(tables, roots, cfg["data"]["stage1_projector"], cfg["image_size"])
-    train_stage1_projector(qwen, sam2, rows, out_dir, _with_cache(cfg["stage1"]["projector"], cfg), train_log,
+    train_stage1_projector(qwen, sam2, rows, out_dir, with_cache(cfg["stage1"]["projector"], cfg), train_log,
                            sam2_config_name=sam2_config)
 
 
@@ -50,7 +52,7 @@ def stage1_lora_stage(tables: list[str], roots: list[str], phase_a: str, out_dir
     from .stage1 import train_stage1_lora
 
     rows = _referring(tables, roots, cfg["data"]["stage1_lora"], cfg["image_size"])
-    train_stage1_lora(phase_a, rows, out_dir, _with_cache(cfg["stage1"]["lora"], cfg), train_log)
+    train_stage1_lora(phase_a, rows, out_dir, with_cache(cfg["stage1"]["lora"], cfg), train_log)
 
 
 def stage1_merge_stage(unmerged: str, out_dir: str, cfg: dict) -> None:
@@ -63,27 +65,7 @@ def stage2_stage(tables: list[str], roots: list[str], stage1: str, out_dir: str,
     from .stage2 import train_stage2
 
     rows = select(tables, roots, cfg["data"]["stage2"], "questions", cfg["image_size"])
-    train_stage2(stage1, rows, out_dir, _with_cache(cfg["stage2"], cfg), train_log)
-
-
-def stage3_stage(tables: list[str], roots: list[str], stage2: str, run_dir: str, checkpoint: str, train_log: str,
-                 curves: str, cfg: dict) -> None:
-    from .stage3 import train_stage3
-
-    rows = select(tables, roots, cfg["data"]["stage3"], "questions", cfg["image_size"])
-    # As for FineRS: the step log lives beside the resume state until the run ends.
-    work_log = Path(run_dir) / "train_log.inprogress.parquet"
-    produced = train_stage3(stage2, rows, run_dir, work_log, grpo=cfg["stage3"]["grpo"],
-                            settings=_with_cache(cfg["stage3"]["settings"], cfg))
-    if Path(produced).resolve() != Path(checkpoint).resolve():
-        raise RuntimeError(f"stage 3 wrote {produced}, the rule expects {checkpoint}")
-    extra = work_log.with_name(work_log.name.replace(".parquet", ".seganswer.parquet"))
-    os.replace(work_log, train_log)
-    if extra.exists():
-        os.replace(extra, Path(train_log).with_suffix(".seganswer.parquet"))
-    from ..finers.curves import plot_curves
-
-    plot_curves(train_log, curves, title="SegAnswer stage 3 (DAPO): R_acc, R_format, total")
+    train_stage2(stage1, rows, out_dir, with_cache(cfg["stage2"], cfg), train_log)
 
 
 def load_checkpoint(model: dict, cfg: dict):

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
-from ...data.annotations import AnnotationError, Report, _summary
+from ...data.annotations import AnnotationError, Report, report_summary
 from .tables import referring_table
 
 # Problem classes named in the report.
@@ -305,5 +305,5 @@ def import_refer(spec: dict, *, on_invalid: str = "fail") -> tuple[pa.Table, Rep
                     rows.append({"id": rid, **fields, "phrase": phrase})
             index += 1
     if report.problems and on_invalid == "fail":
-        raise AnnotationError(_summary(report), report)
+        raise AnnotationError(report_summary(report), report)
     return referring_table(rows), report

@@ -63,7 +63,7 @@ class SampleRows(Sequence):
 
 
 def _load(root: str, rec: dict) -> Image.Image:
-    from ...finers.samples import load_image
+    from ...data.images import load_image
 
     try:
         return load_image(root, rec["image_path"])

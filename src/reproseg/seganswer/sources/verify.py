@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ...data.annotations import AnnotationError, Report, _summary
+from ...data.annotations import AnnotationError, Report, report_summary
 
 UNREADABLE = "unreadable_image"
 
@@ -47,5 +47,5 @@ def verify_images(table: pa.Table, root: str | os.PathLike, report: Report, on_i
         if is_bad:
             report.add(rid, rid, UNREADABLE, f"image does not decode: {problems[path]}")
     if on_invalid == "fail":
-        raise AnnotationError(_summary(report), report)
+        raise AnnotationError(report_summary(report), report)
     return table.filter(pc.invert(pa.array(bad)))

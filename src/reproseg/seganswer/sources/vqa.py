@@ -66,7 +66,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from ...data.annotations import (AnnotationError, Report, _summary, answer_letter,
+from ...data.annotations import (AnnotationError, Report, report_summary, answer_letter,
                                  parse_options)
 from .tables import question_table
 
@@ -117,7 +117,7 @@ def _require(spec: dict, key: str) -> Path:
 
 def _finish(rows: list[dict], report: Report, on_invalid: str) -> tuple[pa.Table, Report]:
     if report.problems and on_invalid == "fail":
-        raise AnnotationError(_summary(report), report)
+        raise AnnotationError(report_summary(report), report)
     return question_table(rows), report
 
 

@@ -13,6 +13,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
+from reproseg.grpo.completions import completion_text
+
 REWARD_STATE_DIR = "reward_state"
 
 # Keyword arguments TRL adds for its own reward-function API; the project's reward
@@ -38,20 +40,6 @@ class StatefulReward(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
-
-
-def completion_text(completion: Any) -> str:
-    """Text of one TRL completion: a plain string, or the assistant messages of a chat."""
-    if isinstance(completion, str):
-        return completion
-    parts = []
-    for message in completion:
-        content = message.get("content", "")
-        if isinstance(content, str):
-            parts.append(content)
-        else:
-            parts.extend(p.get("text", "") for p in content if p.get("type") == "text")
-    return "".join(parts)
 
 
 class RewardAdapter:

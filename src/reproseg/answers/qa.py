@@ -17,9 +17,10 @@ Two rule sets, named like the reward profiles:
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -59,14 +60,15 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def open_correct(answer: str, response: str | None, profile: str = "paper") -> bool:
+def open_correct(answer: str, response: str | None, profile: str = "paper",
+                 min_ratio: float = OPEN_THRESHOLD) -> bool:
     if response is None:
         return False
     gt = _norm(answer)
     if profile == "paper":
-        return difflib.SequenceMatcher(None, _norm(response), gt).ratio() >= OPEN_THRESHOLD
+        return difflib.SequenceMatcher(None, _norm(response), gt).ratio() >= min_ratio
     if profile == "reference_code":
-        return any(difflib.SequenceMatcher(None, word, gt).ratio() >= OPEN_THRESHOLD
+        return any(difflib.SequenceMatcher(None, word, gt).ratio() >= min_ratio
                    for word in response.lower().split())
     raise ValueError(f"unknown QA profile {profile!r}; expected one of {PROFILES}")
 
@@ -111,3 +113,37 @@ def qa_metrics(records: pa.Table | Iterable[Mapping], profile: str = "paper") ->
             tally[TASKS[task]][group][0] += 1
             tally[TASKS[task]][group][1] += hit
     return {t: {g: QAScore(*nc) for g, nc in groups.items()} for t, groups in tally.items()}
+
+
+# ---- SegAnswer's answers (stage-3 accuracy reward and VQA accuracy) ----------------
+
+def _loose(text: str) -> str:
+    """Lower case, punctuation but . and - dropped, whitespace collapsed (SegAnswer's rule)."""
+    return " ".join(re.sub(r"[^\w\s.-]", " ", str(text).lower()).split()).strip(" .")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except (TypeError, ValueError):
+        return None
+
+
+def answer_correct(response: str | None, answer: str, options: Sequence[str] | None = None) -> bool:
+    """SegAnswer's rule (its stage-3 R_acc and its VQA accuracy): is `response` (the text
+    inside <answer>) the right answer? Multiple choice: the option letter (the "paper"
+    rule above) or the option's text; open: the same text or the same number."""
+    if response is None:
+        return False
+    if options:
+        letter = option_letter(str(answer))
+        if letter is not None and option_correct(str(answer), response, "paper"):
+            return True
+        if letter is not None and "a" <= letter <= "z" and ord(letter) - 97 < len(options):
+            return _loose(response) == _loose(options[ord(letter) - 97])
+        return False
+    r, a = _loose(response), _loose(answer)
+    if r == a:
+        return True
+    rn, an = _number(r), _number(a)
+    return rn is not None and an is not None and math.isclose(rn, an, rel_tol=1e-6, abs_tol=1e-9)

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from reproseg.io_atomic import atomic_dir, write_json
-from reproseg.rl.engine_trainer import StatefulReward, zero_std_fraction  # noqa: F401  (public API)
+from reproseg.grpo.trainer import StatefulReward, zero_std_fraction  # noqa: F401  (public API)
 
 RESUME_DIR = "resume"
 FINAL_DIR = "checkpoint"
@@ -243,7 +243,7 @@ def _use_bf16(settings: GRPOSettings) -> bool:
 def _deepspeed_arg(settings: GRPOSettings, bf16: bool):
     ds = settings.deepspeed
     if isinstance(ds, str) and ds in ("zero2", "zero3"):
-        from reproseg.rl.engine_launch import deepspeed_config
+        from reproseg.grpo.deepspeed import deepspeed_config
 
         return deepspeed_config(int(ds[-1]), bf16=bf16)
     return ds
@@ -556,14 +556,14 @@ def train_grpo(
     """
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    from reproseg.rl.engine_callbacks import (
+    from reproseg.grpo.callbacks import (
         CandidateCallback,
         ParquetLogCallback,
         RewardStateCallback,
         StopOnSignalCallback,
         StopSignal,
     )
-    from reproseg.rl.engine_trainer import EngineGRPOTrainer, RewardAdapter, load_reward_states
+    from reproseg.grpo.trainer import EngineGRPOTrainer, RewardAdapter, load_reward_states
 
     settings = settings if isinstance(settings, GRPOSettings) else GRPOSettings.from_dict(settings)
     policy_dir, out_dir = Path(policy_dir), Path(out_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..io_atomic import atomic_path
+from .io_atomic import atomic_path
 
 _TERM_PREFIX, _TERM_SUFFIX = "reward_", "_mean"
 

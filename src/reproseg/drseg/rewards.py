@@ -20,8 +20,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from reproseg.rl import geometry as geo
-from reproseg.rl.parsing import MAX_OBJECTS, Parsed, parse, to_box, to_point
+from reproseg.answers import geometry as geo
+from reproseg.answers.parsing import MAX_OBJECTS, Parsed, parse, to_box, to_point
+from reproseg.grpo.completions import completion_text
 
 # The phrases of Dr. Seg's prompt template that a lazy policy copies verbatim.
 TEMPLATE_PLACEHOLDERS = ("your reasoning text", "your visual focus", "more reasoning text")
@@ -396,3 +397,30 @@ class DistributionRankedReward:
 
     def load_state_dict(self, state: dict) -> None:
         self.queue.load_state_dict(state)
+
+
+# ---- as TRL reward functions of the GRPO engine ------------------------------------
+
+
+def distributed_gather(rows):
+    """Every rank's buffered accuracy vectors, so all ranks keep the same history."""
+    import torch.distributed as dist   # torch: kept out of the import of the reward terms
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, np.asarray(rows))
+    return np.concatenate([np.asarray(p).reshape(-1, rows.shape[1]) for p in parts])
+
+
+class FormatReward:
+    """Dr. Seg's Look-to-Confirm terms: `kind` "look" (a non-empty <look> block) or
+    "non_repeat" (no repeated sentence, no copied template phrase)."""
+
+    def __init__(self, kind: str, profile_name: str):
+        self.kind, self.profile_name = kind, profile_name
+
+    def __call__(self, completions, **_) -> list[float]:
+        fn = look_reward if self.kind == "look" else non_repeat_reward
+        profile = DrSegProfile.by_name(self.profile_name)
+        return [fn(completion_text(c), profile) for c in completions]

@@ -1,4 +1,6 @@
-"""FineRS reward terms: LPR (paper Eq. 6, max 6) and GSE (Eq. 7, max 7).
+"""What FineRS's reward terms share: the profiles, the ground truth, and the format, think and
+response checks. The terms themselves are in reproseg.finers.lpr_rewards (paper Eq. 6,
+max 6) and reproseg.finers.gse_rewards (Eq. 7, max 7).
 
 Every term has the shape `term(parsed: Parsed, gt: FinersTarget, profile: RewardProfile)
 -> float`, is binary except `size` (0, 0.5 or 1), and scores 0.0 for anything malformed
@@ -16,24 +18,16 @@ from __future__ import annotations
 
 import difflib
 import functools
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from reproseg.rl import geometry as geo
-from reproseg.rl.parsing import Box, Parsed, Point, parse, to_box, to_point
+from reproseg.answers.parsing import Box, Parsed, Point, parse, to_box, to_point
+from reproseg.answers.qa import open_correct, option_correct, option_letter
 
-LPR_TERMS = ("box_iou", "box_l1", "point", "format", "think", "response")
-GSE_TERMS = ("region_iou", "region_l1", "size", "cover", "format", "think", "response")
-STAGES = ("lpr", "gse")
 
 _QTYPES = {"referring": "is", "is": "is", "option": "mvqa", "mvqa": "mvqa",
            "reasoning": "ovqa", "ovqa": "ovqa"}
-# A GT option is a letter, maybe with its text after it: "B", "(b)", "B. red".
-_LEADING_LETTER = re.compile(r"^[\s(\[{'\"]*([a-z])(?:[\s)\]}'\".:]|$)", re.IGNORECASE)
-# Paper MVQA: the response is the letter and nothing else but decoration.
-_ONLY_LETTER = re.compile(r"^[\s(\[{'\"]*([a-z])[\s)\]}'\".:]*$", re.IGNORECASE)
 _IS_PHRASE = re.compile(r"\bis\s+(?:found|detected)\b", re.IGNORECASE)
 
 
@@ -64,7 +58,7 @@ class RewardProfile:
     point_max: float = 100.0
     size_target: float = 256.0  # 256 px in 1920x1080 = 512 px in the 4K original
     size_tol: float = 15.0
-    # Both profiles use ratio >= 0.8, as reproseg.metrics.qa does; the paper says "exceeds".
+    # Both profiles use ratio >= 0.8, as reproseg.answers.qa does; the paper says "exceeds".
     ovqa_min_ratio: float = 0.8
 
     @classmethod
@@ -116,7 +110,7 @@ class FinersTarget:
                    bbox=to_box(m.get("bbox")), points=points, region=to_box(m.get("region")))
 
 
-def _safe(fn: Callable[..., float]) -> Callable[..., float]:
+def safe_term(fn: Callable[..., float]) -> Callable[..., float]:
     """A term scores 0.0 rather than raise (the authors' terms swallow their errors too)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs) -> float:
@@ -127,18 +121,18 @@ def _safe(fn: Callable[..., float]) -> Callable[..., float]:
     return wrapper
 
 
-def _answer(parsed: Parsed, profile: RewardProfile) -> dict | None:
+def answer_object(parsed: Parsed, profile: RewardProfile) -> dict | None:
     d = parsed.first_object if profile.answer_source == "first_object" else parsed.answer
     return d if isinstance(d, dict) else None
 
 
-def _pred_box(parsed: Parsed, profile: RewardProfile, key: str) -> Box | None:
-    d = _answer(parsed, profile)
+def pred_box(parsed: Parsed, profile: RewardProfile, key: str) -> Box | None:
+    d = answer_object(parsed, profile)
     return to_box(d.get(key)) if d is not None else None
 
 
-def _format(parsed: Parsed, profile: RewardProfile, box_key: str, point_keys: tuple[str, ...]) -> float:
-    d = _answer(parsed, profile)
+def format_score(parsed: Parsed, profile: RewardProfile, box_key: str, point_keys: tuple[str, ...]) -> float:
+    d = answer_object(parsed, profile)
     if d is None:
         return 0.0
     keys = (box_key, *point_keys, "response")
@@ -155,18 +149,9 @@ def _format(parsed: Parsed, profile: RewardProfile, box_key: str, point_keys: tu
 
 # ---------------------------------------------------------------- shared terms
 
-@_safe
+@safe_term
 def think_reward(parsed: Parsed, gt: FinersTarget | None = None, profile: RewardProfile | None = None) -> float:
     return float(parsed.think_ok)
-
-
-def _option_letter(answer: str) -> str | None:
-    m = _LEADING_LETTER.match(answer or "")
-    return m.group(1).lower() if m else None
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 def _response_correct(response: str, gt: FinersTarget, profile: RewardProfile, max_words: int | None) -> bool:
@@ -177,13 +162,10 @@ def _response_correct(response: str, gt: FinersTarget, profile: RewardProfile, m
             return "is found" in low or "is detected" in low
         return _IS_PHRASE.search(response) is not None
     if task == "mvqa":
-        letter = _option_letter(gt.answer)
-        if letter is None:
+        # The metric's rules (reproseg.answers.qa): "exact" is its paper rule, "letter" the code's.
+        if option_letter(gt.answer) is None:
             return False
-        if profile.mvqa_rule == "letter":
-            return re.search(rf"\b{letter}\b", response.lower()) is not None
-        m = _ONLY_LETTER.match(response)
-        return m is not None and m.group(1).lower() == letter
+        return option_correct(gt.answer, response, "reference_code" if profile.mvqa_rule == "letter" else "paper")
     if task == "ovqa":
         answer = gt.answer.strip().lower()
         if not answer:
@@ -194,146 +176,30 @@ def _response_correct(response: str, gt: FinersTarget, profile: RewardProfile, m
                 return False
             return any(difflib.SequenceMatcher(None, w, answer).ratio() >= profile.ovqa_min_ratio
                        for w in words)
-        ratio = difflib.SequenceMatcher(None, _norm(response), _norm(gt.answer)).ratio()
-        return ratio >= profile.ovqa_min_ratio
+        return open_correct(gt.answer, response, "paper", min_ratio=profile.ovqa_min_ratio)
     return False
 
 
-def _response(parsed: Parsed, gt: FinersTarget, profile: RewardProfile, max_words: int | None) -> float:
-    d = _answer(parsed, profile)
+def response_score(parsed: Parsed, gt: FinersTarget, profile: RewardProfile, max_words: int | None) -> float:
+    d = answer_object(parsed, profile)
     response = d.get("response") if d is not None else None
     if not isinstance(response, str):
         return 0.0
     return float(_response_correct(response, gt, profile, max_words))
 
 
-# ---------------------------------------------------------------- LPR terms (Eq. 6)
-
-@_safe
-def box_iou_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
-    pred = _pred_box(parsed, profile, "bbox")
-    if pred is None or gt.bbox is None:
-        return 0.0
-    iou = geo.box_iou(pred, gt.bbox, plus_one=profile.iou_plus_one, strict=profile.iou_strict)
-    return float(iou > profile.box_iou_min)
-
-
-@_safe
-def box_l1_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
-    pred = _pred_box(parsed, profile, "bbox")
-    if pred is None or gt.bbox is None:
-        return 0.0
-    return float(geo.box_l1(pred, gt.bbox) < profile.box_l1_max)
-
-
-def pair_distance(pred: tuple[Point, Point], gt: tuple[Point, Point], metric: str) -> float:
-    """Mean distance of two predicted points to two GT points under the better of the two
-    pairings (the GT points carry no order)."""
-    d = geo.point_l1 if metric == "l1" else geo.point_distance
-    straight = d(pred[0], gt[0]) + d(pred[1], gt[1])
-    crossed = d(pred[0], gt[1]) + d(pred[1], gt[0])
-    return min(straight, crossed) / 2.0
-
-
-@_safe
-def point_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
-    d = _answer(parsed, profile)
-    if d is None or gt.points is None:
-        return 0.0
-    p1, p2 = to_point(d.get("points_1")), to_point(d.get("points_2"))
-    if p1 is None or p2 is None:
-        return 0.0
-    if profile.point_truncate:
-        p1 = (float(int(p1[0])), float(int(p1[1])))
-        p2 = (float(int(p2[0])), float(int(p2[1])))
-    if profile.point_inside_box:
-        box = to_box(d.get("bbox"))
-        if box is None or not (geo.point_in_box(p1, box) and geo.point_in_box(p2, box)):
-            return 0.0
-    return float(pair_distance((p1, p2), gt.points, profile.point_metric) < profile.point_max)
-
-
-@_safe
-def lpr_format_reward(parsed: Parsed, gt: FinersTarget | None, profile: RewardProfile) -> float:
-    return _format(parsed, profile, "bbox", ("points_1", "points_2"))
-
-
-@_safe
-def lpr_response_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
-    return _response(parsed, gt, profile, profile.ovqa_max_words_lpr)
-
-
-# ---------------------------------------------------------------- GSE terms (Eq. 7)
-
-@_safe
-def region_iou_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
-    pred = _pred_box(parsed, profile, profile.gse_box_key)
-    if pred is None or gt.region is None:
-        return 0.0
-    iou = geo.box_iou(pred, gt.region, plus_one=profile.iou_plus_one, strict=profile.iou_strict)
-    return float(iou > profile.region_iou_min)
-
-
-@_safe
-def region_l1_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
-    pred = _pred_box(parsed, profile, profile.gse_box_key)
-    if pred is None or gt.region is None:
-        return 0.0
-    return float(geo.box_l1(pred, gt.region) < profile.region_l1_max)
-
-
-@_safe
-def size_reward(parsed: Parsed, gt: FinersTarget | None, profile: RewardProfile) -> float:
-    """1 if both sides are size_target +- size_tol, 0.5 if one is (the paper gives no
-    tolerance; 256+-15 with half credit is the code's rule, kept for both profiles)."""
-    pred = _pred_box(parsed, profile, profile.gse_box_key)
-    if pred is None:
-        return 0.0
-    w, h = geo.box_size(pred, plus_one=profile.size_plus_one)
-    ok = [math.fabs(s - profile.size_target) <= profile.size_tol for s in (w, h)]
-    return 1.0 if all(ok) else 0.5 if any(ok) else 0.0
-
-
-@_safe
-def cover_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
-    pred = _pred_box(parsed, profile, profile.gse_box_key)
-    if pred is None or gt.bbox is None:
-        return 0.0
-    return float(geo.box_contains(pred, gt.bbox))
-
-
-@_safe
-def gse_format_reward(parsed: Parsed, gt: FinersTarget | None, profile: RewardProfile) -> float:
-    return _format(parsed, profile, profile.gse_box_key, ())
-
-
-@_safe
-def gse_response_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> float:
-    return _response(parsed, gt, profile, None)  # the code's 3-word cut is LPR-only
-
-
-TERMS: dict[str, dict[str, Callable[[Parsed, FinersTarget, RewardProfile], float]]] = {
-    "lpr": {"box_iou": box_iou_reward, "box_l1": box_l1_reward, "point": point_reward,
-            "format": lpr_format_reward, "think": think_reward, "response": lpr_response_reward},
-    "gse": {"region_iou": region_iou_reward, "region_l1": region_l1_reward, "size": size_reward,
-            "cover": cover_reward, "format": gse_format_reward, "think": think_reward,
-            "response": gse_response_reward},
-}
-
-
-def total_reward(parsed: Parsed | str, gt: FinersTarget, profile: RewardProfile | None = None,
-                 disabled: frozenset[str] | set[str] = frozenset(), stage: str = "lpr") -> dict[str, float]:
-    """Every term of `stage` plus "total" (their sum). A disabled term (ablations such
-    as "w/o QA reward" = {"response"}) reports 0.0 and adds nothing. Unknown stage or
-    term names raise ValueError: those are configuration errors, not model output."""
-    if stage not in TERMS:
-        raise ValueError(f"unknown FineRS stage {stage!r}; expected one of {STAGES}")
-    unknown = set(disabled) - set(TERMS[stage])
+def total_reward(parsed: Parsed | str, gt: FinersTarget, terms: dict, profile: RewardProfile | None = None,
+                 disabled: frozenset[str] | set[str] = frozenset()) -> dict[str, float]:
+    """Every term of `terms` (a stage's TERMS: reproseg.finers.lpr_rewards or gse_rewards)
+    plus "total" (their sum). A disabled term (ablations such as "w/o QA reward" =
+    {"response"}) reports 0.0 and adds nothing. Unknown term names raise ValueError: those
+    are configuration errors, not model output."""
+    unknown = set(disabled) - set(terms)
     if unknown:
-        raise ValueError(f"unknown {stage} reward terms {sorted(unknown)}; terms are {list(TERMS[stage])}")
+        raise ValueError(f"unknown reward terms {sorted(unknown)}; terms are {list(terms)}")
     profile = profile or RewardProfile.paper()
     if not isinstance(parsed, Parsed):
         parsed = parse(parsed)
-    out = {name: 0.0 if name in disabled else fn(parsed, gt, profile) for name, fn in TERMS[stage].items()}
+    out = {name: 0.0 if name in disabled else fn(parsed, gt, profile) for name, fn in terms.items()}
     out["total"] = float(sum(out.values()))
     return out

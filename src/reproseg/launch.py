@@ -1,0 +1,128 @@
+"""One process per GPU inside one (Slurm) job: the launcher command and the worker entry.
+
+A job's keyword arguments are pickled to a job file together with the function to run
+("module:function"); each rank runs `python -m reproseg.launch JOB`. The arguments
+must therefore be picklable by reference (module-level functions, instances of
+module-level classes). The GRPO engine's jobs go through reproseg.grpo.launch, the
+SegAnswer stage-2 loop through `run_workers`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+WORKER_MODULE = "reproseg.launch"
+TARGET_KEY = "_target"  # "module:function" the workers call with the job's arguments
+
+
+def visible_gpu_count(env: dict | None = None) -> int:
+    """GPUs this job may use: Slurm's count, else CUDA_VISIBLE_DEVICES, else what torch sees."""
+    env = os.environ if env is None else env
+    if env.get("SLURM_GPUS_ON_NODE", "").isdigit():
+        return int(env["SLURM_GPUS_ON_NODE"])
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        return len([d for d in cvd.split(",") if d.strip() and d.strip() != "-1"])
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(
+    job_path: str | os.PathLike,
+    num_gpus: int,
+    launcher: str | None = "torchrun",
+    python: str = sys.executable,
+    master_port: int | None = None,
+) -> list[str]:
+    """The command that runs the worker once per GPU on this node.
+
+    torchrun (the default) leaves CUDA_VISIBLE_DEVICES as Slurm set it and picks a free
+    rendezvous port itself (--standalone). The deepspeed launcher rewrites
+    CUDA_VISIBLE_DEVICES to 0..N-1, so use it only when the job owns the whole node.
+    launcher None: one plain process (one GPU or CPU, no DeepSpeed).
+    """
+    job = str(job_path)
+    num_gpus = max(1, int(num_gpus))
+    if launcher is None:
+        if num_gpus > 1:
+            raise ValueError("several GPUs need a launcher ('torchrun' or 'deepspeed')")
+        return [python, "-m", WORKER_MODULE, job]
+    if launcher == "torchrun":
+        return [
+            python, "-m", "torch.distributed.run",
+            "--standalone", "--nnodes=1", f"--nproc-per-node={num_gpus}",
+            "-m", WORKER_MODULE, job,
+        ]
+    if launcher == "deepspeed":
+        port = master_port or free_port()
+        return [
+            python, "-m", "deepspeed.launcher.runner",
+            "--num_gpus", str(num_gpus), "--master_port", str(port),
+            "--module", WORKER_MODULE, job,
+        ]
+    raise ValueError(f"launcher must be 'torchrun' or 'deepspeed', got {launcher!r}")
+
+
+def write_job(job_path: str | os.PathLike, **train_kwargs) -> Path:
+    """Pickles a job's keyword arguments (and its TARGET_KEY) for the workers."""
+    path = Path(job_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    with open(tmp, "wb") as f:
+        pickle.dump(train_kwargs, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+    return path
+
+
+def ignore_usr1():
+    # Slurm's `--signal=USR1@<s>` goes to every process of the step. torchrun would die
+    # of it (and take the workers along); ignoring it there leaves the USR1 to the
+    # workers, whose own handler replaces the inherited "ignore" and saves in time.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def run_workers(job_path: str | os.PathLike, num_processes: int, target: str, **kwargs) -> None:
+    """`target(**kwargs)` once per process (torchrun) on this node; raises if a worker fails.
+
+    For training loops of the project's own (SegAnswer stage 2) that shard a model
+    across the GPUs of one job; GRPO jobs go through reproseg.grpo.launch.run_distributed.
+    """
+    write_job(job_path, **{TARGET_KEY: target}, **kwargs)
+    cmd = launch_command(job_path, num_processes)
+    rc = subprocess.run(cmd, preexec_fn=ignore_usr1).returncode
+    if rc != 0:
+        raise subprocess.CalledProcessError(rc, cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker entry point: `python -m reproseg.launch JOB.pkl`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m reproseg.launch JOB.pkl", file=sys.stderr)
+        return 2
+    with open(argv[0], "rb") as f:
+        job = pickle.load(f)
+    target = job.pop(TARGET_KEY, None)
+    if not isinstance(target, str) or ":" not in target:
+        print(f"{argv[0]}: the job names no {TARGET_KEY} 'module:function'", file=sys.stderr)
+        return 2
+    module, _, name = target.partition(":")
+    getattr(importlib.import_module(module), name)(**job)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,0 @@
-"""Reinforcement-learning pieces: completion parsing, reward terms and the GRPO engine."""

@@ -1,0 +1,80 @@
+"""The library's layout: one package per paper, shared pieces outside them, no cycles."""
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "reproseg"
+PAPERS = ("finers", "drseg", "seganswer")
+# The one deliberate crossing: Dr. Seg's rewards as an option of a FineRS GRPO stage.
+ALLOWED = {("finers.drseg_option", "drseg")}
+
+
+def imports(path: Path, module: str) -> set[str]:
+    """Project modules `path` imports (absolute dotted names under reproseg)."""
+    tree = ast.parse(path.read_text())
+    out = set()
+    pkg = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg[: len(pkg) - node.level + 1] + ([node.module] if node.module else [])
+                name = ".".join(base)
+            else:
+                name = node.module or ""
+                if not name.startswith("reproseg."):
+                    continue
+                name = name[len("reproseg."):]
+            out.add(name)
+        elif isinstance(node, ast.Import):
+            out |= {a.name[len("reproseg."):] for a in node.names if a.name.startswith("reproseg.")}
+    return out
+
+
+def modules():
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).with_suffix("")
+        parts = list(rel.parts[:-1]) if rel.name == "__init__" else list(rel.parts)
+        yield path, ".".join(parts)
+
+
+def test_no_paper_package_imports_another():
+    crossings = []
+    for path, module in modules():
+        own = module.split(".")[0]
+        if own not in PAPERS:
+            continue
+        for target in imports(path, module):
+            other = target.split(".")[0]
+            if other in PAPERS and other != own and (module, other) not in ALLOWED:
+                crossings.append(f"{module} -> {target}")
+    assert crossings == []
+
+
+def test_shared_packages_import_no_paper_package():
+    found = [f"{m} -> {t}" for p, m in modules() if m.split(".")[0] not in PAPERS
+             for t in imports(p, m) if t.split(".")[0] in PAPERS]
+    assert found == []
+
+
+def test_no_import_cycle_between_packages():
+    graph: dict[str, set[str]] = {}
+    for path, module in modules():
+        a = module.split(".")[0]
+        graph.setdefault(a, set()).update(t.split(".")[0] for t in imports(path, module) if t.split(".")[0] != a)
+
+    def reach(start, node, seen):
+        for nxt in graph.get(node, ()):
+            if nxt == start:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                if reach(start, nxt, seen):
+                    return True
+        return False
+    assert [p for p in graph if reach(p, p, set())] == []
+
+
+def test_stage_reward_terms_live_in_modules_of_their_own():
+    lpr, gse = (imports(SRC / "finers" / f"{s}_rewards.py", f"finers.{s}_rewards") for s in ("lpr", "gse"))
+    assert "finers.gse_rewards" not in lpr and "finers.lpr_rewards" not in gse
+    shared = imports(SRC / "finers" / "rewards.py", "finers.rewards") | imports(SRC / "finers" / "train.py", "finers.train")
+    assert not shared & {"finers.lpr_rewards", "finers.gse_rewards", "finers.drseg_option", "drseg.rewards"}
