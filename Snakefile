@@ -1,6 +1,10 @@
 # FineRS, Dr. Seg and SegAnswer as one workflow. With no arguments it runs the embedded
 # default (config/config.yaml): synthetic data and tiny models, on CPU.
 # Parsing stays light: no torch or other heavy import happens here.
+from snakemake.utils import min_version
+
+# The pinned version (envs/requirements.txt): the profiles and the report use its options.
+min_version("9.27")
 
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
