@@ -6,6 +6,7 @@ from snakemake.utils import min_version
 # The pinned version (envs/requirements.txt): the profiles and the report use its options.
 min_version("9.27")
 
+
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 

@@ -39,9 +39,13 @@ def folder_from_record(input_name, suffix=None, inside=None):
     its consumers. `inside`: the folder sits beside the record under this name;
     `suffix`: the folder is the record's path without this suffix.
     """
+
     def param(wildcards, input):
         path = input[input_name]
+        if not path:  # an optional input that this variant does not use
+            return None
         return os.path.join(os.path.dirname(path), inside) if inside else path[: -len(suffix)]
+
     return param
 
 
@@ -56,8 +60,7 @@ def stage_params(script_name, *keys):
     path = Path(workflow.basedir) / "workflow_scripts" / f"{script_name}.py"
     return {
         "cfg": cfglib.canonical(cfglib.subset(config, keys)),
-        "code": cfglib.canonical({"script": f"workflow_scripts/{script_name}.py",
-                                  "fingerprint": fp.short(path)}),
+        "code": cfglib.canonical({"script": f"workflow_scripts/{script_name}.py", "fingerprint": fp.short(path)}),
     }
 
 
@@ -91,8 +94,16 @@ for _name in config["experiments"]["run"]:
 
 _UPSTREAM = ["data", "models"]
 # What the format warm-up reads (rules/finers.smk); every policy starts from it.
-WARMUP_KEYS = ["finers.warmup", "finers.lpr_crop", "finers.gse_size", "finers.region_size", "finers.prompts.lpr",
-               "finers.prompts.gse", "finers.prompts.look", "finers.lpr.gt_points"]
+WARMUP_KEYS = [
+    "finers.warmup",
+    "finers.lpr_crop",
+    "finers.gse_size",
+    "finers.region_size",
+    "finers.prompts.lpr",
+    "finers.prompts.gse",
+    "finers.prompts.look",
+    "finers.lpr.gt_points",
+]
 STAGE_KEYS = {
     "warmup": _UPSTREAM + WARMUP_KEYS,
     "lpr": _UPSTREAM + WARMUP_KEYS + ["finers.lpr", "finers.reward_profile"],
@@ -132,6 +143,7 @@ def exp_params(stage, script_name, *keys, options=None):
     options: fn(experiment config) -> the project modules the script loads by name when
     that config turns them on; their fingerprints join the code param then, and only then.
     """
+
     def cfg_of(wildcards):
         return VARIANT_CFG[stage][getattr(wildcards, stage)]
 
@@ -150,9 +162,11 @@ def exp_params(stage, script_name, *keys, options=None):
 
 def drseg_option(stage):
     """`options` of a FineRS GRPO stage: Dr. Seg's rewards, loaded when finers.<stage>.drseg asks."""
+
     def options(cfg):
         drseg = cfg["finers"][stage]["drseg"]
         return ["reproseg.finers.drseg_option"] if drseg["look_to_confirm"] or drseg["distribution_ranked"] else []
+
     return options
 
 
@@ -181,20 +195,81 @@ FINERS_DIR = R("finers")
 def warmup_record(stage, log_name):
     """Input function: the warm-up's record `log_name` (default) or, with the warm-up off,
     the base manifest; the model folder sits beside the record (warmup_folder)."""
+
     def fn(wildcards):
         key = getattr(wildcards, stage)
         if VARIANT_CFG[stage][key]["finers"]["warmup"]["enabled"]:
             return prov(f"{FINERS_DIR}/warmup/{VARIANT['warmup'][key]}/{log_name}")
         return BASE_MANIFEST
+
     return fn
 
 
 def warmup_folder(input_name, inside, base):
     """Param: the folder `inside` beside that record, or `base` when it is the base manifest."""
+
     def param(wildcards, input):
         record = input[input_name]
         return os.path.join(os.path.dirname(record), inside) if record != BASE_MANIFEST else base
+
     return param
+
+
+# ---- FineRS input functions (named get_*, as the Snakemake catalog's workflows do) ----
+
+
+def get_train_record(stage, wildcard):
+    """The GRPO training record of `stage` that a job keyed by `wildcard` follows."""
+
+    def fn(wildcards):
+        key = VARIANT[stage][getattr(wildcards, wildcard)]
+        return prov(f"{FINERS_DIR}/{stage}/{key}/train_log.parquet")
+
+    return fn
+
+
+def get_selection_record(stage, wildcard):
+    """The checkpoint selection of `stage` (lpr or gse) that a job keyed by `wildcard` uses."""
+
+    def fn(wildcards):
+        key = VARIANT[f"{stage}_select"][getattr(wildcards, wildcard)]
+        return prov(f"{FINERS_DIR}/{stage}_select/{key}/selection.json")
+
+    return fn
+
+
+def get_search_policy_record(wildcards):
+    """The LPR the retrospective search runs; none when the search is off (Table 4's ablation)."""
+    if not VARIANT_CFG["regions"][wildcards.regions]["finers"]["regions"]["retrospective"]:
+        return []
+    return get_selection_record("lpr", "regions")(wildcards)
+
+
+def get_region_shards(wildcards):
+    return expand(
+        f"{FINERS_DIR}/regions/{wildcards.regions}/shard-{{shard}}.parquet", shard=region_shards(wildcards.regions)
+    )
+
+
+def get_regions(wildcards):
+    return f"{FINERS_DIR}/regions/{VARIANT['regions'][wildcards.gse]}/regions.parquet"
+
+
+def get_prediction_shards(wildcard):
+    """The inference shards an evaluation merges: the trained ("infer") or untrained predictions."""
+    folder = "predictions" if wildcard == "infer" else "untrained/predictions"
+
+    def fn(wildcards):
+        key = getattr(wildcards, wildcard)
+        return expand(
+            f"{FINERS_DIR}/{folder}/{key}/{wildcards.split}/shard-{{shard}}.parquet", shard=finers_shards(key)
+        )
+
+    return fn
+
+
+def get_untrained_metrics(wildcards):
+    return untrained_metrics(wildcards.infer, wildcards.split)
 
 
 def untrained_metrics(exp, split):
@@ -222,8 +297,10 @@ SEG_DATA = R("seganswer/data")
 def seg_source_of(selection):
     name = selection.split("/")[0]
     if name not in SEG_SOURCES:
-        raise cfglib.ConfigError(f"seganswer data selection {selection!r}: no source named {name!r} "
-                                 f"in seganswer.sources ({sorted(SEG_SOURCES)})")
+        raise cfglib.ConfigError(
+            f"seganswer data selection {selection!r}: no source named {name!r} "
+            f"in seganswer.sources ({sorted(SEG_SOURCES)})"
+        )
     return name
 
 
@@ -246,9 +323,26 @@ def seg_source_files(wildcards):
     return {k: spec[k] for k in ("refs", "instances", "file") if spec.get(k)}
 
 
+def get_seganswer_model_record(wildcards):
+    """The record of the job that made the checkpoint an evaluation loads (SEG_RECORDS is
+    rules/seganswer.smk's; input functions run after every include)."""
+    return SEG_RECORDS[wildcards.checkpoint]
+
+
+def get_seganswer_table_metrics(wildcards):
+    """The metrics of every checkpoint up to the table's stage, named metrics_<checkpoint>."""
+    upto = SEG_CHECKPOINTS[: SEG_CHECKPOINTS.index(wildcards.stage) + 1]
+    return {f"metrics_{c}": f"{R('seganswer')}/metrics/{c}.json" for c in upto}
+
+
 def report_tables():
     """The HTML renderings of every Markdown table the run writes (for --report)."""
-    names = ["splits/stats", "annotations/validation_report", "tables/finers_experiments",
-             "tables/seganswer_stage1", "tables/seganswer_stage3"]
-    names += [md[len(RESULTS) + 1:-3] for exp in EXPERIMENTS for md in finers_tables(exp)]
+    names = [
+        "splits/stats",
+        "annotations/validation_report",
+        "tables/finers_experiments",
+        "tables/seganswer_stage1",
+        "tables/seganswer_stage3",
+    ]
+    names += [md[len(RESULTS) + 1 : -3] for exp in EXPERIMENTS for md in finers_tables(exp)]
     return [R(f"{n}.report.html") for n in sorted(set(names))]

@@ -32,17 +32,17 @@ rule synthesize_dataset:
         videos=expand(R("synthetic/videos/{video}.mp4"), video=VIDEOS),
         annotations=R("synthetic/annotations.json"),
         prov=prov(R("synthetic/annotations.json")),
-    params:
-        **stage_params("synthesize_dataset", "data.synthetic", "data.frames"),
-        videos_dir=lambda wildcards, output: os.path.dirname(output.videos[0]),
     log:
         R("logs/synthesize_dataset.log"),
     benchmark:
         R("benchmarks/synthesize_dataset.tsv")
-    resources:
-        **family_resources("cpu_data"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("cpu_data"),
+    params:
+        **stage_params("synthesize_dataset", "data.synthetic", "data.frames"),
+        videos_dir=lambda wildcards, output: os.path.dirname(output.videos[0]),
     script:
         script_path("synthesize_dataset")
 
@@ -57,19 +57,18 @@ if SOURCE != "images":
             frames=directory(R("frames/{video}")),
             manifest=R("frames/{video}.manifest.parquet"),
             prov=prov(R("frames/{video}.manifest.parquet")),
-        params:
-            **stage_params("extract_frames", "data.frames"),
         log:
             R("logs/extract_frames/{video}.log"),
         benchmark:
             R("benchmarks/extract_frames/{video}.tsv")
-        resources:
-            **family_resources("cpu_data"),
         conda:
             CONDA_ENV
+        resources:
+            **family_resources("cpu_data"),
+        params:
+            **stage_params("extract_frames", "data.frames"),
         script:
             script_path("extract_frames")
-
 
     rule merge_frame_manifests:
         input:
@@ -77,16 +76,16 @@ if SOURCE != "images":
         output:
             manifest=FRAMES_MANIFEST,
             prov=prov(FRAMES_MANIFEST),
-        params:
-            **stage_params("merge_frame_manifests"),
         log:
             R("logs/merge_frame_manifests.log"),
         benchmark:
             R("benchmarks/merge_frame_manifests.tsv")
-        resources:
-            **family_resources("cpu_data"),
         conda:
             CONDA_ENV
+        resources:
+            **family_resources("cpu_data"),
+        params:
+            **stage_params("merge_frame_manifests"),
         script:
             script_path("merge_frame_manifests")
 
@@ -100,17 +99,17 @@ rule import_annotations:
         report=R("annotations/validation_report.json"),
         report_md=R("annotations/validation_report.md"),
         prov=prov(R("annotations/annotations.parquet")),
-    params:
-        **stage_params("import_annotations", "data.annotations", "data.source", "data.images_dir"),
     log:
         main=R("logs/import_annotations.log"),
         report=R("logs/import_annotations.validation_report.json"),
     benchmark:
         R("benchmarks/import_annotations.tsv")
-    resources:
-        **family_resources("cpu_data"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("cpu_data"),
+    params:
+        **stage_params("import_annotations", "data.annotations", "data.source", "data.images_dir"),
     script:
         script_path("import_annotations")
 
@@ -125,15 +124,15 @@ rule make_splits:
         stats_md=R("splits/stats.md"),
         plot=report(R("splits/mask_sizes.png"), category="splits", caption="../report/mask_sizes.rst"),
         prov=prov(R("splits/stats.parquet")),
-    params:
-        **stage_params("make_splits", "data.splits"),
     log:
         R("logs/make_splits.log"),
     benchmark:
         R("benchmarks/make_splits.tsv")
-    resources:
-        **family_resources("cpu_data"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("cpu_data"),
+    params:
+        **stage_params("make_splits", "data.splits"),
     script:
         script_path("make_splits")

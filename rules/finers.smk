@@ -35,23 +35,26 @@ rule warmup_policy:
     output:
         checkpoint=directory(f"{FINERS}/warmup/{{warmup}}/checkpoint"),
         train_log=f"{FINERS}/warmup/{{warmup}}/train_log.parquet",
-        curves=report(f"{FINERS}/warmup/{{warmup}}/curves.png", category="training curves",
-                      labels={"stage": "FineRS format warm-up", "variant": "{warmup}"},
-                      caption="../report/sft_curves.rst"),
+        curves=report(
+            f"{FINERS}/warmup/{{warmup}}/curves.png",
+            category="training curves",
+            labels={"stage": "FineRS format warm-up", "variant": "{warmup}"},
+            caption="../report/sft_curves.rst",
+        ),
         prov=prov(f"{FINERS}/warmup/{{warmup}}/train_log.parquet"),
+    log:
+        f"{FINERS}/logs/warmup_policy/{{warmup}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/warmup_policy/{{warmup}}.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        **family_resources("gpu_train"),
     params:
         **exp_params("warmup", "warmup_policy", *WARMUP_KEYS),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         images_root=images_root,
         policy=BASE_QWEN,
-    log:
-        f"{FINERS}/logs/warmup_policy/{{warmup}}.log",
-    benchmark:
-        f"{FINERS}/benchmarks/warmup_policy/{{warmup}}.tsv"
-    resources:
-        **family_resources("gpu_train"),
-    conda:
-        CONDA_ENV
     script:
         script_path("warmup_policy")
 
@@ -65,22 +68,25 @@ rule warmup_sam2:
     output:
         sam2=directory(f"{FINERS}/warmup/{{warmup}}/sam2"),
         train_log=f"{FINERS}/warmup/{{warmup}}/sam2_log.parquet",
-        curves=report(f"{FINERS}/warmup/{{warmup}}/sam2_curves.png", category="training curves",
-                      labels={"stage": "SAM 2.1 warm-up", "variant": "{warmup}"},
-                      caption="../report/sft_curves.rst"),
+        curves=report(
+            f"{FINERS}/warmup/{{warmup}}/sam2_curves.png",
+            category="training curves",
+            labels={"stage": "SAM 2.1 warm-up", "variant": "{warmup}"},
+            caption="../report/sft_curves.rst",
+        ),
         prov=prov(f"{FINERS}/warmup/{{warmup}}/sam2_log.parquet"),
-    params:
-        **exp_params("warmup", "warmup_sam2", *WARMUP_KEYS),
-        images_root=images_root,
-        sam2=BASE_SAM2,
     log:
         f"{FINERS}/logs/warmup_sam2/{{warmup}}.log",
     benchmark:
         f"{FINERS}/benchmarks/warmup_sam2/{{warmup}}.tsv"
-    resources:
-        **family_resources("gpu_train"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("gpu_train"),
+    params:
+        **exp_params("warmup", "warmup_sam2", *WARMUP_KEYS),
+        images_root=images_root,
+        sam2=BASE_SAM2,
     script:
         script_path("warmup_sam2")
 
@@ -94,23 +100,35 @@ rule train_lpr:
         checkpoint=directory(f"{FINERS}/lpr/{{lpr}}/checkpoint"),
         candidates=directory(f"{FINERS}/lpr/{{lpr}}/candidates"),
         train_log=f"{FINERS}/lpr/{{lpr}}/train_log.parquet",
-        curves=report(f"{FINERS}/lpr/{{lpr}}/curves.png", category="training curves",
-                      labels={"stage": "FineRS LPR", "variant": "{lpr}"}, caption="../report/curves.rst"),
+        curves=report(
+            f"{FINERS}/lpr/{{lpr}}/curves.png",
+            category="training curves",
+            labels={"stage": "FineRS LPR", "variant": "{lpr}"},
+            caption="../report/curves.rst",
+        ),
         prov=prov(f"{FINERS}/lpr/{{lpr}}/train_log.parquet"),
-    params:
-        **exp_params("lpr", "train_lpr", "finers.lpr", "finers.lpr_crop", "finers.reward_profile",
-                    "finers.prompts.lpr", "finers.prompts.look", options=drseg_option("lpr")),
-        run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
-        images_root=images_root,
-        policy=warmup_folder("start", "checkpoint", BASE_QWEN),
     log:
         f"{FINERS}/logs/train_lpr/{{lpr}}.log",
     benchmark:
         f"{FINERS}/benchmarks/train_lpr/{{lpr}}.tsv"
-    resources:
-        **family_resources("gpu_train"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("gpu_train"),
+    params:
+        **exp_params(
+            "lpr",
+            "train_lpr",
+            "finers.lpr",
+            "finers.lpr_crop",
+            "finers.reward_profile",
+            "finers.prompts.lpr",
+            "finers.prompts.look",
+            options=drseg_option("lpr"),
+        ),
+        run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
+        images_root=images_root,
+        policy=warmup_folder("start", "checkpoint", BASE_QWEN),
     script:
         script_path("train_lpr")
 
@@ -119,26 +137,36 @@ rule select_lpr:
     input:
         val=R("splits/val.parquet"),
         images=IMAGES_INPUT,
-        train_record=lambda wildcards: prov(f"{FINERS}/lpr/{VARIANT['lpr'][wildcards.lpr_select]}/train_log.parquet"),
+        train_record=get_train_record("lpr", "lpr_select"),
     output:
         checkpoint=directory(f"{FINERS}/lpr_select/{{lpr_select}}/checkpoint"),
         selection=f"{FINERS}/lpr_select/{{lpr_select}}/selection.json",
         prov=prov(f"{FINERS}/lpr_select/{{lpr_select}}/selection.json"),
-    params:
-        **exp_params("lpr_select", "select_lpr", "finers.selection.lpr", *SELECTION_KEYS, "finers.lpr",
-                    "finers.lpr_crop", "finers.gse_size", "finers.region_size", "finers.reward_profile",
-                    "finers.prompts.lpr", "finers.prompts.look"),
-        stage="lpr",
-        images_root=images_root,
-        candidates=folder_from_record("train_record", inside="candidates"),
     log:
         f"{FINERS}/logs/select_lpr/{{lpr_select}}.log",
     benchmark:
         f"{FINERS}/benchmarks/select_lpr/{{lpr_select}}.tsv"
-    resources:
-        **family_resources("gpu_infer"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("gpu_infer"),
+    params:
+        **exp_params(
+            "lpr_select",
+            "select_lpr",
+            "finers.selection.lpr",
+            *SELECTION_KEYS,
+            "finers.lpr",
+            "finers.lpr_crop",
+            "finers.gse_size",
+            "finers.region_size",
+            "finers.reward_profile",
+            "finers.prompts.lpr",
+            "finers.prompts.look",
+        ),
+        stage="lpr",
+        images_root=images_root,
+        candidates=folder_from_record("train_record", inside="candidates"),
     script:
         script_path("select_lpr")
 
@@ -147,51 +175,52 @@ rule retrospective_regions:
     input:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
-        lpr_record=lambda wildcards: (
-            prov(f"{FINERS}/lpr_select/{VARIANT['lpr_select'][wildcards.regions]}/selection.json")
-            if VARIANT_CFG["regions"][wildcards.regions]["finers"]["regions"]["retrospective"]
-            else []
-        ),
+        lpr_record=get_search_policy_record,
     output:
         shard=f"{FINERS}/regions/{{regions}}/shard-{{shard}}.parquet",
         prov=prov(f"{FINERS}/regions/{{regions}}/shard-{{shard}}.parquet"),
-    params:
-        **exp_params("regions", "retrospective_regions", "finers.regions", "finers.gse_size", "finers.lpr_crop",
-                    "finers.prompts.lpr", "finers.prompts.look", "finers.lpr.gt_points", "finers.lpr.drseg"),
-        images_root=images_root,
-        lpr=lambda wildcards, input: (
-            os.path.join(os.path.dirname(input.lpr_record), "checkpoint") if input.lpr_record else None
-        ),
     log:
         f"{FINERS}/logs/retrospective_regions/{{regions}}-{{shard}}.log",
     benchmark:
         f"{FINERS}/benchmarks/retrospective_regions/{{regions}}-{{shard}}.tsv"
-    resources:
-        **family_resources("gpu_infer"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("gpu_infer"),
+    params:
+        **exp_params(
+            "regions",
+            "retrospective_regions",
+            "finers.regions",
+            "finers.gse_size",
+            "finers.lpr_crop",
+            "finers.prompts.lpr",
+            "finers.prompts.look",
+            "finers.lpr.gt_points",
+            "finers.lpr.drseg",
+        ),
+        images_root=images_root,
+        lpr=folder_from_record("lpr_record", inside="checkpoint"),
     script:
         script_path("retrospective_regions")
 
 
 rule merge_region_shards:
     input:
-        shards=lambda wildcards: expand(
-            f"{FINERS}/regions/{wildcards.regions}/shard-{{shard}}.parquet", shard=region_shards(wildcards.regions)
-        ),
+        shards=get_region_shards,
     output:
         regions=f"{FINERS}/regions/{{regions}}/regions.parquet",
         prov=prov(f"{FINERS}/regions/{{regions}}/regions.parquet"),
-    params:
-        **stage_params("merge_region_shards"),
     log:
         f"{FINERS}/logs/merge_region_shards/{{regions}}.log",
     benchmark:
         f"{FINERS}/benchmarks/merge_region_shards/{{regions}}.tsv"
-    resources:
-        **family_resources("cpu_data"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("cpu_data"),
+    params:
+        **stage_params("merge_region_shards"),
     script:
         script_path("merge_region_shards")
 
@@ -201,28 +230,41 @@ rule train_gse:
         train=R("splits/train.parquet"),
         images=IMAGES_INPUT,
         start=warmup_record("gse", "train_log.parquet"),
-        regions=lambda wildcards: f"{FINERS}/regions/{VARIANT['regions'][wildcards.gse]}/regions.parquet",
+        regions=get_regions,
     output:
         checkpoint=directory(f"{FINERS}/gse/{{gse}}/checkpoint"),
         candidates=directory(f"{FINERS}/gse/{{gse}}/candidates"),
         train_log=f"{FINERS}/gse/{{gse}}/train_log.parquet",
-        curves=report(f"{FINERS}/gse/{{gse}}/curves.png", category="training curves",
-                      labels={"stage": "FineRS GSE", "variant": "{gse}"}, caption="../report/curves.rst"),
+        curves=report(
+            f"{FINERS}/gse/{{gse}}/curves.png",
+            category="training curves",
+            labels={"stage": "FineRS GSE", "variant": "{gse}"},
+            caption="../report/curves.rst",
+        ),
         prov=prov(f"{FINERS}/gse/{{gse}}/train_log.parquet"),
-    params:
-        **exp_params("gse", "train_gse", "finers.gse", "finers.gse_size", "finers.region_size",
-                    "finers.reward_profile", "finers.prompts.gse", "finers.prompts.look", options=drseg_option("gse")),
-        run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
-        images_root=images_root,
-        policy=warmup_folder("start", "checkpoint", BASE_QWEN),
     log:
         f"{FINERS}/logs/train_gse/{{gse}}.log",
     benchmark:
         f"{FINERS}/benchmarks/train_gse/{{gse}}.tsv"
-    resources:
-        **family_resources("gpu_train"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("gpu_train"),
+    params:
+        **exp_params(
+            "gse",
+            "train_gse",
+            "finers.gse",
+            "finers.gse_size",
+            "finers.region_size",
+            "finers.reward_profile",
+            "finers.prompts.gse",
+            "finers.prompts.look",
+            options=drseg_option("gse"),
+        ),
+        run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
+        images_root=images_root,
+        policy=warmup_folder("start", "checkpoint", BASE_QWEN),
     script:
         script_path("train_gse")
 
@@ -231,26 +273,36 @@ rule select_gse:
     input:
         val=R("splits/val.parquet"),
         images=IMAGES_INPUT,
-        train_record=lambda wildcards: prov(f"{FINERS}/gse/{VARIANT['gse'][wildcards.gse_select]}/train_log.parquet"),
+        train_record=get_train_record("gse", "gse_select"),
     output:
         checkpoint=directory(f"{FINERS}/gse_select/{{gse_select}}/checkpoint"),
         selection=f"{FINERS}/gse_select/{{gse_select}}/selection.json",
         prov=prov(f"{FINERS}/gse_select/{{gse_select}}/selection.json"),
-    params:
-        **exp_params("gse_select", "select_gse", "finers.selection.gse", *SELECTION_KEYS, "finers.gse",
-                    "finers.lpr_crop", "finers.gse_size", "finers.region_size", "finers.reward_profile",
-                    "finers.prompts.gse", "finers.prompts.look"),
-        stage="gse",
-        images_root=images_root,
-        candidates=folder_from_record("train_record", inside="candidates"),
     log:
         f"{FINERS}/logs/select_gse/{{gse_select}}.log",
     benchmark:
         f"{FINERS}/benchmarks/select_gse/{{gse_select}}.tsv"
-    resources:
-        **family_resources("gpu_infer"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("gpu_infer"),
+    params:
+        **exp_params(
+            "gse_select",
+            "select_gse",
+            "finers.selection.gse",
+            *SELECTION_KEYS,
+            "finers.gse",
+            "finers.lpr_crop",
+            "finers.gse_size",
+            "finers.region_size",
+            "finers.reward_profile",
+            "finers.prompts.gse",
+            "finers.prompts.look",
+        ),
+        stage="gse",
+        images_root=images_root,
+        candidates=folder_from_record("train_record", inside="candidates"),
     script:
         script_path("select_gse")
 
@@ -260,29 +312,38 @@ rule infer_finers:
         split=R("splits/{split}.parquet"),
         images=IMAGES_INPUT,
         base=BASE_MANIFEST,
-        gse_record=lambda wildcards: prov(f"{FINERS}/gse_select/{VARIANT['gse_select'][wildcards.infer]}/selection.json"),
-        lpr_record=lambda wildcards: prov(f"{FINERS}/lpr_select/{VARIANT['lpr_select'][wildcards.infer]}/selection.json"),
+        gse_record=get_selection_record("gse", "infer"),
+        lpr_record=get_selection_record("lpr", "infer"),
         sam2=warmup_record("infer", "sam2_log.parquet"),
     output:
         shard=f"{FINERS}/predictions/{{infer}}/{{split}}/shard-{{shard}}.parquet",
         prov=prov(f"{FINERS}/predictions/{{infer}}/{{split}}/shard-{{shard}}.parquet"),
+    log:
+        f"{FINERS}/logs/infer_finers/{{infer}}/{{split}}-{{shard}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/infer_finers/{{infer}}/{{split}}-{{shard}}.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        **family_resources("gpu_infer"),
     params:
-        **exp_params("infer", "infer_finers", "finers.inference", "finers.gse_size", "finers.lpr_crop",
-                    "finers.region_size", "finers.prompts", "finers.lpr.gt_points", "finers.lpr.drseg",
-                    "finers.gse.drseg"),
+        **exp_params(
+            "infer",
+            "infer_finers",
+            "finers.inference",
+            "finers.gse_size",
+            "finers.lpr_crop",
+            "finers.region_size",
+            "finers.prompts",
+            "finers.lpr.gt_points",
+            "finers.lpr.drseg",
+            "finers.gse.drseg",
+        ),
         images_root=images_root,
         gse=folder_from_record("gse_record", inside="checkpoint"),
         lpr=folder_from_record("lpr_record", inside="checkpoint"),
         sam2=warmup_folder("sam2", "sam2", BASE_SAM2),
         sam2_config=SAM2_CONFIG,
-    log:
-        f"{FINERS}/logs/infer_finers/{{infer}}/{{split}}-{{shard}}.log",
-    benchmark:
-        f"{FINERS}/benchmarks/infer_finers/{{infer}}/{{split}}-{{shard}}.tsv"
-    resources:
-        **family_resources("gpu_infer"),
-    conda:
-        CONDA_ENV
     script:
         script_path("infer_finers")
 
@@ -297,73 +358,75 @@ rule infer_finers_untrained:
     output:
         shard=f"{FINERS}/untrained/predictions/{{untrained}}/{{split}}/shard-{{shard}}.parquet",
         prov=prov(f"{FINERS}/untrained/predictions/{{untrained}}/{{split}}/shard-{{shard}}.parquet"),
+    log:
+        f"{FINERS}/logs/infer_finers_untrained/{{untrained}}/{{split}}-{{shard}}.log",
+    benchmark:
+        f"{FINERS}/benchmarks/infer_finers_untrained/{{untrained}}/{{split}}-{{shard}}.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        **family_resources("gpu_infer"),
     params:
-        **exp_params("untrained", "infer_finers", "finers.inference", "finers.gse_size", "finers.lpr_crop",
-                    "finers.region_size", "finers.prompts", "finers.lpr.gt_points"),
+        **exp_params(
+            "untrained",
+            "infer_finers",
+            "finers.inference",
+            "finers.gse_size",
+            "finers.lpr_crop",
+            "finers.region_size",
+            "finers.prompts",
+            "finers.lpr.gt_points",
+        ),
         images_root=images_root,
         gse=warmup_folder("start", "checkpoint", BASE_QWEN),
         lpr=warmup_folder("start", "checkpoint", BASE_QWEN),
         sam2=warmup_folder("sam2", "sam2", BASE_SAM2),
         sam2_config=SAM2_CONFIG,
-    log:
-        f"{FINERS}/logs/infer_finers_untrained/{{untrained}}/{{split}}-{{shard}}.log",
-    benchmark:
-        f"{FINERS}/benchmarks/infer_finers_untrained/{{untrained}}/{{split}}-{{shard}}.tsv"
-    resources:
-        **family_resources("gpu_infer"),
-    conda:
-        CONDA_ENV
     script:
         script_path("infer_finers")
 
 
 rule evaluate_finers_untrained:
     input:
-        shards=lambda wildcards: expand(
-            f"{FINERS}/untrained/predictions/{wildcards.untrained}/{wildcards.split}/shard-{{shard}}.parquet",
-            shard=finers_shards(wildcards.untrained),
-        ),
+        shards=get_prediction_shards("untrained"),
     output:
         predictions=f"{FINERS}/untrained/predictions/{{untrained}}/{{split}}.parquet",
         metrics=f"{FINERS}/untrained/metrics/{{untrained}}/{{split}}.json",
         prov=prov(f"{FINERS}/untrained/metrics/{{untrained}}/{{split}}.json"),
-    params:
-        **exp_params("untrained", "evaluate_finers", "finers.reward_profile"),
     log:
         f"{FINERS}/logs/evaluate_finers_untrained/{{untrained}}/{{split}}.log",
     benchmark:
         f"{FINERS}/benchmarks/evaluate_finers_untrained/{{untrained}}/{{split}}.tsv"
-    resources:
-        **family_resources("cpu_data"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("cpu_data"),
+    params:
+        **exp_params("untrained", "evaluate_finers", "finers.reward_profile"),
     script:
         script_path("evaluate_finers")
 
 
 rule evaluate_finers:
     input:
-        shards=lambda wildcards: expand(
-            f"{FINERS}/predictions/{wildcards.infer}/{wildcards.split}/shard-{{shard}}.parquet",
-            shard=finers_shards(wildcards.infer),
-        ),
-        untrained=lambda wildcards: untrained_metrics(wildcards.infer, wildcards.split),
+        shards=get_prediction_shards("infer"),
+        untrained=get_untrained_metrics,
     output:
         predictions=f"{FINERS}/predictions/{{infer}}/{{split}}.parquet",
         metrics=f"{FINERS}/metrics/{{infer}}/{{split}}.json",
         table=R("tables/finers_{infer}_{split}.parquet"),
         table_md=R("tables/finers_{infer}_{split}.md"),
         prov=prov(f"{FINERS}/metrics/{{infer}}/{{split}}.json"),
-    params:
-        **exp_params("infer", "evaluate_finers", "finers.reward_profile"),
     log:
         f"{FINERS}/logs/evaluate_finers/{{infer}}/{{split}}.log",
     benchmark:
         f"{FINERS}/benchmarks/evaluate_finers/{{infer}}/{{split}}.tsv"
-    resources:
-        **family_resources("cpu_data"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("cpu_data"),
+    params:
+        **exp_params("infer", "evaluate_finers", "finers.reward_profile"),
     script:
         script_path("evaluate_finers")
 
@@ -379,20 +442,22 @@ rule finers_experiment_table:
         table=R("tables/finers_experiments.parquet"),
         table_md=R("tables/finers_experiments.md"),
         prov=prov(R("tables/finers_experiments.parquet")),
-    params:
-        **stage_params("finers_experiment_table", "experiments"),
-        experiments=lambda wildcards: {
-            exp: {split: f"{FINERS}/metrics/{VARIANT['infer'][exp]}/{split}.json"
-                  for split in EXPERIMENTS[exp]["finers"]["inference"]["splits"]}
-            for exp in EXPERIMENTS
-        },
     log:
         R("logs/finers_experiment_table.log"),
     benchmark:
         R("benchmarks/finers_experiment_table.tsv")
-    resources:
-        **family_resources("cpu_data"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("cpu_data"),
+    params:
+        **stage_params("finers_experiment_table", "experiments"),
+        experiments=lambda wildcards: {
+            exp: {
+                split: f"{FINERS}/metrics/{VARIANT['infer'][exp]}/{split}.json"
+                for split in EXPERIMENTS[exp]["finers"]["inference"]["splits"]
+            }
+            for exp in EXPERIMENTS
+        },
     script:
         script_path("finers_experiment_table")

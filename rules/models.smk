@@ -26,16 +26,16 @@ if MODELS["source"] == "tiny":
             bundle=directory(R("models/base")),
             manifest=BASE_MANIFEST,
             prov=prov(BASE_MANIFEST),
-        params:
-            **stage_params("build_tiny_models", "models.tiny"),
         log:
             R("logs/build_tiny_models.log"),
         benchmark:
             R("benchmarks/build_tiny_models.tsv")
-        resources:
-            **family_resources("cpu_data"),
         conda:
             CONDA_ENV
+        resources:
+            **family_resources("cpu_data"),
+        params:
+            **stage_params("build_tiny_models", "models.tiny"),
         script:
             script_path("build_tiny_models")
 
@@ -45,15 +45,15 @@ else:
         output:
             manifest=BASE_MANIFEST,
             prov=prov(BASE_MANIFEST),
-        params:
-            **stage_params("check_local_models", "models.local"),
         log:
             R("logs/check_local_models.log"),
         benchmark:
             R("benchmarks/check_local_models.tsv")
-        resources:
-            **family_resources("cpu_data"),
         conda:
             CONDA_ENV
+        resources:
+            **family_resources("cpu_data"),
+        params:
+            **stage_params("check_local_models", "models.local"),
         script:
             script_path("check_local_models")

@@ -15,23 +15,24 @@ rule markdown_html:
             category=lambda wildcards: "SegAnswer data" if seg_report(wildcards) else wildcards.folder,
             labels=lambda wildcards: (
                 {"source": os.path.basename(wildcards.folder), "table": wildcards.name}
-                if seg_report(wildcards) else {"table": wildcards.name}
+                if seg_report(wildcards)
+                else {"table": wildcards.name}
             ),
             caption="../report/table.rst",
         ),
         prov=f"{RESULTS}/{{folder}}/{{name}}.report.html.prov.json",
-    wildcard_constraints:
-        folder="tables|splits|annotations|seganswer/data/[^/]+",
-        name=r"[\w.-]+",
-    params:
-        **stage_params("markdown_html"),
     log:
         f"{RESULTS}/logs/markdown_html/{{folder}}/{{name}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/markdown_html/{{folder}}/{{name}}.tsv"
-    resources:
-        **family_resources("cpu_data"),
+    wildcard_constraints:
+        folder="tables|splits|annotations|seganswer/data/[^/]+",
+        name=r"[\w.-]+",
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("cpu_data"),
+    params:
+        **stage_params("markdown_html"),
     script:
         script_path("markdown_html")

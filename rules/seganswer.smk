@@ -14,8 +14,13 @@ SEG_EVAL_REF = [b["data"] for b in SEG["eval"]["referring"]]
 SEG_EVAL_QA = [b["data"] for b in SEG["eval"]["questions"]]
 # Only the sources some stage or benchmark reads are imported (a --configfile cannot
 # remove the default's entries from the merged `sources` map).
-SEG_USED = sorted({seg_source_of(s) for sel in [*SEG["data"].values(), SEG["selection"]["data"], SEG_EVAL_REF,
-                                                SEG_EVAL_QA] for s in sel})
+SEG_USED = sorted(
+    {
+        seg_source_of(s)
+        for sel in [*SEG["data"].values(), SEG["selection"]["data"], SEG_EVAL_REF, SEG_EVAL_QA]
+        for s in sel
+    }
+)
 # Where the candidates are scored: the evaluation's device and precision, when it names them.
 SEG_EVAL_RUNTIME = [f"seganswer.eval.{k}" for k in ("dtype", "device") if k in SEG["eval"]]
 # The checkpoints in pipeline order; the record each one's producer wrote (base: the base models).
@@ -39,9 +44,7 @@ SEG_MODELS = {
 # Only a FineRS-format source reads this run's frames; the other formats' images come
 # with their import.
 SEG_READS_FRAMES = {name: spec["format"] == "finers" for name, spec in SEG_SOURCES.items()}
-seg_images = lambda selections: (
-    IMAGES_INPUT if any(SEG_READS_FRAMES[seg_source_of(s)] for s in selections) else []
-)
+seg_images = lambda selections: (IMAGES_INPUT if any(SEG_READS_FRAMES[seg_source_of(s)] for s in selections) else [])
 
 
 rule seganswer_all:
@@ -63,18 +66,18 @@ rule seganswer_import_source:
         report=f"{SEG_DATA}/{{source}}/report.json",
         report_md=f"{SEG_DATA}/{{source}}/report.md",
         prov=prov(f"{SEG_DATA}/{{source}}/referring.parquet"),
-    params:
-        **stage_params("seganswer_import_source"),
-        spec=lambda wildcards: cfglib.canonical(SEG_SOURCES[wildcards.source]),
     log:
         main=f"{SEGANSWER}/logs/import_{{source}}.log",
         report=f"{SEGANSWER}/logs/import_{{source}}.validation_report.json",
     benchmark:
         f"{SEGANSWER}/benchmarks/import_{{source}}.tsv"
-    resources:
-        **family_resources("cpu_data"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("cpu_data"),
+    params:
+        **stage_params("seganswer_import_source"),
+        spec=lambda wildcards: cfglib.canonical(SEG_SOURCES[wildcards.source]),
     script:
         script_path("seganswer_import_source")
 
@@ -87,25 +90,32 @@ rule seganswer_stage1_projector:
     output:
         model=directory(f"{SEGANSWER}/stage1_projector"),
         train_log=f"{SEGANSWER}/stage1_projector.log.parquet",
-        curves=report(f"{SEGANSWER}/stage1_projector_curves.png", category="training curves",
-                      labels={"stage": "SegAnswer stage 1a projector", "variant": "main"},
-                      caption="../report/seganswer_sft_curves.rst"),
+        curves=report(
+            f"{SEGANSWER}/stage1_projector_curves.png",
+            category="training curves",
+            labels={"stage": "SegAnswer stage 1a projector", "variant": "main"},
+            caption="../report/seganswer_sft_curves.rst",
+        ),
         prov=prov(f"{SEGANSWER}/stage1_projector.log.parquet"),
-    params:
-        **stage_params("seganswer_stage1_projector", *SEG_SHARED_KEYS, "seganswer.stage1.projector",
-                       "seganswer.data.stage1_projector"),
-        roots=seg_roots(SEG["data"]["stage1_projector"]),
-        qwen=BASE_QWEN,
-        sam2=BASE_SAM2,
-        sam2_config=SAM2_CONFIG,
     log:
         f"{SEGANSWER}/logs/stage1_projector.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage1_projector.tsv"
-    resources:
-        **family_resources("gpu_train"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("gpu_train"),
+    params:
+        **stage_params(
+            "seganswer_stage1_projector",
+            *SEG_SHARED_KEYS,
+            "seganswer.stage1.projector",
+            "seganswer.data.stage1_projector",
+        ),
+        roots=seg_roots(SEG["data"]["stage1_projector"]),
+        qwen=BASE_QWEN,
+        sam2=BASE_SAM2,
+        sam2_config=SAM2_CONFIG,
     script:
         script_path("seganswer_stage1_projector")
 
@@ -118,23 +128,25 @@ rule seganswer_stage1_lora:
     output:
         model=directory(f"{SEGANSWER}/stage1_lora"),
         train_log=f"{SEGANSWER}/stage1_lora.log.parquet",
-        curves=report(f"{SEGANSWER}/stage1_lora_curves.png", category="training curves",
-                      labels={"stage": "SegAnswer stage 1b LoRA", "variant": "main"},
-                      caption="../report/seganswer_sft_curves.rst"),
+        curves=report(
+            f"{SEGANSWER}/stage1_lora_curves.png",
+            category="training curves",
+            labels={"stage": "SegAnswer stage 1b LoRA", "variant": "main"},
+            caption="../report/seganswer_sft_curves.rst",
+        ),
         prov=prov(f"{SEGANSWER}/stage1_lora.log.parquet"),
-    params:
-        **stage_params("seganswer_stage1_lora", *SEG_SHARED_KEYS, "seganswer.stage1.lora",
-                       "seganswer.data.stage1_lora"),
-        roots=seg_roots(SEG["data"]["stage1_lora"]),
-        phase_a=folder_from_record("phase_a_record", suffix=".log.parquet.prov.json"),
     log:
         f"{SEGANSWER}/logs/stage1_lora.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage1_lora.tsv"
-    resources:
-        **family_resources("gpu_train"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("gpu_train"),
+    params:
+        **stage_params("seganswer_stage1_lora", *SEG_SHARED_KEYS, "seganswer.stage1.lora", "seganswer.data.stage1_lora"),
+        roots=seg_roots(SEG["data"]["stage1_lora"]),
+        phase_a=folder_from_record("phase_a_record", suffix=".log.parquet.prov.json"),
     script:
         script_path("seganswer_stage1_lora")
 
@@ -145,18 +157,18 @@ rule seganswer_stage1_merge:
     output:
         model=directory(f"{SEGANSWER}/stage1"),
         prov=f"{SEGANSWER}/stage1.prov.json",
-    params:
-        **stage_params("seganswer_stage1_merge", "seganswer.stage1.lora"),
-        unmerged=folder_from_record("unmerged_record", suffix=".log.parquet.prov.json"),
     log:
         f"{SEGANSWER}/logs/stage1_merge.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage1_merge.tsv"
+    conda:
+        CONDA_ENV
     resources:
         # the whole language model sits in memory: the inference family's memory, not the CPU rules'
         **family_resources("gpu_infer"),
-    conda:
-        CONDA_ENV
+    params:
+        **stage_params("seganswer_stage1_merge", "seganswer.stage1.lora"),
+        unmerged=folder_from_record("unmerged_record", suffix=".log.parquet.prov.json"),
     script:
         script_path("seganswer_stage1_merge")
 
@@ -169,22 +181,25 @@ rule seganswer_stage2_sft:
     output:
         model=directory(f"{SEGANSWER}/stage2"),
         train_log=f"{SEGANSWER}/stage2.log.parquet",
-        curves=report(f"{SEGANSWER}/stage2_curves.png", category="training curves",
-                      labels={"stage": "SegAnswer stage 2 SFT", "variant": "main"},
-                      caption="../report/seganswer_sft_curves.rst"),
+        curves=report(
+            f"{SEGANSWER}/stage2_curves.png",
+            category="training curves",
+            labels={"stage": "SegAnswer stage 2 SFT", "variant": "main"},
+            caption="../report/seganswer_sft_curves.rst",
+        ),
         prov=prov(f"{SEGANSWER}/stage2.log.parquet"),
-    params:
-        **stage_params("seganswer_stage2_sft", *SEG_SHARED_KEYS, "seganswer.stage2", "seganswer.data.stage2"),
-        roots=seg_roots(SEG["data"]["stage2"]),
-        stage1=folder_from_record("stage1_record", suffix=".prov.json"),
     log:
         f"{SEGANSWER}/logs/stage2.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage2.tsv"
-    resources:
-        **family_resources("gpu_train"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("gpu_train"),
+    params:
+        **stage_params("seganswer_stage2_sft", *SEG_SHARED_KEYS, "seganswer.stage2", "seganswer.data.stage2"),
+        roots=seg_roots(SEG["data"]["stage2"]),
+        stage1=folder_from_record("stage1_record", suffix=".prov.json"),
     script:
         script_path("seganswer_stage2_sft")
 
@@ -198,22 +213,26 @@ rule seganswer_stage3_dapo:
         checkpoint=directory(f"{SEGANSWER}/stage3/checkpoint"),
         candidates=directory(f"{SEGANSWER}/stage3/candidates"),
         train_log=f"{SEGANSWER}/stage3/train_log.parquet",
-        curves=report(f"{SEGANSWER}/stage3/curves.png", category="training curves",
-                      labels={"stage": "SegAnswer stage 3", "variant": "main"}, caption="../report/curves.rst"),
+        curves=report(
+            f"{SEGANSWER}/stage3/curves.png",
+            category="training curves",
+            labels={"stage": "SegAnswer stage 3", "variant": "main"},
+            caption="../report/curves.rst",
+        ),
         prov=prov(f"{SEGANSWER}/stage3/train_log.parquet"),
+    log:
+        f"{SEGANSWER}/logs/stage3.log",
+    benchmark:
+        f"{SEGANSWER}/benchmarks/stage3.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        **family_resources("gpu_train"),
     params:
         **stage_params("seganswer_stage3_dapo", *SEG_SHARED_KEYS, "seganswer.stage3", "seganswer.data.stage3"),
         roots=seg_roots(SEG["data"]["stage3"]),
         stage2=folder_from_record("stage2_record", suffix=".log.parquet.prov.json"),
         run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
-    log:
-        f"{SEGANSWER}/logs/stage3.log",
-    benchmark:
-        f"{SEGANSWER}/benchmarks/stage3.tsv"
-    resources:
-        **family_resources("gpu_train"),
-    conda:
-        CONDA_ENV
     script:
         script_path("seganswer_stage3_dapo")
 
@@ -227,46 +246,47 @@ rule seganswer_stage3_select:
         checkpoint=directory(f"{SEGANSWER}/stage3_select/checkpoint"),
         selection=f"{SEGANSWER}/stage3_select/selection.json",
         prov=prov(f"{SEGANSWER}/stage3_select/selection.json"),
-    params:
-        **stage_params("seganswer_stage3_select", *SEG_SHARED_KEYS, "seganswer.selection", *SEG_EVAL_RUNTIME),
-        roots=seg_roots(SEG["selection"]["data"]),
-        candidates=folder_from_record("train_record", inside="candidates"),
     log:
         f"{SEGANSWER}/logs/stage3_select.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage3_select.tsv"
-    resources:
-        **family_resources("gpu_infer"),
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("gpu_infer"),
+    params:
+        **stage_params("seganswer_stage3_select", *SEG_SHARED_KEYS, "seganswer.selection", *SEG_EVAL_RUNTIME),
+        roots=seg_roots(SEG["selection"]["data"]),
+        candidates=folder_from_record("train_record", inside="candidates"),
     script:
         script_path("seganswer_stage3_select")
+
 
 rule evaluate_seganswer:
     input:
         referring=seg_tables(SEG_EVAL_REF, "referring"),
         questions=seg_tables(SEG_EVAL_QA, "questions"),
         images=seg_images(SEG_EVAL_REF + SEG_EVAL_QA),
-        model_record=lambda wildcards: SEG_RECORDS[wildcards.checkpoint],
+        model_record=get_seganswer_model_record,
     output:
         metrics=f"{SEGANSWER}/metrics/{{checkpoint}}.json",
         prov=prov(f"{SEGANSWER}/metrics/{{checkpoint}}.json"),
+    log:
+        f"{SEGANSWER}/logs/evaluate_{{checkpoint}}.log",
+    benchmark:
+        f"{SEGANSWER}/benchmarks/evaluate_{{checkpoint}}.tsv"
     wildcard_constraints:
         checkpoint="base|stage1|stage2|stage3",
+    conda:
+        CONDA_ENV
+    resources:
+        **family_resources("gpu_infer"),
     params:
         # the base checkpoint's projector is drawn with phase a's seed
         **stage_params("evaluate_seganswer", *SEG_SHARED_KEYS, "seganswer.eval", "seganswer.stage1.projector"),
         referring_roots=seg_roots(SEG_EVAL_REF),
         question_roots=seg_roots(SEG_EVAL_QA),
         model=lambda wildcards: SEG_MODELS[wildcards.checkpoint],
-    log:
-        f"{SEGANSWER}/logs/evaluate_{{checkpoint}}.log",
-    benchmark:
-        f"{SEGANSWER}/benchmarks/evaluate_{{checkpoint}}.tsv"
-    resources:
-        **family_resources("gpu_infer"),
-    conda:
-        CONDA_ENV
     script:
         script_path("evaluate_seganswer")
 
@@ -274,25 +294,22 @@ rule evaluate_seganswer:
 rule seganswer_table:
     input:
         # the metrics of every checkpoint up to the table's stage, named metrics_<checkpoint>
-        unpack(lambda wildcards: {
-            f"metrics_{c}": f"{SEGANSWER}/metrics/{c}.json"
-            for c in SEG_CHECKPOINTS[: SEG_CHECKPOINTS.index(wildcards.stage) + 1]
-        }),
+        unpack(get_seganswer_table_metrics),
     output:
         table=R("tables/seganswer_{stage}.parquet"),
         table_md=R("tables/seganswer_{stage}.md"),
         prov=prov(R("tables/seganswer_{stage}.parquet")),
-    wildcard_constraints:
-        stage="stage1|stage2|stage3",
-    params:
-        **stage_params("seganswer_table"),
     log:
         f"{SEGANSWER}/logs/table_{{stage}}.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/table_{{stage}}.tsv"
-    resources:
-        **family_resources("cpu_data"),
+    wildcard_constraints:
+        stage="stage1|stage2|stage3",
     conda:
         CONDA_ENV
+    resources:
+        **family_resources("cpu_data"),
+    params:
+        **stage_params("seganswer_table"),
     script:
         script_path("seganswer_table")

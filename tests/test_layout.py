@@ -78,3 +78,14 @@ def test_stage_reward_terms_live_in_modules_of_their_own():
     assert "finers.gse_rewards" not in lpr and "finers.lpr_rewards" not in gse
     shared = imports(SRC / "finers" / "rewards.py", "finers.rewards") | imports(SRC / "finers" / "train.py", "finers.train")
     assert not shared & {"finers.lpr_rewards", "finers.gse_rewards", "finers.drseg_option", "drseg.rewards"}
+
+
+def test_snakefmt_check_is_clean():
+    """The Snakefile and rules are formatted as snakefmt writes them (line length in pyproject.toml)."""
+    import subprocess
+    import sys
+
+    root = SRC.parents[1]
+    exe = Path(sys.executable).with_name("snakefmt")
+    out = subprocess.run([str(exe), "--check", "Snakefile", "rules"], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
