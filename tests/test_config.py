@@ -40,6 +40,8 @@ def test_paper_config_is_valid_and_resolves_env(monkeypatch, default):
     (("data", "frames", "stride"), "4", "config key 'data.frames.stride'"),
     (("data", "annotations", "on_invalid"), "ignore", "config key 'data.annotations.on_invalid'"),
     (("data", "synthetic", "width"), 641, "config key 'data.synthetic.width'"),
+    # the rules expect every GRPO stage's candidates folder
+    (("finers", "lpr", "grpo", "candidate_every"), None, "config key 'finers.lpr.grpo.candidate_every'"),
 ])
 def test_schema_errors_name_the_key(default, path, value, expected):
     cfg = copy.deepcopy(default)

@@ -78,9 +78,11 @@ def _cross_checks(config: dict) -> list[str]:
     for key in GRPO_SECTIONS:
         out += _rollout_checks(key, config)
     seg_sel = config.get("seganswer", {}).get("selection", {})
-    if isinstance(seg_sel.get("stage3"), dict) and seg_sel["stage3"].get("choose") == "best" \
-            and not seg_sel["stage3"].get("metric"):
-        out.append("config key 'seganswer.selection.stage3.metric': required when choose is 'best'")
+    choices = {f"finers.selection.{k}": v for k, v in config.get("finers", {}).get("selection", {}).items()}
+    choices["seganswer.selection.stage3"] = seg_sel.get("stage3")
+    for key, sel in choices.items():
+        if isinstance(sel, dict) and sel.get("choose") == "best" and not sel.get("metric"):
+            out.append(f"config key '{key}.metric': required when choose is 'best'")
     if isinstance(seg_sel.get("stage3"), dict) and seg_sel["stage3"].get("metric") and not seg_sel.get("data"):
         out.append("config key 'seganswer.selection.data': a val selection is required when a metric is named")
     evaluated = {b.get("data") for kind in ("referring", "questions")
@@ -89,9 +91,6 @@ def _cross_checks(config: dict) -> list[str]:
         if isinstance(sel, str) and (sel.split("/")[-1] == "test" or sel in evaluated):
             out.append(f"config key 'seganswer.selection.data': {sel!r} is a test split or an evaluated "
                        "benchmark; a checkpoint is chosen on val data only")
-    for stage, sel in config.get("finers", {}).get("selection", {}).items():
-        if isinstance(sel, dict) and sel.get("choose") == "best" and not sel.get("metric"):
-            out.append(f"config key 'finers.selection.{stage}.metric': required when choose is 'best'")
     return out
 
 

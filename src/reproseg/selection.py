@@ -9,6 +9,7 @@ numbers never come from a checkpoint picked per benchmark.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from .io_atomic import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
 
 CHOICES = ("last", "best")
 MODES = ("max", "min")
@@ -113,6 +116,20 @@ def select(candidates_root: str | os.PathLike, score: Callable[[Path], dict[str,
         link_tree(rows[chosen]["path"], tmp)
     write_json(selection_json, selection)
     return selection
+
+
+def select_stage(settings: dict, known: tuple[str, ...] | list[str], where: str, candidates_root, out_dir,
+                 selection_json, make_score: Callable[[], Callable[[Path], dict[str, float]]]) -> dict:
+    """A selection job: the declared settings (checked against the stage's val metrics
+    `known`, named by config key `where`), every candidate scored by the function
+    `make_score()` builds (only called when a metric is named: it reads the val data),
+    the choice linked to `out_dir`. Returns {"selection": ...} for the provenance record."""
+    parsed = SelectionSettings(**settings)
+    parsed.check_metric(known, where)
+    score = make_score() if parsed.metric is not None else None
+    selection = select(candidates_root, score, parsed, out_dir, selection_json, split="val")
+    log.info("chosen: step %d of %d candidates", selection["chosen"]["step"], len(selection["candidates"]))
+    return {"selection": selection}
 
 
 def describe(selection: dict) -> list[str]:

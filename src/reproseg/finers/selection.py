@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..answers.geometry import box_iou
 from ..answers.parsing import parse, to_box
-from ..selection import SelectionSettings, select
+from ..selection import select_stage as run_selection
 from .regions import crop_covering, to_gse
 from .reward_terms import FinersTarget, RewardProfile, total_reward
 from .rewards import profile_for
@@ -102,18 +102,13 @@ def select_stage(stage: str, val_split: str, images_root: str, candidates: str, 
                  selection_json: str, cfg: dict, terms: dict) -> dict:
     """Scores every candidate on the val split and links the chosen one to `out_dir`.
     terms: the stage's reward terms (reproseg.finers.lpr_rewards or gse_rewards TERMS)."""
-    settings = SelectionSettings(**cfg["selection"][stage])
-    settings.check_metric(val_metrics(stage, terms), f"finers.selection.{stage}")
-    score = None
-    if settings.metric is not None:
+    def make_score():
         rows = pq.read_table(val_split).to_pylist()
         if not rows:
             raise ValueError(f"{val_split}: the val split is empty; checkpoint selection needs val records")
         samples = val_samples(stage, rows, images_root, cfg)
         batch, tokens = cfg["selection"]["batch_size"], cfg["selection"]["max_new_tokens"]
+        return lambda path: score_policy(path, stage, terms, samples, cfg, batch, tokens)
 
-        def score(path):
-            return score_policy(path, stage, terms, samples, cfg, batch, tokens)
-    selection = select(candidates, score, settings, out_dir, selection_json, split="val")
-    log.info("chosen: step %d of %d candidates", selection["chosen"]["step"], len(selection["candidates"]))
-    return {"selection": selection}
+    return run_selection(cfg["selection"][stage], val_metrics(stage, terms), f"finers.selection.{stage}",
+                         candidates, out_dir, selection_json, make_score)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from reproseg.io_atomic import atomic_dir, write_json
+from reproseg.selection import candidate_name, link_tree
 from reproseg.grpo.trainer import StatefulReward, zero_std_fraction  # noqa: F401  (public API)
 
 RESUME_DIR = "resume"
@@ -501,8 +502,6 @@ def _export(trainer, policy_dir: Path, target: Path, settings: GRPOSettings, pro
 def _collect_candidates(resume_dir: Path, out_dir: Path, final_step: int) -> None:
     """Moves the candidates saved during training to out_dir/candidates and adds the final
     policy as step-<final_step> (hard links: no second copy on disk), in one rename."""
-    from reproseg.selection import candidate_name, link_tree
-
     saved = resume_dir / CANDIDATES_DIR
     with atomic_dir(out_dir / CANDIDATES_DIR) as tmp:
         if saved.is_dir():
@@ -632,8 +631,6 @@ def train_grpo(
         stateful_rewards=stateful,
     )
     _direct_tensorboard(trainer, tb_dir)
-    from reproseg.selection import candidate_name
-
     candidate_cb.export = lambda step: _export(
         trainer, policy_dir, resume_dir / CANDIDATES_DIR / candidate_name(step), settings, processor)
     with stop:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..selection import SelectionSettings, select as select_candidate
+from ..selection import select_stage as run_selection
 from .sources.rows import select
 
 log = logging.getLogger(__name__)
@@ -36,16 +36,12 @@ def score_candidate(path: Path, rows, cfg: dict) -> dict[str, float]:
 def select_stage3(tables: list[str], roots: list[str], candidates: str, out_dir: str, selection_json: str,
                   cfg: dict) -> dict:
     sel = cfg["selection"]
-    settings = SelectionSettings(**sel["stage3"])
-    settings.check_metric(VAL_METRICS, "seganswer.selection.stage3")
-    score = None
-    if settings.metric is not None:
+
+    def make_score():
         rows = select(tables, roots, sel["data"], "questions", cfg["image_size"], sel.get("limit"))
         if not len(rows):
             raise ValueError(f"seganswer.selection.data {sel['data']}: no val questions to score candidates on")
+        return lambda path: score_candidate(path, rows, cfg)
 
-        def score(path):
-            return score_candidate(path, rows, cfg)
-    selection = select_candidate(candidates, score, settings, out_dir, selection_json, split="val")
-    log.info("chosen: step %d of %d candidates", selection["chosen"]["step"], len(selection["candidates"]))
-    return {"selection": selection}
+    return run_selection(sel["stage3"], VAL_METRICS, "seganswer.selection.stage3", candidates, out_dir,
+                         selection_json, make_score)
