@@ -15,9 +15,9 @@ import statistics
 from pathlib import Path
 
 LOGS = {
-    "stage 1a (projector)": ("seganswer/stage1_projector.log.parquet", "step_time_s"),
-    "stage 1b (LoRA + projector + decoder)": ("seganswer/stage1_lora.log.parquet", "step_time_s"),
-    "stage 2 (interleaved SFT)": ("seganswer/stage2.log.parquet", "step_time_s"),
+    "stage 1a (projector)": ("seganswer/stage1_projector/train_log.parquet", "step_time_s"),
+    "stage 1b (LoRA + projector + decoder)": ("seganswer/stage1_lora/train_log.parquet", "step_time_s"),
+    "stage 2 (interleaved SFT)": ("seganswer/stage2/train_log.parquet", "step_time_s"),
     "stage 3 (multi-turn DAPO)": ("seganswer/stage3/train_log.parquet", "step_time_s"),
 }
 

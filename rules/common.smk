@@ -18,6 +18,8 @@ RESULTS = config["results"]
 # default jobs run in the venv that scripts/bootstrap.sh builds from the same pins.
 CONDA_ENV = "../envs/conda.yaml"
 DATA = config["data"]
+MODELS = config["models"]
+SEG = config["seganswer"]
 
 
 def R(path):
@@ -30,21 +32,64 @@ def prov(path):
     return f"{path}.prov.json"
 
 
-def folder_from_record(input_name, suffix=None, inside=None):
-    """A param: the folder a job made, found from that job's provenance record.
+# ---- Paths every rules file uses (here, so that no file depends on another's include order) ----
 
-    Consumers list the record (a small file, compared by content) instead of the
-    folder (which Snakemake compares by mtime), so copying the results elsewhere
+SPLITS = ["train", "val", "test"]
+FRAMES_MANIFEST = R("frames/manifest.parquet")
+# The frames manifest stands for the extracted frames (they are its job's output too).
+IMAGES_INPUT = FRAMES_MANIFEST if DATA["source"] != "images" else []
+# FineRS-format SegAnswer sources read this run's frames (or the released images).
+FINERS_IMAGES = os.path.dirname(FRAMES_MANIFEST) if IMAGES_INPUT else DATA["images_dir"]
+BASE_MANIFEST = R("models/base.manifest.json")
+if MODELS["source"] == "tiny":
+    BASE_QWEN = R("models/base/qwen")
+    BASE_SAM2 = R("models/base/sam2")
+else:
+    BASE_QWEN = MODELS["local"]["qwen"]
+    BASE_SAM2 = MODELS["local"]["sam2_checkpoint"]
+SAM2_CONFIG = None if MODELS["source"] == "tiny" else MODELS["local"]["sam2_config"]
+FINERS = R("finers")
+SEGANSWER = R("seganswer")
+SEG_DATA = R("seganswer/data")
+# The SegAnswer checkpoints in pipeline order; the record each one's producer wrote (base:
+# the base models' manifest), and what an evaluation job loads (a checkpoint folder, or
+# the base models, the projector drawn in the job).
+SEG_CHECKPOINTS = ["base", "stage1", "stage2", "stage3"]
+SEG_RECORDS = {
+    "base": BASE_MANIFEST,
+    "stage1": prov(f"{SEGANSWER}/stage1/checkpoint"),
+    "stage2": prov(f"{SEGANSWER}/stage2/train_log.parquet"),
+    # the candidate the stage-3 selection chose on val
+    "stage3": prov(f"{SEGANSWER}/stage3_select/selection.json"),
+}
+SEG_MODELS = {
+    "base": cfglib.canonical({"qwen": BASE_QWEN, "sam2": BASE_SAM2, "sam2_config": SAM2_CONFIG}),
+    "stage1": cfglib.canonical({"dir": f"{SEGANSWER}/stage1/checkpoint"}),
+    "stage2": cfglib.canonical({"dir": f"{SEGANSWER}/stage2/checkpoint"}),
+    "stage3": cfglib.canonical({"dir": f"{SEGANSWER}/stage3_select/checkpoint"}),
+}
+
+
+def folder_from_record(input_name, name, base=None):
+    """A param: the folder `name` that a job made, beside that job's provenance record.
+
+    One convention for every job that makes a folder: it writes into a directory of its
+    own (`<stage>/[<variant>/]`), its record is `<one of its outputs>.prov.json` in that
+    directory, and the folders it made (`checkpoint`, `candidates`, `sam2`) sit beside
+    the record. Consumers list the record (a small file, compared by content) instead
+    of the folder (which Snakemake compares by mtime), so copying the results elsewhere
     re-runs nothing, while a rerun of the producer rewrites the record and so re-runs
-    its consumers. `inside`: the folder sits beside the record under this name;
-    `suffix`: the folder is the record's path without this suffix.
+    its consumers. `base`: the folder to use when the input is the base models' manifest
+    instead (a stage that may start from the base models, as with the warm-up off).
     """
 
     def param(wildcards, input):
         path = input[input_name]
         if not path:  # an optional input that this variant does not use
             return None
-        return os.path.join(os.path.dirname(path), inside) if inside else path[: -len(suffix)]
+        if base is not None and path == BASE_MANIFEST:
+            return base
+        return os.path.join(os.path.dirname(path), name)
 
     return param
 
@@ -58,10 +103,11 @@ def stage_params(script_name, *keys):
     the code it runs (script + imported library modules), so that a change to either,
     and only to them, re-runs it."""
     path = Path(workflow.basedir) / "workflow_scripts" / f"{script_name}.py"
-    return {
-        "cfg": cfglib.canonical(cfglib.subset(config, keys)),
-        "code": cfglib.canonical({"script": f"workflow_scripts/{script_name}.py", "fingerprint": fp.short(path)}),
-    }
+    cfg = cfglib.canonical(cfglib.subset(config, keys))
+    code = cfglib.canonical({"script": f"workflow_scripts/{script_name}.py", "fingerprint": fp.short(path)})
+    # Functions, not strings: Snakemake would read the braces of a template value
+    # ("Segment the {phrase} ...") as wildcards.
+    return {"cfg": lambda wildcards: cfg, "code": lambda wildcards: code}
 
 
 def family_resources(family):
@@ -185,34 +231,21 @@ def finers_shards(exp):
 
 
 def region_shards(key):
-    n = VARIANT_CFG["regions"][key]["finers"]["regions"].get("shards", 1)
+    n = VARIANT_CFG["regions"][key]["finers"]["regions"]["shards"]
     return [f"{i}-of-{n}" for i in range(n)]
-
-
-FINERS_DIR = R("finers")
 
 
 def warmup_record(stage, log_name):
     """Input function: the warm-up's record `log_name` (default) or, with the warm-up off,
-    the base manifest; the model folder sits beside the record (warmup_folder)."""
+    the base manifest; the model folder sits beside the record (folder_from_record with base)."""
 
     def fn(wildcards):
         key = getattr(wildcards, stage)
         if VARIANT_CFG[stage][key]["finers"]["warmup"]["enabled"]:
-            return prov(f"{FINERS_DIR}/warmup/{VARIANT['warmup'][key]}/{log_name}")
+            return prov(f"{FINERS}/warmup/{VARIANT['warmup'][key]}/{log_name}")
         return BASE_MANIFEST
 
     return fn
-
-
-def warmup_folder(input_name, inside, base):
-    """Param: the folder `inside` beside that record, or `base` when it is the base manifest."""
-
-    def param(wildcards, input):
-        record = input[input_name]
-        return os.path.join(os.path.dirname(record), inside) if record != BASE_MANIFEST else base
-
-    return param
 
 
 # ---- FineRS input functions (named get_*, as the Snakemake catalog's workflows do) ----
@@ -223,7 +256,7 @@ def get_train_record(stage, wildcard):
 
     def fn(wildcards):
         key = VARIANT[stage][getattr(wildcards, wildcard)]
-        return prov(f"{FINERS_DIR}/{stage}/{key}/train_log.parquet")
+        return prov(f"{FINERS}/{stage}/{key}/train_log.parquet")
 
     return fn
 
@@ -233,7 +266,7 @@ def get_selection_record(stage, wildcard):
 
     def fn(wildcards):
         key = VARIANT[f"{stage}_select"][getattr(wildcards, wildcard)]
-        return prov(f"{FINERS_DIR}/{stage}_select/{key}/selection.json")
+        return prov(f"{FINERS}/{stage}_select/{key}/selection.json")
 
     return fn
 
@@ -247,12 +280,12 @@ def get_search_policy_record(wildcards):
 
 def get_region_shards(wildcards):
     return expand(
-        f"{FINERS_DIR}/regions/{wildcards.regions}/shard-{{shard}}.parquet", shard=region_shards(wildcards.regions)
+        f"{FINERS}/regions/{wildcards.regions}/shard-{{shard}}.parquet", shard=region_shards(wildcards.regions)
     )
 
 
 def get_regions(wildcards):
-    return f"{FINERS_DIR}/regions/{VARIANT['regions'][wildcards.gse]}/regions.parquet"
+    return f"{FINERS}/regions/{VARIANT['regions'][wildcards.gse]}/regions.parquet"
 
 
 def get_prediction_shards(wildcard):
@@ -261,9 +294,7 @@ def get_prediction_shards(wildcard):
 
     def fn(wildcards):
         key = getattr(wildcards, wildcard)
-        return expand(
-            f"{FINERS_DIR}/{folder}/{key}/{wildcards.split}/shard-{{shard}}.parquet", shard=finers_shards(key)
-        )
+        return expand(f"{FINERS}/{folder}/{key}/{wildcards.split}/shard-{{shard}}.parquet", shard=finers_shards(key))
 
     return fn
 
@@ -275,7 +306,7 @@ def get_untrained_metrics(wildcards):
 def untrained_metrics(exp, split):
     """The untrained reference's metrics for an experiment's table ([] when switched off)."""
     cfg = EXPERIMENTS[exp]["finers"]
-    if not cfg["inference"].get("untrained", True):
+    if not cfg["inference"]["untrained"]:
         return []
     return [R(f"finers/untrained/metrics/{VARIANT['untrained'][exp]}/{split}.json")]
 
@@ -289,9 +320,7 @@ def finers_tables(exp):
 
 from reproseg.seganswer import sources as seg_sources
 
-SEG = config["seganswer"]
 SEG_SOURCES = SEG["sources"]
-SEG_DATA = R("seganswer/data")
 
 
 def seg_source_of(selection):

@@ -1,7 +1,6 @@
 # Data stages: synthetic videos (embedded default), frame extraction, annotation
 # import and validation, splits and dataset statistics.
 
-SPLITS = ["train", "val", "test"]
 SOURCE = DATA["source"]
 
 if SOURCE == "synthetic":
@@ -17,8 +16,6 @@ elif SOURCE == "videos":
 else:
     VIDEOS = []
     ANNOTATIONS_JSON = DATA["annotations_json"]
-
-FRAMES_MANIFEST = R("frames/manifest.parquet")
 
 
 rule data_all:

@@ -1,11 +1,6 @@
 # FineRS: LPR (GRPO) -> retrospective regions -> GSE (GRPO) -> two-stage inference with
 # SAM2 -> metrics and the paper's tables. Paths carry variant keys (rules/common.smk).
 
-FINERS = R("finers")
-# The frames manifest stands for the extracted frames (they are its job's output too).
-IMAGES_INPUT = FRAMES_MANIFEST if DATA["source"] != "images" else []
-SAM2_CONFIG = None if MODELS["source"] == "tiny" else MODELS["local"]["sam2_config"]
-
 
 wildcard_constraints:
     warmup="[a-z0-9-]+",
@@ -52,7 +47,6 @@ rule warmup_policy:
         **family_resources("gpu_train"),
     params:
         **exp_params("warmup", "warmup_policy", *WARMUP_KEYS),
-        run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         images_root=images_root,
         policy=BASE_QWEN,
     script:
@@ -126,9 +120,8 @@ rule train_lpr:
             "finers.prompts.look",
             options=drseg_option("lpr"),
         ),
-        run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         images_root=images_root,
-        policy=warmup_folder("start", "checkpoint", BASE_QWEN),
+        policy=folder_from_record("start", "checkpoint", base=BASE_QWEN),
     script:
         script_path("train_lpr")
 
@@ -166,7 +159,7 @@ rule select_lpr:
         ),
         stage="lpr",
         images_root=images_root,
-        candidates=folder_from_record("train_record", inside="candidates"),
+        candidates=folder_from_record("train_record", "candidates"),
     script:
         script_path("select_lpr")
 
@@ -200,7 +193,7 @@ rule retrospective_regions:
             "finers.lpr.drseg",
         ),
         images_root=images_root,
-        lpr=folder_from_record("lpr_record", inside="checkpoint"),
+        lpr=folder_from_record("lpr_record", "checkpoint"),
     script:
         script_path("retrospective_regions")
 
@@ -262,9 +255,8 @@ rule train_gse:
             "finers.prompts.look",
             options=drseg_option("gse"),
         ),
-        run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         images_root=images_root,
-        policy=warmup_folder("start", "checkpoint", BASE_QWEN),
+        policy=folder_from_record("start", "checkpoint", base=BASE_QWEN),
     script:
         script_path("train_gse")
 
@@ -302,7 +294,7 @@ rule select_gse:
         ),
         stage="gse",
         images_root=images_root,
-        candidates=folder_from_record("train_record", inside="candidates"),
+        candidates=folder_from_record("train_record", "candidates"),
     script:
         script_path("select_gse")
 
@@ -340,9 +332,9 @@ rule infer_finers:
             "finers.gse.drseg",
         ),
         images_root=images_root,
-        gse=folder_from_record("gse_record", inside="checkpoint"),
-        lpr=folder_from_record("lpr_record", inside="checkpoint"),
-        sam2=warmup_folder("sam2", "sam2", BASE_SAM2),
+        gse=folder_from_record("gse_record", "checkpoint"),
+        lpr=folder_from_record("lpr_record", "checkpoint"),
+        sam2=folder_from_record("sam2", "sam2", base=BASE_SAM2),
         sam2_config=SAM2_CONFIG,
     script:
         script_path("infer_finers")
@@ -369,7 +361,7 @@ rule infer_finers_untrained:
     params:
         **exp_params(
             "untrained",
-            "infer_finers",
+            "infer_finers_untrained",
             "finers.inference",
             "finers.gse_size",
             "finers.lpr_crop",
@@ -378,12 +370,11 @@ rule infer_finers_untrained:
             "finers.lpr.gt_points",
         ),
         images_root=images_root,
-        gse=warmup_folder("start", "checkpoint", BASE_QWEN),
-        lpr=warmup_folder("start", "checkpoint", BASE_QWEN),
-        sam2=warmup_folder("sam2", "sam2", BASE_SAM2),
+        policy=folder_from_record("start", "checkpoint", base=BASE_QWEN),
+        sam2=folder_from_record("sam2", "sam2", base=BASE_SAM2),
         sam2_config=SAM2_CONFIG,
     script:
-        script_path("infer_finers")
+        script_path("infer_finers_untrained")
 
 
 rule evaluate_finers_untrained:
@@ -402,9 +393,9 @@ rule evaluate_finers_untrained:
     resources:
         **family_resources("cpu_data"),
     params:
-        **exp_params("untrained", "evaluate_finers", "finers.reward_profile"),
+        **exp_params("untrained", "evaluate_finers_untrained", "finers.reward_profile"),
     script:
-        script_path("evaluate_finers")
+        script_path("evaluate_finers_untrained")
 
 
 rule evaluate_finers:

@@ -1,16 +1,6 @@
 # Base models: the tiny bundle built offline (embedded default), or the user's local
 # Qwen2.5-VL-7B and SAM 2.1 weights, checked and checksummed.
 
-MODELS = config["models"]
-BASE_MANIFEST = R("models/base.manifest.json")
-
-if MODELS["source"] == "tiny":
-    BASE_QWEN = R("models/base/qwen")
-    BASE_SAM2 = R("models/base/sam2")
-else:
-    BASE_QWEN = MODELS["local"]["qwen"]
-    BASE_SAM2 = MODELS["local"]["sam2_checkpoint"]
-
 
 rule models_all:
     input:

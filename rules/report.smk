@@ -20,7 +20,7 @@ rule markdown_html:
             ),
             caption="../report/table.rst",
         ),
-        prov=f"{RESULTS}/{{folder}}/{{name}}.report.html.prov.json",
+        prov=prov(f"{RESULTS}/{{folder}}/{{name}}.report.html"),
     log:
         f"{RESULTS}/logs/markdown_html/{{folder}}/{{name}}.log",
     benchmark:

@@ -3,9 +3,6 @@
 # interleaved SFT, stage 3 multi-turn DAPO; every checkpoint (the base model and each
 # stage's) evaluated, then side by side in the paper's table layouts.
 
-SEGANSWER = R("seganswer")
-# FineRS-format sources read this run's frames (or the released images).
-FINERS_IMAGES = os.path.dirname(FRAMES_MANIFEST) if IMAGES_INPUT else DATA["images_dir"]
 for _kind in ("referring", "questions"):
     _labels = [b["label"] for b in SEG["eval"][_kind]]
     if len(set(_labels)) != len(_labels):
@@ -21,26 +18,10 @@ SEG_USED = sorted(
         for s in sel
     }
 )
-# Where the candidates are scored: the evaluation's device and precision, when it names them.
-SEG_EVAL_RUNTIME = [f"seganswer.eval.{k}" for k in ("dtype", "device") if k in SEG["eval"]]
-# The checkpoints in pipeline order; the record each one's producer wrote (base: the base models).
-SEG_CHECKPOINTS = ["base", "stage1", "stage2", "stage3"]
-SEG_RECORDS = {
-    "base": BASE_MANIFEST,
-    "stage1": f"{SEGANSWER}/stage1.prov.json",
-    "stage2": prov(f"{SEGANSWER}/stage2.log.parquet"),
-    # the candidate the stage-3 selection chose on val
-    "stage3": prov(f"{SEGANSWER}/stage3_select/selection.json"),
-}
+# Where the candidates are scored: the evaluation's device and precision.
+SEG_EVAL_RUNTIME = ["seganswer.eval.dtype", "seganswer.eval.device"]
 # The section-wide keys every SegAnswer training and evaluation rule reads besides its own.
 SEG_SHARED_KEYS = ("seganswer.image_size", "seganswer.sam_feature_cache_mb")
-# What an evaluation job loads: a checkpoint folder, or the base models (projector drawn in the job).
-SEG_MODELS = {
-    "base": cfglib.canonical({"qwen": BASE_QWEN, "sam2": BASE_SAM2, "sam2_config": SAM2_CONFIG}),
-    "stage1": cfglib.canonical({"dir": f"{SEGANSWER}/stage1"}),
-    "stage2": cfglib.canonical({"dir": f"{SEGANSWER}/stage2"}),
-    "stage3": cfglib.canonical({"dir": f"{SEGANSWER}/stage3_select/checkpoint"}),
-}
 # Only a FineRS-format source reads this run's frames; the other formats' images come
 # with their import.
 SEG_READS_FRAMES = {name: spec["format"] == "finers" for name, spec in SEG_SOURCES.items()}
@@ -88,15 +69,15 @@ rule seganswer_stage1_projector:
         images=seg_images(SEG["data"]["stage1_projector"]),
         base=BASE_MANIFEST,
     output:
-        model=directory(f"{SEGANSWER}/stage1_projector"),
-        train_log=f"{SEGANSWER}/stage1_projector.log.parquet",
+        checkpoint=directory(f"{SEGANSWER}/stage1_projector/checkpoint"),
+        train_log=f"{SEGANSWER}/stage1_projector/train_log.parquet",
         curves=report(
-            f"{SEGANSWER}/stage1_projector_curves.png",
+            f"{SEGANSWER}/stage1_projector/curves.png",
             category="training curves",
             labels={"stage": "SegAnswer stage 1a projector", "variant": "main"},
             caption="../report/seganswer_sft_curves.rst",
         ),
-        prov=prov(f"{SEGANSWER}/stage1_projector.log.parquet"),
+        prov=prov(f"{SEGANSWER}/stage1_projector/train_log.parquet"),
     log:
         f"{SEGANSWER}/logs/stage1_projector.log",
     benchmark:
@@ -124,17 +105,17 @@ rule seganswer_stage1_lora:
     input:
         tables=seg_tables(SEG["data"]["stage1_lora"], "referring"),
         images=seg_images(SEG["data"]["stage1_lora"]),
-        phase_a_record=prov(f"{SEGANSWER}/stage1_projector.log.parquet"),
+        phase_a_record=prov(f"{SEGANSWER}/stage1_projector/train_log.parquet"),
     output:
-        model=directory(f"{SEGANSWER}/stage1_lora"),
-        train_log=f"{SEGANSWER}/stage1_lora.log.parquet",
+        checkpoint=directory(f"{SEGANSWER}/stage1_lora/checkpoint"),
+        train_log=f"{SEGANSWER}/stage1_lora/train_log.parquet",
         curves=report(
-            f"{SEGANSWER}/stage1_lora_curves.png",
+            f"{SEGANSWER}/stage1_lora/curves.png",
             category="training curves",
             labels={"stage": "SegAnswer stage 1b LoRA", "variant": "main"},
             caption="../report/seganswer_sft_curves.rst",
         ),
-        prov=prov(f"{SEGANSWER}/stage1_lora.log.parquet"),
+        prov=prov(f"{SEGANSWER}/stage1_lora/train_log.parquet"),
     log:
         f"{SEGANSWER}/logs/stage1_lora.log",
     benchmark:
@@ -146,17 +127,17 @@ rule seganswer_stage1_lora:
     params:
         **stage_params("seganswer_stage1_lora", *SEG_SHARED_KEYS, "seganswer.stage1.lora", "seganswer.data.stage1_lora"),
         roots=seg_roots(SEG["data"]["stage1_lora"]),
-        phase_a=folder_from_record("phase_a_record", suffix=".log.parquet.prov.json"),
+        phase_a=folder_from_record("phase_a_record", "checkpoint"),
     script:
         script_path("seganswer_stage1_lora")
 
 
 rule seganswer_stage1_merge:
     input:
-        unmerged_record=prov(f"{SEGANSWER}/stage1_lora.log.parquet"),
+        unmerged_record=prov(f"{SEGANSWER}/stage1_lora/train_log.parquet"),
     output:
-        model=directory(f"{SEGANSWER}/stage1"),
-        prov=f"{SEGANSWER}/stage1.prov.json",
+        checkpoint=directory(f"{SEGANSWER}/stage1/checkpoint"),
+        prov=prov(f"{SEGANSWER}/stage1/checkpoint"),
     log:
         f"{SEGANSWER}/logs/stage1_merge.log",
     benchmark:
@@ -168,7 +149,7 @@ rule seganswer_stage1_merge:
         **family_resources("gpu_infer"),
     params:
         **stage_params("seganswer_stage1_merge", "seganswer.stage1.lora"),
-        unmerged=folder_from_record("unmerged_record", suffix=".log.parquet.prov.json"),
+        unmerged=folder_from_record("unmerged_record", "checkpoint"),
     script:
         script_path("seganswer_stage1_merge")
 
@@ -177,17 +158,17 @@ rule seganswer_stage2_sft:
     input:
         tables=seg_tables(SEG["data"]["stage2"], "questions"),
         images=seg_images(SEG["data"]["stage2"]),
-        stage1_record=f"{SEGANSWER}/stage1.prov.json",
+        stage1_record=prov(f"{SEGANSWER}/stage1/checkpoint"),
     output:
-        model=directory(f"{SEGANSWER}/stage2"),
-        train_log=f"{SEGANSWER}/stage2.log.parquet",
+        checkpoint=directory(f"{SEGANSWER}/stage2/checkpoint"),
+        train_log=f"{SEGANSWER}/stage2/train_log.parquet",
         curves=report(
-            f"{SEGANSWER}/stage2_curves.png",
+            f"{SEGANSWER}/stage2/curves.png",
             category="training curves",
             labels={"stage": "SegAnswer stage 2 SFT", "variant": "main"},
             caption="../report/seganswer_sft_curves.rst",
         ),
-        prov=prov(f"{SEGANSWER}/stage2.log.parquet"),
+        prov=prov(f"{SEGANSWER}/stage2/train_log.parquet"),
     log:
         f"{SEGANSWER}/logs/stage2.log",
     benchmark:
@@ -199,7 +180,7 @@ rule seganswer_stage2_sft:
     params:
         **stage_params("seganswer_stage2_sft", *SEG_SHARED_KEYS, "seganswer.stage2", "seganswer.data.stage2"),
         roots=seg_roots(SEG["data"]["stage2"]),
-        stage1=folder_from_record("stage1_record", suffix=".prov.json"),
+        stage1=folder_from_record("stage1_record", "checkpoint"),
     script:
         script_path("seganswer_stage2_sft")
 
@@ -208,7 +189,7 @@ rule seganswer_stage3_dapo:
     input:
         tables=seg_tables(SEG["data"]["stage3"], "questions"),
         images=seg_images(SEG["data"]["stage3"]),
-        stage2_record=prov(f"{SEGANSWER}/stage2.log.parquet"),
+        stage2_record=prov(f"{SEGANSWER}/stage2/train_log.parquet"),
     output:
         checkpoint=directory(f"{SEGANSWER}/stage3/checkpoint"),
         candidates=directory(f"{SEGANSWER}/stage3/candidates"),
@@ -231,8 +212,7 @@ rule seganswer_stage3_dapo:
     params:
         **stage_params("seganswer_stage3_dapo", *SEG_SHARED_KEYS, "seganswer.stage3", "seganswer.data.stage3"),
         roots=seg_roots(SEG["data"]["stage3"]),
-        stage2=folder_from_record("stage2_record", suffix=".log.parquet.prov.json"),
-        run_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
+        stage2=folder_from_record("stage2_record", "checkpoint"),
     script:
         script_path("seganswer_stage3_dapo")
 
@@ -257,7 +237,7 @@ rule seganswer_stage3_select:
     params:
         **stage_params("seganswer_stage3_select", *SEG_SHARED_KEYS, "seganswer.selection", *SEG_EVAL_RUNTIME),
         roots=seg_roots(SEG["selection"]["data"]),
-        candidates=folder_from_record("train_record", inside="candidates"),
+        candidates=folder_from_record("train_record", "candidates"),
     script:
         script_path("seganswer_stage3_select")
 

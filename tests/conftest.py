@@ -9,6 +9,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def section(name: str, overrides: dict | None = None) -> dict:
+    """A top-level section of config/config.yaml (every key the library reads, as a job gets
+    it) with a test's `overrides` deep-merged in."""
+    from reproseg.config import deep_merge, load_yaml, resolve
+
+    return deep_merge(resolve(load_yaml(ROOT / "config" / "config.yaml"))[name], overrides or {})
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "workflow: runs Snakemake on the workflow")
 

@@ -107,13 +107,13 @@ def test_rollout_batch_rules_at_parse_time(default, section, settings, key):
 
 def test_selection_settings(default):
     cfg = copy.deepcopy(default)
-    cfg["finers"]["selection"]["gse"] = {"choose": "best"}
+    cfg["finers"]["selection"]["gse"] = {"choose": "best", "metric": None, "mode": "max"}
     with pytest.raises(cfglib.ConfigError, match=r"finers\.selection\.gse\.metric.*required"):
         cfglib.validate(cfg, SCHEMA)
-    cfg["finers"]["selection"]["gse"] = {"choose": "best", "metric": "box_iou"}   # an LPR term
+    cfg["finers"]["selection"]["gse"] = {"choose": "best", "metric": "box_iou", "mode": "max"}   # an LPR term
     with pytest.raises(cfglib.ConfigError, match=r"finers\.selection\.gse\.metric"):
         cfglib.validate(cfg, SCHEMA)
-    cfg["finers"]["selection"]["gse"] = {"choose": "last"}
+    cfg["finers"]["selection"]["gse"] = {"choose": "last", "metric": None, "mode": "max"}
     cfglib.validate(cfg, SCHEMA)
 
 
@@ -128,5 +128,5 @@ def test_seganswer_selection_reads_val_only(default):
     cfg["seganswer"]["selection"]["data"] = []
     with pytest.raises(cfglib.ConfigError, match="a val selection is required"):
         cfglib.validate(cfg, SCHEMA)
-    cfg["seganswer"]["selection"]["stage3"] = {"choose": "last", "metric": None}
+    cfg["seganswer"]["selection"]["stage3"] = {"choose": "last", "metric": None, "mode": "max"}
     cfglib.validate(cfg, SCHEMA)

@@ -8,6 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import section
+from reproseg.config import deep_merge
 from reproseg.data.masks import polygon_to_rle
 from reproseg.finers import prompts as P
 from reproseg.finers.evaluate import evaluate_stage
@@ -19,7 +21,7 @@ from reproseg.finers.rewards import profile_for, reward_functions
 
 W, H = 200, 100
 BOX = [120.0, 40.0, 130.0, 50.0]          # a 10 x 10 object
-CFG = {
+CFG = section("finers", {
     "gse_size": [100, 50], "lpr_crop": 40, "region_size": 20, "reward_profile": "paper",
     "lpr": {"gt_points": "centre_jitter", "random_region": True},
     "regions": {"retrospective": True, "n_random": 3, "seed": 0},
@@ -29,7 +31,9 @@ CFG = {
         "gse": {t: "{question}{options} GSE {region_size}" for t in P.TASK_TYPES},
         "look": "Look.",
     },
-}
+})
+DRSEG_ON = {"look_to_confirm": True, "distribution_ranked": True}
+NO_LOOK = {"gse": False, "lpr": False}
 
 
 @pytest.fixture
@@ -121,7 +125,7 @@ def test_two_stage_inference_pastes_the_mask_back(row, tmp_path):
     # Region [55,15,75,35] at 100x50 -> [110,30,150,70] original (40 px, no growth). LPR
     # answers in crop input coordinates: the GT box [120,40,130,50] is [10,10,20,20].
     lpr = lambda images, prompts, n: [lpr_answer([10, 10, 20, 20], ((15, 15), (16, 16)))] * len(images)  # noqa: E731
-    recs = infer_rows([row], str(tmp_path), CFG, gse, lpr, BoxPredictor())
+    recs = infer_rows([row], str(tmp_path), CFG, gse, lpr, BoxPredictor(), NO_LOOK)
     rec = recs[0]
     assert rec["status"] == "ok" and rec["crop"] == [110.0, 30.0, 150.0, 70.0]
     assert rec["pred_box"] == BOX and rec["pred_points"] == [[125.0, 45.0], [126.0, 46.0]]
@@ -134,9 +138,9 @@ def test_two_stage_inference_pastes_the_mask_back(row, tmp_path):
 
 def test_unparseable_outputs_are_counted_not_raised(row, tmp_path):
     garbage = lambda images, prompts, n: ["{{{"] * len(images)  # noqa: E731
-    assert infer_rows([row], str(tmp_path), CFG, garbage, garbage, BoxPredictor())[0]["status"] == "gse_unparsed"
+    assert infer_rows([row], str(tmp_path), CFG, garbage, garbage, BoxPredictor(), NO_LOOK)[0]["status"] == "gse_unparsed"
     gse = lambda images, prompts, n: ['<think>t</think><answer>{"region": [55, 15, 75, 35], "response": "B"}</answer>'] * len(images)  # noqa: E731
-    rec = infer_rows([row], str(tmp_path), CFG, gse, garbage, BoxPredictor())[0]
+    rec = infer_rows([row], str(tmp_path), CFG, gse, garbage, BoxPredictor(), NO_LOOK)[0]
     assert rec["status"] == "lpr_unparsed" and rec["pred_rle"] is None
 
 
@@ -182,7 +186,7 @@ def test_evaluate_stage(tmp_path):
 def test_drseg_options_on_lpr():
     from reproseg.finers.rewards import stage_reward_functions
 
-    cfg = dict(CFG, lpr={"drseg": {"look_to_confirm": True, "distribution_ranked": True, "queue_size": 2048}})
+    cfg = deep_merge(CFG, {"lpr": {"drseg": {**DRSEG_ON, "queue_size": 2048}}})
     fns = stage_reward_functions("lpr", cfg, lpr_rewards.TERMS)
     # The ranked accuracy replaces the hard box/point thresholds; LC adds two terms.
     assert sorted(fns) == ["lpr/format", "lpr/look", "lpr/non_repeat", "lpr/ranked_accuracy", "lpr/response",
@@ -208,7 +212,7 @@ def test_drseg_options_on_lpr():
 def test_look_prompt_only_when_enabled(row, tmp_path):
     from reproseg.finers.samples import lpr_training_rows
 
-    on = dict(CFG, lpr={**CFG["lpr"], "drseg": {"look_to_confirm": True}})
+    on = deep_merge(CFG, {"lpr": {"drseg": {"look_to_confirm": True}}})
     text_on = lpr_training_rows([row], str(tmp_path), on, seed=0, look=True)[0]["prompt"][0]["content"]
     text_off = lpr_training_rows([row], str(tmp_path), CFG, seed=0)[0]["prompt"][0]["content"]
     assert text_on == text_off + " Look." and "Options: A. red B. blue" in text_off
@@ -219,7 +223,7 @@ def test_reward_functions_pickle_for_the_multi_gpu_launcher():
 
     from reproseg.finers.rewards import stage_reward_functions
 
-    cfg = dict(CFG, lpr={"drseg": {"look_to_confirm": True, "distribution_ranked": True, "queue_size": 64}})
+    cfg = deep_merge(CFG, {"lpr": {"drseg": {**DRSEG_ON, "queue_size": 64}}})
     fns = stage_reward_functions("lpr", cfg, lpr_rewards.TERMS)
     back = pickle.loads(pickle.dumps(fns))
     perfect = lpr_answer([10, 10, 20, 20], ((15, 15), (16, 16)), "B")

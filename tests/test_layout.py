@@ -89,3 +89,46 @@ def test_snakefmt_check_is_clean():
     exe = Path(sys.executable).with_name("snakefmt")
     out = subprocess.run([str(exe), "--check", "Snakefile", "rules"], cwd=root, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+RULES = SRC.parents[1] / "rules"
+
+
+def rule_blocks():
+    """(file, rule name, text) of every rule in rules/*.smk."""
+    import re
+
+    for path in sorted(RULES.glob("*.smk")):
+        text = path.read_text()
+        starts = [(m.start(), m.group(1)) for m in re.finditer(r"^\s*rule (\w+):", text, re.M)]
+        for (start, name), (end, _) in zip(starts, starts[1:] + [(len(text), None)]):
+            yield path.name, name, text[start:end]
+
+
+def test_every_record_is_named_after_one_of_its_jobs_outputs():
+    """One convention for records and folders: `prov=prov(<path>)` where <path> is another
+    output of the same rule (rules/common.smk folder_from_record finds the folders beside it)."""
+    import re
+
+    wrong = []
+    for file, rule, text in rule_blocks():
+        out = re.search(r"\n( +)output:\n(.*?)\n\1\w+:\n", text, re.S)
+        if not out or "prov=" not in out.group(2):
+            continue
+        block = out.group(2)
+        m = re.search(r"prov=prov\((.+?)\),(?:\n|$)", block)
+        if not m or block.replace(m.group(0), "").count(m.group(1)) < 1:
+            wrong.append(f"{file}: rule {rule}")
+    assert not wrong
+
+
+def test_rule_name_is_script_name():
+    """Each rule runs workflow_scripts/<its own name>.py."""
+    import re
+
+    wrong = []
+    for file, rule, text in rule_blocks():
+        m = re.search(r'script_path\("(\w+)"\)', text)
+        if m and m.group(1) != rule:
+            wrong.append(f"{file}: rule {rule} runs {m.group(1)}")
+    assert not wrong

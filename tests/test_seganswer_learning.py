@@ -12,7 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
+from transformers import TrainerCallback
 
+from reproseg.runs import STOP_FILE, TrainingInterrupted, completed_checkpoints
 from reproseg.seganswer import stage1, stage2, stage3, synthetic
 from reproseg.seganswer.model import SegAnswerModel
 
@@ -127,3 +130,46 @@ def test_stage3_reward_rises_on_a_toy_reward(seganswer_checkpoint, tmp_path):
     # a fixed policy: only the sampling noise of 4 x 16 rollouts (measured 0.48 and 0.52)
     first0, last0 = _quarters(_stage3_rewards(seganswer_checkpoint, tmp_path, 0.0, 16))
     assert abs(last0 - first0) < 0.08
+
+
+class _StopAt(TrainerCallback):
+    """Asks the run to stop (the launcher's stop file) at the end of `step`."""
+
+    def __init__(self, stop_file, step: int):
+        self.stop_file, self.step = stop_file, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.stop_file.touch()
+
+
+@pytest.mark.parametrize("phase", ["a", "b"])
+def test_stage1_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(seganswer_checkpoint, tmp_path,
+                                                                                phase):
+    rows = synthetic.seg_rows(6, seed=0)
+    s = stage1.Stage1Settings.from_dict({"learning_rate": 1e-2, "epochs": 1000, "batch_size": 2, "max_steps": 5,
+                                         "save_steps": 2, "lora_dropout": 0.0, "sam_feature_cache_mb": 64}, phase)
+
+    def trained(model):
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ref = SegAnswerModel.from_pretrained(seganswer_checkpoint)
+    ref_log = stage1.train_phase(ref, rows, phase, s)
+    resume = tmp_path / "resume"
+    first = SegAnswerModel.from_pretrained(seganswer_checkpoint)
+    # Stopped at step 3, mid-epoch (3 batches of 2 rows per epoch): saved there, not at step 2.
+    with pytest.raises(TrainingInterrupted) as stopped:
+        stage1.train_phase(first, rows, phase, s, resume_dir=resume, callbacks=[_StopAt(resume / STOP_FILE, 3)])
+    assert stopped.value.step == 3 and stopped.value.code == 143
+    assert [p.name for p in completed_checkpoints(resume)] == ["checkpoint-3"]
+    again = SegAnswerModel.from_pretrained(seganswer_checkpoint)
+    log = stage1.train_phase(again, rows, phase, s, resume_dir=resume, log_path=tmp_path / "log.parquet")
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+    assert [r["mask_iou"] for r in log] == pytest.approx([r["mask_iou"] for r in ref_log], abs=1e-5)
+    want, got = trained(ref), trained(again)
+    assert set(want) == set(got) and len(want) > 0
+    assert all(torch.allclose(want[n], got[n], atol=1e-6) for n in want)
+    # the resume state is this run's: another learning rate refuses it
+    other = stage1.Stage1Settings.from_dict({**s.to_dict(), "learning_rate": 2e-2}, phase)
+    with pytest.raises(ValueError, match="different run"):
+        stage1.train_phase(SegAnswerModel.from_pretrained(seganswer_checkpoint), rows, phase, other, resume_dir=resume)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import section
 from reproseg.models.tiny_bundle import build_tiny_bundle
 from reproseg.seganswer import stage1, stage2, synthetic
 from reproseg.seganswer.evaluate import giou_ciou, qa_accuracy
@@ -151,7 +152,7 @@ def test_scripted_rollout_inserts_the_segmented_patches_and_masks_observations(m
     assert r.answered and r.answer == "B" and r.seg_calls == 1 and len(r.turns) == 2
     assert np.flatnonzero(r.keeps[1]).tolist() == [0, 5]
     comp = r.completion_ids
-    lm = r.completion_loss_mask
+    lm = r.completion_policy_mask
     n1, n2 = len(turn1), len(turn2)
     assert comp[:n1] == turn1 and comp[-n2:] == turn2
     assert lm[:n1] == [1] * n1 and lm[-n2:] == [1] * n2 and set(lm[n1:-n2]) == {0}
@@ -167,7 +168,7 @@ def test_scripted_rollout_inserts_the_segmented_patches_and_masks_observations(m
         logits, _, _ = model.lm_forward(torch.tensor(r.ids)[None], None, r.positions[:, None],
                                         torch.cat(r.pixel_values), torch.cat(r.grids), r.keeps)
     lp = torch.log_softmax(mask_banned(logits[0].float(), banned_token_ids(tok)), -1)
-    gen = [i for i in range(r.prompt_len, len(r.ids)) if r.loss_mask[i]]
+    gen = [i for i in range(r.prompt_len, len(r.ids)) if r.policy_mask[i]]
     full = [float(lp[i - 1, r.ids[i]]) for i in gen]
     assert np.allclose(full, r.sample_logps, atol=1e-4)
 
@@ -228,7 +229,7 @@ def test_batched_rollouts_equal_single_rollouts(model):
     together = rollout_batch(model, [prompts[k] for k in order], s, samplers=[script(f) for f in force])
     for k, f, r in zip(order, force, together):
         alone = rollout_one(model, prompts[k], s, sampler=script(f))
-        assert r.ids == alone.ids and r.loss_mask == alone.loss_mask
+        assert r.ids == alone.ids and r.policy_mask == alone.policy_mask
         assert torch.equal(r.positions, alone.positions)
         assert np.allclose(r.sample_logps, alone.sample_logps, atol=1e-4)
         assert r.seg_calls == alone.seg_calls == (1 if f else 0)
@@ -317,10 +318,10 @@ def test_evaluation_job_scores_the_base_checkpoint_and_the_table_job_lays_checkp
     referring, questions, _ = import_source("shapes", spec, images_out=tmp_path / "images")
     pq.write_table(referring, tmp_path / "referring.parquet")
     pq.write_table(questions, tmp_path / "questions.parquet")
-    cfg = {"image_size": [84, 56], "stage1": {"projector": {"seed": 0}},
-           "eval": {"referring": [{"label": "shapes test", "data": "shapes/test"}],
-                    "questions": [{"label": "shapes test", "data": "shapes/test"}],
-                    "max_new_tokens": 3, "max_turns": 2, "device": "cpu"}}
+    cfg = section("seganswer", {"image_size": [84, 56], "stage1": {"projector": {"seed": 0}},
+                                "eval": {"max_new_tokens": 3, "max_turns": 2, "device": "cpu"}})
+    cfg["eval"].update(referring=[{"label": "shapes test", "data": "shapes/test"}],
+                       questions=[{"label": "shapes test", "data": "shapes/test"}])
     base = {"qwen": str(bundle / "qwen"), "sam2": str(bundle / "sam2")}
     # the base checkpoint is exactly the model stage 1 phase a starts from
     a = load_checkpoint(base, cfg)

@@ -108,7 +108,7 @@ def test_segmented_image_keeps_the_original_positions():
     b = SequenceBuilder(image_token_id=99, vision_start_id=97, vision_end_id=98, merge_size=2)
     b.add_text([1, 2, 3])  # positions 0, 1, 2
     b.add_image((1, 8, 8))  # <vs> at 3; patches from s = 4: (4, 4 + r, 4 + c); counter += 4 -> <ve> at 8
-    b.add_text([4, 5], trainable=True)  # 9, 10
+    b.add_text([4, 5], by_policy=True)  # 9, 10
     keep = np.zeros(16, bool)
     keep[[1, 5, 14]] = True
     b.add_segmented_image(0, keep)  # <vs> at 11; patches (0,1), (1,1), (3,2) at original ids; <ve> at 12
@@ -120,7 +120,7 @@ def test_segmented_image_keeps_the_original_positions():
                 [11, 11, 11]] + seg + [[12, 12, 12], [13, 13, 13]])
     assert b.position_ids.T.tolist() == expected
     assert b.ids == [1, 2, 3, 97] + [99] * 16 + [98, 4, 5, 97, 99, 99, 99, 98, 6]
-    assert b.loss == [0] * 21 + [1, 1] + [0] * 6
+    assert b.policy_mask == [0] * 21 + [1, 1] + [0] * 6
     assert b.mm_types.count(1) == 19
     assert [k is None for k in b.image_keeps] == [True, False]
 
@@ -184,12 +184,12 @@ def test_group_advantages():
 # -- observation mask -------------------------------------------------------------------------
 def _rollout(ids, loss, prompt_len, pos_offset=0):
     pos = torch.arange(len(ids)).expand(3, -1) + pos_offset
-    return Rollout(ids=ids, positions=pos.clone(), loss_mask=loss, prompt_len=prompt_len,
+    return Rollout(ids=ids, positions=pos.clone(), policy_mask=loss, prompt_len=prompt_len,
                    pixel_values=[torch.zeros(4, 3)], grids=[torch.tensor([[1, 2, 2]])], keeps=[None],
                    turns=["t"], seg_calls=0, answered=True)
 
 
-def test_observation_tokens_are_out_of_the_loss_mask():
+def test_observation_tokens_are_out_of_the_policy_mask():
     # prompt p0 p1 p2 | generated g0 g1 | observation o0 o1 o2 | generated g2
     r1 = _rollout([10, 11, 12, 20, 21, 30, 31, 32, 22], [0, 0, 0, 1, 1, 0, 0, 0, 1], 3)
     r2 = _rollout([13, 14, 23], [0, 0, 1], 2, pos_offset=100)
@@ -197,8 +197,8 @@ def test_observation_tokens_are_out_of_the_loss_mask():
     assert b["prompt_ids"].tolist() == [[10, 11, 12], [0, 13, 14]]
     assert b["prompt_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
     assert b["completion_ids"].tolist() == [[20, 21, 30, 31, 32, 22], [23, 0, 0, 0, 0, 0]]
-    loss_mask = b["completion_mask"] * b["tool_mask"]
-    assert loss_mask.tolist() == [[1, 1, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0]]
+    in_loss = b["completion_mask"] * b["tool_mask"]
+    assert in_loss.tolist() == [[1, 1, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0]]
     # positions follow the same left/right padding as the ids
     assert b["position_ids"][0, 0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8]
     assert b["position_ids"][0, 1].tolist() == [0, 100, 101, 102, 0, 0, 0, 0, 0]

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from conftest import section
 from reproseg.finers import gse_rewards, lpr_rewards
 from reproseg.finers.selection import score_completions, val_metrics
 from reproseg.finers.warmup import gse_target, lpr_target
@@ -92,8 +93,8 @@ def test_a_missing_metric_or_folder_is_named(tmp_path):
     assert not (tmp_path / "chosen").exists() and not (tmp_path / "s.json").exists()
 
 
-CFG = {"reward_profile": "paper", "region_size": 48, "lpr": {"disabled_rewards": ["response"]},
-       "gse": {"disabled_rewards": []}}
+CFG = section("finers", {"reward_profile": "paper", "region_size": 48, "lpr": {"disabled_rewards": ["response"]},
+                         "gse": {"disabled_rewards": []}})
 
 
 def test_lpr_val_metrics_of_exact_shifted_and_garbage_answers():

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import section
 from reproseg.data.masks import polygon_to_rle
 from reproseg.finers import prompts as P
 from reproseg.finers.rewards import profile_for
@@ -27,12 +28,12 @@ from reproseg.finers.reward_terms import FinersTarget
 TERMS = {"lpr": lpr_rewards.TERMS, "gse": gse_rewards.TERMS}
 
 W, H = 160, 96
-CFG = {
+CFG = section("finers", {
     "gse_size": [80, 48], "lpr_crop": 56, "region_size": 28, "reward_profile": "paper",
     "lpr": {"gt_points": "centre_jitter", "random_region": True},
     "prompts": {"lpr": {t: "{question}{options} Box it." for t in P.TASK_TYPES},
                 "gse": {t: "{question}{options} Region {region_size}." for t in P.TASK_TYPES}, "look": "Look."},
-}
+})
 
 
 def _row(i: int, x: int, y: int, tmp_path) -> dict:

@@ -99,8 +99,8 @@ def test_seganswer_checkpoints_reload_and_tables(copy):
     from reproseg.seganswer.model import SegAnswerModel
 
     res = copy / "results/seganswer"
-    for ckpt in ("stage1_projector", "stage1", "stage2", "stage3/checkpoint", "stage3/candidates/step-000001",
-                 "stage3_select/checkpoint"):
+    for ckpt in ("stage1_projector/checkpoint", "stage1/checkpoint", "stage2/checkpoint", "stage3/checkpoint",
+                 "stage3/candidates/step-000001", "stage3_select/checkpoint"):
         model = SegAnswerModel.from_pretrained(res / ckpt)
         assert model.processor.tokenizer.convert_tokens_to_ids("<|seg|>") is not None
     imported = json.loads((res / "data/shapes/report.json").read_text())

@@ -7,4 +7,4 @@ from reproseg.provenance import run_job
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 frames = json.loads(smk.params.cfg)["data"]["frames"]
 run_job(smk, lambda: extract_stage(smk.input.video, smk.output.frames, smk.output.manifest,
-                                   stride=frames["stride"], indices=frames.get("indices")))
+                                   stride=frames["stride"], indices=frames["indices"]))

@@ -10,4 +10,4 @@ ann = data["annotations"]
 run_job(smk, lambda: import_stage(
     smk.input.annotations, smk.output.table, smk.output.report, smk.output.report_md, smk.log.report,
     manifest=smk.input.manifest or None, images_dir=data["images_dir"],
-    on_invalid=ann["on_invalid"], point_jitter=ann.get("point_jitter", 0.25), seed=ann.get("seed", 0)))
+    on_invalid=ann["on_invalid"], point_jitter=ann["point_jitter"], seed=ann["seed"]))

@@ -6,4 +6,4 @@ from reproseg.seganswer.workflow_stages import stage1_merge_stage
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["seganswer"]
-run_job(smk, lambda: stage1_merge_stage(smk.params.unmerged, smk.output.model, cfg))
+run_job(smk, lambda: stage1_merge_stage(smk.params.unmerged, smk.output.checkpoint, cfg))

@@ -7,5 +7,5 @@ from reproseg.seganswer.stage3 import stage3_stage
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["seganswer"]
 run_job(smk, lambda: stage3_stage(list(smk.input.tables), list(smk.params.roots), smk.params.stage2,
-                                  smk.params.run_dir, smk.output.checkpoint, smk.output.train_log,
+                                  smk.output.checkpoint, smk.output.train_log,
                                   smk.output.curves, cfg))

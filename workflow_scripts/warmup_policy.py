@@ -7,5 +7,5 @@ from reproseg.provenance import run_job
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["finers"]
 run_job(smk, lambda: warmup_stage(
-    smk.input.train, smk.input.val, smk.params.images_root, smk.params.policy, smk.params.run_dir,
+    smk.input.train, smk.input.val, smk.params.images_root, smk.params.policy, smk.output.checkpoint,
     smk.output.train_log, smk.output.curves, cfg))

@@ -5,11 +5,14 @@ import argparse
 import json
 import sys
 
+import pyarrow.parquet as pq
+
+from .audit import RecordIndex, chain, format_chain, verify
+from .fingerprint import fingerprint
+
 
 def cell(table_path: str, row: str, column: str):
     """One number of a Parquet table: `row` is a row index or the value of the first column."""
-    import pyarrow.parquet as pq
-
     table = pq.read_table(table_path)
     if column not in table.column_names:
         raise SystemExit(f"{table_path}: no column {column!r}; columns: {table.column_names}")
@@ -21,8 +24,6 @@ def cell(table_path: str, row: str, column: str):
 
 
 def _audit(args) -> int:
-    from .audit import RecordIndex, chain, format_chain
-
     idx = RecordIndex.load(args.results, args.workdir)
     records = chain(idx, args.artifact)
     if not records:
@@ -40,8 +41,6 @@ def _audit(args) -> int:
 
 
 def _verify(args) -> int:
-    from .audit import RecordIndex, verify
-
     idx = RecordIndex.load(args.results, args.workdir)
     findings = verify(idx)
     if args.json:
@@ -54,15 +53,13 @@ def _verify(args) -> int:
 
 
 def _crate(args) -> int:
-    from .crate import export_crate
+    from .crate import export_crate   # lazy: ro-crate-py loads for this subcommand only, not for --help or audit
 
     print(export_crate(args.results, args.workdir))
     return 0
 
 
 def _fingerprint(args) -> int:
-    from .fingerprint import fingerprint
-
     print(json.dumps(fingerprint(args.script), indent=2, sort_keys=True))
     return 0
 

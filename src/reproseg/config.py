@@ -10,6 +10,10 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+import yaml
+from jsonschema import Draft202012Validator
+from omegaconf import OmegaConf
+
 
 class ConfigError(ValueError):
     """An invalid configuration; the message names every offending key."""
@@ -18,8 +22,6 @@ class ConfigError(ValueError):
 def resolve(config: dict, overrides: Iterable[dict] = ()) -> dict:
     """Merges `overrides` onto `config` with OmegaConf and resolves interpolations
     (such as the `${oc.env:...}` paths of config/paper.yaml)."""
-    from omegaconf import OmegaConf
-
     merged = OmegaConf.merge(OmegaConf.create(config), *(OmegaConf.create(o) for o in overrides))
     return OmegaConf.to_container(merged, resolve=True)
 
@@ -38,8 +40,6 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def load_yaml(path: str | Path) -> dict:
-    import yaml
-
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader is ~10x faster
     with open(path) as f:
         return yaml.load(f, Loader=loader)
@@ -51,8 +51,6 @@ def _key(path: Iterable[Any]) -> str:
 
 def validate(config: dict, schema: dict) -> None:
     """Raises ConfigError naming each key that breaks the schema or a cross-key rule."""
-    from jsonschema import Draft202012Validator
-
     errors = []
     for err in sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path)):
         errors.append(f"config key '{_key(err.path)}': {err.message}")
@@ -63,32 +61,32 @@ def validate(config: dict, schema: dict) -> None:
 
 
 def _cross_checks(config: dict) -> list[str]:
-    """Rules that depend on another key's value (clearer here than as schema if/then)."""
+    """Rules that depend on another key's value (clearer here than as schema if/then).
+    Run only on a config the schema accepts, so every key is present."""
     out = []
     data = config["data"]
     need = {"videos": ["videos_dir", "annotations_json"], "images": ["images_dir", "annotations_json"]}
     for key in need.get(data["source"], []):
-        if not data.get(key):
+        if not data[key]:
             out.append(f"config key 'data.{key}': required when data.source is '{data['source']}'")
     models = config["models"]
     if models["source"] == "local":
         for key in ("qwen", "sam2_checkpoint"):
-            if not models.get("local", {}).get(key):
+            if not models["local"].get(key):
                 out.append(f"config key 'models.local.{key}': required when models.source is 'local'")
     for key in GRPO_SECTIONS:
-        out += _rollout_checks(key, config)
-    seg_sel = config.get("seganswer", {}).get("selection", {})
-    choices = {f"finers.selection.{k}": v for k, v in config.get("finers", {}).get("selection", {}).items()}
-    choices["seganswer.selection.stage3"] = seg_sel.get("stage3")
+        out += _rollout_checks(key, get(config, key))
+    seg_sel = config["seganswer"]["selection"]
+    choices = {f"finers.selection.{k}": config["finers"]["selection"][k] for k in ("lpr", "gse")}
+    choices["seganswer.selection.stage3"] = seg_sel["stage3"]
     for key, sel in choices.items():
-        if isinstance(sel, dict) and sel.get("choose") == "best" and not sel.get("metric"):
+        if sel["choose"] == "best" and not sel["metric"]:
             out.append(f"config key '{key}.metric': required when choose is 'best'")
-    if isinstance(seg_sel.get("stage3"), dict) and seg_sel["stage3"].get("metric") and not seg_sel.get("data"):
+    if seg_sel["stage3"]["metric"] and not seg_sel["data"]:
         out.append("config key 'seganswer.selection.data': a val selection is required when a metric is named")
-    evaluated = {b.get("data") for kind in ("referring", "questions")
-                 for b in config.get("seganswer", {}).get("eval", {}).get(kind, []) if isinstance(b, dict)}
-    for sel in seg_sel.get("data") or []:
-        if isinstance(sel, str) and (sel.split("/")[-1] == "test" or sel in evaluated):
+    evaluated = {b["data"] for kind in ("referring", "questions") for b in config["seganswer"]["eval"][kind]}
+    for sel in seg_sel["data"]:
+        if sel.split("/")[-1] == "test" or sel in evaluated:
             out.append(f"config key 'seganswer.selection.data': {sel!r} is a test split or an evaluated "
                        "benchmark; a checkpoint is chosen on val data only")
     return out
@@ -98,27 +96,21 @@ def _cross_checks(config: dict) -> list[str]:
 GRPO_SECTIONS = ("finers.lpr.grpo", "finers.gse.grpo", "seganswer.stage3.grpo")
 
 
-def _rollout_checks(key: str, config: dict) -> list[str]:
+def _rollout_checks(key: str, g: dict) -> list[str]:
     """The engine's rollout-batch rules, at parse time instead of inside the training job:
-    a resume checkpoint and the last step fall on the end of a rollout batch."""
-    try:
-        g = get(config, key)
-    except (KeyError, TypeError):
-        return []
-    if not isinstance(g, dict):
-        return []
-    ga = g.get("gradient_accumulation_steps") or 1
-    spg = g.get("steps_per_generation") or ga
-    if not all(isinstance(v, int) for v in (ga, spg, g.get("num_iterations", 1))) or spg % ga:
-        return []   # the schema names these
-    updates = g.get("num_iterations", 1) * spg // ga
+    a rollout batch is a whole number of optimizer steps, and a resume checkpoint and the
+    last step fall on the end of one."""
+    ga, spg = g["gradient_accumulation_steps"], g["steps_per_generation"] or g["gradient_accumulation_steps"]
+    if spg % ga:
+        return [f"config key '{key}.steps_per_generation': {spg} is not a multiple of gradient_accumulation_steps "
+                f"({ga}), so a rollout batch would not be a whole number of optimizer steps"]
+    updates = g["num_iterations"] * spg // ga
     out = []
-    for name, default in (("save_steps", 50), ("max_steps", 200)):
-        value = g.get(name, default)
-        if isinstance(value, int) and value % updates:
+    for name in ("save_steps", "max_steps"):
+        if g[name] % updates:
             why = ("every checkpoint resumes exactly" if name == "save_steps"
                    else "no rollout batch is generated and then only partly trained on")
-            out.append(f"config key '{key}.{name}': {value} is not a multiple of the {updates} optimizer steps "
+            out.append(f"config key '{key}.{name}': {g[name]} is not a multiple of the {updates} optimizer steps "
                        f"per rollout batch (num_iterations x steps_per_generation / gradient_accumulation_steps), "
                        f"so that {why}")
     return out
@@ -156,4 +148,5 @@ def dataclass_from_dict(cls, d: dict | None, what: str):
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ValueError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}")
-    return cls(**{k: float(v) if known[k].type == "float" else v for k, v in d.items()})
+    floats = {name for name, f in known.items() if f.type in ("float", "float | None")}
+    return cls(**{k: float(v) if k in floats and v is not None else v for k, v in d.items()})

@@ -15,15 +15,15 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from rocrate.model.contextentity import ContextEntity
+from rocrate.rocrate import ROCrate
+
 from .audit import RecordIndex
 
 WFRUN_PROFILES = ("https://w3id.org/ro/wfrun/process/0.5", "https://w3id.org/ro/wfrun/workflow/0.5")
 
 
 def export_crate(results: str | os.PathLike, workdir: str | os.PathLike = ".", snakefile: str = "Snakefile") -> Path:
-    from rocrate.model.contextentity import ContextEntity
-    from rocrate.rocrate import ROCrate
-
     idx = RecordIndex.load(results, workdir)
     crate = ROCrate()
     for profile in WFRUN_PROFILES:

@@ -12,6 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import matplotlib
+import matplotlib.pyplot as plt
+import pyarrow.parquet as pq
+from matplotlib.ticker import MaxNLocator
+
 from .io_atomic import atomic_path
 
 _TERM_PREFIX, _TERM_SUFFIX = "reward_", "_mean"
@@ -77,11 +82,7 @@ def _finite_points(steps, values) -> tuple[list, list]:
 def plot_curves(train_log: str, target: str, title: str, kind: str = "grpo") -> list[Panel]:
     """Writes the curves of `train_log` to the PNG `target`; returns the panels drawn (with
     their notes). kind: "grpo" (an engine log) or "sft" (a supervised stage's loss log)."""
-    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pyarrow.parquet as pq
-    from matplotlib.ticker import MaxNLocator
 
     t = pq.read_table(train_log).to_pydict()
     steps = t["step"]

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow.parquet as pq
+
 _CHUNK = 1 << 20
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -94,7 +96,5 @@ def write_json(target: str | os.PathLike, obj) -> None:
 
 
 def write_parquet(target: str | os.PathLike, table) -> None:
-    import pyarrow.parquet as pq
-
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp)

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 WORKER_MODULE = "reproseg.launch"
 TARGET_KEY = "_target"  # "module:function" the workers call with the job's arguments
 
@@ -29,8 +31,6 @@ def visible_gpu_count(env: dict | None = None) -> int:
     cvd = env.get("CUDA_VISIBLE_DEVICES")
     if cvd is not None:
         return len([d for d in cvd.split(",") if d.strip() and d.strip() != "-1"])
-    import torch
-
     return torch.cuda.device_count()
 
 

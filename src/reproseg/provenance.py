@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .fingerprint import SRC, fingerprint
 from .io_atomic import sha256_path, write_json
 
 RECORD_SUFFIX = ".prov.json"
@@ -135,8 +136,6 @@ def run_job(smk, func: Callable[[], None]) -> None:
     written only after `func` returned, so its presence marks a complete job. A dict that
     `func` returns goes into the record as its `outcome` (a checkpoint selection, say).
     """
-    from .fingerprint import SRC, fingerprint
-
     log = list(smk.log)
     _setup_logging(log[0] if log else None)
     started, t0 = _now(), time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,7 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
 
+from ..io_atomic import write_json, write_parquet, write_text
 from .masks import (GeometryError, as_polygon, centre_jitter_points, check_polygon,
                     inscribed_circle_points, polygon_to_rle, rle_area, rle_box, rle_decode,
                     size_bucket)
@@ -271,8 +275,6 @@ def lookup_from_manifest(manifest: pa.Table) -> Callable[[str], ImageInfo | None
 
 def lookup_from_directory(root: str | Path) -> Callable[[str], ImageInfo | None]:
     """Released FineRS-4k images under `root`; only the header is read for the size."""
-    from PIL import Image
-
     root = Path(root)
 
     def lookup(image_path: str) -> ImageInfo | None:
@@ -293,8 +295,6 @@ def lookup_from_directory(root: str | Path) -> Callable[[str], ImageInfo | None]
 def failed_report_to(report_log: str):
     """On an AnnotationError, writes its report to `report_log` (the job's log, which
     Snakemake keeps when the job fails, so a failed import still names its bad records)."""
-    from ..io_atomic import write_json
-
     try:
         yield
     except AnnotationError as exc:
@@ -305,8 +305,6 @@ def failed_report_to(report_log: str):
 
 def write_reports(report: Report, report_log: str, report_json: str, report_md: str) -> dict:
     """The report as JSON (job log and output) and Markdown; returns its dict."""
-    from ..io_atomic import write_json, write_text
-
     d = report.as_dict()
     write_json(report_log, d)
     write_json(report_json, d)
@@ -319,12 +317,6 @@ def import_stage(annotations_json: str, table_out: str, report_json: str, report
                  on_invalid: str, point_jitter: float, seed: int) -> None:
     """Rule import_annotations. The report also goes to the job's log, which Snakemake
     keeps when the job fails, so a failed import still leaves the list of bad records."""
-    import logging
-
-    import pyarrow.parquet as pq
-
-    from ..io_atomic import write_parquet
-
     lookup = lookup_from_manifest(pq.read_table(manifest)) if manifest else lookup_from_directory(images_dir)
     with failed_report_to(report_log):
         table, report = import_annotations(annotations_json, lookup, on_invalid=on_invalid,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pycocotools import mask as mask_utils
+from scipy.ndimage import distance_transform_edt
 
 XXS_MAX_PERCENT_X1000 = 17   # 0.017 %
 XS_MAX_PERCENT_X1000 = 55    # 0.055 %
@@ -123,8 +124,6 @@ def inscribed_circle_points(mask: np.ndarray) -> list[list[float]]:
     centre p satisfies |p - c1| >= r1 + r(p). Pixel centres are at +0.5. For a mask too
     small to hold two disjoint circles, both points are the first centre.
     """
-    from scipy.ndimage import distance_transform_edt
-
     if not mask.any():
         raise GeometryError("empty mask has no inscribed circle")
     dist = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]

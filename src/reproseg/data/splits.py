@@ -8,12 +8,19 @@ the overall target size and the (task, size bucket) strata the group contains.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import duckdb
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..io_atomic import atomic_path, write_parquet, write_text
 
 SPLITS = ("train", "val", "test")
 
@@ -100,8 +107,6 @@ def check_no_leakage(groups: list[str], split_of: list[str]) -> None:
 
 def statistics(splits: dict[str, pa.Table]) -> pa.Table:
     """Counts by split x task x size bucket x attribute, computed with DuckDB."""
-    import duckdb
-
     parts = [t.select(["task", "size_bucket", "attribute"]).append_column(
         "split", pa.array([s] * t.num_rows, pa.string())) for s, t in splits.items()]
     samples = pa.concat_tables(parts)
@@ -133,9 +138,7 @@ def statistics_markdown(stats: pa.Table, splits: dict[str, pa.Table], group_by: 
 
 def plot_sizes(splits: dict[str, pa.Table], target) -> None:
     """Mask-size distribution per split (the paper's Fig. A1a), log-scaled area %."""
-    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     values = {s: np.asarray(t.column("area_percent").to_pylist(), float) for s, t in splits.items()}
@@ -159,12 +162,6 @@ def plot_sizes(splits: dict[str, pa.Table], target) -> None:
 def splits_stage(annotations: str, outputs: dict[str, str], stats_parquet: str, stats_md: str,
                  plot_png: str, *, seed: int, proportions: dict, group_by: str, official=None) -> None:
     """Rule make_splits."""
-    import logging
-
-    import pyarrow.parquet as pq
-
-    from ..io_atomic import atomic_path, write_parquet, write_text
-
     table = pq.read_table(annotations)
     splits = make_splits(table, seed=seed, proportions=proportions, group_by=group_by, official=official)
     for name, t in splits.items():

@@ -9,6 +9,7 @@ and every answer is true of the drawn frame. The same seed gives the same bytes.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,8 +222,6 @@ def generate(out_dir: str | Path, annotations_json: str | Path, *, seed: int, n_
 def synthesize_stage(videos_dir: str, annotations_json: str, synthetic: dict, frames: dict) -> None:
     """Rule synthesize_dataset. Frames selection is shared with extract_frames so that
     exactly the extracted frames are annotated."""
-    import logging
-
     counts = generate(videos_dir, annotations_json, stride=frames["stride"],
                       indices=frames.get("indices"), **synthetic)
     logging.getLogger(__name__).info("synthesised %(videos)d videos and %(annotations)d annotations", counts)

@@ -10,11 +10,16 @@ import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ..io_atomic import atomic_dir, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +106,6 @@ def extract_frames(video: str | Path, out_dir: str | Path, stride: int = 1,
     decode, fewer frames decode than the container declares, or a requested index is
     past the end: a damaged video never becomes a short, silent frame list.
     """
-    from tqdm import tqdm
-
     video = Path(video)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,8 +170,6 @@ def _write_png(rgb: av.VideoFrame, target: Path) -> None:
 
 
 def _manifest_schema():
-    import pyarrow as pa
-
     return pa.schema([
         ("video", pa.string()), ("frame_index", pa.int64()), ("timestamp", pa.float64()),
         ("width", pa.int64()), ("height", pa.int64()), ("sha256", pa.string()), ("file", pa.string()),
@@ -177,12 +178,6 @@ def _manifest_schema():
 
 def extract_stage(video: str, frames_dir: str, manifest: str, stride: int, indices=None) -> None:
     """Rule extract_frames: frames into `frames_dir` (atomically) + a Parquet manifest."""
-    from dataclasses import asdict
-
-    import pyarrow as pa
-
-    from ..io_atomic import atomic_dir, write_parquet
-
     with atomic_dir(frames_dir) as tmp:
         records = extract_frames(video, tmp, stride=stride, indices=indices)
     write_parquet(manifest, pa.Table.from_pylist([asdict(r) for r in records], schema=_manifest_schema()))
@@ -190,10 +185,5 @@ def extract_stage(video: str, frames_dir: str, manifest: str, stride: int, indic
 
 def merge_manifests_stage(manifests: list[str], out: str) -> None:
     """Rule merge_frame_manifests: one manifest for all videos, sorted."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ..io_atomic import write_parquet
-
     tables = [pq.read_table(m, schema=_manifest_schema()) for m in manifests]
     write_parquet(out, pa.concat_tables(tables).sort_by([("video", "ascending"), ("frame_index", "ascending")]))

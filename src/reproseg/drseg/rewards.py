@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch.distributed as dist
 from scipy.optimize import linear_sum_assignment
 
 from reproseg.answers import geometry as geo
@@ -404,8 +405,6 @@ class DistributionRankedReward:
 
 def distributed_gather(rows):
     """Every rank's buffered accuracy vectors, so all ranks keep the same history."""
-    import torch.distributed as dist   # torch: kept out of the import of the reward terms
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return rows
     parts = [None] * dist.get_world_size()

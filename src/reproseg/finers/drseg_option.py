@@ -63,12 +63,11 @@ class RankedAccuracy(DistributionRankedReward):
 
 def drseg_functions(stage: str, drseg: dict) -> dict:
     """Look-to-Confirm (look + non-repeat format rewards) and/or the ranked accuracy."""
-    name = drseg.get("profile", "paper")
+    name = drseg["profile"]
     out = {}
-    if drseg.get("look_to_confirm"):
+    if drseg["look_to_confirm"]:
         out[f"{stage}/look"] = FormatReward("look", name)
         out[f"{stage}/non_repeat"] = FormatReward("non_repeat", name)
-    if drseg.get("distribution_ranked"):
-        out[f"{stage}/ranked_accuracy"] = RankedAccuracy(stage, name, drseg.get("queue_size", 2048),
-                                                         raw=drseg.get("raw_accuracy", False))
+    if drseg["distribution_ranked"]:
+        out[f"{stage}/ranked_accuracy"] = RankedAccuracy(stage, name, drseg["queue_size"], raw=drseg["raw_accuracy"])
     return out

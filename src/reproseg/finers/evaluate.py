@@ -8,7 +8,10 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..answers.qa import qa_metrics
 from ..io_atomic import write_json, write_parquet
+from ..metrics.segmentation import segmentation_metrics
+from ..metrics.tables import scores_from_metrics, write_tables
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,6 @@ def evaluate_stage(shards: list[str], predictions: str, metrics_json: str, table
     """Metrics of the merged predictions, and the paper-layout table unless table_parquet
     is None (the untrained reference only feeds the trained run's table, as
     `untrained_metrics`)."""
-    from ..answers.qa import qa_metrics
-    from ..metrics.segmentation import segmentation_metrics
-    from ..metrics.tables import scores_from_metrics, write_tables
-
     table = merge_shards(shards, predictions)
     rows = table.to_pylist()
     seg_records = [{

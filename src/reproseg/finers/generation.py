@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import time
 
+import torch
+
+from ..models.loading import load_policy
+
 
 class Policy:
     def __init__(self, qwen_dir: str, device: str | None = None, dtype: str | None = None):
-        import torch
-
-        from ..models.loading import load_policy
-
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or ("bfloat16" if self.device == "cuda" else "float32")
         self.model, self.processor = load_policy(qwen_dir, dtype=dtype, device=self.device)
@@ -18,8 +18,6 @@ class Policy:
 
     def generate(self, images, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
         """Greedy completions, one per (image, user prompt); the image goes before the text."""
-        import torch
-
         texts = []
         for msgs in prompts:
             turn = [{"role": m["role"], "content": [{"type": "image"}, {"type": "text", "text": m["content"]}]}

@@ -20,12 +20,14 @@ import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from ..answers.parsing import parse, to_box
 from ..data.images import load_image
 from ..io_atomic import write_parquet
-from ..answers.parsing import parse, to_box
+from ..models.loading import load_sam2_predictor
+from .generation import Policy
 from .prompts import target_answer
 from .regions import CropFrame, region_to_crop
-from .samples import gse_image, gse_prompt, look_enabled, lpr_sample
+from .samples import gse_image, gse_prompt, lpr_sample
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +58,19 @@ def segment_crop(predictor, crop_rgb: np.ndarray, box, points) -> np.ndarray:
     return masks[0] > 0
 
 
-def infer_rows(rows: list[dict], images_root: str, cfg: dict, gse, lpr, predictor) -> list[dict]:
-    """gse/lpr: `generate(images, prompts) -> completions`; predictor: a SAM2ImagePredictor."""
+def infer_rows(rows: list[dict], images_root: str, cfg: dict, gse, lpr, predictor, look: dict) -> list[dict]:
+    """gse/lpr: `generate(images, prompts) -> completions`; predictor: a SAM2ImagePredictor;
+    look: {"gse": bool, "lpr": bool}, whether each policy was trained with Dr. Seg's
+    Look-to-Confirm prompt (and so is asked with it)."""
     side = cfg["lpr_crop"]
-    batch = cfg["inference"].get("batch_size", 16)
-    tokens = cfg["inference"].get("max_new_tokens", 64)
+    batch = cfg["inference"]["batch_size"]
+    tokens = cfg["inference"]["max_new_tokens"]
     out = []
     for start in tqdm(range(0, len(rows), batch), desc="FineRS inference", unit="batch", mininterval=10):
         chunk = rows[start:start + batch]
         images = [load_image(images_root, r["image_path"]) for r in chunk]
         t0 = time.perf_counter()
-        gse_out = gse([gse_image(im, cfg) for im in images], [gse_prompt(r, cfg, look_enabled(cfg, "gse")) for r in chunk], tokens)
+        gse_out = gse([gse_image(im, cfg) for im in images], [gse_prompt(r, cfg, look["gse"]) for r in chunk], tokens)
         gse_s = (time.perf_counter() - t0) / len(chunk)
         staged = []
         for r, im, text in zip(chunk, images, gse_out):
@@ -90,7 +94,7 @@ def infer_rows(rows: list[dict], images_root: str, cfg: dict, gse, lpr, predicto
         if not staged:
             continue
         t0 = time.perf_counter()
-        samples = [lpr_sample(r, im, crop, cfg, look_enabled(cfg, "lpr")) for rec, r, im, crop in staged]
+        samples = [lpr_sample(r, im, crop, cfg, look["lpr"]) for rec, r, im, crop in staged]
         lpr_out = lpr([s["image"] for s in samples], [s["prompt"] for s in samples], tokens)
         for (rec, r, im, crop), text in zip(staged, lpr_out):
             rec["lpr_completion"] = text
@@ -116,14 +120,11 @@ def infer_rows(rows: list[dict], images_root: str, cfg: dict, gse, lpr, predicto
 
 
 def infer_stage(split: str, images_root: str, gse_checkpoint: str, lpr_checkpoint: str, sam2: str,
-                sam2_config: str | None, out: str, cfg: dict, shard: int, shards: int) -> None:
-    from ..models.loading import load_sam2_predictor
-    from .generation import Policy
-
+                sam2_config: str | None, out: str, cfg: dict, shard: int, shards: int, look: dict) -> None:
     rows = pq.read_table(split).to_pylist()[shard::shards]
     gse, lpr = Policy(gse_checkpoint), Policy(lpr_checkpoint)
     predictor = load_sam2_predictor(sam2, sam2_config, device=gse.device)
-    records = infer_rows(rows, images_root, cfg, gse.generate, lpr.generate, predictor)
+    records = infer_rows(rows, images_root, cfg, gse.generate, lpr.generate, predictor, look)
     write_parquet(out, pa.Table.from_pylist(records, schema=SCHEMA))
     status = {}
     for r in records:

@@ -14,10 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..data.images import load_image
-from ..io_atomic import write_parquet
 from ..answers.geometry import box_iou
 from ..answers.parsing import parse
+from ..data.images import load_image
+from ..io_atomic import write_parquet
+from .generation import Policy
 from .regions import CropFrame, crop_covering, to_gse
 from .samples import look_enabled, lpr_sample, row_rng
 
@@ -87,13 +88,11 @@ def select_regions(rows: list[dict], images_root: str, cfg: dict, lpr_generate=N
 
 def regions_stage(train_split: str, images_root: str, lpr_checkpoint: str | None, table_out: str,
                   cfg: dict, shard: int = 0, shards: int = 1) -> None:
-    from .generation import Policy
-
     rows = pq.read_table(train_split).to_pylist()[shard::shards]
     generate = None
     if cfg["regions"]["retrospective"]:
         policy = Policy(lpr_checkpoint)
-        size, tokens = cfg["regions"].get("batch_size", 16), cfg["regions"].get("max_new_tokens", 64)
+        size, tokens = cfg["regions"]["batch_size"], cfg["regions"]["max_new_tokens"]
 
         def generate(images, prompts):
             out = []

@@ -26,6 +26,14 @@ def profile_for(name: str, region_size: int) -> RewardProfile:
                                size_tol=base.size_tol * region_size / base.size_target)
 
 
+def stage_profile(stage: str, cfg: dict) -> RewardProfile:
+    """The reward profile of a FineRS stage: GSE's size term aims at the config's region
+    size; LPR has no size term, so its jobs need not read (nor re-run on) that key."""
+    if stage == "gse":
+        return profile_for(cfg["reward_profile"], cfg["region_size"])
+    return RewardProfile.by_name(cfg["reward_profile"])
+
+
 class TermReward:
     """One FineRS reward term as a TRL reward function. A plain class holding a module-level
     function (not a closure) so that the multi-GPU launcher can pickle it."""
@@ -49,18 +57,18 @@ def reward_functions(stage: str, terms: dict, profile: RewardProfile, disabled=(
 
 
 def drseg_enabled(stage_cfg: dict) -> bool:
-    drseg = stage_cfg.get("drseg") or {}
-    return bool(drseg.get("look_to_confirm") or drseg.get("distribution_ranked"))
+    drseg = stage_cfg["drseg"]
+    return bool(drseg["look_to_confirm"] or drseg["distribution_ranked"])
 
 
 def stage_reward_functions(stage: str, cfg: dict, terms: dict) -> dict:
     """Every reward of a FineRS GRPO stage, Dr. Seg's options included."""
     stage_cfg = cfg[stage]
-    disabled = set(stage_cfg.get("disabled_rewards", []))
+    disabled = set(stage_cfg["disabled_rewards"])
     option = importlib.import_module(DRSEG_OPTION) if drseg_enabled(stage_cfg) else None
-    if option is not None and stage_cfg["drseg"].get("distribution_ranked"):
+    if option is not None and stage_cfg["drseg"]["distribution_ranked"]:
         disabled |= set(option.ACCURACY_TERMS[stage])
-    fns = reward_functions(stage, terms, profile_for(cfg["reward_profile"], cfg.get("region_size", 256)), disabled)
+    fns = reward_functions(stage, terms, stage_profile(stage, cfg), disabled)
     if option is not None:
         fns.update(option.drseg_functions(stage, stage_cfg["drseg"]))
     return fns

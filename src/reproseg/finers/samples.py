@@ -23,7 +23,7 @@ def crop_image(image: Image.Image, frame: CropFrame) -> Image.Image:
 
 def look_enabled(cfg: dict, stage: str) -> bool:
     """Whether the stage was trained with Dr. Seg's Look-to-Confirm prompt."""
-    return bool((cfg.get(stage, {}).get("drseg") or {}).get("look_to_confirm"))
+    return bool(cfg[stage]["drseg"]["look_to_confirm"])
 
 
 def gt_points(row: dict, variant: str):

@@ -22,9 +22,10 @@ from tqdm import tqdm
 from ..answers.geometry import box_iou
 from ..answers.parsing import parse, to_box
 from ..selection import select_stage as run_selection
+from .generation import Policy
 from .regions import crop_covering, to_gse
 from .reward_terms import FinersTarget, RewardProfile, total_reward
-from .rewards import profile_for
+from .rewards import stage_profile
 from .samples import gse_training_rows, look_enabled, lpr_training_rows
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def localisation(stage: str, text: str, gt_box, profile: RewardProfile) -> float
 def val_samples(stage: str, rows: list[dict], images_root: str, cfg: dict) -> list[dict]:
     look = look_enabled(cfg, stage)
     if stage == "lpr":
-        return lpr_training_rows(rows, images_root, cfg, seed=cfg["lpr"]["grpo"].get("seed", 0), look=look)
+        return lpr_training_rows(rows, images_root, cfg, seed=cfg["lpr"]["grpo"]["seed"], look=look)
     # The retrospective search's centred region (the one it falls back on).
     centred = {r["id"]: to_gse(crop_covering(r["box"], r["width"], r["height"], cfg["lpr_crop"], None),
                                r["width"], r["height"], cfg["gse_size"]) for r in rows}
@@ -68,8 +69,8 @@ def score_completions(stage: str, terms: dict, completions: list[str], samples: 
                       cfg: dict) -> dict[str, float]:
     """Mean of every reward term over the samples, `total` over the trained terms, and the
     stage's localisation score."""
-    profile = profile_for(cfg["reward_profile"], cfg.get("region_size", 256))
-    trained = set(terms) - set(cfg[stage].get("disabled_rewards", []))
+    profile = stage_profile(stage, cfg)
+    trained = set(terms) - set(cfg[stage]["disabled_rewards"])
     sums = dict.fromkeys([*terms, "total", LOCALISATION[stage]], 0.0)
     for text, sample in zip(completions, samples, strict=True):
         parsed = parse(text)
@@ -86,8 +87,6 @@ def score_completions(stage: str, terms: dict, completions: list[str], samples: 
 
 def score_policy(policy_dir: Path, stage: str, terms: dict, samples: list[dict], cfg: dict, batch_size: int,
                  max_new_tokens: int) -> dict[str, float]:
-    from .generation import Policy   # torch: kept out of the Snakefile's parse
-
     policy = Policy(str(policy_dir))
     texts = []
     for i in tqdm(range(0, len(samples), batch_size), desc=f"val {policy_dir.name}", unit="batch", mininterval=10):

@@ -22,14 +22,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..curves import plot_curves
 from ..data.images import load_image
 from ..data.masks import rle_decode
 from ..models.sam2_warmup import train_sam2
 from ..models.sft import train_sft
 from ..models.tiny_bundle import SAM2_CONFIG_FILE
-from ..curves import plot_curves
+from ..runs import run_dir_of
 from .regions import crop_covering, to_gse
-from .samples import gt_points, gse_image, gse_prompt, lpr_sample, row_rng
+from .samples import gse_image, gse_prompt, gt_points, lpr_sample, row_rng
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +85,15 @@ def warmup_examples(rows: list[dict], images_root: str, cfg: dict, seed: int) ->
     return out
 
 
-def warmup_stage(train_split: str, val_split: str, images_root: str, policy: str, run_dir: str,
+def warmup_stage(train_split: str, val_split: str, images_root: str, policy: str, checkpoint: str,
                  train_log: str, curves: str, cfg: dict) -> None:
     warm = cfg["warmup"]
-    seed = int(warm.get("seed", 0))
+    seed = warm["seed"]
     train = warmup_examples(pq.read_table(train_split).to_pylist(), images_root, cfg, seed)
     val = warmup_examples(pq.read_table(val_split).to_pylist(), images_root, cfg, seed)
     log.info("warm-up: %d training examples, %d val examples", len(train), len(val))
     settings = {k: v for k, v in warm.items() if k not in ("enabled", "seed", "sam2")}
-    summary = train_sft(policy, train, {**settings, "seed": seed}, run_dir, train_log, held_out=val)
+    summary = train_sft(policy, train, {**settings, "seed": seed}, run_dir_of(checkpoint), train_log, held_out=val)
     log.info("warm-up target loss on val: %.3f before, %.3f after",
              summary["held_out_loss_before"], summary["held_out_loss_after"])
     plot_curves(train_log, curves, title="Format warm-up (SFT)", kind="sft")
@@ -124,7 +125,7 @@ def warmup_sam2_stage(train_split: str, val_split: str, images_root: str, sam2: 
         raise ValueError(f"finers.warmup trains the tiny bundle's SAM 2.1 (a folder with {SAM2_CONFIG_FILE}); "
                          f"{sam2} is not one: set finers.warmup.enabled false for released weights")
     warm = dict(cfg["warmup"]["sam2"])
-    seed, jitter = int(cfg["warmup"].get("seed", 0)), float(warm.pop("box_jitter", 0.1))
+    seed, jitter = cfg["warmup"]["seed"], float(warm.pop("box_jitter"))
     train = sam2_examples(pq.read_table(train_split).to_pylist(), images_root, cfg, seed, jitter)
     val = sam2_examples(pq.read_table(val_split).to_pylist(), images_root, cfg, seed, jitter)
     summary = train_sam2(sam2, train, {**warm, "seed": seed}, out_dir, train_log, held_out=val)

@@ -4,12 +4,11 @@ and a clean stop with a full checkpoint when the job is told to end (Slurm's SIG
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from pathlib import Path
 
-import torch
+import pyarrow as pa
+import pyarrow.parquet as pq
 from transformers import TrainerCallback
 
 from reproseg.io_atomic import write_parquet
@@ -67,8 +66,6 @@ class ParquetLogCallback(TrainerCallback):
         self.columns = log_columns(self.reward_names)
         self.rows: list[dict] = []
         if resume_step is not None and self.path.is_file():
-            import pyarrow.parquet as pq
-
             old = pq.read_table(self.path).to_pylist()
             self.rows = [r for r in old if r.get("step", math.inf) <= resume_step]
 
@@ -88,8 +85,6 @@ class ParquetLogCallback(TrainerCallback):
         self.write()
 
     def write(self) -> None:
-        import pyarrow as pa
-
         schema = pa.schema([(c, pa.int64() if c == "step" else pa.float64()) for c in self.columns])
         table = pa.Table.from_pylist([{c: r.get(c, math.nan) for c in self.columns} for r in self.rows], schema)
         write_parquet(self.path, table)
@@ -122,79 +117,3 @@ class CandidateCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
             self.export(state.global_step)
-
-
-class StopSignal:
-    """Records SIGTERM/SIGUSR1 instead of dying, while training runs.
-
-    Slurm sends SIGTERM before a preemption or the time limit (or, with
-    `--signal=USR1@<seconds>`, SIGUSR1 earlier), then SIGKILL after a grace time. The
-    handler only sets a flag; the stop callback turns it into "save, then stop". The
-    stop file is how a parent process reaches workers that torchrun started in
-    process groups of their own.
-    """
-
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1), stop_file: str | Path | None = None):
-        self.signals = tuple(signals)
-        self.stop_file = Path(stop_file) if stop_file is not None else None
-        self.received: int | None = None
-        self._previous: dict = {}
-
-    def requested(self) -> bool:
-        """A signal came, or a launcher asked for a stop by creating `stop_file`."""
-        return self.received is not None or (self.stop_file is not None and self.stop_file.exists())
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __enter__(self):
-        # signal.signal works only in the main thread; elsewhere the caller's handlers stay.
-        if threading.current_thread() is threading.main_thread():
-            for s in self.signals:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()
-        return False
-
-
-class StopOnSignalCallback(TrainerCallback):
-    """At the end of a step after a stop signal: save a full checkpoint and end training.
-
-    Under several processes the flag is max-reduced so that all ranks save and stop at
-    the same step (a rank that stopped alone would hang the others in a collective).
-    With `skip_final_save`, the Trainer's own checkpoint after the last step is
-    dropped: the engine exports the final weights itself, and for a 7B policy the
-    optimizer state alone is tens of GB written only to be deleted.
-
-    With several optimizer steps per rollout batch (`steps_per_rollout`), the stop waits
-    for the end of the batch: a checkpoint inside it would resume with newly generated
-    completions, not the ones the uninterrupted run trains on.
-    """
-
-    def __init__(self, stop: StopSignal, skip_final_save: bool = False, steps_per_rollout: int = 1):
-        self.stop = stop
-        self.skip_final_save = skip_final_save
-        self.steps_per_rollout = int(steps_per_rollout)
-        self.stopped_at_step: int | None = None
-
-    def _any_rank(self, args) -> bool:
-        flag = self.stop.requested()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            t = torch.tensor([1 if flag else 0], device=args.device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            flag = bool(t.item())
-        return flag
-
-    def on_step_end(self, args, state, control, **kwargs):
-        # Every rank reaches the collective in _any_rank at the same steps.
-        at_boundary = state.global_step % self.steps_per_rollout == 0
-        if self.stopped_at_step is None and at_boundary and self._any_rank(args):
-            control.should_save = True
-            control.should_training_stop = True
-            self.stopped_at_step = state.global_step
-        elif self.skip_final_save and state.global_step >= state.max_steps:
-            control.should_save = False

@@ -39,17 +39,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from reproseg.io_atomic import atomic_dir, write_json
-from reproseg.selection import candidate_name, link_tree
-from reproseg.grpo.trainer import StatefulReward, zero_std_fraction  # noqa: F401  (public API)
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel
+from PIL import Image
+from safetensors import safe_open
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+from transformers import integrations as hf_integrations
+from transformers.integrations import deepspeed as hf_ds
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from trl import GRPOConfig
 
-RESUME_DIR = "resume"
-FINAL_DIR = "checkpoint"
-CANDIDATES_DIR = "candidates"
-TENSORBOARD_DIR = "tensorboard"
-RUN_MANIFEST = "engine_run.json"
-STOP_FILE = "STOP"  # created by a launcher to ask all ranks to save and stop
-INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM
+from reproseg.grpo.callbacks import CandidateCallback, ParquetLogCallback, RewardStateCallback
+from reproseg.grpo.deepspeed import deepspeed_config
+from reproseg.grpo.trainer import (  # noqa: F401  (public API)
+    EngineGRPOTrainer,
+    RewardAdapter,
+    StatefulReward,
+    load_reward_states,
+    zero_std_fraction,
+)
+from reproseg.io_atomic import atomic_dir, write_json
+
+# The run's folder and lifecycle (reproseg.runs); the names stay importable from here.
+from reproseg.runs import (  # noqa: F401  (public API)
+    CANDIDATES_DIR,
+    FINAL_DIR,
+    INTERRUPTED_EXIT_CODE,
+    RESUME_DIR,
+    RUN_MANIFEST,
+    STOP_FILE,
+    TENSORBOARD_DIR,
+    StopOnSignalCallback,
+    StopSignal,
+    TrainingInterrupted,
+    check_or_write_manifest,
+    completed_checkpoints,
+    direct_tensorboard,
+)
+from reproseg.selection import candidate_name, link_tree
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 REPORTERS = ("tensorboard", "wandb")  # Trainer integrations a stage may report to
@@ -69,18 +97,6 @@ _ALIASES = {
 # Fields that do not change the training trajectory; a resumed run may differ in them.
 _NOT_FINGERPRINTED = ("save_steps", "keep_resume_state", "logging_steps", "report_to", "logging_dir",
                       "candidate_every")
-
-
-class TrainingInterrupted(SystemExit):
-    """Raised after a stop signal once the checkpoint is saved; exits the process with 143."""
-
-    def __init__(self, step: int, checkpoint: str):
-        super().__init__(INTERRUPTED_EXIT_CODE)
-        self.step = step
-        self.checkpoint = checkpoint
-
-    def __str__(self) -> str:
-        return f"training stopped by signal at step {self.step}; state saved in {self.checkpoint}"
 
 
 @dataclass
@@ -232,8 +248,6 @@ class GRPOSettings:
 
 
 def _use_bf16(settings: GRPOSettings) -> bool:
-    import torch
-
     if settings.bf16 is not None:
         if settings.bf16 and not torch.cuda.is_available():
             raise ValueError("bf16=True needs a CUDA GPU; leave it unset to use bf16 on GPU only")
@@ -244,17 +258,14 @@ def _use_bf16(settings: GRPOSettings) -> bool:
 def _deepspeed_arg(settings: GRPOSettings, bf16: bool):
     ds = settings.deepspeed
     if isinstance(ds, str) and ds in ("zero2", "zero3"):
-        from reproseg.grpo.deepspeed import deepspeed_config
-
         return deepspeed_config(int(ds[-1]), bf16=bf16)
     return ds
 
 
 def _check_reporters(report_to: list[str]) -> None:
     # Fail before the model loads, naming the fix, rather than inside Trainer.__init__.
-    from transformers.integrations import is_tensorboard_available, is_wandb_available
-
-    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    # Looked up on the module when called, as the in-function import did (tests patch it).
+    available = {"tensorboard": hf_integrations.is_tensorboard_available, "wandb": hf_integrations.is_wandb_available}
     missing = [r for r in report_to if not available[r]()]
     if missing:
         raise RuntimeError(f"report_to names {missing}, which is not installed; install it or leave it out "
@@ -263,9 +274,6 @@ def _check_reporters(report_to: list[str]) -> None:
 
 def build_grpo_config(settings: GRPOSettings, output_dir: str | os.PathLike, reward_names: list[str]):
     """The TRL GRPOConfig for `settings`; every value that differs from TRL's default is set explicitly."""
-    import torch
-    from trl import GRPOConfig
-
     _check_reporters(settings.report_to)
 
     bf16 = _use_bf16(settings)
@@ -334,9 +342,6 @@ def _dataset(rows: Sequence[dict]):
     "image" given as a path is opened when its row is served, so a large training set
     need not sit in memory (or in the multi-GPU job file) as decoded images.
     """
-    from datasets import Dataset
-    from PIL import Image
-
     # A Sequence that builds its rows on access (SegAnswer's lazily loaded samples) is
     # kept as it is; its rows are checked when served.
     lazy = isinstance(rows, Sequence) and not isinstance(rows, list)
@@ -363,38 +368,12 @@ def _dataset(rows: Sequence[dict]):
     return Dataset.from_dict({"_row": list(range(len(rows)))}).with_transform(serve)
 
 
-def completed_checkpoints(resume_dir: Path) -> list[Path]:
-    """Trainer checkpoints whose trainer_state.json exists (it is written last), oldest first."""
-    found = []
-    for p in resume_dir.glob("checkpoint-*"):
-        suffix = p.name.rsplit("-", 1)[-1]
-        if p.is_dir() and suffix.isdigit() and (p / "trainer_state.json").is_file():
-            found.append((int(suffix), p))
-    return [p for _, p in sorted(found)]
-
-
 def _policy_identity(policy_dir: Path) -> dict:
     # Names and sizes, not hashes: shards are GBs and this runs on every start.
     return {p.name: p.stat().st_size for p in sorted(policy_dir.iterdir()) if p.is_file()}
 
 
-def _check_or_write_manifest(resume_dir: Path, manifest: dict, is_main: bool) -> None:
-    path = resume_dir / RUN_MANIFEST
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != manifest:
-            diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-            raise ValueError(
-                f"{resume_dir} holds the state of a different run (differs in {diff}); "
-                "delete that directory to start this run from scratch"
-            )
-    elif is_main:
-        write_json(path, manifest)
-
-
 def _lora_config(lora: dict):
-    from peft import LoraConfig
-
     cfg = dict(lora)
     # Plain module names would also match the vision tower's MLP (gate/up/down_proj);
     # the default adapts the language model only.
@@ -408,8 +387,6 @@ def _lora_config(lora: dict):
 
 def _weight_names(model_dir: Path) -> set[str]:
     """Tensor names of a safetensors checkpoint, read from the headers only."""
-    from safetensors import safe_open
-
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
         return set(json.loads(index.read_text())["weight_map"])
@@ -425,8 +402,6 @@ def _plain_model_loading():
     from_pretrained in the process then partitions the weights; the export loads whole
     models on one process, so it is switched off around it.
     """
-    from transformers.integrations import deepspeed as hf_ds
-
     ref = hf_ds._hf_deepspeed_config_weak_ref
     hf_ds.unset_hf_deepspeed_config()
     try:
@@ -444,8 +419,6 @@ def _save_in_base_layout(state: dict, policy_dir: Path, out: Path) -> None:
     that from_pretrained does not read back. So the tensors go into a model loaded from
     the base directory (strictly: every name must match) and are saved from there.
     """
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
     dtype = next(iter(state.values())).dtype
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(policy_dir, dtype=dtype, local_files_only=True)
     model.load_state_dict(state, strict=True)
@@ -455,8 +428,6 @@ def _save_in_base_layout(state: dict, policy_dir: Path, out: Path) -> None:
 def _export(trainer, policy_dir: Path, target: Path, settings: GRPOSettings, processor) -> None:
     """The current weights in Hugging Face format (LoRA merged) with the processor, written
     atomically to `target`; every rank calls it (the final policy, and each candidate)."""
-    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
     main = trainer.accelerator.is_main_process
     staging = target.parent / f".{target.name}-staging"
     zero3_full = trainer.is_deepspeed_enabled and is_deepspeed_zero3_enabled() and not settings.lora
@@ -470,10 +441,6 @@ def _export(trainer, policy_dir: Path, target: Path, settings: GRPOSettings, pro
             if zero3_full:
                 _save_in_base_layout(state, policy_dir, tmp)
             elif settings.lora:
-                import torch
-                from peft import PeftModel
-                from transformers import Qwen2_5_VLForConditionalGeneration
-
                 base = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                     policy_dir, dtype=getattr(torch, settings.model_dtype), local_files_only=True
                 )
@@ -510,20 +477,6 @@ def _collect_candidates(resume_dir: Path, out_dir: Path, final_step: int) -> Non
         link_tree(out_dir / FINAL_DIR, tmp / candidate_name(final_step))
 
 
-def _direct_tensorboard(trainer, logging_dir: Path) -> None:
-    """Points the Trainer's TensorBoard callback at `logging_dir`.
-
-    transformers 5 has no `logging_dir` argument: it writes under output_dir (here
-    resume/, deleted after success) unless TENSORBOARD_LOGGING_DIR is set, and setting
-    that variable would leak into every later Trainer of the process.
-    """
-    from transformers.integrations import TensorBoardCallback
-
-    for cb in trainer.callback_handler.callbacks:
-        if isinstance(cb, TensorBoardCallback):
-            cb.logging_dir = str(logging_dir)
-
-
 def train_grpo(
     policy_dir: str | os.PathLike,
     dataset_rows: Sequence[dict],
@@ -553,17 +506,6 @@ def train_grpo(
     Progress goes to tqdm and to `settings.report_to` (TensorBoard files under
     `out_dir/tensorboard` by default) besides the Parquet log.
     """
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
-
-    from reproseg.grpo.callbacks import (
-        CandidateCallback,
-        ParquetLogCallback,
-        RewardStateCallback,
-        StopOnSignalCallback,
-        StopSignal,
-    )
-    from reproseg.grpo.trainer import EngineGRPOTrainer, RewardAdapter, load_reward_states
-
     settings = settings if isinstance(settings, GRPOSettings) else GRPOSettings.from_dict(settings)
     policy_dir, out_dir = Path(policy_dir), Path(out_dir)
     resume_dir = out_dir / RESUME_DIR
@@ -575,7 +517,7 @@ def train_grpo(
     args = build_grpo_config(settings, resume_dir, reward_names)
     is_main = args.process_index == 0
     resume_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_manifest(resume_dir, {
+    check_or_write_manifest(resume_dir, {
         "settings": settings.fingerprint(),
         "rewards": reward_names,
         "num_rows": len(dataset_rows),
@@ -585,8 +527,6 @@ def train_grpo(
     done = completed_checkpoints(resume_dir)
     last = done[-1] if done else None
     resume_step = int(json.loads((last / "trainer_state.json").read_text())["global_step"]) if last else None
-
-    import torch
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         policy_dir, dtype=getattr(torch, settings.model_dtype), local_files_only=True
@@ -630,7 +570,7 @@ def train_grpo(
         ],
         stateful_rewards=stateful,
     )
-    _direct_tensorboard(trainer, tb_dir)
+    direct_tensorboard(trainer, tb_dir)
     candidate_cb.export = lambda step: _export(
         trainer, policy_dir, resume_dir / CANDIDATES_DIR / candidate_name(step), settings, processor)
     with stop:

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import logging
 
+import pyarrow.parquet as pq
+
 from ..io_atomic import write_json
+from .loading import check_local_model_dir
+from .tiny_bundle import build_tiny_bundle
 
 log = logging.getLogger(__name__)
 
@@ -16,10 +20,6 @@ def tokenizer_corpus(table) -> list[str]:
 
 
 def build_tiny_stage(train_split: str, out_dir: str, manifest: str, spec: dict, seed: int) -> None:
-    import pyarrow.parquet as pq
-
-    from .tiny_bundle import build_tiny_bundle
-
     hashes = build_tiny_bundle(out_dir, spec, tokenizer_corpus(pq.read_table(train_split)), seed)
     write_json(manifest, {"source": "tiny", "path": out_dir, "files": hashes})
     log.info("built the tiny bundle in %s (%d files)", out_dir, len(hashes))
@@ -27,8 +27,6 @@ def build_tiny_stage(train_split: str, out_dir: str, manifest: str, spec: dict, 
 
 def check_local_stage(qwen: str, sam2_checkpoint: str, manifest: str) -> None:
     """Fails with the missing file's name before any GPU job starts; records checksums."""
-    from .loading import check_local_model_dir
-
     files = {"qwen": check_local_model_dir(qwen, "qwen2_5_vl"), "sam2": check_local_model_dir(sam2_checkpoint, "sam2")}
     write_json(manifest, {"source": "local", "qwen": qwen, "sam2_checkpoint": sam2_checkpoint, "files": files})
     log.info("checked %d local model files", sum(len(v) for v in files.values()))

@@ -10,6 +10,11 @@ import os
 import re
 from pathlib import Path
 
+import torch
+from sam2.build_sam import build_sam2
+from sam2.sam2_image_predictor import SAM2ImagePredictor
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
 from reproseg.io_atomic import sha256_file
 from reproseg.models.tiny_bundle import SAM2_CONFIG_FILE
 
@@ -22,8 +27,6 @@ class MissingModelFileError(FileNotFoundError):
 
 
 def _torch_dtype(dtype):
-    import torch
-
     if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
         return dtype
     names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "half": "float16", "float": "float32"}
@@ -32,8 +35,6 @@ def _torch_dtype(dtype):
 
 def load_policy(qwen_dir: str | os.PathLike, dtype="float32", device: str = "cpu"):
     """(model, processor) of a Qwen2.5-VL directory in Hugging Face format, offline."""
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
-
     qwen_dir = str(qwen_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         qwen_dir, dtype=_torch_dtype(dtype), local_files_only=True
@@ -62,9 +63,6 @@ def load_sam2_predictor(
     For a bare checkpoint (the released sam2.1_hiera_large.pt, say) `config_name` is
     required, e.g. "configs/sam2.1/sam2.1_hiera_l.yaml".
     """
-    from sam2.build_sam import build_sam2
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
     path = Path(sam2_dir_or_ckpt)
     if path.is_dir():
         meta_path = path / SAM2_CONFIG_FILE

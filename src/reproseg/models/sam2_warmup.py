@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -113,8 +114,6 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
     """Trains SAM 2.1's prompt encoder and mask decoder on `examples` ({"image": HxWx3 uint8, "box": [4],
     "points": [[x, y], ...], "mask": HxW bool}, crop pixel coordinates); writes the
     bundle layout (model.pt + sam2_config.json) to `out_dir` and the per-step log."""
-    import pyarrow as pa
-
     settings = settings if isinstance(settings, SAM2Settings) else SAM2Settings.from_dict(settings)
     if not examples:
         raise ValueError("no SAM2 training examples")

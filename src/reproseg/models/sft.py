@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import pyarrow as pa
 import torch
 from PIL import Image
 from transformers import (
@@ -31,6 +32,7 @@ from transformers import (
 
 from ..config import dataclass_from_dict
 from ..io_atomic import atomic_dir, write_json, write_parquet
+from ..runs import FINAL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,7 @@ def target_loss(model, collator: SFTCollator, examples: Sequence[dict], batch_si
 def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings: SFTSettings | dict,
               out_dir: str | os.PathLike, log_path: str | os.PathLike,
               held_out: Sequence[dict] = ()) -> dict:
-    """Fine-tunes the policy on `examples`; writes `out_dir/checkpoint` (HF format + processor)
+    """Fine-tunes the policy on `examples`; writes `out_dir/checkpoint` (FINAL_DIR: HF format + processor)
     and the per-step loss log. Returns a summary with the target loss before and after on
     `held_out` (examples not trained on), when given."""
     settings = settings if isinstance(settings, SFTSettings) else SFTSettings.from_dict(settings)
@@ -171,14 +173,12 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
                       callbacks=[loss_log])
     trainer.train()
     after = target_loss(model, collator, held_out) if held_out else math.nan
-    import pyarrow as pa
-
     write_parquet(log_path, pa.Table.from_pylist(loss_log.rows))
     summary = {"settings": asdict(settings), "examples": len(examples), "held_out": len(held_out),
                "held_out_loss_before": before, "held_out_loss_after": after,
                "train_loss_first": loss_log.rows[0]["loss"], "train_loss_last": loss_log.rows[-1]["loss"]}
     processor.tokenizer.padding_side = "left"   # generation appends on the right
-    with atomic_dir(out_dir / "checkpoint") as tmp:
+    with atomic_dir(out_dir / FINAL_DIR) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         write_json(tmp / "sft_summary.json", summary)

@@ -17,6 +17,15 @@ import json
 import os
 from pathlib import Path
 
+import torch
+from sam2.build_sam import build_sam2
+from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
+from tokenizers.models import BPE
+from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
 from reproseg.io_atomic import atomic_dir, sha256_file
 
 # Qwen2.5-VL's special tokens (same strings as the released tokenizer) plus the
@@ -147,10 +156,6 @@ def default_mrope_section(head_dim: int) -> list[int]:
 
 def _train_tokenizer(corpus: list[str], vocab_size: int):
     """Byte-level BPE with Qwen2's pre-tokenizer, wrapped as a Qwen2Tokenizer."""
-    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
-    from tokenizers.models import BPE
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
-
     bpe = Tokenizer(BPE())
     # Same normaliser and pre-tokenizer as Qwen2Tokenizer builds, so the merges learnt
     # here are the ones it applies.
@@ -184,10 +189,6 @@ def _train_tokenizer(corpus: list[str], vocab_size: int):
 
 
 def _build_processor(tokenizer, spec: dict):
-    from transformers import Qwen2_5_VLProcessor
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
     common = dict(
         min_pixels=spec["min_pixels"],
         max_pixels=spec["max_pixels"],
@@ -204,9 +205,6 @@ def _build_processor(tokenizer, spec: dict):
 
 
 def _build_policy(tokenizer, spec: dict, seed: int):
-    import torch
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     eos_ids = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     text_config = dict(
@@ -266,9 +264,6 @@ def sam2_overrides(spec: dict) -> list[str]:
 
 
 def _build_sam2(out: Path, spec: dict, seed: int) -> None:
-    import torch
-    from sam2.build_sam import build_sam2
-
     overrides = sam2_overrides(spec)
     torch.manual_seed(seed)
     model = build_sam2(spec["sam2_config"], ckpt_path=None, device="cpu", hydra_overrides_extra=overrides)
@@ -308,8 +303,6 @@ def build_tiny_bundle(out_dir: str | os.PathLike, spec: dict | None, corpus: lis
 
     The directory appears complete or not at all (it is built beside `out_dir` and renamed).
     """
-    import torch
-
     spec = resolve_spec(spec)
     with atomic_dir(out_dir) as tmp:
         _write_policy(tmp / "qwen", spec, corpus, seed)

@@ -24,21 +24,19 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from reproseg.answers.qa import answer_correct
+from reproseg.metrics.segmentation import per_sample, summarise
 from reproseg.seganswer.model import SegAnswerModel
 from reproseg.seganswer.prompts import reasoning_messages
 from reproseg.seganswer.rollout import RolloutSettings, prepare_prompt, rollout_batch
-from reproseg.seganswer.stage1 import PROMPT_TEMPLATE
+from reproseg.seganswer.stage1 import PROMPT_TEMPLATE, predict_masks
 
 
 def giou_ciou(pred_masks: Sequence[np.ndarray | None], gt_masks: Sequence[np.ndarray]) -> dict:
     """{"giou", "ciou", "n", "n_missing", "n_invalid"} over dense masks (None = missing prediction)."""
-    from pycocotools import mask as mask_utils
-
-    from reproseg.metrics.segmentation import per_sample, summarise
-
     def rle(m):
         r = mask_utils.encode(np.asfortranarray(np.asarray(m, dtype=np.uint8)))
         return {"size": list(r["size"]), "counts": r["counts"]}
@@ -96,8 +94,6 @@ def evaluate_referring_given(model: SegAnswerModel, rows: Sequence[Mapping], bat
     """gIoU / cIoU with the stage-1 response ("It is <|seg|>.") given instead of generated: the
     mask the model decodes for the phrase, whether or not it would have written `<|seg|>`
     (a model that no longer answers the stage-1 prompt that way is still measured)."""
-    from reproseg.seganswer.stage1 import predict_masks
-
     preds = predict_masks(model, rows, batch_size=batch_size)
     return giou_ciou(preds, [r["mask"] for r in rows])
 

@@ -39,9 +39,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from sam2.utils.transforms import SAM2Transforms
 from torch import nn
 
-from reproseg.io_atomic import write_json
+from reproseg.io_atomic import atomic_dir, write_json
+from reproseg.models.loading import load_policy, load_sam2_predictor
 from reproseg.models.tiny_bundle import SAM2_CHECKPOINT_FILE, SAM2_CONFIG_FILE, SEG_TOKEN
 from reproseg.seganswer.positions import sparse_image_features
 
@@ -73,6 +77,13 @@ class SegAnswerConfig:
         if unknown:
             raise ValueError(f"unknown {CONFIG_FILE} keys {unknown}")
         return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json_string(self) -> str:
+        """What a Trainer's TensorBoard and W&B callbacks record as the model's config."""
+        return json.dumps(asdict(self), indent=2)
 
 
 class SegProjector(nn.Module):
@@ -158,8 +169,6 @@ def resolve_device(name: str = "auto") -> str:
 
 
 def _load_sam2_model(path: Path, config_name: str | None, overrides: list | None):
-    from reproseg.models.loading import load_sam2_predictor
-
     predictor = load_sam2_predictor(path, config_name=config_name, overrides=overrides)
     return predictor.model
 
@@ -233,6 +242,14 @@ class SegAnswerModel(nn.Module):
         self._sam_transforms = None
         self.feature_cache: SamFeatureCache | None = None
 
+    def train(self, mode: bool = True) -> "SegAnswerModel":
+        """Training mode for the language model and the projector; SAM 2.1 stays in eval mode
+        (frozen but for its mask decoder, which has no dropout or batch norm that should change),
+        whoever calls train(): a Trainer does at every step."""
+        super().train(mode)
+        self.sam.eval()
+        return self
+
     # -- construction ------------------------------------------------------------------
     @classmethod
     def from_base(cls, qwen_dir, sam2_path, sam2_config_name: str | None = None, sam2_overrides=None,
@@ -242,8 +259,6 @@ class SegAnswerModel(nn.Module):
         sam2_path: a bundle directory (with sam2_config.json) or a bare SAM 2.1 checkpoint
         (then `sam2_config_name`, e.g. configs/sam2.1/sam2.1_hiera_l.yaml, is required).
         """
-        from reproseg.models.loading import load_policy
-
         lm, processor = load_policy(qwen_dir, dtype=dtype, device=device)
         ensure_seg_token(lm, processor)
         sam2_path = Path(sam2_path)
@@ -279,10 +294,6 @@ class SegAnswerModel(nn.Module):
     def from_pretrained(cls, path, dtype: str = "float32", device: str = "cpu",
                         lora_trainable: bool = False) -> "SegAnswerModel":
         """Loads a directory written by `save_pretrained` (offline, local files only)."""
-        from safetensors.torch import load_file
-
-        from reproseg.models.loading import load_policy
-
         path = Path(path)
         cfg_path = path / CONFIG_FILE
         if not cfg_path.is_file():
@@ -290,8 +301,6 @@ class SegAnswerModel(nn.Module):
         config = SegAnswerConfig.from_dict(json.loads(cfg_path.read_text()))
         lm, processor = load_policy(path, dtype=dtype, device=device)
         if (path / LORA_SUBDIR).is_dir():
-            from peft import PeftModel
-
             lm = PeftModel.from_pretrained(lm, path / LORA_SUBDIR, is_trainable=lora_trainable)
         sam = _load_sam2_model(path / SAM2_SUBDIR, None, None).to(device).float()
         heads = load_file(str(path / HEADS_FILE))
@@ -319,8 +328,6 @@ class SegAnswerModel(nn.Module):
         lm_state_dict: the language model's weights when they are not whole in this
         process (gathered from a sharded model).
         """
-        from safetensors.torch import save_file
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_FILE).unlink(missing_ok=True)  # written last again
@@ -357,8 +364,6 @@ class SegAnswerModel(nn.Module):
 
     def sam_transforms(self):
         if self._sam_transforms is None:
-            from sam2.utils.transforms import SAM2Transforms
-
             self._sam_transforms = SAM2Transforms(resolution=int(self.sam.image_size), mask_threshold=0.0,
                                                   max_hole_area=0.0, max_sprinkle_area=0.0)
         return self._sam_transforms
@@ -496,8 +501,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def merge_lora(src_dir, out_dir, dtype: str = "float32") -> Path:
     """Merges a stage-1 LoRA checkpoint into plain weights; writes a SegAnswer dir at `out_dir` (atomic)."""
-    from reproseg.io_atomic import atomic_dir
-
     model = SegAnswerModel.from_pretrained(src_dir, dtype=dtype)
     if not is_peft(model.lm):
         raise ValueError(f"{src_dir} holds no LoRA adapter to merge")

@@ -35,6 +35,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 TEXT, IMAGE = 0, 1  # Qwen's mm_token_type_ids values
 
@@ -79,8 +80,6 @@ def mask_patch_keep(mask: np.ndarray, grid_thw, merge_size: int) -> np.ndarray:
 
 def segmented_image(image, mask: np.ndarray, fill: int = 0):
     """The image with every pixel outside `mask` set to `fill` (same size, RGB PIL image)."""
-    from PIL import Image
-
     arr = np.array(image.convert("RGB"))
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != arr.shape[:2]:
@@ -120,15 +119,17 @@ class SequenceBuilder:
     ids: list[int] = field(default_factory=list)
     pos: list[torch.Tensor] = field(default_factory=list)  # (3, n) chunks
     mm_types: list[int] = field(default_factory=list)
-    loss: list[int] = field(default_factory=list)  # 1: trained (model output); 0: context/observation
+    # 1 on the tokens the policy writes, the only ones any loss sees; 0 on the prompt, image
+    # pads and observations (one name for this along SFT, rollouts and stage 3's loss).
+    policy_mask: list[int] = field(default_factory=list)
     images: list[ImageEntry] = field(default_factory=list)
     cur: int = 0
 
-    def add_text(self, ids: Sequence[int], trainable: bool = False) -> tuple[list[int], torch.Tensor]:
+    def add_text(self, ids: Sequence[int], by_policy: bool = False) -> tuple[list[int], torch.Tensor]:
         ids = [int(i) for i in ids]
         p = torch.arange(self.cur, self.cur + len(ids)).expand(3, -1).clone()
         self.cur += len(ids)
-        self._append(ids, p, [TEXT] * len(ids), trainable)
+        self._append(ids, p, [TEXT] * len(ids), by_policy)
         return ids, p
 
     def add_image(self, grid_thw, with_markers: bool = True) -> tuple[list[int], torch.Tensor]:
@@ -179,11 +180,11 @@ class SequenceBuilder:
             out_pos.append(p)
         return out_ids, torch.cat(out_pos, dim=1)
 
-    def _append(self, ids, p, types, trainable):
+    def _append(self, ids, p, types, by_policy):
         self.ids += ids
         self.pos.append(p)
         self.mm_types += types
-        self.loss += [1 if trainable else 0] * len(ids)
+        self.policy_mask += [1 if by_policy else 0] * len(ids)
 
     # -- results ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -203,10 +204,6 @@ class SequenceBuilder:
     @property
     def mm_token_type_ids(self) -> torch.Tensor:
         return torch.tensor(self.mm_types, dtype=torch.long)
-
-    @property
-    def loss_mask(self) -> torch.Tensor:
-        return torch.tensor(self.loss, dtype=torch.long)
 
     @property
     def image_keeps(self) -> list[np.ndarray | None]:
@@ -261,7 +258,7 @@ def assistant_header(processor) -> str:
     return render_messages(processor, probe, True)[len(render_messages(processor, probe)):]
 
 
-def add_rendered_text(builder: SequenceBuilder, tokenizer, text: str, trainable: bool = False,
+def add_rendered_text(builder: SequenceBuilder, tokenizer, text: str, by_policy: bool = False,
                       images: Iterator | None = None) -> None:
     """Adds rendered chat text; each image placeholder takes the next item of `images`.
 
@@ -270,7 +267,7 @@ def add_rendered_text(builder: SequenceBuilder, tokenizer, text: str, trainable:
     parts = text.split(IMAGE_PLACEHOLDER)
     for j, part in enumerate(parts):
         if part:
-            builder.add_text(tokenizer(part, add_special_tokens=False)["input_ids"], trainable)
+            builder.add_text(tokenizer(part, add_special_tokens=False)["input_ids"], by_policy)
         if j < len(parts) - 1:
             if images is None:
                 raise ValueError("the text has an image placeholder but no image was given")
@@ -300,7 +297,7 @@ def build_conversation(processor, messages: list[dict], images: list, add_genera
     """Builds a whole conversation; image parts are consumed from `images` in order.
 
     `images` items: ("whole", grid_thw) or ("segmented", ref, keep). Assistant contents
-    are trained (loss mask 1), everything else is context.
+    are the policy's (policy mask 1), everything else is context.
     """
     builder = builder_for(processor)
     tok = processor.tokenizer

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from reproseg.config import dataclass_from_dict
 from reproseg.seganswer.model import SegAnswerModel, unwrap_qwen
 from reproseg.seganswer.positions import (
     SequenceBuilder,
@@ -76,20 +77,20 @@ class RolloutSettings:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "RolloutSettings":
-        return cls(**(d or {}))
+        return dataclass_from_dict(cls, d, "SegAnswer rollout")
 
 
 @dataclass
 class Rollout:
     """One finished trajectory.
 
-    ids / positions / loss_mask cover prompt + completion; `prompt_len` splits them.
+    ids / positions / policy_mask cover prompt + completion; `prompt_len` splits them.
     pixel_values / grids / keeps: one entry per image in token order (the original first).
     """
 
     ids: list[int]
     positions: torch.Tensor  # (3, L)
-    loss_mask: list[int]
+    policy_mask: list[int]  # 1 on the tokens the policy wrote (SequenceBuilder.policy_mask)
     prompt_len: int
     pixel_values: list[torch.Tensor]
     grids: list[torch.Tensor]
@@ -105,9 +106,9 @@ class Rollout:
         return self.ids[self.prompt_len:]
 
     @property
-    def completion_loss_mask(self) -> list[int]:
+    def completion_policy_mask(self) -> list[int]:
         """1 on tokens the policy generated, 0 on observation tokens."""
-        return self.loss_mask[self.prompt_len:]
+        return self.policy_mask[self.prompt_len:]
 
     @property
     def answer(self) -> str | None:
@@ -276,9 +277,9 @@ def rollout_batch(model: SegAnswerModel, prompts, s: RolloutSettings, lm=None, g
         b = r.builder
         closing = tpl.after_end if r.turn_ids[-1] == end_id else END_OF_TURN + tpl.after_end
         if closing:
-            b.add_text(tok(closing, add_special_tokens=False)["input_ids"], trainable=False)
+            b.add_text(tok(closing, add_special_tokens=False)["input_ids"], by_policy=False)
         add_rendered_text(b, tok, tpl.observation, False, iter([("segmented", 0, keep)]))
-        b.add_text(tok(tpl.header, add_special_tokens=False)["input_ids"], trainable=False)
+        b.add_text(tok(tpl.header, add_special_tokens=False)["input_ids"], by_policy=False)
         batch.pending_images[i].append((seg_pv, r.prompt.grid, keep))
         r.pixel_values.append(seg_pv)
         r.grids.append(r.prompt.grid)
@@ -309,7 +310,7 @@ def rollout_batch(model: SegAnswerModel, prompts, s: RolloutSettings, lm=None, g
         for i, r in enumerate(rows):
             start, pad = where[i]
             for j in range(start, batch.fed[i]):
-                if r.builder.ids[j] == seg_id and r.builder.loss[j]:
+                if r.builder.ids[j] == seg_id and r.builder.policy_mask[j]:
                     r.seg_hidden.append(hidden[i, pad + j - start])
         for i, r in enumerate(rows):
             if r.mode == "await_mask":
@@ -319,7 +320,7 @@ def rollout_batch(model: SegAnswerModel, prompts, s: RolloutSettings, lm=None, g
                 gen = r.builder.ids[r.prompt_len:]
                 t = _sample(lg, s, r.generator) if r.sampler is None else int(r.sampler(lg, gen))
                 r.sample_logps.append(float(torch.log_softmax(lg.float(), -1)[t]))
-                r.builder.add_text([t], trainable=True)
+                r.builder.add_text([t], by_policy=True)
                 r.turn_ids.append(t)
                 if (t in eos_ids or len(r.turn_ids) >= s.max_turn_tokens
                         or len(r.builder) - r.prompt_len >= s.max_completion_tokens):
@@ -328,7 +329,7 @@ def rollout_batch(model: SegAnswerModel, prompts, s: RolloutSettings, lm=None, g
         if not any(active):
             break
         logits, hidden, where = batch.feed(active)
-    return [Rollout(ids=list(r.builder.ids), positions=r.builder.position_ids, loss_mask=list(r.builder.loss),
+    return [Rollout(ids=list(r.builder.ids), positions=r.builder.position_ids, policy_mask=list(r.builder.policy_mask),
                     prompt_len=r.prompt_len, pixel_values=r.pixel_values, grids=r.grids, keeps=r.keeps,
                     turns=r.turns, seg_calls=r.seg_calls, answered=r.answered, masks=r.masks,
                     sample_logps=r.sample_logps) for r in rows]

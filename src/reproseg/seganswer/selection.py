@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 
 from ..selection import select_stage as run_selection
+from .evaluate import answer_questions, qa_accuracy
+from .model import SegAnswerModel, resolve_device
 from .sources.rows import select
 
 log = logging.getLogger(__name__)
@@ -18,13 +20,9 @@ VAL_METRICS = ("accuracy", "answered")
 
 
 def score_candidate(path: Path, rows, cfg: dict) -> dict[str, float]:
-    from .evaluate import answer_questions, qa_accuracy   # torch: kept out of the Snakefile's parse
-    from .model import SegAnswerModel, resolve_device
-
-    ev, sel = cfg.get("eval", {}), cfg["selection"]
-    net = SegAnswerModel.from_pretrained(str(path), dtype=ev.get("dtype", "float32"),
-                                         device=resolve_device(ev.get("device", "auto")))
-    net.enable_feature_cache(cfg.get("sam_feature_cache_mb", 0))
+    ev, sel = cfg["eval"], cfg["selection"]
+    net = SegAnswerModel.from_pretrained(str(path), dtype=ev["dtype"], device=resolve_device(ev["device"]))
+    net.enable_feature_cache(cfg["sam_feature_cache_mb"])
     records = answer_questions(net, rows, max_turns=sel["max_turns"], max_turn_tokens=sel["max_new_tokens"],
                                desc=f"val {path.name}")
     q = qa_accuracy(records)
@@ -38,7 +36,7 @@ def select_stage3(tables: list[str], roots: list[str], candidates: str, out_dir:
     sel = cfg["selection"]
 
     def make_score():
-        rows = select(tables, roots, sel["data"], "questions", cfg["image_size"], sel.get("limit"))
+        rows = select(tables, roots, sel["data"], "questions", cfg["image_size"], sel["limit"])
         if not len(rows):
             raise ValueError(f"seganswer.selection.data {sel['data']}: no val questions to score candidates on")
         return lambda path: score_candidate(path, rows, cfg)

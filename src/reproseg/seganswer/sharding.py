@@ -15,6 +15,12 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+from .model import unwrap_qwen
 
 
 @dataclass(frozen=True)
@@ -35,8 +41,6 @@ def launched() -> bool:
 
 def init(device: str) -> Dist:
     """Joins the launch's process group; `device` "cuda" becomes this worker's GPU."""
-    import torch.distributed as dist
-
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         torch.cuda.set_device(local)
@@ -48,13 +52,6 @@ def init(device: str) -> Dist:
 
 def shard_language_model(lm, device: str) -> None:
     """FSDP2 units: every decoder layer and vision block, then the backbone and the LM head."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    from .model import unwrap_qwen
-
-    import torch.distributed as dist
-
     mesh = init_device_mesh(device.split(":")[0], (dist.get_world_size(),))
     core = unwrap_qwen(lm)
     if core.get_output_embeddings().weight is core.get_input_embeddings().weight:
@@ -68,10 +65,6 @@ def shard_language_model(lm, device: str) -> None:
 
 def full_state_dict(lm) -> dict[str, torch.Tensor]:
     """The language model's whole state on the CPU of rank 0 (empty elsewhere); collective."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from .model import unwrap_qwen
-
     return get_model_state_dict(unwrap_qwen(lm), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -79,7 +72,6 @@ def mean(value: float, d: Dist) -> float:
     """The mean of a per-process number over the processes (a logged loss)."""
     if d.world == 1:
         return float(value)
-    import torch.distributed as dist
 
     t = torch.tensor([float(value)], device=d.device)
     dist.all_reduce(t)
@@ -93,13 +85,9 @@ def local(t) -> torch.Tensor:
 
 def barrier(d: Dist) -> None:
     if d.world > 1:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
 def close(d: Dist) -> None:
     if d.world > 1:
-        import torch.distributed as dist
-
         dist.destroy_process_group()

@@ -8,8 +8,9 @@ into the weights. Loss: next-token CE + SAM 2.1 mask losses (see losses.py).
 Data rows: {"image": PIL.Image, "mask": bool (H, W) array, "phrase": str}; each becomes
     user: <image> "Segment the {phrase} in the image."   assistant: "It is <|seg|>."
 
-Choices where the paper is silent (arguments of Stage1Settings; the lead moves them to
-config): AdamW, no weight decay, constant learning rate, gradient clipping at 1.0,
+Training runs on the HF Trainer (reproseg.seganswer.sft_trainer): resumable, with its
+learning-rate schedules, reporting to TensorBoard. Choices where the paper is silent
+(Stage1Settings, all set in config): AdamW, no weight decay, constant learning rate, gradient clipping at 1.0,
 batch size 8 with no accumulation; LoRA r=8, alpha=16, dropout 0.05 on every linear
 layer of the language model (q/k/v/o and the MLP; the vision tower is not adapted);
 in phase b the `<|seg|>` rows of the input embedding and of the LM head also train
@@ -31,19 +32,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from peft import LoraConfig, get_peft_model
 
+from reproseg.config import dataclass_from_dict
 from reproseg.io_atomic import atomic_dir, write_json
 from reproseg.seganswer.losses import IGNORE_INDEX, Stage1LossWeights, actual_iou, stage1_loss
-from reproseg.seganswer.model import SegAnswerModel, is_peft, merge_lora, resolve_device  # noqa: F401  (merge_lora: public API)
+from reproseg.seganswer.model import (  # noqa: F401  (merge_lora: public API)
+    SegAnswerModel,
+    is_peft,
+    merge_lora,
+    resolve_device,
+)
 from reproseg.seganswer.positions import build_conversation
+from reproseg.seganswer.sft_trainer import finish, folder_identity, train_sft, trajectory_settings
 
 PROMPT_TEMPLATE = "Segment the {phrase} in the image."
 RESPONSE = "It is <|seg|>."
@@ -80,6 +87,12 @@ class Stage1Settings:
     # Megabytes of frozen SAM image-encoder features kept between epochs
     # (SegAnswerModel.enable_feature_cache: the same features, faster); 0: none.
     sam_feature_cache_mb: float = 0
+    # The Trainer's schedule (transformers' names; the paper is silent: constant, no warm-up),
+    # how often a resume state is saved, and where progress is reported.
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    save_steps: int = 500
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 
     @classmethod
     def phase_a(cls, **kw) -> "Stage1Settings":
@@ -94,9 +107,11 @@ class Stage1Settings:
     @classmethod
     def from_dict(cls, d: dict, phase: str) -> "Stage1Settings":
         d = dict(d or {})
-        if "loss" in d and isinstance(d["loss"], dict):
-            d["loss"] = Stage1LossWeights(**d["loss"])
-        return cls.phase_a(**d) if phase == "a" else cls.phase_b(**d)
+        if isinstance(d.get("loss"), dict):
+            d["loss"] = dataclass_from_dict(Stage1LossWeights, d["loss"], "SegAnswer stage 1 loss")
+        preset = cls.phase_a() if phase == "a" else cls.phase_b()
+        return dataclass_from_dict(cls, {**dataclasses.asdict(preset), "loss": preset.loss, **d},
+                                   f"SegAnswer stage 1{phase}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,7 +134,7 @@ def build_stage1_example(processor, row: dict, settings: Stage1Settings | None =
     grid = vision["image_grid_thw"][0]
     b = build_conversation(processor, stage1_messages(row["phrase"], settings), [("whole", grid)])
     ids = b.input_ids
-    labels = torch.where(b.loss_mask.bool(), ids, torch.full_like(ids, IGNORE_INDEX))
+    labels = torch.where(torch.tensor(b.policy_mask, dtype=torch.bool), ids, torch.full_like(ids, IGNORE_INDEX))
     mask = np.asarray(row["mask"], dtype=bool)
     if mask.shape != (image.size[1], image.size[0]):
         raise ValueError(f"mask shape {mask.shape} differs from the image size {image.size[::-1]}")
@@ -166,8 +181,6 @@ def configure_trainable(model: SegAnswerModel, phase: str, settings: Stage1Setti
             p.requires_grad_(True)
     elif phase == "b":
         if not is_peft(model.lm):
-            from peft import LoraConfig, get_peft_model
-
             cfg = dict(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                        target_modules=settings.lora_target_modules, task_type="CAUSAL_LM")
             if settings.train_seg_token_rows:
@@ -287,55 +300,24 @@ def _batches(n: int, batch_size: int, epochs: float, seed: int):
 
 
 def train_phase(model: SegAnswerModel, rows: Sequence[dict], phase: str, settings: Stage1Settings,
-                log_path=None) -> list[dict]:
-    """Trains `model` in place for one phase; returns (and writes to `log_path`, Parquet) one row per step."""
+                log_path=None, resume_dir=None, start: dict | None = None, callbacks=()) -> list[dict]:
+    """Trains `model` in place for one phase on the HF Trainer (reproseg.seganswer.sft_trainer);
+    returns (and writes to `log_path`, Parquet) one row per optimizer step. resume_dir: the
+    run's resume state (None: none kept); start: what the phase started from, for the check
+    that a resume state found there is this run's."""
     torch.manual_seed(settings.seed)
     params = configure_trainable(model, phase, settings)
-    if not params:
-        raise ValueError("nothing to train")
-    opt = torch.optim.AdamW(param_groups(model, params, settings), lr=settings.learning_rate,
-                            weight_decay=settings.weight_decay)
-    model.train()
-    model.sam.eval()  # SAM has no dropout/batch-norm that should change; keep it deterministic
     if settings.sam_feature_cache_mb and model.feature_cache is None:
         model.enable_feature_cache(settings.sam_feature_cache_mb)
-    log, step, accum = [], 0, 0
-    t0 = time.perf_counter()
-    batches = _batches(len(rows), settings.batch_size, settings.epochs, settings.seed)
-    bar = tqdm(total=optimizer_steps(len(rows), settings.batch_size, settings), desc=f"SegAnswer stage 1{phase}",
-               unit="step")
+
     # Examples are built per batch: rows may load their images lazily (a paper-size set
     # does not fit in memory decoded).
-    for epoch, idx in batches:
-        terms = stage1_step_loss(model, [build_stage1_example(model.processor, rows[i], settings) for i in idx],
-                                 settings)
-        (terms["loss"] / settings.gradient_accumulation_steps).backward()
-        accum += 1
-        if accum % settings.gradient_accumulation_steps:
-            continue
-        gn = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        now = time.perf_counter()
-        row = {"step": step, "epoch": epoch, **{k: float(v.detach()) for k, v in terms.items()},
-               "grad_norm": float(gn), "learning_rate": settings.learning_rate, "step_time_s": now - t0}
-        log.append(row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", ce=f"{row['ce']:.3f}", mask_iou=f"{row['mask_iou']:.2f}",
-                        refresh=False)
-        t0 = now
-        if settings.max_steps is not None and step >= settings.max_steps:
-            break
-    bar.close()
-    model.eval()
-    if log_path is not None:
-        import pyarrow as pa
+    def step_loss(m, batch):
+        return stage1_step_loss(m, [build_stage1_example(m.processor, r, settings) for r in batch], settings)
 
-        from reproseg.io_atomic import write_parquet
-
-        write_parquet(log_path, pa.Table.from_pylist(log))
-    return log
+    identity = {"phase": phase, "settings": trajectory_settings(settings), "rows": len(rows), "start": start or {}}
+    return train_sft(model, rows, settings, params, param_groups(model, params, settings), step_loss,
+                     log_path=log_path, resume_dir=resume_dir, identity=identity, callbacks=callbacks)
 
 
 def _save(model: SegAnswerModel, out_dir, phase: str, settings: Stage1Settings, log: list[dict]) -> Path:
@@ -348,19 +330,26 @@ def _save(model: SegAnswerModel, out_dir, phase: str, settings: Stage1Settings, 
 
 def train_stage1_projector(qwen_dir, sam2_path, rows: Sequence[dict], out_dir,
                            settings: Stage1Settings | dict | None = None, log_path=None,
-                           sam2_config_name: str | None = None, sam2_overrides=None) -> Path:
-    """Phase a from the base models; writes a SegAnswer checkpoint to `out_dir` (atomic)."""
+                           sam2_config_name: str | None = None, sam2_overrides=None, resume_dir=None) -> Path:
+    """Phase a from the base models; writes a SegAnswer checkpoint to `out_dir` (atomic).
+    With `resume_dir`, a stopped run continues from its last saved step."""
     s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "a")
     model = SegAnswerModel.from_base(qwen_dir, sam2_path, sam2_config_name, sam2_overrides, seed=s.seed,
                                      dtype=s.dtype, device=resolve_device(s.device))
-    log = train_phase(model, rows, "a", s, log_path)
-    return _save(model, out_dir, "a", s, log)
+    start = {"qwen": folder_identity(qwen_dir), "sam2": folder_identity(sam2_path)}
+    log = train_phase(model, rows, "a", s, log_path, resume_dir, start)
+    out = _save(model, out_dir, "a", s, log)
+    finish(resume_dir)
+    return out
 
 
 def train_stage1_lora(phase_a_dir, rows: Sequence[dict], out_dir, settings: Stage1Settings | dict | None = None,
-                      log_path=None) -> Path:
-    """Phase b from phase a's checkpoint; writes an unmerged (base + lora/) checkpoint to `out_dir`."""
+                      log_path=None, resume_dir=None) -> Path:
+    """Phase b from phase a's checkpoint; writes an unmerged (base + lora/) checkpoint to `out_dir`.
+    With `resume_dir`, a stopped run continues from its last saved step."""
     s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "b")
     model = SegAnswerModel.from_pretrained(phase_a_dir, dtype=s.dtype, device=resolve_device(s.device))
-    log = train_phase(model, rows, "b", s, log_path)
-    return _save(model, out_dir, "b", s, log)
+    log = train_phase(model, rows, "b", s, log_path, resume_dir, {"phase_a": folder_identity(phase_a_dir)})
+    out = _save(model, out_dir, "b", s, log)
+    finish(resume_dir)
+    return out

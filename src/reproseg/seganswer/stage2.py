@@ -29,15 +29,20 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from reproseg.io_atomic import atomic_dir, write_json
+from reproseg.config import dataclass_from_dict
+from reproseg.io_atomic import atomic_dir, write_json, write_parquet
+from reproseg.launch import run_workers, visible_gpu_count
 from reproseg.seganswer.losses import IGNORE_INDEX, next_token_loss
 from reproseg.seganswer.model import SegAnswerModel, resolve_device
 from reproseg.seganswer.positions import build_conversation, mask_patch_keep, segmented_image
 from reproseg.seganswer.prompts import ANSWER_RESPONSE, SEG_RESPONSE, observation_message, reasoning_messages
 from reproseg.seganswer.stage1 import _batches, collate, optimizer_steps
+
+from . import sharding
 
 SUMMARY_FILE = "stage2_summary.json"
 
@@ -66,7 +71,7 @@ class Stage2Settings:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Stage2Settings":
-        return cls(**(d or {}))
+        return dataclass_from_dict(cls, d, "SegAnswer stage 2")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,7 +124,7 @@ def build_stage2_example(processor, row: dict, mask: np.ndarray, s: Stage2Settin
     keep = mask_patch_keep(mask, grid, int(processor.image_processor.merge_size))
     b = build_conversation(processor, full_messages(row, s), [("whole", grid), ("segmented", 0, keep)])
     ids = b.input_ids
-    labels = torch.where(b.loss_mask.bool(), ids, torch.full_like(ids, IGNORE_INDEX))
+    labels = torch.where(torch.tensor(b.policy_mask, dtype=torch.bool), ids, torch.full_like(ids, IGNORE_INDEX))
     return {"input_ids": ids, "position_ids": b.position_ids, "labels": labels,
             "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"],
             "image_keeps": [None, keep]}
@@ -155,10 +160,6 @@ def train_stage2(stage1_dir, rows: Sequence[dict], out_dir, settings: Stage2Sett
     launches them (torchrun) and each runs `_train`; the rows are pickled by reference
     to their tables (images load in the workers).
     """
-    from reproseg.launch import run_workers, visible_gpu_count
-
-    from . import sharding
-
     s = settings if isinstance(settings, Stage2Settings) else Stage2Settings.from_dict(settings)
     n = s.processes or max(1, visible_gpu_count() if resolve_device(s.device) == "cuda" else 1)
     if n > 1 and not sharding.launched():
@@ -172,8 +173,6 @@ def train_stage2(stage1_dir, rows: Sequence[dict], out_dir, settings: Stage2Sett
 
 
 def _train(stage1_dir, rows: Sequence[dict], out_dir, s: Stage2Settings, log_path=None) -> Path:
-    from . import sharding
-
     device = resolve_device(s.device)
     d = sharding.init(device) if sharding.launched() else sharding.Dist(device=device)
     torch.manual_seed(s.seed)
@@ -217,10 +216,6 @@ def _train(stage1_dir, rows: Sequence[dict], out_dir, s: Stage2Settings, log_pat
     state = sharding.full_state_dict(model.lm) if d.world > 1 else None
     if d.is_main:
         if log_path is not None:
-            import pyarrow as pa
-
-            from reproseg.io_atomic import write_parquet
-
             write_parquet(log_path, pa.Table.from_pylist(log))
         with atomic_dir(out_dir) as tmp:
             model.save_pretrained(tmp, lm_state_dict=state)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -50,18 +51,30 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from reproseg.config import dataclass_from_dict
 from reproseg.curves import plot_curves
-from reproseg.grpo.engine import GRPOSettings
+from reproseg.grpo.engine import GRPOSettings, train_grpo
 from reproseg.grpo.trainer import EngineGRPOTrainer
-from reproseg.seganswer.model import CONFIG_FILE, HEADS_FILE, SAM2_SUBDIR, SegAnswerModel
+from reproseg.io_atomic import write_parquet
+from reproseg.runs import CANDIDATES_DIR, FINAL_DIR, run_dir_of
+from reproseg.seganswer.model import (
+    CONFIG_FILE,
+    HEADS_FILE,
+    SAM2_SUBDIR,
+    SegAnswerConfig,
+    SegAnswerModel,
+    SegProjector,
+    _load_sam2_model,
+)
 from reproseg.seganswer.positions import sparse_image_features
 from reproseg.seganswer.prompts import reasoning_messages
 from reproseg.seganswer.rewards import REWARD_WEIGHTS, accuracy_reward, format_reward
-from reproseg.seganswer.sources.rows import select
-from reproseg.seganswer.workflow_stages import with_cache
 from reproseg.seganswer.rollout import (
     Rollout,
     RolloutSettings,
@@ -70,6 +83,7 @@ from reproseg.seganswer.rollout import (
     prepare_prompt,
     rollout_batch,
 )
+from reproseg.seganswer.sources.rows import select
 
 EXTRA_LOG_COLUMNS = ("seg_calls_mean", "seg_calls_total", "unanswered", "rollouts", "dropped_groups",
                      "refill_rounds", "padded_groups", "acc_mean", "format_mean", "total_mean")
@@ -137,16 +151,11 @@ def group_advantages(rewards: np.ndarray, scale: str = "group", eps: float = 1e-
 
 
 # -- batches for the loss ------------------------------------------------------------------
-def observation_mask(rollout: Rollout) -> list[int]:
-    """Per completion token: 1 if the policy generated it (trained), 0 for observation tokens."""
-    return list(rollout.completion_loss_mask)
-
-
 def collate_rollouts(rollouts: Sequence[Rollout], advantages: Sequence[float], pad_id: int) -> dict:
     """TRL's batch layout (left-padded prompts, right-padded completions) plus the SegAnswer extras.
 
-    tool_mask = observation mask (0 on observation tokens and padding-safe 1 elsewhere as
-    TRL pads it); position_ids (3, B, P+C) aligned with that layout; pixel values of all
+    tool_mask (TRL's name for the rollouts' policy mask: 0 on observation tokens, 1 on the
+    policy's and on padding, as TRL pads it); position_ids (3, B, P+C) aligned with that layout; pixel values of all
     images, row after row; image_keeps in the same order.
     """
     B = len(rollouts)
@@ -165,7 +174,7 @@ def collate_rollouts(rollouts: Sequence[Rollout], advantages: Sequence[float], p
         prompt_mask[i, P - p:] = 1
         completion_ids[i, :c] = torch.tensor(r.ids[p:])
         completion_mask[i, :c] = 1
-        tool_mask[i, :c] = torch.tensor(observation_mask(r), dtype=torch.long)
+        tool_mask[i, :c] = torch.tensor(r.completion_policy_mask, dtype=torch.long)
         pos[:, i, P - p:P] = r.positions[:, :p]
         pos[:, i, P:P + c] = r.positions[:, p:]
         pvs += r.pixel_values
@@ -213,7 +222,6 @@ class Stage3Settings:
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     dynamic_sampling: bool = True
     max_refill_rounds: int = 4
-    reward_weights: dict = field(default_factory=lambda: dict(REWARD_WEIGHTS))
     # Megabytes of frozen SAM image-encoder features kept in memory (the same features, faster); 0: none.
     sam_feature_cache_mb: float = 0
 
@@ -222,7 +230,7 @@ class Stage3Settings:
         d = dict(d or {})
         if isinstance(d.get("rollout"), dict):
             d["rollout"] = RolloutSettings.from_dict(d["rollout"])
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "SegAnswer stage 3")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -277,7 +285,7 @@ class SegAnswerGRPOTrainer(EngineGRPOTrainer):
         for r in rollouts:
             x = {k: v for k, v in row.items() if k != "prompt"}
             x.update(prompt=row["prompt"], turns=r.turns, answered=r.answered, seg_calls=r.seg_calls,
-                     generated_ids=[t for t, m in zip(r.completion_ids, r.completion_loss_mask) if m])
+                     generated_ids=[t for t, m in zip(r.completion_ids, r.completion_policy_mask) if m])
             inputs.append(x)
         completions = [r.text for r in rollouts]
         per_func = self._calculate_rewards(inputs, [row["prompt"]] * n, completions,
@@ -405,12 +413,6 @@ class SegAnswerGRPOTrainer(EngineGRPOTrainer):
 
 def load_heads(path, processor, device="cpu") -> SegAnswerModel:
     """Projector + SAM 2.1 (with the trained mask decoder) of a SegAnswer dir, without its language model."""
-    import json
-
-    from safetensors.torch import load_file
-
-    from reproseg.seganswer.model import SegAnswerConfig, SegProjector, _load_sam2_model
-
     path = Path(path)
     config = SegAnswerConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
     sam = _load_sam2_model(path / SAM2_SUBDIR, None, None).to(device).float()
@@ -475,16 +477,12 @@ class SegAnswerLogCallback(TrainerCallback):
         self.path = Path(path)
         self.rows: list[dict] = []
         if self.path.is_file():  # a resumed run keeps its earlier rows
-            import pyarrow.parquet as pq
 
             self.rows = pq.read_table(self.path).to_pylist()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "seganswer/rollouts" not in logs:
             return
-        import pyarrow as pa
-
-        from reproseg.io_atomic import write_parquet
 
         row = {"step": int(state.global_step)}
         for c in EXTRA_LOG_COLUMNS:
@@ -507,12 +505,11 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
     the completions plus the columns answer, options, turns, answered, seg_calls and
     generated_ids (the token ids the policy wrote, observations left out).
     """
-    from reproseg.grpo.engine import CANDIDATES_DIR, FINAL_DIR, train_grpo
 
     g = grpo if isinstance(grpo, GRPOSettings) else stage3_grpo_settings(grpo)
     s = settings if isinstance(settings, Stage3Settings) else Stage3Settings.from_dict(settings)
     if g.reward_weights is None:
-        g.reward_weights = dict(s.reward_weights)
+        g.reward_weights = dict(REWARD_WEIGHTS)
     engine_rows = stage3_rows(rows)
     log_path = Path(log_path)
     extra = Path(extra_log_path) if extra_log_path else log_path.with_suffix(".seganswer.parquet")
@@ -533,15 +530,14 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
     return final
 
 
-def stage3_stage(tables: list[str], roots: list[str], stage2: str, run_dir: str, checkpoint: str, train_log: str,
-                 curves: str, cfg: dict) -> None:
+def stage3_stage(tables: list[str], roots: list[str], stage2: str, checkpoint: str, train_log: str, curves: str,
+                 cfg: dict) -> None:
     rows = select(tables, roots, cfg["data"]["stage3"], "questions", cfg["image_size"])
     # As for FineRS: the step log lives beside the resume state until the run ends.
-    work_log = Path(run_dir) / "train_log.inprogress.parquet"
-    produced = train_stage3(stage2, rows, run_dir, work_log, grpo=cfg["stage3"]["grpo"],
-                            settings=with_cache(cfg["stage3"]["settings"], cfg))
-    if Path(produced).resolve() != Path(checkpoint).resolve():
-        raise RuntimeError(f"stage 3 wrote {produced}, the rule expects {checkpoint}")
+    run_dir = run_dir_of(checkpoint)
+    work_log = run_dir / "train_log.inprogress.parquet"
+    train_stage3(stage2, rows, run_dir, work_log, grpo=cfg["stage3"]["grpo"],
+                 settings={**cfg["stage3"]["settings"], "sam_feature_cache_mb": cfg["sam_feature_cache_mb"]})
     extra = work_log.with_name(work_log.name.replace(".parquet", ".seganswer.parquet"))
     os.replace(work_log, train_log)
     if extra.exists():

@@ -4,11 +4,11 @@ Every stage reads the selections its `seganswer.data` entry lists ("source" or
 "source/split"); the rule passes the matching tables and their image folders in the
 same order. Images (and masks, nearest neighbour) are resized to
 `seganswer.image_size` when a sample is read (reproseg.seganswer.sources.rows).
-`seganswer.sam_feature_cache_mb` is every stage's SAM feature cache unless the stage's
-own settings name one.
+`seganswer.sam_feature_cache_mb` is every stage's and every evaluation's SAM feature cache.
 
 Stage 3's job is reproseg.seganswer.stage3.stage3_stage: kept out of this module so that
-the other stages' code fingerprints do not hold stage 3's rewards.
+the other stages' code fingerprints do not hold stage 3's rewards, and stage 3's does not
+hold the evaluation.
 
 Evaluation runs once per checkpoint (base, stage1, stage2, stage3; see paper_tables
 for what each stands for) and writes that checkpoint's metrics; `tables_stage` puts
@@ -21,14 +21,20 @@ import logging
 from pathlib import Path
 
 from ..io_atomic import write_json, write_parquet, write_text
+from ..runs import RESUME_DIR, run_dir_of
+from . import paper_tables
+from .evaluate import answer_questions, evaluate_referring, evaluate_referring_given, qa_accuracy
+from .model import SegAnswerModel, merge_lora, resolve_device
 from .sources.rows import select
+from .stage1 import train_stage1_lora, train_stage1_projector
+from .stage2 import train_stage2
 
 log = logging.getLogger(__name__)
 
 
-def with_cache(settings: dict | None, cfg: dict) -> dict:
-    """A stage's settings with the section-wide SAM feature cache unless they set their own."""
-    return {"sam_feature_cache_mb": cfg.get("sam_feature_cache_mb", 0), **(settings or {})}
+def with_cache(settings: dict, cfg: dict) -> dict:
+    """A stage's settings (its config section) with the section-wide SAM feature cache."""
+    return {**settings, "sam_feature_cache_mb": cfg["sam_feature_cache_mb"]}
 
 
 def _referring(tables, roots, selections, size, limit=None):
@@ -40,30 +46,23 @@ def _referring(tables, roots, selections, size, limit=None):
 
 def stage1_projector_stage(tables: list[str], roots: list[str], qwen: str, sam2: str, sam2_config, out_dir: str,
                            train_log: str, cfg: dict) -> None:
-    from .stage1 import train_stage1_projector
-
     rows = _referring(tables, roots, cfg["data"]["stage1_projector"], cfg["image_size"])
     train_stage1_projector(qwen, sam2, rows, out_dir, with_cache(cfg["stage1"]["projector"], cfg), train_log,
-                           sam2_config_name=sam2_config)
+                           sam2_config_name=sam2_config, resume_dir=run_dir_of(out_dir) / RESUME_DIR)
 
 
 def stage1_lora_stage(tables: list[str], roots: list[str], phase_a: str, out_dir: str, train_log: str,
                       cfg: dict) -> None:
-    from .stage1 import train_stage1_lora
-
     rows = _referring(tables, roots, cfg["data"]["stage1_lora"], cfg["image_size"])
-    train_stage1_lora(phase_a, rows, out_dir, with_cache(cfg["stage1"]["lora"], cfg), train_log)
+    train_stage1_lora(phase_a, rows, out_dir, with_cache(cfg["stage1"]["lora"], cfg), train_log,
+                      resume_dir=run_dir_of(out_dir) / RESUME_DIR)
 
 
 def stage1_merge_stage(unmerged: str, out_dir: str, cfg: dict) -> None:
-    from .model import merge_lora
-
-    merge_lora(unmerged, out_dir, dtype=cfg["stage1"]["lora"].get("dtype", "float32"))
+    merge_lora(unmerged, out_dir, dtype=cfg["stage1"]["lora"]["dtype"])
 
 
 def stage2_stage(tables: list[str], roots: list[str], stage1: str, out_dir: str, train_log: str, cfg: dict) -> None:
-    from .stage2 import train_stage2
-
     rows = select(tables, roots, cfg["data"]["stage2"], "questions", cfg["image_size"])
     train_stage2(stage1, rows, out_dir, with_cache(cfg["stage2"], cfg), train_log)
 
@@ -72,13 +71,11 @@ def load_checkpoint(model: dict, cfg: dict):
     """The model one evaluation job scores. model: {"dir": a SegAnswer checkpoint}, or for the
     base checkpoint {"qwen", "sam2", "sam2_config"} (the projector drawn with stage 1 phase
     a's seed, exactly the model phase a starts from)."""
-    from .model import SegAnswerModel, resolve_device
-
     ev = cfg["eval"]
-    dtype, device = ev.get("dtype", "float32"), resolve_device(ev.get("device", "auto"))
+    dtype, device = ev["dtype"], resolve_device(ev["device"])
     if "dir" in model:
         return SegAnswerModel.from_pretrained(model["dir"], dtype=dtype, device=device)
-    seed = (cfg["stage1"]["projector"] or {}).get("seed", 0)
+    seed = cfg["stage1"]["projector"]["seed"]
     return SegAnswerModel.from_base(model["qwen"], model["sam2"], model.get("sam2_config"), seed=seed,
                                     dtype=dtype, device=device)
 
@@ -87,12 +84,10 @@ def evaluate_stage(referring: dict, questions: dict, model: dict, metrics_json: 
                    checkpoint: str) -> None:
     """Every benchmark of `seganswer.eval` on one checkpoint (see load_checkpoint); referring =
     {"tables", "roots"} in the order of eval.referring, questions likewise for eval.questions."""
-    from .evaluate import answer_questions, evaluate_referring, evaluate_referring_given, qa_accuracy
-
     ev, size = cfg["eval"], cfg["image_size"]
     net = load_checkpoint(model, cfg)
-    net.enable_feature_cache(ev.get("sam_feature_cache_mb", cfg.get("sam_feature_cache_mb", 0)))
-    limit = ev.get("limit")
+    net.enable_feature_cache(cfg["sam_feature_cache_mb"])
+    limit = ev["limit"]
     ref_metrics, qa_metrics = {}, {}
     for bench, table, root in zip(ev["referring"], referring["tables"], referring["roots"], strict=True):
         rows = _referring([table], [root], [bench["data"]], size, limit)
@@ -114,8 +109,6 @@ def evaluate_stage(referring: dict, questions: dict, model: dict, metrics_json: 
 
 def tables_stage(metrics: dict[str, str], stage: str, table_md: str, table_parquet: str) -> None:
     """The checkpoints up to `stage` side by side (metrics: {checkpoint: metrics JSON path})."""
-    from . import paper_tables
-
     order = paper_tables.checkpoints_up_to(stage)
     if sorted(metrics) != sorted(order):
         raise ValueError(f"the {stage} table needs the metrics of {order}, got {sorted(metrics)}")

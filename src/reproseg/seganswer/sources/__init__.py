@@ -12,9 +12,14 @@ Formats (the `format` key of a `seganswer.sources` entry):
     visualcot  VisualCoT's LLaVA-style conversation JSON (question + final answer; boxes unused)
     qa_table   a question/answer/image table (Parquet or JSONL), e.g. ViRL39K
 
-This module stays import-light: the Snakefile reads `image_root` while parsing.
+This module stays import-light: the Snakefile reads `image_root` while parsing, so the
+importers and the table code (pyarrow, PIL, pycocotools) load inside the functions that
+use them.
 """
 from __future__ import annotations
+
+import logging
+from pathlib import Path
 
 REFERRING_FORMATS = {"finers", "refer", "shapes"}
 QUESTION_FORMATS = {"finers", "vstar", "hrbench", "visualcot", "qa_table", "shapes"}
@@ -37,9 +42,7 @@ def image_root(spec: dict, written_images, finers_images) -> str:
 def import_source(name: str, spec: dict, *, images_out, finers_splits: dict | None = None):
     """(referring table, question table, report) of one source. FineRS frames were
     decoded by this workflow; every other source's images are decoded once here."""
-    from pathlib import Path
-
-    from .tables import question_table, referring_table
+    from .tables import question_table, referring_table  # lazy: pyarrow stays out of the Snakefile's parse
 
     fmt = spec["format"]
     spec = {**spec, "name": name}
@@ -47,22 +50,22 @@ def import_source(name: str, spec: dict, *, images_out, finers_splits: dict | No
     if fmt not in FORMATS:
         raise ValueError(f"seganswer source {name!r}: unknown format {fmt!r} (known: {sorted(FORMATS)})")
     if fmt == "finers":
-        from .finers import import_finers
+        from .finers import import_finers  # lazy: an importer loads when its format is imported
 
         return import_finers(spec, finers_splits or {})
     if fmt == "shapes":
-        from .shapes import import_shapes
+        from .shapes import import_shapes  # lazy: an importer loads when its format is imported
 
         return import_shapes(spec, images_out=Path(images_out))
-    from .verify import verify_images
+    from .verify import verify_images  # lazy: PIL stays out of the Snakefile's parse
 
     root = Path(image_root(spec, images_out, finers_images=None))
     if fmt == "refer":
-        from .refer import import_refer
+        from .refer import import_refer  # lazy: an importer loads when its format is imported
 
         table, report = import_refer(spec, on_invalid=on_invalid)
         return verify_images(table, root, report, on_invalid), question_table([]), report
-    from .vqa import IMPORTERS
+    from .vqa import IMPORTERS  # lazy: an importer loads when its format is imported
 
     table, report = IMPORTERS[fmt](spec, on_invalid=on_invalid, images_out=Path(images_out))
     return referring_table([]), verify_images(table, root, report, on_invalid), report
@@ -71,10 +74,9 @@ def import_source(name: str, spec: dict, *, images_out, finers_splits: dict | No
 def import_stage(name: str, spec: dict, referring_out: str, questions_out: str, images_out: str,
                  report_json: str, report_md: str, report_log: str, finers_splits: dict | None = None) -> None:
     """Rule seganswer_import_source (reports written as for the FineRS import)."""
-    import logging
-
+    # lazy: the report and Parquet writers (pyarrow) stay out of the Snakefile's parse
     from ...data.annotations import failed_report_to, write_reports
-    from ...io_atomic import atomic_dir, write_parquet
+    from ...io_atomic import atomic_dir, write_parquet  # lazy: as above
 
     with atomic_dir(images_out) as tmp_images, failed_report_to(report_log):
         referring, questions, report = import_source(name, spec, images_out=tmp_images, finers_splits=finers_splits)

@@ -13,7 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.parquet as pq
 from PIL import Image
+
+from ...data.images import load_image
+from ...data.masks import rle_decode
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,6 @@ class SampleRows(Sequence):
 
 
 def _load(root: str, rec: dict) -> Image.Image:
-    from ...data.images import load_image
-
     try:
         return load_image(root, rec["image_path"])
     except OSError as exc:
@@ -73,8 +75,6 @@ def _load(root: str, rec: dict) -> Image.Image:
 
 def _mask(rec: dict, size) -> np.ndarray:
     """The record's mask at `size` (nearest neighbour, as the image is resized)."""
-    from ...data.masks import rle_decode
-
     m = rle_decode({"size": [rec["height"], rec["width"]], "counts": rec["rle_counts"]})
     return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
 
@@ -86,8 +86,6 @@ def select(tables: Sequence[str], roots: Sequence[str], selections: Sequence[str
     A selection that matches no row is an error naming it (a typo in a split name
     must not train on nothing). `limit` keeps the first rows of each selection.
     """
-    import pyarrow.parquet as pq
-
     if not (len(tables) == len(roots) == len(selections)):
         raise ValueError("tables, roots and selections differ in length")
     records, rec_roots = [], []

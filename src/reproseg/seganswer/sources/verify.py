@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from PIL import Image
 
 from ...data.annotations import AnnotationError, Report, report_summary
 
@@ -21,8 +22,6 @@ UNREADABLE = "unreadable_image"
 
 
 def _problem(path: Path) -> str | None:
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im.load()

@@ -65,9 +65,11 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
 
-from ...data.annotations import (AnnotationError, Report, report_summary, answer_letter,
-                                 parse_options)
+from ...data.annotations import AnnotationError, Report, answer_letter, parse_options, report_summary
+from ...io_atomic import atomic_path
 from .tables import question_table
 
 # Problem classes named in the report.
@@ -328,7 +330,6 @@ _HRBENCH_REQUIRED = ("index", "question", "answer", "A", "B", "image")
 def _hrbench_records(path: Path) -> Iterator[dict]:
     """Records of the TSV or parquet one at a time (the 8K file is GBs)."""
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
         try:
             pf = pq.ParquetFile(path)
             _check_columns(path, pf.schema_arrow.names, _HRBENCH_REQUIRED)
@@ -362,8 +363,6 @@ def _check_columns(path: Path, names, required) -> None:
 
 def _decode_image(value) -> tuple[bytes, str] | None:
     """(the image bytes as embedded, file extension), or None if not an image."""
-    from PIL import Image
-
     if isinstance(value, str):
         value = value.encode("ascii", "ignore")
     if not isinstance(value, bytes) or not value.strip():
@@ -389,8 +388,6 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 def import_hrbench(spec: dict, *, on_invalid: str = "fail", images_out: Path | None = None
                    ) -> tuple[pa.Table, Report]:
     """HR-Bench TSV / parquet -> multiple-choice rows; writes the embedded images."""
-    from ...io_atomic import atomic_path
-
     name, split, report = _start(spec, on_invalid, "test")
     path = _require(spec, "file")
     if images_out is None:
@@ -525,7 +522,6 @@ def strip_boxed(answer: str) -> str:
 
 def _table_records(path: Path, required: tuple[str, ...]) -> list[tuple[str, object]]:
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
         try:
             table = pq.read_table(path)
         except (OSError, pa.ArrowException) as exc:

@@ -1,0 +1,166 @@
+"""A training run, whatever the stage: its folder, its resume state, and stopping on a signal.
+
+    <run dir>/checkpoint/    the trained model (a rule output)
+    <run dir>/candidates/    the models checkpoint selection scores (GRPO stages)
+    <run dir>/resume/        Trainer checkpoints a stopped or retried job resumes from
+                             (not a rule output, so Snakemake keeps it when a job fails)
+    <run dir>/tensorboard/   the Trainer's TensorBoard events
+
+A rule names `<run dir>/checkpoint` as its output and the library derives the run dir
+from it, so the two cannot disagree. Slurm's SIGTERM (preemption, time limit) makes a
+Trainer-based stage save its state at the end of the step and exit with 143; the retried
+job resumes from there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from transformers.integrations import TensorBoardCallback
+
+from reproseg.io_atomic import write_json
+
+FINAL_DIR = "checkpoint"
+CANDIDATES_DIR = "candidates"
+RESUME_DIR = "resume"
+TENSORBOARD_DIR = "tensorboard"
+RUN_MANIFEST = "engine_run.json"
+STOP_FILE = "STOP"  # created by a launcher to ask all ranks to save and stop
+INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM
+
+
+def run_dir_of(checkpoint: str | os.PathLike) -> Path:
+    """The run dir of a job whose model goes to `checkpoint` (`<run dir>/checkpoint`)."""
+    path = Path(checkpoint)
+    if path.name != FINAL_DIR:
+        raise ValueError(f"a training job's model folder is <run dir>/{FINAL_DIR}, not {path}")
+    return path.parent
+
+
+def direct_tensorboard(trainer, logging_dir: Path) -> None:
+    """Points a Trainer's TensorBoard callback at `logging_dir`.
+
+    transformers 5 has no `logging_dir` argument: it writes under output_dir (the resume
+    folder, deleted after success) unless TENSORBOARD_LOGGING_DIR is set, and setting
+    that variable would leak into every later Trainer of the process.
+    """
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            cb.logging_dir = str(logging_dir)
+
+
+def completed_checkpoints(resume_dir: Path) -> list[Path]:
+    """Trainer checkpoints whose trainer_state.json exists (it is written last), oldest first."""
+    found = []
+    for p in resume_dir.glob("checkpoint-*"):
+        suffix = p.name.rsplit("-", 1)[-1]
+        if p.is_dir() and suffix.isdigit() and (p / "trainer_state.json").is_file():
+            found.append((int(suffix), p))
+    return [p for _, p in sorted(found)]
+
+
+def check_or_write_manifest(resume_dir: Path, manifest: dict, is_main: bool) -> None:
+    path = resume_dir / RUN_MANIFEST
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != manifest:
+            diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+            raise ValueError(
+                f"{resume_dir} holds the state of a different run (differs in {diff}); "
+                "delete that directory to start this run from scratch"
+            )
+    elif is_main:
+        write_json(path, manifest)
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised after a stop signal once the checkpoint is saved; exits the process with 143."""
+
+    def __init__(self, step: int, checkpoint: str):
+        super().__init__(INTERRUPTED_EXIT_CODE)
+        self.step = step
+        self.checkpoint = checkpoint
+
+    def __str__(self) -> str:
+        return f"training stopped by signal at step {self.step}; state saved in {self.checkpoint}"
+
+
+class StopSignal:
+    """Records SIGTERM/SIGUSR1 instead of dying, while training runs.
+
+    Slurm sends SIGTERM before a preemption or the time limit (or, with
+    `--signal=USR1@<seconds>`, SIGUSR1 earlier), then SIGKILL after a grace time. The
+    handler only sets a flag; the stop callback turns it into "save, then stop". The
+    stop file is how a parent process reaches workers that torchrun started in
+    process groups of their own.
+    """
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1), stop_file: str | Path | None = None):
+        self.signals = tuple(signals)
+        self.stop_file = Path(stop_file) if stop_file is not None else None
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def requested(self) -> bool:
+        """A signal came, or a launcher asked for a stop by creating `stop_file`."""
+        return self.received is not None or (self.stop_file is not None and self.stop_file.exists())
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __enter__(self):
+        # signal.signal works only in the main thread; elsewhere the caller's handlers stay.
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+        return False
+
+
+class StopOnSignalCallback(TrainerCallback):
+    """At the end of a step after a stop signal: save a full checkpoint and end training.
+
+    Under several processes the flag is max-reduced so that all ranks save and stop at
+    the same step (a rank that stopped alone would hang the others in a collective).
+    With `skip_final_save`, the Trainer's own checkpoint after the last step is
+    dropped: the engine exports the final weights itself, and for a 7B policy the
+    optimizer state alone is tens of GB written only to be deleted.
+
+    With several optimizer steps per rollout batch (`steps_per_rollout`), the stop waits
+    for the end of the batch: a checkpoint inside it would resume with newly generated
+    completions, not the ones the uninterrupted run trains on.
+    """
+
+    def __init__(self, stop: StopSignal, skip_final_save: bool = False, steps_per_rollout: int = 1):
+        self.stop = stop
+        self.skip_final_save = skip_final_save
+        self.steps_per_rollout = int(steps_per_rollout)
+        self.stopped_at_step: int | None = None
+
+    def _any_rank(self, args) -> bool:
+        flag = self.stop.requested()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            t = torch.tensor([1 if flag else 0], device=args.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # Every rank reaches the collective in _any_rank at the same steps.
+        at_boundary = state.global_step % self.steps_per_rollout == 0
+        if self.stopped_at_step is None and at_boundary and self._any_rank(args):
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at_step = state.global_step
+        elif self.skip_final_save and state.global_step >= state.max_steps:
+            control.should_save = False

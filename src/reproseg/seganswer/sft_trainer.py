@@ -1,0 +1,227 @@
+"""SegAnswer's supervised stages on the HF Trainer: stage 1 (phases a and b) and its
+learning-rate schedule, gradient accumulation and clipping, TensorBoard, and resume.
+
+A stage gives the Trainer its trainable parameters (AdamW groups) and a `step_loss(model,
+rows) -> {"loss": ..., other terms}`; a batch is a list of data rows (each with its PIL
+image), turned into model inputs by the stage inside the step, so a paper-size set never
+sits decoded in memory.
+
+Resume (`resume_dir`, the run's `resume/`): a Trainer checkpoint every `save_steps`
+optimizer steps holds the trainable parameters only (the frozen ones are reloaded from
+the stage's starting checkpoint, which the run manifest names), the optimizer, the
+scheduler and the RNG states; the step log is kept beside it. On SIGTERM/SIGUSR1 the
+stage saves at the end of the step and raises TrainingInterrupted (exit code 143); the
+same call again continues from there, to the same weights as a run never stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from reproseg.io_atomic import write_parquet
+from reproseg.runs import (
+    STOP_FILE,
+    TENSORBOARD_DIR,
+    StopOnSignalCallback,
+    StopSignal,
+    TrainingInterrupted,
+    check_or_write_manifest,
+    completed_checkpoints,
+    direct_tensorboard,
+)
+
+TRAINABLE_FILE = "trainable.safetensors"
+REPORTERS = ("tensorboard", "wandb")
+# Settings that do not change the trajectory: a resumed run may differ in them.
+NOT_TRAJECTORY = ("save_steps", "report_to", "sam_feature_cache_mb")
+
+
+def trajectory_settings(settings) -> dict:
+    """A stage's settings that decide its trajectory (what a resume state must agree with)."""
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_TRAJECTORY}
+
+
+def folder_identity(path) -> dict[str, int]:
+    """A model folder's files and sizes (not hashes: shards are GBs and this runs at every start)."""
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)) if p != root else p.name: p.stat().st_size for p in files}
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, rows: Sequence[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def _batch_of_rows(rows: list[dict]) -> dict:
+    return {"rows": rows}
+
+
+class SegAnswerSFTTrainer(Trainer):
+    """The Trainer with a stage's own loss terms, AdamW groups and a trainable-only checkpoint."""
+
+    def __init__(self, *args, step_loss: Callable, param_groups: list[dict], **kwargs):
+        self.step_loss = step_loss
+        self.param_groups = param_groups
+        self.last_terms: dict[str, float] = {}
+        super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        terms = self.step_loss(model, inputs["rows"])
+        # Logged with the step (the last micro-batch's terms under accumulation).
+        self.last_terms = {k: float(v.detach()) for k, v in terms.items() if k != "loss"}
+        return terms["loss"]
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            self.optimizer = torch.optim.AdamW(self.param_groups, lr=self.args.learning_rate,
+                                               weight_decay=self.args.weight_decay)
+        return self.optimizer
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs = {**logs, **self.last_terms}
+        super().log(logs, start_time)
+
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # Only what trains: for stage 1 the projector, mask decoder and LoRA, not the 7B language model.
+        out = Path(output_dir or self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({n: p.detach().cpu().contiguous().clone() for n, p in self._trainable().items()},
+                  str(out / TRAINABLE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        saved = load_file(str(Path(resume_from_checkpoint) / TRAINABLE_FILE))
+        params = self._trainable()
+        if set(saved) != set(params):
+            diff = sorted(set(saved) ^ set(params))[:5]
+            raise ValueError(f"{resume_from_checkpoint}: its trainable parameters differ from this stage's, e.g. {diff}")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(saved[name].to(p.device, p.dtype))
+
+
+class StepLogCallback(TrainerCallback):
+    """One row per optimizer step (the Trainer's loss, learning rate and gradient norm, the
+    stage's loss terms, seconds per step), the table rewritten after each step. On resume,
+    rows past the resumed step are dropped, so that the log matches the weights."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        self.rows: list[dict] = []
+        if resume_step is not None and path.is_file():
+            self.rows = [r for r in pq.read_table(path).to_pylist() if r["step"] <= resume_step]
+        self._t0 = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        row = {"step": int(state.global_step), "epoch": float(state.epoch or 0.0)}
+        row.update({k: float(v) for k, v in logs.items() if k not in ("epoch", "step") and isinstance(v, (int, float))})
+        row["step_time_s"] = time.perf_counter() - self._t0
+        self.rows = [r for r in self.rows if r["step"] < row["step"]] + [row]
+        write_parquet(self.path, pa.Table.from_pylist(self.rows))
+
+
+def training_arguments(settings, output_dir: Path, use_cpu: bool) -> TrainingArguments:
+    """TrainingArguments for a SegAnswer SFT stage's settings (every value set explicitly)."""
+    unknown = sorted(set(settings.report_to) - set(REPORTERS))
+    if unknown:
+        raise ValueError(f"report_to {unknown} not in {REPORTERS}")
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        warmup_steps=settings.warmup_steps,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps if settings.max_steps is not None else -1,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=1,  # the latest state is all a resume needs
+        seed=settings.seed,
+        data_seed=settings.seed,
+        report_to=list(settings.report_to),
+        remove_unused_columns=False,
+        dataloader_pin_memory=False,
+        use_cpu=use_cpu,
+        disable_tqdm=False,
+    )
+
+
+def train_sft(model, rows: Sequence[dict], settings, params: list[torch.nn.Parameter], param_groups: list[dict],
+              step_loss: Callable, log_path=None, resume_dir=None, identity: dict | None = None,
+              callbacks: Sequence = ()) -> list[dict]:
+    """Trains `model` in place; returns (and writes to `log_path`, Parquet) one row per step.
+
+    resume_dir: where the resume state goes (None: a throw-away folder, no resume);
+    identity: what makes this run this run (settings, data size, starting checkpoint),
+    checked against the state found there. TensorBoard events go to
+    `<resume_dir>/../tensorboard`. callbacks: extra TrainerCallbacks (before the stop check)."""
+    if not params:
+        raise ValueError("nothing to train")
+    keep = resume_dir is not None
+    resume_dir = Path(resume_dir) if keep else Path(tempfile.mkdtemp(prefix="seganswer-sft-"))
+    resume_dir.mkdir(parents=True, exist_ok=True)
+    check_or_write_manifest(resume_dir, identity or {}, True)
+    done = completed_checkpoints(resume_dir)
+    last = done[-1] if done else None
+    resume_step = int(last.name.rsplit("-", 1)[-1]) if last else None
+    work_log = resume_dir / "train_log.parquet"
+    use_cpu = model.device.type == "cpu"
+    args = training_arguments(settings, resume_dir, use_cpu)
+    log_cb = StepLogCallback(work_log, resume_step)
+    stop = StopSignal(stop_file=resume_dir / STOP_FILE)
+    (resume_dir / STOP_FILE).unlink(missing_ok=True)
+    stop_cb = StopOnSignalCallback(stop, skip_final_save=True)
+    trainer = SegAnswerSFTTrainer(model=model, args=args, train_dataset=_Rows(rows), data_collator=_batch_of_rows,
+                                  step_loss=step_loss, param_groups=param_groups, callbacks=[log_cb, *callbacks, stop_cb])
+    tb_dir = resume_dir.parent / TENSORBOARD_DIR
+    if keep and last is None:
+        shutil.rmtree(tb_dir, ignore_errors=True)   # an earlier run's curves would be drawn over this one's
+    direct_tensorboard(trainer, tb_dir if keep else resume_dir / TENSORBOARD_DIR)
+    try:
+        with stop:
+            trainer.train(resume_from_checkpoint=str(last) if last else None)
+            stopped = stop_cb.stopped_at_step
+            if stopped is not None and trainer.state.global_step < trainer.state.max_steps:
+                raise TrainingInterrupted(stopped, str(resume_dir / f"checkpoint-{stopped}"))
+    finally:
+        model.eval()
+    if log_path is not None:
+        write_parquet(log_path, pa.Table.from_pylist(log_cb.rows))
+    if not keep:
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    return log_cb.rows
+
+
+def finish(resume_dir) -> None:
+    """Drops the resume state once the stage's model is written."""
+    if resume_dir is not None:
+        shutil.rmtree(resume_dir, ignore_errors=True)
