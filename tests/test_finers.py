@@ -269,3 +269,33 @@ def test_region_shards_merge(row, tmp_path):
     # A sample in two shards has two chosen regions: refused, naming it.
     with pytest.raises(ValueError, match="r0"):
         merge_region_shards([str(tmp_path / "s0.parquet")] * 2, str(tmp_path / "bad.parquet"))
+
+
+def test_training_rows_hold_image_refs_that_decode_to_the_eager_views(tmp_path):
+    """A training row keeps a reference to its frame, not the decoded picture: the rows of a
+    4K set stay small in memory and in the multi-GPU job file, and decode to the same pixels."""
+    import pickle
+
+    from reproseg.data.images import ImageRef, load_image
+    from reproseg.finers.samples import crop_image, gse_image, gse_training_rows, lpr_training_rows
+    from reproseg.grpo.engine import _dataset
+
+    w, h = 1920, 1080
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    big = {"id": "b1", "image_path": "big.png", "width": w, "height": h, "box": [900.0, 500.0, 940.0, 530.0],
+           "points_centre_jitter": [[920.0, 515.0], [921.0, 516.0]], "points_inscribed": [[920.0, 515.0]] * 2,
+           "task_type": "referring", "question": "Segment the car.", "options": None, "option_letters": None,
+           "answer": "The car is found.", "answer_option": None}
+    cfg = deep_merge(CFG, {"gse_size": [960, 540], "lpr_crop": 512})
+    lpr = lpr_training_rows([big], str(tmp_path), cfg, seed=0)
+    gse = gse_training_rows([big], {"b1": [0.0, 0.0, 128.0, 128.0]}, str(tmp_path), cfg)
+    frame = load_image(tmp_path, "big.png")
+    for rows, eager in ((lpr, crop_image(frame, CropFrame(tuple(lpr[0]["crop"]), 512))), (gse, gse_image(frame, cfg))):
+        ref = rows[0]["image"]
+        assert isinstance(ref, ImageRef)
+        assert np.array_equal(np.asarray(ref.open()), np.asarray(eager))
+        # what the engine serves is the decoded view
+        assert np.array_equal(np.asarray(_dataset(rows)[0]["image"]), np.asarray(eager))
+        # a few hundred bytes per row, against 6 MB for the decoded frame
+        assert len(pickle.dumps(rows)) < 4000 < w * h * 3

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..answers.geometry import box_iou
 from ..answers.parsing import parse, to_box
+from ..data.images import as_image
 from ..selection import select_stage as run_selection
 from .generation import Policy
 from .regions import crop_covering, to_gse
@@ -91,7 +92,7 @@ def score_policy(policy_dir: Path, stage: str, terms: dict, samples: list[dict],
     texts = []
     for i in tqdm(range(0, len(samples), batch_size), desc=f"val {policy_dir.name}", unit="batch", mininterval=10):
         chunk = samples[i:i + batch_size]
-        texts += policy.generate([s["image"] for s in chunk], [s["prompt"] for s in chunk], max_new_tokens)
+        texts += policy.generate([as_image(s["image"]) for s in chunk], [s["prompt"] for s in chunk], max_new_tokens)
     scores = score_completions(stage, terms, texts, samples, cfg)
     log.info("%s: %s", policy_dir.name, {k: round(v, 4) for k, v in scores.items()})
     return scores

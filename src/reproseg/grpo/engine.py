@@ -42,7 +42,6 @@ from typing import Callable, Sequence
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
-from PIL import Image
 from safetensors import safe_open
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from transformers import integrations as hf_integrations
@@ -59,6 +58,7 @@ from reproseg.grpo.trainer import (  # noqa: F401  (public API)
     load_reward_states,
     zero_std_fraction,
 )
+from reproseg.data.images import as_image
 from reproseg.io_atomic import atomic_dir, write_json
 
 # The run's folder and lifecycle (reproseg.runs); the names stay importable from here.
@@ -339,8 +339,9 @@ def _dataset(rows: Sequence[dict]):
 
     Rows are served as they are, through a transform, instead of being converted to
     Arrow: PIL images and ragged ground-truth columns need no schema that way. An
-    "image" given as a path is opened when its row is served, so a large training set
-    need not sit in memory (or in the multi-GPU job file) as decoded images.
+    "image" given as a path or a reproseg.data.images.ImageRef is decoded when its row is
+    served, so a large training set need not sit in memory (or in the multi-GPU job
+    file) as decoded images.
     """
     # A Sequence that builds its rows on access (SegAnswer's lazily loaded samples) is
     # kept as it is; its rows are checked when served.
@@ -359,10 +360,7 @@ def _dataset(rows: Sequence[dict]):
             if lazy:
                 _check_row(i, row)
             for k, v in row.items():
-                if k == "image" and isinstance(v, (str, os.PathLike)):
-                    with Image.open(v) as im:
-                        v = im.convert("RGB")
-                out.setdefault(k, []).append(v)
+                out.setdefault(k, []).append(as_image(v) if k == "image" else v)
         return out
 
     return Dataset.from_dict({"_row": list(range(len(rows)))}).with_transform(serve)
@@ -490,7 +488,7 @@ def train_grpo(
 ) -> None:
     """Trains the policy in `policy_dir` with GRPO; resumes if `out_dir` holds a saved state.
 
-    dataset_rows: `{"prompt": [chat messages], "image": PIL.Image or image path, **ground-truth columns}`.
+    dataset_rows: `{"prompt": [chat messages], "image": PIL.Image, image path or ImageRef, **ground-truth columns}`.
     reward_fns: name -> `fn(completions: list[str], **columns) -> list[float]`, where the
     columns are the rows' columns other than "prompt", one list entry per completion. A
     reward that also implements StatefulReward is flushed after every optimizer step
