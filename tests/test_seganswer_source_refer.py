@@ -229,8 +229,9 @@ def test_corrupt_files_raise_naming_the_file(tmp_path):
         refer.import_refer(spec, on_invalid="drop_and_report")
 
 
-def _py2_pickle(obj) -> bytes:
-    """Protocol-2 pickle as Python 2 writes it: `str` as SHORT_BINSTRING bytes (latin-1)."""
+def _py2_pickle(obj, encoding="latin1") -> bytes:
+    """Protocol-2 pickle as Python 2 writes it: `str` as SHORT_BINSTRING bytes, here the
+    text in `encoding` (a `bytes` value is written as it is)."""
     def enc(o):
         if isinstance(o, dict):
             return b"}(" + b"".join(enc(k) + enc(v) for k, v in o.items()) + b"u"
@@ -238,7 +239,7 @@ def _py2_pickle(obj) -> bytes:
             return b"](" + b"".join(enc(v) for v in o) + b"e"
         if isinstance(o, int):
             return b"J" + struct.pack("<i", o)
-        data = o.encode("latin1")
+        data = o if isinstance(o, bytes) else o.encode(encoding)
         return b"U" + bytes([len(data)]) + data
     return b"\x80\x02" + enc(obj) + b"."
 
@@ -249,6 +250,50 @@ def test_python2_pickle_strings_are_read(tmp_path):
     rows = _rows(refer.import_refer(spec)[0])
     assert rows["refcoco/0/10"]["phrase"] == "caf\xe9 table"
     assert rows["refcoco/0/10"]["split"] == "train"
+
+
+def test_python2_pickle_utf8_text_is_decoded_as_utf8(tmp_path):
+    # Python 2 wrote UTF-8 text into its byte strings: "café" is b"caf\xc3\xa9", "狗" 3 bytes.
+    refs = [_ref(0, 101, 1, 1, "train", [_sent(10, "caf\xe9 table"), _sent(11, "\u72d7 on the left")]),
+            # one sentence whose bytes are not UTF-8: latin-1, where every byte is a character
+            _ref(1, 102, 2, 2, "testA", [_sent(12, "na\xefve".encode("latin1"))])]
+    spec = _write_fixture(tmp_path, None, refs_bytes=_py2_pickle(refs, encoding="utf-8"))
+    rows = _rows(refer.import_refer(spec)[0])
+    assert rows["refcoco/0/10"]["phrase"] == "caf\xe9 table"
+    assert rows["refcoco/0/11"]["phrase"] == "\u72d7 on the left"
+    assert rows["refcoco/1/12"]["phrase"] == "na\xefve"
+    assert (rows["refcoco/0/10"]["split"], rows["refcoco/1/12"]["split"]) == ("train", "testA")
+
+
+def _refclef_fixture(tmp_path, segmentations: dict):
+    """RefClef-style annotations on image 2 (6 wide, 4 high): segmentation = a list of RLE objects."""
+    annotations = [{"id": ann_id, "image_id": 2, "category_id": 2, "segmentation": seg}
+                   for ann_id, seg in segmentations.items()]
+    refs = [_ref(80 + i, ann_id, 2, 2, "test", [_sent(800 + i, f"thing {i}")])
+            for i, ann_id in enumerate(segmentations)]
+    return {**_write_fixture(tmp_path, refs, extra_annotations=annotations), "name": "refclef"}
+
+
+def test_refclef_list_of_rle_objects(tmp_path):
+    block = {"size": [4, 6], "counts": BLOCK_COUNTS}     # rows 0-1, columns 3-4
+    column = {"size": [4, 6], "counts": [5, 3, 16]}      # column 1, rows 1-3
+    spec = _refclef_fixture(tmp_path, {
+        201: [block],                                    # the RefClef form: one RLE in a list
+        202: [block, column],                            # several: their union
+        203: [column, {"size": [4, 7], "counts": BLOCK_COUNTS}],   # second RLE at the wrong size
+        204: [block, [[1, 1, 4, 1, 4, 4]]],              # RLE and polygon mixed
+        205: block,                                      # the bare dict, as before
+    })
+    table, report = refer.import_refer(spec, on_invalid="drop_and_report")
+    rows = _rows(table)
+    assert sorted(rows) == ["refclef/80/800", "refclef/81/801", "refclef/84/804"]
+    assert rows["refclef/80/800"]["rle_counts"] == BLOCK_COUNTS == rows["refclef/84/804"]["rle_counts"]
+    ys, xs = np.nonzero(_mask(rows["refclef/81/801"]))
+    assert sorted(zip(ys.tolist(), xs.tolist())) == [(0, 3), (0, 4), (1, 1), (1, 3), (1, 4), (2, 1), (3, 1)]
+    assert {p["id"]: p["class"] for p in report.problems} == {
+        "refclef/82/802": refer.BAD_SEGMENTATION, "refclef/83/803": refer.BAD_SEGMENTATION}
+    by_id = {p["id"]: p["message"] for p in report.problems}
+    assert "RLE 2 of 2" in by_id["refclef/82/802"] and "[4, 7]" in by_id["refclef/82/802"]
 
 
 def test_compressed_rle_parser_matches_pycocotools_and_rejects_bad_strings(tmp_path):

@@ -68,10 +68,11 @@ def test_vstar_splits_question_options_and_letter(tmp_path):
     assert table.to_pylist() == [
         {"id": "vstar/0", "source": "vstar", "split": "test", "image_path": "direct_attributes/sa_1.jpg",
          "question": "What is the material of the glove?", "answer": "A",
-         "options": ["rubber", "cotton", "leather", "silk"], "task": "MVQA", "category": "direct_attributes"},
+         "options": ["rubber", "cotton", "leather", "silk"], "task": "MVQA", "category": "direct_attributes",
+         "cycle_category": None},
         {"id": "vstar/1", "source": "vstar", "split": "test", "image_path": "relative_position/sa_2.jpg",
          "question": "Is the cup on the left or right side of the dog?", "answer": "B",
-         "options": ["left", "right"], "task": "MVQA", "category": "relative_position"},
+         "options": ["left", "right"], "task": "MVQA", "category": "relative_position", "cycle_category": None},
     ]
 
 
@@ -107,6 +108,35 @@ def test_vstar_fail_names_offending_id(tmp_path):
     assert [p["id"] for p in info.value.report.problems] == ["vstar/5"]
 
 
+def test_vstar_inline_options(tmp_path):
+    lines = [
+        # options inline on one line, the instruction on the next
+        vstar_rec(0, text="What is the colour of the bag? (A) red (B) dark blue (C) white (D) green\n"
+                          "Answer with the option's letter from the given choices directly."),
+        # inline, the instruction on the same line; an option holding parentheses
+        vstar_rec(1, label="B", text="Is the cup left or right of the dog? (A) left (B) right (of it) "
+                                     "Answer with the option's letter from the given choices directly."),
+        # today's layout, one option per line, still works
+        vstar_rec(2),
+        # a separate options field wins over the text
+        vstar_rec(3, text="Which animal is it?\nAnswer with the option's letter.", options=["cat", "dog"],
+                  label="B"),
+        # inline letters out of sequence
+        vstar_rec(4, text="What colour? (A) red (C) blue"),
+    ]
+    table, report = import_vstar(vstar_spec(tmp_path, lines), on_invalid="drop_and_report")
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert [(rows[i]["question"], rows[i]["options"], rows[i]["answer"]) for i in ("vstar/0", "vstar/1", "vstar/2",
+                                                                                   "vstar/3")] == [
+        ("What is the colour of the bag?", ["red", "dark blue", "white", "green"], "A"),
+        ("Is the cup left or right of the dog?", ["left", "right (of it)"], "B"),
+        ("What is the material of the glove?", ["rubber", "cotton", "leather", "silk"], "A"),
+        ("Which animal is it?", ["cat", "dog"], "B"),
+    ]
+    assert classes(report) == {("bad_options", "vstar/4")}
+    assert "A, B, C" in report.problems[0]["message"]
+
+
 def test_unknown_policy_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="on_invalid"):
         import_vstar(vstar_spec(tmp_path, [vstar_rec(0)]), on_invalid="ignore")
@@ -119,7 +149,7 @@ HR_COLUMNS = ["index", "question", "answer", "category", "cycle_category", "A", 
 
 def hr_rec(index, img: bytes | str, **over):
     rec = {"index": index, "question": "What colour is the sign?", "answer": "B", "category": "single",
-           "cycle_category": "FSP", "A": "red", "B": "blue", "C": "green", "D": "",
+           "cycle_category": "cycle_1", "A": "red", "B": "blue", "C": "green", "D": "",
            "image": img if isinstance(img, str) else base64.b64encode(img).decode()}
     rec.update(over)
     return rec
@@ -138,7 +168,7 @@ def test_hrbench_tsv_writes_embedded_images_byte_for_byte(tmp_path):
     png, jpg = image_bytes("PNG"), image_bytes("JPEG", (0, 90, 200))
     big = png + b"\0" * 200_000  # a field past csv's default 128 kB limit; PNG ignores trailing bytes
     tsv = write_tsv(tmp_path / "hr_bench_4k.tsv",
-                    [hr_rec(1, big), hr_rec(2, jpg, answer="A", cycle_category="", category="cross")])
+                    [hr_rec(1, big), hr_rec(2, jpg, answer="A", cycle_category="cycle_2", category="cross")])
     out = tmp_path / "images"
     table, report = import_hrbench({"name": "hrbench_4k", "file": str(tsv)}, images_out=out)
     assert report.problems == [] and report.total == 2
@@ -146,10 +176,10 @@ def test_hrbench_tsv_writes_embedded_images_byte_for_byte(tmp_path):
     assert rows == [
         {"id": "hrbench_4k/1", "source": "hrbench_4k", "split": "test", "image_path": "1.png",
          "question": "What colour is the sign?", "answer": "B", "options": ["red", "blue", "green"],
-         "task": "MVQA", "category": "FSP"},
+         "task": "MVQA", "category": "single", "cycle_category": "cycle_1"},
         {"id": "hrbench_4k/2", "source": "hrbench_4k", "split": "test", "image_path": "2.jpg",
          "question": "What colour is the sign?", "answer": "A", "options": ["red", "blue", "green"],
-         "task": "MVQA", "category": "cross"},
+         "task": "MVQA", "category": "cross", "cycle_category": "cycle_2"},
     ]
     for row, expected in zip(rows, (big, jpg)):
         path = (out / row["image_path"]).resolve()
@@ -194,6 +224,25 @@ def test_hrbench_needs_images_out(tmp_path):
         import_hrbench({"name": "hr", "file": str(tsv)})
 
 
+def test_hrbench_keeps_category_and_cycle_category(tmp_path):
+    png = image_bytes("PNG")
+    recs = [hr_rec(1, png, category="single", cycle_category="0"),
+            hr_rec(2, png, category="cross", cycle_category="1"),
+            hr_rec(3, png, category="cross", cycle_category=" ")]   # the file has the column: a blank is malformed
+    spec = {"name": "hr", "file": str(write_tsv(tmp_path / "hr.tsv", recs))}
+    table, report = import_hrbench(spec, on_invalid="drop_and_report", images_out=tmp_path / "img")
+    assert [(r["id"], r["category"], r["cycle_category"]) for r in table.to_pylist()] == [
+        ("hr/1", "single", "0"), ("hr/2", "cross", "1")]
+    assert classes(report) == {("malformed_record", "hr/3")}
+    assert "cycle_category" in report.problems[0]["message"]
+    # a file without the column: null cycles, the category as given
+    no_cycle = [c for c in HR_COLUMNS if c != "cycle_category"]
+    recs = [{k: v for k, v in hr_rec(5, png, category="cross").items() if k != "cycle_category"}]
+    spec = {"name": "hr", "file": str(write_tsv(tmp_path / "hr2.tsv", recs, columns=no_cycle))}
+    table, report = import_hrbench(spec, images_out=tmp_path / "img2")
+    assert [(r["category"], r["cycle_category"]) for r in table.to_pylist()] == [("cross", None)]
+
+
 # ----------------------------------------------------------------------- VisualCoT
 
 def cot_rec(rid, question="What is the man holding?", answer="A red umbrella.", **over):
@@ -220,9 +269,10 @@ def test_visualcot_conversation_keeps_question_and_final_answer(tmp_path):
     table, report = import_visualcot(cot_spec(tmp_path, [cot_rec("x1")]))
     assert report.problems == []
     assert table.to_pylist() == [
-        {"id": "visualcot/x1", "source": "visualcot", "split": "train", "image_path": "cot/flickr30k/a.jpg",
+        {"id": "visualcot/flickr30k/x1", "source": "visualcot", "split": "train",
+         "image_path": "cot/flickr30k/a.jpg",
          "question": "What is the man holding?", "answer": "A red umbrella.", "options": None,
-         "task": "OVQA", "category": "flickr30k"}]
+         "task": "OVQA", "category": "flickr30k", "cycle_category": None}]
 
 
 def test_visualcot_metadata_jsonl(tmp_path):
@@ -233,7 +283,7 @@ def test_visualcot_metadata_jsonl(tmp_path):
     assert report.problems == []
     rows = table.to_pylist()
     assert [(r["id"], r["question"], r["answer"], r["category"], r["task"]) for r in rows] == [
-        ("visualcot/11", "Which room is this?", "kitchen", "gqa", "OVQA"),
+        ("visualcot/gqa/11", "Which room is this?", "kitchen", "gqa", "OVQA"),
         ("visualcot/1", "Is it raining?", "no", None, "OVQA")]
 
 
@@ -244,10 +294,43 @@ def test_visualcot_problems(tmp_path):
            cot_rec("x4", image=["cot/flickr30k/absent.jpg"]), cot_rec("x5", conversations="hi"), 42,
            cot_rec("x6", image="../outside.jpg")]
     table, report = import_visualcot(cot_spec(tmp_path, doc), on_invalid="drop_and_report")
-    assert table.column("id").to_pylist() == ["visualcot/x1"]
-    assert classes(report) == {("empty_question", "visualcot/x2"), ("missing_answer", "visualcot/x3"),
-                               ("missing_image", "visualcot/x4"), ("malformed_record", "visualcot/x5"),
+    assert table.column("id").to_pylist() == ["visualcot/flickr30k/x1"]
+    assert classes(report) == {("empty_question", "visualcot/flickr30k/x2"),
+                               ("missing_answer", "visualcot/flickr30k/x3"),
+                               ("missing_image", "visualcot/flickr30k/x4"),
+                               ("malformed_record", "visualcot/flickr30k/x5"),
                                ("malformed_record", None), ("missing_image", "visualcot/x6")}
+
+
+def test_visualcot_ids_are_namespaced_by_sub_dataset(tmp_path):
+    """viscot_363k.json concatenates the per-dataset conversions, each numbering question_id from 0."""
+    def llava(qid, dataset, folder, question):
+        rec = cot_rec(None, question=question, image=[f"cot/{folder}/a.jpg", f"cot/{folder}/a.jpg###[1, 2, 3, 4]"],
+                      dataset=dataset, split="train", question_id=qid)
+        del rec["id"]
+        return rec
+
+    doc = [llava(0, "flickr30k", "flickr30k", "Q flickr 0?"), llava(1, "flickr30k", "flickr30k", "Q flickr 1?"),
+           llava(0, "gqa", "gqa", "Q gqa 0?"),
+           llava(0, "textcap", "textvqa", "Q textcap 0?"),   # textcap's images live in cot/textvqa
+           llava(0, "textvqa", "textvqa", "Q textvqa 0?")]
+    no_field = llava(7, None, "gqa", "Q folder only?")
+    del no_field["dataset"]
+    doc.append(no_field)
+    images = tmp_path / "cot_images"
+    make_images(images, "cot/flickr30k/a.jpg", "cot/gqa/a.jpg", "cot/textvqa/a.jpg")
+    path = tmp_path / "viscot_363k.json"
+    path.write_text(json.dumps(doc))
+    table, report = import_visualcot({"name": "visualcot", "file": str(path), "images": str(images)})
+    assert report.problems == []
+    assert [(r["id"], r["question"], r["category"]) for r in table.to_pylist()] == [
+        ("visualcot/flickr30k/0", "Q flickr 0?", "flickr30k"), ("visualcot/flickr30k/1", "Q flickr 1?", "flickr30k"),
+        ("visualcot/gqa/0", "Q gqa 0?", "gqa"), ("visualcot/textcap/0", "Q textcap 0?", "textcap"),
+        ("visualcot/textvqa/0", "Q textvqa 0?", "textvqa"), ("visualcot/gqa/7", "Q folder only?", "gqa")]
+    # a true repeat within one sub-dataset is still a reported duplicate
+    path.write_text(json.dumps(doc + [llava(1, "flickr30k", "flickr30k", "again")]))
+    with pytest.raises(AnnotationError, match="visualcot/flickr30k/1"):
+        import_visualcot({"name": "visualcot", "file": str(path), "images": str(images)})
 
 
 # ---------------------------------------------------------------- generic QA table
@@ -301,7 +384,7 @@ def test_qa_table_parquet_problems_under_both_policies(tmp_path):
     table, report = import_qa_table(spec, on_invalid="drop_and_report")
     assert table.to_pylist() == [{"id": "virl/g", "source": "virl", "split": "train", "image_path": "images/1.png",
                                   "question": "Q?", "answer": "B", "options": ["x", "y"], "task": "MVQA",
-                                  "category": None}]
+                                  "category": None, "cycle_category": None}]
     assert classes(report) == {("multi_image", "virl/multi"), ("bad_options", "virl/badopt"),
                                ("bad_options", "virl/oneopt"), ("missing_answer", "virl/noans"),
                                ("missing_image", "virl/noimg"), ("empty_question", "virl/noq"),

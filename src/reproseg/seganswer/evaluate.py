@@ -15,6 +15,12 @@ Question answering (paper Tables 1-2) runs the multi-turn rollout greedily (up t
 option's text), open answers as in stage 3's R_acc. A question never answered within
 the turn limit counts as wrong.
 
+HR-Bench is scored as its official scorer does (DreamMr/HR-Bench's
+vlmeval/dataset/image_mcq.py HRBenchDataset.evaluate with utils/hrbench.py
+hrbench_score, the same as VLMEvalKit's report_acc_hrbench and lmms-eval's
+hrbench_aggregate_results): `hrbench_accuracy`, used by `qa_accuracy` whenever every
+record carries a `cycle_category`.
+
 Choices where the paper is silent: greedy decoding, at most 3 assistant turns, at most
 64 new tokens for the segmentation answer.
 """
@@ -113,19 +119,73 @@ def answer_questions(model: SegAnswerModel, rows: Sequence[Mapping], max_turns: 
                    for r in chunk]
         for r, ro in zip(chunk, rollout_batch(model, prompts, s)):
             out.append({"question": r["question"], "answer": r["answer"], "options": r.get("options"),
+                        "category": r.get("category"), "cycle_category": r.get("cycle_category"),
                         "pred_response": ro.answer, "answered": ro.answered, "seg_calls": ro.seg_calls,
                         "turns": ro.turns})
     return out
 
 
+def _correct(r: Mapping) -> bool:
+    return bool(answer_correct(r.get("pred_response"), r["answer"], r.get("options")))
+
+
 def qa_accuracy(records: Iterable[Mapping]) -> dict:
-    """{"accuracy", "n", "correct", "unanswered"}; multiple choice when a record has options."""
-    n = correct = unanswered = 0
+    """{"accuracy", "n", "correct", "unanswered"}; multiple choice when a record has options.
+
+    When every record carries a `cycle_category` (an HR-Bench benchmark), `accuracy` is
+    the official HR-Bench score and the record adds its parts (`hrbench_accuracy`);
+    otherwise it is correct / n. A mix (a val set pooling HR-Bench with other sources)
+    is scored correct / n: the cycle average is defined over one benchmark.
+    """
+    records = list(records)
+    n, correct = len(records), sum(_correct(r) for r in records)
+    unanswered = sum(r.get("pred_response") is None for r in records)
+    out = {"accuracy": correct / n if n else float("nan"), "n": n, "correct": correct, "unanswered": unanswered}
+    if records and all(r.get("cycle_category") is not None for r in records):
+        out.update(hrbench_accuracy(records))
+    return out
+
+
+def hrbench_accuracy(records: Sequence[Mapping]) -> dict:
+    """HR-Bench's official score of records carrying `category` and `cycle_category`.
+
+    The official scorer groups the rows by cycle_category; within each cycle it takes the
+    accuracy over all the cycle's rows and the accuracy per category ("single" = FSP,
+    "cross" = FCP); each of these is then averaged over the cycles. So the overall score
+    is the mean over cycles of each cycle's accuracy over all its rows (not the mean of
+    the FSP and FCP scores; the two coincide when every cycle holds as many rows of
+    each category), and a category's score is the mean over cycles of its accuracy
+    within the cycle. Where a category is missing from some cycle (only in a
+    `limit`ed evaluation) its mean is over the cycles that hold it, as lmms-eval does;
+    the DreamMr / VLMEvalKit scorers would divide by every cycle, scoring it 0 there.
+
+    A row is right by this project's answer check (the option letter), where DreamMr's
+    scorer asks an LLM judge whether the prediction answers "<letter>. <text>" (lmms-eval
+    has an LLM extract the letter; VLMEvalKit also offers plain option matching).
+
+    Returns {"accuracy": the overall score, "pooled_accuracy": correct / n over all rows,
+    "categories": {category: score}, "cycles": {cycle: that cycle's accuracy},
+    "scoring": "hrbench"}; rows without a category count only in the overall score.
+    """
+    if not records:
+        raise ValueError("hrbench_accuracy needs at least one record")
+    by_cycle: dict[str, list[tuple[str | None, bool]]] = {}
     for r in records:
-        n += 1
-        unanswered += r.get("pred_response") is None
-        correct += answer_correct(r.get("pred_response"), r["answer"], r.get("options"))
-    return {"accuracy": correct / n if n else float("nan"), "n": n, "correct": correct, "unanswered": unanswered}
+        category = None if r.get("category") is None else str(r["category"])
+        by_cycle.setdefault(str(r["cycle_category"]), []).append((category, _correct(r)))
+    cycles, per_category = {}, {}
+    for cycle, rows in sorted(by_cycle.items()):
+        cycles[cycle] = sum(hit for _, hit in rows) / len(rows)
+        groups: dict[str, list[bool]] = {}
+        for category, hit in rows:
+            if category is not None:
+                groups.setdefault(category, []).append(hit)
+        for category, hits in groups.items():
+            per_category.setdefault(category, []).append(sum(hits) / len(hits))
+    pooled = sum(hit for rows in by_cycle.values() for _, hit in rows) / len(records)
+    return {"accuracy": sum(cycles.values()) / len(cycles), "pooled_accuracy": pooled,
+            "categories": {c: sum(v) / len(v) for c, v in sorted(per_category.items())},
+            "cycles": cycles, "scoring": "hrbench"}
 
 
 def multiple_choice_accuracy(records: Iterable[Mapping]) -> float:

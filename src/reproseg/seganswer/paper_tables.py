@@ -21,6 +21,8 @@ tables report cIoU, so its numbers stand beside our cIoU. Table 1 (VQA): accurac
 benchmark, split into multiple-choice and open questions where a benchmark has both
 (the paper's benchmarks are all multiple choice); the paper's SegAnswer row stands
 beside it, and its Qwen2.5-VL-7B row (the base model) beside our base checkpoint.
+An HR-Bench benchmark's accuracy is its official score (seganswer.evaluate.hrbench_accuracy:
+per cycle, averaged over the cycles); its per-category numbers stay in the metrics JSON.
 A label that names one of the paper's columns (e.g. "RefCOCO val", "V*") gets the
 paper's numbers, any other label (the default's synthetic splits) gets "-".
 """

@@ -10,9 +10,14 @@ Choices:
 - one row per sentence (the unit a referring-segmentation sample is made of); a ref's
   annotation is rasterised once and shared by all its sentences;
 - the pickle is read by an unpickler that resolves no global at all, so a hostile
-  file cannot run code (the real files hold only dicts, lists, str, int, float); it
-  decodes Python 2 byte strings as latin-1, since the public files were written by
-  Python 2;
+  file cannot run code (the real files hold only dicts, lists, str, int, float). The
+  public files were written by Python 2, whose `str` is bytes: they are read as bytes
+  and each is decoded as UTF-8 where it is valid UTF-8, else as latin-1 (which
+  decodes any byte string), so non-ASCII sentences keep their characters;
+- `segmentation` is polygons (a list of coordinate lists: RefCOCO, RefCOCO+, RefCOCOg),
+  one RLE object `{counts, size}`, or a list of RLE objects (RefClef, which the owners'
+  refer.py decodes one mask per object and sums); a list's masks are merged (their
+  union). Counts are compressed strings or uncompressed run lists;
 - each sentence is a record of the validation report; problems of its ref (missing
   annotation, image, bad mask) are reported on every sentence of that ref;
 - polygon vertices slightly outside the image are accepted (COCO has many), as
@@ -56,10 +61,31 @@ class _DataOnlyUnpickler(pickle.Unpickler):
         raise _RefusedGlobal(f"{module}.{name}")
 
 
+def _text(data: bytes) -> str:
+    """A Python 2 `str`: UTF-8 if it is valid UTF-8 (the sentences' text), else latin-1."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _decoded(obj):
+    """`obj` with every byte string (keys included) decoded by `_text`."""
+    if isinstance(obj, bytes):
+        return _text(obj)
+    if isinstance(obj, list):
+        return [_decoded(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_decoded(v) for v in obj)
+    if isinstance(obj, dict):
+        return {_decoded(k): _decoded(v) for k, v in obj.items()}
+    return obj
+
+
 def _load_refs(path: Path) -> list:
     try:
         with open(path, "rb") as f:
-            refs = _DataOnlyUnpickler(f, encoding="latin1").load()
+            refs = _decoded(_DataOnlyUnpickler(f, encoding="bytes").load())
     except _RefusedGlobal as exc:
         raise AnnotationError(f"{path}: refused to unpickle: it references the global {exc}, "
                               "but a refs file holds only lists, dicts, strings and numbers") from None
@@ -138,25 +164,42 @@ def _check_runs(counts: list[int], size, height: int, width: int, kind: str) -> 
         raise _BadSegmentation(f"{kind} runs cover {sum(counts)} pixels, the image has {height * width}")
 
 
+def _rle_object(seg: dict, height: int, width: int) -> tuple[dict, int]:
+    """(pycocotools RLE with compressed counts, mask area) of one RLE object, validated first."""
+    counts, size = seg.get("counts"), seg.get("size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
+        raise _BadSegmentation(f"RLE size {size!r} is not [height, width]")
+    if isinstance(counts, (bytes, str)):  # compressed: validated, then passed through unchanged
+        try:
+            text = counts.decode("ascii") if isinstance(counts, bytes) else counts
+        except UnicodeDecodeError:
+            raise _BadSegmentation("compressed RLE counts are not ASCII") from None
+        runs = _compressed_counts(text)
+        _check_runs(runs, size, height, width, "compressed RLE")
+        return {"size": [height, width], "counts": text.encode("ascii")}, sum(runs[1::2])
+    if isinstance(counts, list) and all(_is_int(c) for c in counts):
+        _check_runs(counts, size, height, width, "uncompressed RLE")
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+        return rle, int(mask_utils.area(rle))
+    raise _BadSegmentation("RLE counts are neither a string nor a list of integers")
+
+
 def _segmentation_rle(seg, height: int, width: int) -> tuple[str, int]:
     """(compressed RLE counts, mask area) of a COCO segmentation at (height, width)."""
     if isinstance(seg, dict):
-        counts, size = seg.get("counts"), seg.get("size")
-        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
-            raise _BadSegmentation(f"RLE size {size!r} is not [height, width]")
-        if isinstance(counts, (bytes, str)):  # compressed: validated, then passed through unchanged
+        rle, area = _rle_object(seg, height, width)
+    elif isinstance(seg, list) and seg and all(isinstance(p, dict) for p in seg):
+        parts = []
+        for i, p in enumerate(seg):
             try:
-                text = counts.decode("ascii") if isinstance(counts, bytes) else counts
-            except UnicodeDecodeError:
-                raise _BadSegmentation("compressed RLE counts are not ASCII") from None
-            runs = _compressed_counts(text)
-            _check_runs(runs, size, height, width, "compressed RLE")
-            return text, sum(runs[1::2])
-        if isinstance(counts, list) and all(_is_int(c) for c in counts):
-            _check_runs(counts, size, height, width, "uncompressed RLE")
-            rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+                parts.append(_rle_object(p, height, width))
+            except _BadSegmentation as exc:
+                raise _BadSegmentation(f"RLE {i + 1} of {len(seg)}: {exc}") from None
+        if len(parts) == 1:
+            rle, area = parts[0]
         else:
-            raise _BadSegmentation("RLE counts are neither a string nor a list of integers")
+            rle = mask_utils.merge([r for r, _ in parts], intersect=False)
+            area = int(mask_utils.area(rle))
     elif isinstance(seg, list) and seg and all(isinstance(p, list) for p in seg):
         for p in seg:
             if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
@@ -168,10 +211,12 @@ def _segmentation_rle(seg, height: int, width: int) -> tuple[str, int]:
                 # Also guards pycocotools, which reads a 4-number list as a box, not a polygon.
                 raise _BadSegmentation(f"polygon has {len(p) // 2} point(s), needs at least 3")
         rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+        area = int(mask_utils.area(rle))
     else:
-        raise _BadSegmentation(f"segmentation is neither polygons nor an RLE object: {str(seg)[:60]!r}")
+        raise _BadSegmentation("segmentation is neither polygons, an RLE object nor a list of RLE objects: "
+                               f"{str(seg)[:60]!r}")
     counts = rle["counts"]
-    return (counts.decode("ascii") if isinstance(counts, bytes) else counts), int(mask_utils.area(rle))
+    return (counts.decode("ascii") if isinstance(counts, bytes) else counts), area
 
 
 def _image_problem(image: dict, images_dir: Path) -> str | None:

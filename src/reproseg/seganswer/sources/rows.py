@@ -57,8 +57,9 @@ class SampleRows(Sequence):
         if self.kind == "referring":
             out.update(phrase=rec["phrase"], mask=_mask(rec, self.size))
         else:
+            # .get: tables imported before the column existed have no cycle_category
             out.update(question=rec["question"], answer=rec["answer"], options=rec["options"],
-                       task=rec["task"], category=rec["category"])
+                       task=rec["task"], category=rec["category"], cycle_category=rec.get("cycle_category"))
         return out
 
     def empty_masks(self) -> int:

@@ -37,6 +37,9 @@ QUESTION_SCHEMA = pa.schema([
     ("options", pa.list_(pa.string())),  # option texts in letter order (no "A." prefix); null if open
     ("task", pa.string()),        # "MVQA" (multiple choice) or "OVQA" (open)
     ("category", pa.string()),    # the benchmark's category / sub-task where it has one, else null
+    # HR-Bench only (null elsewhere): the cycle the row belongs to; the official score
+    # averages per-cycle accuracies (seganswer.evaluate.hrbench_accuracy)
+    ("cycle_category", pa.string()),
 ])
 
 

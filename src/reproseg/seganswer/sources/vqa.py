@@ -8,13 +8,23 @@ V* Bench (`import_vstar`; spec: name, file, images, split="test")
     folder), `text` (the question, one "(A) ..." line per option, then an answer-format
     instruction line), `category`, `question_id`, `label` (the answer letter). The
     question is the text before the first option line; whatever follows the last
-    option line is the instruction and is dropped.
+    option line is the instruction and is dropped. Copies that put the options inline,
+    "What is the colour of the bag? (A) red (B) blue", are read from the first line
+    holding an uppercase "(X)" marker (after whitespace or at the line's start): the
+    question is the text before its first marker, each option runs to the next marker,
+    the last to the end of that line, less a trailing "Answer with the option's letter
+    ..." instruction. A record with its own `options` field (a list, "A. text" items, or
+    a letter -> text map) takes its options from it; the question is then `text` (or
+    `question`) up to any option lines / markers, less a trailing instruction.
 HR-Bench 4K / 8K (`import_hrbench`; spec: name, file, split="test"; needs images_out)
     `hr_bench_4k.tsv` / `hr_bench_8k.tsv`, or a .parquet with the same columns: index,
     question, answer (a letter), category, optional cycle_category, A..D, image (a
     base64 JPEG/PNG). The images are embedded, so each is decoded and written byte for
     byte (never re-encoded) to `images_out/{index}.{ext of the decoded format}`;
-    image_path is relative to images_out. category is cycle_category where present.
+    image_path is relative to images_out. category and cycle_category are kept as
+    given (the official score is per category, averaged over cycles:
+    seganswer.evaluate.hrbench_accuracy); a file with a cycle_category column must
+    fill it on every row (a blank is malformed), a file without one gets null.
 VisualCoT (`import_visualcot`; spec: name, file, images, split="train")
     LLaVA-style JSON list (or JSONL) of {id, image, conversations}: human question +
     bounding-box instruction, gpt box, human "<image>", gpt answer. `image` is a path
@@ -22,7 +32,15 @@ VisualCoT (`import_visualcot`; spec: name, file, images, split="train")
     multi-image record. Only the question and the final answer are kept (open
     questions): SegAnswer predicts its own region, the box turn is ignored. Also the
     metadata JSONL form with plain question / answer / image fields. category is the
-    record's `dataset`, else the folder in "cot/<dataset>/...", else null.
+    record's sub-dataset: its `dataset` field, else the folder in "cot/<dataset>/...",
+    else null.
+    Ids: f"{name}/{sub-dataset}/{question_id}" (`question_id`, else `id`, else the
+    record's position in the file), or f"{name}/{native id}" for a record with no
+    sub-dataset. The release's conversion script (tools/convert_data_to_llava_format.py)
+    numbers question_id from 0 in each sub-dataset's file, so viscot_363k.json, their
+    concatenation, repeats every id once per sub-dataset; the `dataset` field comes
+    first because "textcap" records share the cot/textvqa image folder with "textvqa"
+    ones and are numbered apart from them.
 Generic QA table (`import_qa_table`; spec: name, file, images, split="train", and the
     optional column names question_key, answer_key, image_key, options_key, id_key,
     category_key)
@@ -33,9 +51,10 @@ Generic QA table (`import_qa_table`; spec: name, file, images, split="train", an
 
 Choices
 -------
-* Ids are f"{name}/{native id}". The benchmarks must carry their own id (question_id,
-  index) because predictions are matched back to the benchmark by it, so a record
-  without one is malformed; the training sets fall back to the record's position.
+* Ids are f"{name}/{native id}" (VisualCoT: namespaced by sub-dataset, above). The
+  benchmarks must carry their own id (question_id, index) because predictions are
+  matched back to the benchmark by it, so a record without one is malformed; the
+  training sets fall back to the record's position.
 * Multiple choice: option letters, sorted, must be exactly A, B, C, ... (downstream
   letters the options by position), at least two, none empty, and the answer must map
   to one of them (`answer_letter`: the letter, "A. text" or the text itself).
@@ -85,6 +104,9 @@ POLICIES = ("fail", "drop_and_report")
 
 _IMAGE_TOKEN = re.compile(r"<image>")
 _VSTAR_OPTION = re.compile(r"^\(([A-Za-z])\)\s?(.*)$")
+# An inline option marker: "(A)" at the line's start or after whitespace, then whitespace or the end.
+_INLINE_MARKER = re.compile(r"(?:(?<=\s)|^)\(([A-Z])\)(?=\s|$)")
+_VSTAR_INSTRUCTION = re.compile(r"\s*Answer with the option'?s letter\b.*$", re.IGNORECASE)
 _BOX_INSTRUCTION = re.compile(
     r"\s*Please provide the bounding box coordinate of the region that can help you "
     r"answer the question better\.?", re.IGNORECASE)
@@ -258,20 +280,22 @@ def _choices(letters: list[str], texts: list[str], answer: str | None
     return texts, letter, None
 
 
-def _row(rid, name, split, image_path, question, answer, options, category) -> dict:
+def _row(rid, name, split, image_path, question, answer, options, category, cycle_category=None) -> dict:
     return {"id": rid, "source": name, "split": split, "image_path": image_path,
             "question": question, "answer": answer, "options": options,
-            "task": "MVQA" if options is not None else "OVQA", "category": category}
+            "task": "MVQA" if options is not None else "OVQA", "category": category,
+            "cycle_category": cycle_category}
 
 
 # ------------------------------------------------------------------------------ V*
 
 def _split_vstar_text(text: str) -> tuple[str, list[str], list[str], str | None]:
-    """(question, letters, texts, problem) from the question + "(A) ..." lines."""
+    """(question, letters, texts, problem) from the question + "(A) ..." lines, or
+    from one line with the options inline."""
     lines = text.split("\n")
     option_at = [i for i, line in enumerate(lines) if _VSTAR_OPTION.match(line.strip())]
     if not option_at:
-        return text.strip(), [], [], None
+        return _split_inline_options(lines)
     first, last = option_at[0], option_at[-1]
     if len(option_at) != last - first + 1:
         return "", [], [], "a line between the option lines is not an option"
@@ -282,6 +306,23 @@ def _split_vstar_text(text: str) -> tuple[str, list[str], list[str], str | None]
         texts.append(m.group(2).strip())
     # lines[last + 1:] is the answer-format instruction: dropped.
     return "\n".join(lines[:first]).strip(), letters, texts, None
+
+
+def _split_inline_options(lines: list[str]) -> tuple[str, list[str], list[str], str | None]:
+    """As _split_vstar_text for "Question? (A) red (B) blue" on one line; the lines after
+    it are the instruction (dropped). No marker: the whole text, less a trailing
+    instruction, is the question."""
+    for i, line in enumerate(lines):
+        marks = list(_INLINE_MARKER.finditer(line))
+        if not marks:
+            continue
+        letters = [m.group(1) for m in marks]
+        ends = [m.start() for m in marks[1:]] + [len(line)]
+        texts = [line[m.end():end].strip() for m, end in zip(marks, ends)]
+        texts[-1] = _VSTAR_INSTRUCTION.sub("", texts[-1]).strip()
+        question = "\n".join(lines[:i] + [line[:marks[0].start()]]).strip()
+        return question, letters, texts, None
+    return _VSTAR_INSTRUCTION.sub("", "\n".join(lines)).strip(), [], [], None
 
 
 def import_vstar(spec: dict, *, on_invalid: str = "fail", images_out: Path | None = None
@@ -304,8 +345,15 @@ def import_vstar(spec: dict, *, on_invalid: str = "fail", images_out: Path | Non
             continue
         n_before = len(report.problems)
         image = _check_image(index, rid, item.get("image"), root, report)
-        text = item.get("text")
+        text = item.get("text") if "text" in item else item.get("question")
         question, letters, texts, problem = _split_vstar_text(text) if isinstance(text, str) else ("", [], [], None)
+        given = _options_value(item.get("options"))
+        if given is not None:
+            # A separate options field is the record's options, whatever the text holds.
+            try:
+                (letters, texts), problem = parse_options(given), None
+            except ValueError as exc:
+                problem = str(exc)
         if not question:
             report.add(index, rid, EMPTY_QUESTION, "question text is missing or empty")
         answer = _text(item.get("label")) or None
@@ -422,6 +470,10 @@ def import_hrbench(spec: dict, *, on_invalid: str = "fail", images_out: Path | N
         options, letter, problem = _choices(letters, [_text(item[c]) for c in letters], answer)
         if problem is not None:
             report.add(index, rid, BAD_OPTIONS, problem)
+        cycle = _text(item.get("cycle_category")) or None
+        if cycle is None and "cycle_category" in item:  # every record has each column of the file
+            # The official score averages over cycles; a row in none would be left out of it.
+            report.add(index, rid, MALFORMED_RECORD, f"index {native}: cycle_category is empty")
         decoded = _decode_image(item.get("image"))
         if decoded is None:
             report.add(index, rid, MISSING_IMAGE, f"index {native}: image field does not decode to an image")
@@ -431,8 +483,8 @@ def import_hrbench(spec: dict, *, on_invalid: str = "fail", images_out: Path | N
         file_name = f"{native}.{ext}"
         with atomic_path(images_out / file_name) as tmp:
             tmp.write_bytes(data)  # as embedded: re-encoding would change the pixels
-        category = _text(item.get("cycle_category")) or _text(item.get("category")) or None
-        rows.append(_row(rid, name, split, file_name, question, letter, options, category))
+        rows.append(_row(rid, name, split, file_name, question, letter, options,
+                         _text(item.get("category")) or None, cycle))
     report.total = index + 1
     return _finish(rows, report, on_invalid)
 
@@ -460,9 +512,10 @@ def _visualcot_conversation(conv) -> tuple[str | None, str | None, str | None]:
 
 
 def _cot_category(item: dict, image: str | None) -> str | None:
+    """The record's sub-dataset: its `dataset` field, else the folder of "cot/<dataset>/..."."""
     if _nonempty_str(item.get("dataset")):
         return item["dataset"].strip()
-    parts = PurePosixPath(image).parts if image else ()
+    parts = PurePosixPath(image.strip()).parts if image else ()
     return parts[1] if len(parts) > 2 and parts[0] == "cot" else None
 
 
@@ -477,7 +530,13 @@ def import_visualcot(spec: dict, *, on_invalid: str = "fail", images_out: Path |
     for index, (where, item) in enumerate(records):
         if not _object_or_report(index, where, item, report):
             continue
-        rid = f"{name}/{_native_id(item, ('id', 'question_id')) or index}"
+        image = item.get("image")
+        # [original, crop of the original]: one image, the original.
+        image = image[:1] if isinstance(image, list) else image
+        first_image = image[0] if isinstance(image, list) and image else image
+        subset = _cot_category(item, first_image if isinstance(first_image, str) else None)
+        native = _native_id(item, ("question_id", "id")) or str(index)
+        rid = f"{name}/{subset}/{native}" if subset else f"{name}/{native}"
         if not _claim_id(index, rid, seen, report):
             continue
         if "conversations" in item:
@@ -492,15 +551,13 @@ def import_visualcot(spec: dict, *, on_invalid: str = "fail", images_out: Path |
             report.add(index, rid, MALFORMED_RECORD, f"{where}: {malformed}")
             continue
         n_before = len(report.problems)
-        image = item.get("image")
-        # [original, crop of the original]: one image, the original.
-        image = _check_image(index, rid, image[:1] if isinstance(image, list) else image, root, report)
+        image = _check_image(index, rid, image, root, report)
         if not question:
             report.add(index, rid, EMPTY_QUESTION, "question is missing or empty")
         if not answer:
             report.add(index, rid, MISSING_ANSWER, "no answer turn / answer is empty")
         if len(report.problems) == n_before:
-            rows.append(_row(rid, name, split, image, question, answer, None, _cot_category(item, image)))
+            rows.append(_row(rid, name, split, image, question, answer, None, subset))
     return _finish(rows, report, on_invalid)
 
 
