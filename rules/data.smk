@@ -17,6 +17,20 @@ else:
     VIDEOS = []
     ANNOTATIONS_JSON = DATA["annotations_json"]
 
+# FineRS-4k as released: {train: path, test: path}, listed in this order, and the test
+# file is the test split; or one JSON, split by data.splits.
+if isinstance(ANNOTATIONS_JSON, dict):
+    RELEASE_SPLITS = ["train", "test"]
+    ANNOTATION_FILES = [ANNOTATIONS_JSON[split] for split in RELEASE_SPLITS]
+    if DATA["splits"]["official"]:
+        raise ValueError(
+            "config keys 'data.splits.official' and 'data.annotations_json' ({train, test}) both define "
+            "the splits: set one"
+        )
+else:
+    RELEASE_SPLITS = []
+    ANNOTATION_FILES = [ANNOTATIONS_JSON]
+
 
 rule data_all:
     input:
@@ -89,7 +103,7 @@ if SOURCE != "images":
 
 rule import_annotations:
     input:
-        annotations=ANNOTATIONS_JSON,
+        annotations=ANNOTATION_FILES,
         manifest=FRAMES_MANIFEST if SOURCE != "images" else [],
     output:
         table=R("annotations/annotations.parquet"),
@@ -107,6 +121,8 @@ rule import_annotations:
         **family_resources("cpu_data"),
     params:
         **stage_params("import_annotations", "data.annotations", "data.source", "data.images_dir"),
+        # Which file of input.annotations is which ([] for one file).
+        release_splits=RELEASE_SPLITS,
     script:
         script_path("import_annotations")
 

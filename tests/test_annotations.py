@@ -1,25 +1,33 @@
 """FineRS-4k import: each validation class, both policies, and the table's values."""
 import json
 
+import cv2
+import numpy as np
 import pytest
 
 from reproseg.data.annotations import (AnnotationError, ImageInfo, answer_letter, import_annotations,
                                        parse_options)
+from reproseg.data.masks import rle_decode
 
 IMAGES = {"v/000000.png": ImageInfo(100, 100, "v", 0), "v/000004.png": ImageInfo(100, 100, "v", 4)}
 
 
 def rec(**over):
-    base = {"id": "a", "image_path": "v/000000.png", "Q": "What colour is the car?", "A": "red",
+    """A record as the FineRS-4k release writes it: no id."""
+    base = {"image_path": "v/000000.png", "Q": "What colour is the car?", "A": "red",
             "Q-type": "reasoning", "attribute": "colors",
             "points": [[10, 10], [20, 10], [20, 15], [10, 15]], "area_percent": 0.5}
     base.update(over)
     return base
 
 
-def run(tmp_path, records, policy="fail"):
-    path = tmp_path / "ann.json"
+def write(path, records):
     path.write_text(json.dumps({"annotations": records}))
+    return path
+
+
+def run(tmp_path, records, policy="fail"):
+    path = write(tmp_path / "ann.json", records)
     return import_annotations(path, IMAGES.get, on_invalid=policy, point_jitter=0.25, seed=0)
 
 
@@ -27,17 +35,82 @@ def test_valid_record_values(tmp_path):
     table, report = run(tmp_path, [rec()])
     row = table.to_pylist()[0]
     assert report.as_dict()["invalid"] == 0
-    assert row["box"] == [10.0, 10.0, 20.0, 15.0]
-    assert row["area_px"] == 50                       # 10 x 5 pixels
-    assert row["area_percent"] == pytest.approx(0.5)  # 50 / 10,000 x 100
-    assert row["size_bucket"] == "s"                  # 0.5 % > 0.055 %
+    assert row["id"] == "ann#0"                        # <file stem>#<index>
+    # The authors' fill: vertices are pixel indices and the outline is in the mask, so
+    # (10, 10)-(20, 15) covers x = 10..20, y = 10..15: 11 x 6 pixels.
+    assert row["box"] == [10.0, 10.0, 21.0, 16.0]
+    assert row["area_px"] == 66
+    assert row["area_percent"] == pytest.approx(0.66)  # 66 / 10,000 x 100
+    assert row["area_percent_json"] == 0.5
+    assert row["size_bucket"] == "s"                   # 0.5 % > 0.055 %
+    assert row["release_split"] is None
     assert row["task"] == "OVQA" and row["video"] == "v" and row["frame_index"] == 0
-    assert row["points_centre_jitter"][0] == [15.0, 12.5]
-    # 10 x 5 block (rows 10..14, cols 10..19): the distance peaks at 3 on row 12, cols
-    # 12..17, first at col 12 -> (12.5, 12.5). No other radius-3 centre is >= 6 px away, so
-    # the second circle has radius 2 and must be >= 5 px away; in row-major order the
-    # first such pixel is row 11, col 17 (distance hypot(1, 5) = 5.10) -> (17.5, 11.5).
-    assert row["points_inscribed"] == [[12.5, 12.5], [17.5, 11.5]]
+    assert row["points_centre_jitter"][0] == [15.5, 13.0]
+    # 11 x 6 block (rows 10..15, cols 10..20): the distance peaks at 3 on rows 12-13,
+    # cols 12..18, first at (row 12, col 12) -> (12.5, 12.5). The second radius-3 centre
+    # must be >= 6 px away: in row-major order (row 12, col 18) -> (18.5, 12.5).
+    assert row["points_inscribed"] == [[12.5, 12.5], [18.5, 12.5]]
+
+
+def test_mask_is_the_authors_fill_stored_as_rle(tmp_path):
+    points = [[12.7, 30.2], [60.9, 33.8], [44.5, 71.3], [20.1, 55.5]]
+    table, _ = run(tmp_path, [rec(points=points)])
+    row = table.to_pylist()[0]
+    authors = np.zeros((100, 100), np.uint8)
+    cv2.polylines(authors, np.array([points], dtype=np.int32), True, 1, 1)
+    cv2.fillPoly(authors, np.array([points], dtype=np.int32), 1)
+    mask = rle_decode({"size": [100, 100], "counts": row["rle_counts"]})
+    assert (mask == authors.astype(bool)).all() and row["area_px"] == int(authors.sum())
+
+
+@pytest.mark.parametrize("area_percent, bucket", [
+    # The mask (66 px of 10,000 = 0.66 %) would be S: the record's own area_percent wins.
+    (0.016, "xxs"), (0.017, "xs"), (0.055, "xs"), (0.056, "s"),
+])
+def test_size_bucket_from_area_percent(tmp_path, area_percent, bucket):
+    table, _ = run(tmp_path, [rec(area_percent=area_percent)])
+    assert table.column("size_bucket").to_pylist() == [bucket]
+
+
+def test_size_bucket_from_the_mask_without_area_percent(tmp_path):
+    # (10, 10)-(11, 10)-(11, 11)-(10, 11) covers 2 x 2 = 4 px of 100 x 100 = 0.04 %: XS.
+    small = rec(points=[[10, 10], [11, 10], [11, 11], [10, 11]])
+    del small["area_percent"]
+    table, _ = run(tmp_path, [small, rec(area_percent=None, points=[[0, 0], [1, 0], [0, 1]])])
+    # The second: 3 px = 0.03 %, also XS; 0.017 % of 10,000 is 1.7 px, so 1 px would be XXS.
+    assert table.column("size_bucket").to_pylist() == ["xs", "xs"]
+    assert table.column("area_percent_json").to_pylist() == [None, None]
+    one = rec(points=[[5.2, 5.1], [5.9, 5.3], [5.5, 5.8]])     # all truncate to (5, 5): 1 px
+    del one["area_percent"]
+    table, _ = run(tmp_path, [one])
+    assert table.column("area_px").to_pylist() == [1] and table.column("size_bucket").to_pylist() == ["xxs"]
+
+
+def test_vertex_less_than_1px_outside_is_clipped_and_noted(tmp_path):
+    points = [[-0.5, 10], [10, 10], [10, 15], [-0.9, 15]]
+    table, report = run(tmp_path, [rec(points=points), rec(points=[[95, 90], [100.99, 90], [99, 99.5]])])
+    rows = table.to_pylist()
+    assert rows[0]["polygon"] == [[0.0, 10.0], [10.0, 10.0], [10.0, 15.0], [0.0, 15.0]]
+    assert rows[0]["area_px"] == 11 * 6 and rows[0]["box"] == [0.0, 10.0, 11.0, 16.0]
+    assert rows[1]["polygon"] == [[95.0, 90.0], [100.0, 90.0], [99.0, 99.5]]
+    d = report.as_dict()
+    assert d["invalid"] == 0
+    assert [(n["record"], n["id"], n["class"], n["field"]) for n in d["notes"]] == [
+        (0, "ann#0", "clipped_vertex", "points"), (1, "ann#1", "clipped_vertex", "points")]
+    assert "2 vertex(es)" in d["notes"][0]["message"]
+
+
+@pytest.mark.parametrize("points", [
+    [[-1, 10], [10, 10], [10, 15]],        # exactly 1 px outside
+    [[10, 10], [20, 10], [20, 101.5]],
+    [[0, 0], [10, 0], [-3, 8]],
+])
+def test_vertex_1px_or_more_outside_is_an_invalid_record(tmp_path, points):
+    with pytest.raises(AnnotationError, match="ann#1") as info:
+        run(tmp_path, [rec(), rec(points=points)])
+    [p] = info.value.report.as_dict()["problems"]
+    assert (p["record"], p["id"], p["class"], p["field"]) == (1, "ann#1", "bad_polygon", "points")
+    assert "1 px or more outside the 100x100 image" in p["message"]
 
 
 def test_option_record(tmp_path):
@@ -47,43 +120,49 @@ def test_option_record(tmp_path):
     assert row["answer_option"] == "B"
 
 
-@pytest.mark.parametrize("bad, cls", [
-    (rec(points=[[10, 10], [120, 10], [20, 15]]), "bad_polygon"),          # out of bounds
-    (rec(points=[[10, 10], [20, 20], [30, 30]]), "bad_polygon"),           # collinear: zero area
-    (rec(points=[[10, 10], [20, 10]]), "bad_polygon"),                     # two vertices
-    (rec(points=[[10, 10], [10.2, 10], [10.2, 10.2]]), "bad_polygon"),     # covers no pixel
-    (rec(image_path="v/999999.png"), "missing_image"),
-    (rec(**{"Q-type": "counting"}), "unknown_task_type"),
-    (rec(**{"Q-type": "option", "A": "A"}), "bad_options"),                # MVQA without options
-    (rec(**{"Q-type": "option", "A": "C", "options": ["A. red", "B. blue"]}), "bad_options"),
-    (rec(Q="   "), "empty_question"),
-    (rec(attribute="size"), "unknown_attribute"),
+@pytest.mark.parametrize("bad, cls, field", [
+    (rec(points=[[10, 10], [120, 10], [20, 15]]), "bad_polygon", "points"),        # out of bounds
+    (rec(points=[[10, 10], [20, 20], [30, 30]]), "bad_polygon", "points"),         # collinear: zero area
+    (rec(points=[[10, 10], [20, 10]]), "bad_polygon", "points"),                   # two vertices
+    # Inside the 1-px margin right of the frame, all truncate to column 100: no pixel.
+    (rec(points=[[100.1, 10], [100.5, 10], [100.5, 12]]), "bad_polygon", "points"),
+    (rec(image_path="v/999999.png"), "missing_image", "image_path"),
+    (rec(**{"Q-type": "counting"}), "unknown_task_type", "Q-type"),
+    (rec(**{"Q-type": "option", "A": "A"}), "bad_options", "options"),          # MVQA without options
+    (rec(**{"Q-type": "option", "A": "C", "options": ["A. red", "B. blue"]}), "bad_options", "A"),
+    (rec(Q="   "), "empty_question", "Q"),
+    (rec(attribute="size"), "unknown_attribute", "attribute"),
+    (rec(area_percent="0.5"), "bad_area_percent", "area_percent"),
+    (rec(area_percent=-0.1), "bad_area_percent", "area_percent"),
+    (rec(area_percent=True), "bad_area_percent", "area_percent"),
 ])
-def test_each_validation_class_is_named(tmp_path, bad, cls):
-    bad = dict(bad, id="bad-1")
-    with pytest.raises(AnnotationError, match="bad-1") as info:
+def test_each_validation_class_is_named(tmp_path, bad, cls, field):
+    with pytest.raises(AnnotationError, match="ann#1") as info:
         run(tmp_path, [rec(), bad])
     problems = info.value.report.as_dict()["problems"]
-    assert [(p["record"], p["id"], p["class"]) for p in problems] == [(1, "bad-1", cls)]
+    assert [(p["file"], p["record"], p["id"], p["class"], p["field"]) for p in problems] == [
+        (str(tmp_path / "ann.json"), 1, "ann#1", cls, field)]
 
 
-def test_duplicate_id(tmp_path):
+def test_own_ids_are_kept_and_duplicates_named(tmp_path):
+    # The project's own layout (the synthetic data) carries ids; they are used as given.
+    table, _ = run(tmp_path, [rec(id="a"), rec(id="b")])
+    assert table.column("id").to_pylist() == ["a", "b"]
     with pytest.raises(AnnotationError, match="duplicate id 'a' \\(first at record 0\\)"):
-        run(tmp_path, [rec(), rec()])
+        run(tmp_path, [rec(id="a"), rec(id="a")])
 
 
 def test_drop_and_report_keeps_valid_and_lists_invalid(tmp_path):
-    table, report = run(tmp_path, [rec(id="ok"), rec(id="x", Q=""), rec(id="y", image_path="nope.png")],
-                        policy="drop_and_report")
-    assert table.column("id").to_pylist() == ["ok"]
+    table, report = run(tmp_path, [rec(), rec(Q=""), rec(image_path="nope.png")], policy="drop_and_report")
+    assert table.column("id").to_pylist() == ["ann#0"]
     d = report.as_dict()
     assert (d["total"], d["valid"], d["invalid"]) == (3, 1, 2)
     assert d["by_class"] == {"empty_question": 1, "missing_image": 1}
-    assert "| 1 | x | empty_question |" in report.markdown()
+    assert f"| {tmp_path / 'ann.json'} | 1 | ann#1 | empty_question | Q |" in report.markdown()
 
 
 def test_not_a_record_and_not_json(tmp_path):
-    with pytest.raises(AnnotationError, match="record is a str"):
+    with pytest.raises(AnnotationError, match="ann.json record 1 \\(id None\\): malformed_record: record is a str"):
         run(tmp_path, [rec(), "junk"])
     path = tmp_path / "broken.json"
     path.write_text("{not json")
@@ -98,3 +177,50 @@ def test_option_formats():
     assert answer_letter("blue", ["A", "B"], ["red", "blue"]) == "B"
     assert answer_letter("b.", ["A", "B"], ["red", "blue"]) == "B"
     assert answer_letter("green", ["A", "B"], ["red", "blue"]) is None
+
+
+def release(tmp_path, train, test):
+    files = {"train": write(tmp_path / "all_annotations_final_train_v5.json", train),
+             "test": write(tmp_path / "all_annotations_final_test_v5.json", test)}
+    return files
+
+
+def test_release_train_and_test_files(tmp_path):
+    files = release(tmp_path, [rec(), rec(image_path="v/000004.png")],
+                    [rec(**{"Q-type": "referring", "A": "The car is found."})])
+    table, report = import_annotations(files, IMAGES.get)
+    assert table.column("id").to_pylist() == ["all_annotations_final_train_v5#0", "all_annotations_final_train_v5#1",
+                                              "all_annotations_final_test_v5#0"]
+    assert table.column("release_split").to_pylist() == ["train", "train", "test"]
+    assert report.as_dict()["total"] == 3
+    assert str(files["train"]) in report.source and str(files["test"]) in report.source
+
+
+def test_release_bad_records_name_their_file(tmp_path):
+    # Record 0 of each file is bad: two invalid records, each named with its own file.
+    files = release(tmp_path, [rec(Q=""), rec()], [rec(attribute="size")])
+    table, report = import_annotations(files, IMAGES.get, on_invalid="drop_and_report")
+    assert table.column("id").to_pylist() == ["all_annotations_final_train_v5#1"]
+    d = report.as_dict()
+    assert (d["total"], d["valid"], d["invalid"]) == (3, 1, 2)
+    assert [(p["file"], p["record"], p["id"], p["field"]) for p in d["problems"]] == [
+        (str(files["train"]), 0, "all_annotations_final_train_v5#0", "Q"),
+        (str(files["test"]), 0, "all_annotations_final_test_v5#0", "attribute")]
+    with pytest.raises(AnnotationError, match="all_annotations_final_test_v5.json record 0"):
+        import_annotations(files, IMAGES.get)
+
+
+def test_release_files_need_distinct_stems_and_both_splits(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    same = {"train": write(tmp_path / "a" / "ann.json", [rec()]), "test": write(tmp_path / "b" / "ann.json", [rec()])}
+    with pytest.raises(AnnotationError, match="share the name 'ann'"):
+        import_annotations(same, IMAGES.get)
+    with pytest.raises(AnnotationError, match="expected exactly \\['train', 'test'\\]"):
+        import_annotations({"train": same["train"]}, IMAGES.get)
+
+
+def test_duplicate_own_id_across_files_names_the_first_file(tmp_path):
+    files = release(tmp_path, [rec(id="x")], [rec(id="x")])
+    with pytest.raises(AnnotationError, match="duplicate id 'x' \\(first at record 0 of .*train_v5.json\\)"):
+        import_annotations(files, IMAGES.get)

@@ -3,9 +3,10 @@ import json
 from collections import Counter
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from reproseg.data.splits import SplitError, assign_groups, make_splits, statistics
+from reproseg.data.splits import SplitError, assign_groups, make_splits, splits_stage, statistics
 
 PAPER = {"train": 8956, "val": 749, "test": 2427}
 
@@ -81,3 +82,65 @@ def test_statistics_counts():
     split0 = next(k for k, v in s.items() if "video_000" in v.column("video").to_pylist())
     got = {(r["attribute"]) for r in stats if r["split"] == split0 and r["task"] == "IS" and r["size_bucket"] == "s"}
     assert got == {"colors", "others"}
+
+
+def release_table(n_train_videos=30, n_test_videos=10, per_video=4, shared=()):
+    """Rows as the import writes them for the release's two files (release_split)."""
+    rows = []
+    for split, videos in (("train", range(n_train_videos)), ("test", range(100, 100 + n_test_videos))):
+        for v in [*videos, *(shared if split == "test" else ())]:
+            for k in range(per_video):
+                rows.append({"id": f"{split}#{v}-{k}", "video": f"video_{v:03d}",
+                             "image_path": f"video_{v:03d}/{k:06d}.png", "task": ("IS", "MVQA", "OVQA")[k % 3],
+                             "size_bucket": ("s", "xs", "xxs")[(k + v) % 3], "attribute": "colors",
+                             "area_percent": 0.01 * (k + 1), "release_split": split})
+    return pa.Table.from_pylist(rows)
+
+
+def test_release_test_file_is_the_test_split_and_val_comes_from_train():
+    t = release_table()
+    s = make_splits(t, seed=0, proportions=PAPER, group_by="video")
+    # test: exactly the test file's 10 x 4 records, whatever the test proportion says.
+    assert s["test"].column("id").to_pylist() == [f"test#{v}-{k}" for v in range(100, 110) for k in range(4)]
+    assert set(s["val"].column("release_split").to_pylist()) == {"train"}
+    assert set(s["train"].column("release_split").to_pylist()) == {"train"}
+    # val: 749 / (8956 + 749) = 7.7 % of the train file's 120 records = 9.3, in whole videos of 4.
+    assert s["val"].num_rows in (8, 12) and s["train"].num_rows == 120 - s["val"].num_rows
+    videos = {k: set(v.column("video").to_pylist()) for k, v in s.items()}
+    assert not videos["train"] & videos["val"]
+    assert make_splits(t, seed=0, proportions=PAPER, group_by="video")["val"].column("id").to_pylist() \
+        == s["val"].column("id").to_pylist()
+    # No val at all when its proportion is 0.
+    none = make_splits(t, seed=0, proportions={"train": 1, "val": 0, "test": 5}, group_by="video")
+    assert (none["train"].num_rows, none["val"].num_rows, none["test"].num_rows) == (120, 0, 40)
+
+
+def test_release_overlap_stays_out_of_val():
+    # Videos 0..29 of the train file also appear in the test file (all of them): none of
+    # them can go to val, so val is empty and train keeps them; test is still the test file.
+    t = release_table(n_train_videos=30, n_test_videos=0, shared=range(30))
+    s = make_splits(t, seed=0, proportions={"train": 1, "val": 1, "test": 1}, group_by="video")
+    assert (s["train"].num_rows, s["val"].num_rows, s["test"].num_rows) == (120, 0, 120)
+    # Video 3 only is shared: val (half the train file by proportion) never takes it.
+    t = release_table(n_train_videos=30, n_test_videos=2, shared=[3])
+    s = make_splits(t, seed=0, proportions={"train": 1, "val": 1, "test": 1}, group_by="video")
+    assert "video_003" not in s["val"].column("video").to_pylist()
+    assert s["val"].num_rows > 40 and s["test"].num_rows == 12
+
+
+def test_release_and_an_official_split_file_conflict(tmp_path):
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": [], "val": [], "test": []}))
+    with pytest.raises(SplitError, match="use one"):
+        make_splits(release_table(), seed=0, proportions=PAPER, group_by="video", official=path)
+
+
+def test_release_overlap_is_named_in_the_statistics(tmp_path):
+    t = release_table(n_train_videos=4, n_test_videos=1, shared=[2])
+    paths = {s: str(tmp_path / f"{s}.parquet") for s in ("train", "val", "test")}
+    pq.write_table(t, tmp_path / "ann.parquet")
+    splits_stage(str(tmp_path / "ann.parquet"), paths, str(tmp_path / "stats.parquet"), str(tmp_path / "stats.md"),
+                 str(tmp_path / "sizes.png"), seed=0, proportions=PAPER, group_by="video")
+    md = (tmp_path / "stats.md").read_text()
+    assert "share 1 source(s) (by video), kept in train and out of val: video:video_002." in md
+    assert pq.read_table(paths["test"]).num_rows == 8

@@ -1,6 +1,7 @@
 """Synthetic drone data: reproducible bytes, FineRS-4k format, answers true of the frames."""
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -99,3 +100,39 @@ def test_bucket_cycle_and_area_override(tmp_path):
     # An area outside its bucket's FineRS-4k range is refused, naming it.
     with pytest.raises(ValueError, match="bucket_area xs=0.001"):
         generate(tmp_path / "w", tmp_path / "b.json", seed=3, bucket_area={"xs": 0.001}, **args)
+
+
+def test_drawn_objects_are_exactly_the_imported_masks(tmp_path, monkeypatch):
+    """Before encoding, the pixels of each object's colour near it are exactly the mask
+    the importer computes from the JSON's vertices (the authors' OpenCV fill)."""
+    import reproseg.data.synthetic as synthetic
+    from reproseg.data.annotations import ImageInfo
+
+    drawn = {}   # video name -> its frames, as they go to the encoder
+    monkeypatch.setattr(synthetic, "write_video", lambda path, frames, fps, qp: drawn.update(
+        {re.search(r"video_\d{3}", path.name).group(): list(frames)}))
+    generate(tmp_path / "v", tmp_path / "a.json", seed=7, **ARGS)
+    lookup = {f"video_{v:03d}/{t:06d}.png": ImageInfo(320, 180, f"video_{v:03d}", t)
+              for v in range(2) for t in (0, 4)}
+    table, _ = import_annotations(tmp_path / "a.json", lookup.get)
+    assert table.num_rows == 12
+    for r in table.to_pylist():
+        frame = drawn[r["video"]][r["frame_index"]]
+        mask = rle_decode({"size": [180, 320], "counts": r["rle_counts"]})
+        colours = {tuple(c) for c in frame[mask]}
+        assert len(colours) == 1 and colours <= {tuple(c) for c in COLORS.values()}, r["id"]
+        x1, y1, x2, y2 = (int(v) for v in r["box"])
+        near = np.zeros_like(mask)
+        near[max(y1 - 3, 0):y2 + 3, max(x1 - 3, 0):x2 + 3] = True
+        same = (frame == np.array(next(iter(colours)), np.uint8)).all(-1) & near
+        assert (same == mask).all(), r["id"]
+
+
+def test_every_object_lands_in_the_bucket_it_was_drawn_for(dataset):
+    # Default cycle (s, xs, xxs) over the objects: object k of video v is bucket (3v + k) % 3.
+    _, table, _ = dataset
+    for r in table.to_pylist():
+        v, k = int(r["video"][-3:]), int(r["id"][-1])
+        assert r["size_bucket"] == ("s", "xs", "xxs")[(3 * v + k) % 3], r["id"]
+        # The JSON's own area_percent, which sets the bucket, is the mask's.
+        assert r["area_percent_json"] == pytest.approx(r["area_percent"], abs=1e-6)

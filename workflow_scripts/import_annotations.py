@@ -1,4 +1,4 @@
-"""Rule import_annotations: FineRS-4k JSON -> validated Parquet table + report."""
+"""Rule import_annotations: FineRS-4k JSON (one file, or the release's train and test) -> table + report."""
 import json
 
 from reproseg.data.annotations import import_stage
@@ -7,7 +7,10 @@ from reproseg.provenance import run_job
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 data = json.loads(smk.params.cfg)["data"]
 ann = data["annotations"]
+files = [smk.input.annotations] if isinstance(smk.input.annotations, str) else list(smk.input.annotations)
+# The release's {"train": path, "test": path}, in the order the rule lists them; else the one file.
+source = dict(zip(smk.params.release_splits, files)) if smk.params.release_splits else files[0]
 run_job(smk, lambda: import_stage(
-    smk.input.annotations, smk.output.table, smk.output.report, smk.output.report_md, smk.log.report,
+    source, smk.output.table, smk.output.report, smk.output.report_md, smk.log.report,
     manifest=smk.input.manifest or None, images_dir=data["images_dir"],
     on_invalid=ann["on_invalid"], point_jitter=ann["point_jitter"], seed=ann["seed"]))

@@ -27,7 +27,7 @@ SCHEMA_VERSION = 1
 PACKAGES = (
     "snakemake", "snakemake-executor-plugin-slurm", "torch", "torchvision", "transformers",
     "trl", "peft", "accelerate", "deepspeed", "sam2", "pyarrow", "duckdb", "pycocotools",
-    "omegaconf", "av", "numpy", "scipy", "pillow", "reproseg",
+    "omegaconf", "av", "numpy", "scipy", "pillow", "opencv-python-headless", "reproseg",
 )
 SLURM_VARS = (
     "SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_JOB_PARTITION", "SLURM_JOB_NODELIST",

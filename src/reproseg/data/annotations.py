@@ -1,17 +1,38 @@
 """FineRS-4k annotation JSON -> one validated Parquet table + a validation report.
 
-Every invalid record is named in the report with its problem class; nothing is
-dropped silently. With on_invalid="fail" (the default) any invalid record fails the
-import; with "drop_and_report" the valid records are kept and the report lists the
-rest.
+Layouts. `{"annotations": [record, ...]}`, each record with `image_path`, `Q`, `A`,
+`Q-type` (option / referring / reasoning), `options` (option only), `points` ([[x, y],
+...], the object's polygon), `attribute` and `area_percent`, as the authors' code reads
+it (JiazuoYu/Fines: `data["annotations"]`). The release comes as two such files, one
+for train and one for test (`import_annotations({"train": ..., "test": ...})`); each
+row then keeps the file it came from in `release_split`, which make_splits honours.
+One file (the embedded default, a user's own JSON) leaves `release_split` null.
+
+Record ids. A record's own `id` is used when it has one (the synthetic data does);
+the released records have none, so theirs is `<file stem>#<index>`: the file name
+without its extension and the record's 0-based position in that file's `annotations`
+list (`all_annotations_final_test_v5#0`). It is stable as long as the file is; two
+files with one stem would give clashing ids and are refused.
+
+Geometry. The mask is the authors' rasterisation (masks.polygon_to_rle_opencv), stored
+as COCO RLE; a vertex less than 1 px outside the frame is clipped as their code
+effectively does; further out the record is invalid. The size bucket comes from the
+record's `area_percent` when it has one (as the authors bucket), else from the mask.
+
+Every invalid record is named in the report (file, record index, id, field, problem
+class, message); nothing is dropped silently. With on_invalid="fail" (the default) any
+invalid record fails the import; with "drop_and_report" the valid records are kept and
+the report lists the rest.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import math
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,9 +42,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ..io_atomic import write_json, write_parquet, write_text
-from .masks import (GeometryError, as_polygon, centre_jitter_points, check_polygon,
-                    inscribed_circle_points, polygon_to_rle, rle_area, rle_box, rle_decode,
-                    size_bucket)
+from .masks import (GeometryError, as_polygon, bucket_of_percent, centre_jitter_points, check_polygon,
+                    clip_to_frame, inscribed_circle_points, polygon_to_rle_opencv, rle_area, rle_box,
+                    rle_decode, size_bucket)
 
 TASKS = {"referring": "IS", "option": "MVQA", "reasoning": "OVQA"}
 ATTRIBUTES = ("colors", "shape", "position", "others")
@@ -39,6 +60,11 @@ OPTIONS = "bad_options"
 MISSING_ANSWER = "missing_answer"
 DUPLICATE = "duplicate_id"
 EMPTY_QUESTION = "empty_question"
+AREA = "bad_area_percent"
+# Not a problem: a record whose polygon had vertices clipped into the frame.
+CLIPPED = "clipped_vertex"
+# The files of the release, in the order the rule lists them.
+RELEASE_SPLITS = ("train", "test")
 
 
 class AnnotationError(ValueError):
@@ -57,27 +83,49 @@ class ImageInfo:
     frame_index: int | None = None
 
 
+def _entry(index, rid, cls, message, file, field_name) -> dict:
+    entry = {"record": index, "id": rid, "class": cls, "message": message}
+    # Only the sources that know them (FineRS-4k) name the file and the field, so the
+    # other importers' reports keep their shape.
+    if file is not None:
+        entry["file"] = file
+    if field_name is not None:
+        entry["field"] = field_name
+    return entry
+
+
 @dataclass
 class Report:
     source: str
     policy: str
     total: int = 0
     problems: list[dict] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)
 
-    def add(self, index: int, rid, cls: str, message: str) -> None:
-        self.problems.append({"record": index, "id": rid, "class": cls, "message": message})
+    def add(self, index: int, rid, cls: str, message: str, *, file: str | None = None,
+            field_name: str | None = None) -> None:
+        self.problems.append(_entry(index, rid, cls, message, file, field_name))
+
+    def note(self, index: int, rid, cls: str, message: str, *, file: str | None = None,
+             field_name: str | None = None) -> None:
+        """A change made to a record that stays valid (vertices clipped into the frame)."""
+        self.notes.append(_entry(index, rid, cls, message, file, field_name))
 
     @property
-    def invalid_records(self) -> set[int]:
-        return {p["record"] for p in self.problems}
+    def invalid_records(self) -> set[tuple]:
+        # Record indices restart in every file, so the file is part of the key.
+        return {(p.get("file"), p["record"]) for p in self.problems}
 
     def as_dict(self) -> dict:
-        return {
+        d = {
             "source": self.source, "policy": self.policy, "total": self.total,
             "invalid": len(self.invalid_records), "valid": self.total - len(self.invalid_records),
             "by_class": dict(sorted(Counter(p["class"] for p in self.problems).items())),
             "problems": self.problems,
         }
+        if self.notes:
+            d["notes"] = self.notes
+        return d
 
     def markdown(self) -> str:
         d = self.as_dict()
@@ -85,9 +133,20 @@ class Report:
                  f"{d['total']} records, {d['valid']} valid, {d['invalid']} invalid "
                  f"(policy: {self.policy}).", ""]
         if self.problems:
-            lines += ["| record | id | class | problem |", "|---|---|---|---|"]
-            lines += [f"| {p['record']} | {p['id']} | {p['class']} | {p['message']} |" for p in self.problems]
+            lines += _entries_table(self.problems)
+        if self.notes:
+            lines += ["", f"## Notes ({len(self.notes)}, the records stay valid)", ""]
+            lines += _entries_table(self.notes)
         return "\n".join(lines) + "\n"
+
+
+def _entries_table(entries: list[dict]) -> list[str]:
+    if not any("file" in p or "field" in p for p in entries):
+        return ["| record | id | class | problem |", "|---|---|---|---|",
+                *(f"| {p['record']} | {p['id']} | {p['class']} | {p['message']} |" for p in entries)]
+    return ["| file | record | id | class | field | problem |", "|---|---|---|---|---|---|",
+            *(f"| {p.get('file', '')} | {p['record']} | {p['id']} | {p['class']} | {p.get('field') or ''} "
+              f"| {p['message']} |" for p in entries)]
 
 
 def parse_options(options) -> tuple[list[str], list[str]]:
@@ -122,65 +181,95 @@ def _nonempty_str(v) -> bool:
     return isinstance(v, str) and v.strip() != ""
 
 
-def _check(item, index, rid, lookup, report) -> dict | None:
+def _area_percent(value) -> float | None:
+    """The record's area_percent, None when absent; ValueError when it is not a percentage."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= 100:
+        raise ValueError(f"area_percent {value!r} is not a number in [0, 100]")
+    return float(value)
+
+
+def _check(item, index, rid, lookup, report, file) -> dict | None:
     """Validates one record; returns its normalised fields, or None if invalid."""
     n_before = len(report.problems)
+
+    def bad(cls, field_name, message):
+        report.add(index, rid, cls, message, file=file, field_name=field_name)
+
     if not _nonempty_str(item.get("Q")):
-        report.add(index, rid, EMPTY_QUESTION, "question 'Q' is missing or empty")
+        bad(EMPTY_QUESTION, "Q", "question 'Q' is missing or empty")
     task = item.get("Q-type")
     if task not in TASKS:
-        report.add(index, rid, UNKNOWN_TASK, f"unknown Q-type {task!r} (expected one of {sorted(TASKS)})")
+        bad(UNKNOWN_TASK, "Q-type", f"unknown Q-type {task!r} (expected one of {sorted(TASKS)})")
     attribute = item.get("attribute")
     if attribute not in ATTRIBUTES:
-        report.add(index, rid, UNKNOWN_ATTRIBUTE, f"unknown attribute {attribute!r} (expected one of {list(ATTRIBUTES)})")
+        bad(UNKNOWN_ATTRIBUTE, "attribute", f"unknown attribute {attribute!r} (expected one of {list(ATTRIBUTES)})")
     answer = item.get("A")
     if task in ("option", "reasoning") and not _nonempty_str(answer):
-        report.add(index, rid, MISSING_ANSWER, "answer 'A' is missing or empty")
+        bad(MISSING_ANSWER, "A", "answer 'A' is missing or empty")
     letters, texts, letter = [], [], None
     if task == "option":
         if not item.get("options"):
-            report.add(index, rid, OPTIONS, "MVQA record without options")
+            bad(OPTIONS, "options", "MVQA record without options")
         else:
             try:
                 letters, texts = parse_options(item["options"])
                 if _nonempty_str(answer):
                     letter = answer_letter(answer, letters, texts)
                     if letter is None:
-                        report.add(index, rid, OPTIONS, f"answer {answer!r} is not among the options {item['options']}")
+                        bad(OPTIONS, "A", f"answer {answer!r} is not among the options {item['options']}")
             except ValueError as exc:
-                report.add(index, rid, OPTIONS, str(exc))
+                bad(OPTIONS, "options", str(exc))
+    area_percent = None
+    try:
+        area_percent = _area_percent(item.get("area_percent"))
+    except ValueError as exc:
+        bad(AREA, "area_percent", str(exc))
     image_path = item.get("image_path")
     info = lookup(image_path) if _nonempty_str(image_path) else None
     if info is None:
-        report.add(index, rid, MISSING_IMAGE, f"image {image_path!r} not found")
+        bad(MISSING_IMAGE, "image_path", f"image {image_path!r} not found")
     geometry = None
     if info is not None:
         try:
-            poly = as_polygon(item.get("points"))
-            check_polygon(poly, info.width, info.height)
-            rle = polygon_to_rle(poly, info.width, info.height)
+            raw = as_polygon(item.get("points"))
+            check_polygon(raw, info.width, info.height)
+            poly = clip_to_frame(raw, info.width, info.height)
+            rle = polygon_to_rle_opencv(poly, info.width, info.height)
             area = rle_area(rle)
             if area == 0:
-                raise GeometryError("degenerate polygon: it covers no pixel")
-            geometry = (poly, rle, area)
+                raise GeometryError("degenerate polygon: it covers no pixel of the frame")
+            geometry = (poly, rle, area, sum(a != b for a, b in zip(raw, poly)))
         except GeometryError as exc:
-            report.add(index, rid, GEOMETRY, str(exc))
+            bad(GEOMETRY, "points", str(exc))
     if len(report.problems) > n_before:
         return None
-    poly, rle, area = geometry
+    poly, rle, area, clipped = geometry
+    if clipped:
+        report.note(index, rid, CLIPPED, f"{clipped} vertex(es) less than 1 px outside the "
+                    f"{info.width}x{info.height} image clipped into it", file=file, field_name="points")
     return {"task": task, "attribute": attribute, "answer": answer if isinstance(answer, str) else "",
             "letters": letters, "texts": texts, "letter": letter, "info": info,
-            "poly": poly, "rle": rle, "area": area}
+            "poly": poly, "rle": rle, "area": area, "area_percent": area_percent}
 
 
-def import_annotations(json_path: str | Path, lookup: Callable[[str], ImageInfo | None], *,
-                       on_invalid: str = "fail", point_jitter: float = 0.25, seed: int = 0
-                       ) -> tuple[pa.Table, Report]:
-    """Reads a FineRS-4k JSON. `lookup(image_path)` gives the image size, or None if the
-    image does not exist. Returns the table of valid records and the report; raises
-    AnnotationError (after building the report) under on_invalid='fail'."""
-    json_path = Path(json_path)
-    report = Report(source=str(json_path), policy=on_invalid)
+def annotation_files(source) -> dict[str | None, Path]:
+    """{None: path} for one JSON file; {"train": path, "test": path} for the release."""
+    if isinstance(source, Mapping):
+        if set(source) != set(RELEASE_SPLITS):
+            raise AnnotationError(f"annotation files {sorted(source)}: expected exactly {list(RELEASE_SPLITS)}")
+        files = {split: Path(source[split]) for split in RELEASE_SPLITS}
+        stems = [p.stem for p in files.values()]
+        if len(set(stems)) != len(stems):
+            raise AnnotationError(f"the train and test files share the name {stems[0]!r}: the ids "
+                                  "'<file stem>#<index>' of their records would clash")
+        return files
+    return {None: Path(source)}
+
+
+def _read_items(json_path: Path) -> list:
     try:
         doc = json.loads(json_path.read_text())
     except (OSError, ValueError) as exc:
@@ -188,36 +277,60 @@ def import_annotations(json_path: str | Path, lookup: Callable[[str], ImageInfo 
     items = doc.get("annotations") if isinstance(doc, dict) else None
     if not isinstance(items, list):
         raise AnnotationError(f"{json_path}: expected an object with an 'annotations' list")
-    report.total = len(items)
+    return items
+
+
+def import_annotations(source, lookup: Callable[[str], ImageInfo | None], *,
+                       on_invalid: str = "fail", point_jitter: float = 0.25, seed: int = 0
+                       ) -> tuple[pa.Table, Report]:
+    """Reads FineRS-4k JSON: one file (a path) or the release's two ({"train": path,
+    "test": path}). `lookup(image_path)` gives the image size, or None if the image does
+    not exist. Returns the table of valid records and the report; raises AnnotationError
+    (after building the report) under on_invalid='fail'."""
+    files = annotation_files(source)
+    report = Report(source=", ".join(f"{split}: {path}" if split else str(path) for split, path in files.items()),
+                    policy=on_invalid)
     rows, first_seen = [], {}
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            report.add(index, None, BAD_RECORD, f"record is a {type(item).__name__}, not an object")
-            continue
-        rid = str(item["id"]) if item.get("id") is not None else f"{json_path.stem}#{index}"
-        if rid in first_seen:
-            report.add(index, rid, DUPLICATE, f"duplicate id {rid!r} (first at record {first_seen[rid]})")
-            continue
-        first_seen[rid] = index
-        checked = _check(item, index, rid, lookup, report)
-        if checked is not None:
-            rows.append(_row(item, rid, checked, point_jitter, seed))
+    for split, json_path in files.items():
+        items = _read_items(json_path)
+        report.total += len(items)
+        file = str(json_path)
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                report.add(index, None, BAD_RECORD, f"record is a {type(item).__name__}, not an object",
+                           file=file)
+                continue
+            rid = str(item["id"]) if item.get("id") is not None else f"{json_path.stem}#{index}"
+            if rid in first_seen:
+                first_file, first_index = first_seen[rid]
+                where = f"record {first_index}" + (f" of {first_file}" if first_file != file else "")
+                report.add(index, rid, DUPLICATE, f"duplicate id {rid!r} (first at {where})", file=file,
+                           field_name="id")
+                continue
+            first_seen[rid] = (file, index)
+            checked = _check(item, index, rid, lookup, report, file)
+            if checked is not None:
+                rows.append(_row(item, rid, checked, split, point_jitter, seed))
     if report.problems and on_invalid == "fail":
         raise AnnotationError(report_summary(report), report)
     return _to_table(rows), report
 
 
 def report_summary(report: Report, limit: int = 10) -> str:
-    shown = "\n  ".join(f"record {p['record']} (id {p['id']}): {p['class']}: {p['message']}"
+    shown = "\n  ".join(f"{p['file'] + ' ' if 'file' in p else ''}record {p['record']} (id {p['id']}): "
+                        f"{p['class']}{' [' + p['field'] + ']' if 'field' in p else ''}: {p['message']}"
                         for p in report.problems[:limit])
     more = len(report.problems) - limit
     return (f"{report.source}: {len(report.invalid_records)} invalid record(s) of {report.total}:\n  "
             + shown + (f"\n  ... and {more} more problem(s) in the validation report" if more > 0 else ""))
 
 
-def _row(item, rid, c, point_jitter, seed) -> dict:
+def _row(item, rid, c, release_split, point_jitter, seed) -> dict:
     info: ImageInfo = c["info"]
     box = rle_box(c["rle"])
+    # The authors bucket by the record's area_percent; the mask decides only without one.
+    bucket = (bucket_of_percent(c["area_percent"]) if c["area_percent"] is not None
+              else size_bucket(c["area"], info.width, info.height))
     return {
         "id": rid,
         "image_path": item["image_path"],
@@ -238,8 +351,9 @@ def _row(item, rid, c, point_jitter, seed) -> dict:
         "box": box,
         "area_px": c["area"],
         "area_percent": 100.0 * c["area"] / (info.width * info.height),
-        "area_percent_json": float(item["area_percent"]) if isinstance(item.get("area_percent"), (int, float)) else None,
-        "size_bucket": size_bucket(c["area"], info.width, info.height),
+        "area_percent_json": c["area_percent"],
+        "size_bucket": bucket,
+        "release_split": release_split,
         "points_centre_jitter": centre_jitter_points(box, point_jitter, f"{seed}:{rid}"),
         "points_inscribed": inscribed_circle_points(rle_decode(c["rle"])),
     }
@@ -253,7 +367,7 @@ SCHEMA = pa.schema([
     ("option_letters", pa.list_(pa.string())), ("answer_option", pa.string()),
     ("polygon", pa.list_(pa.list_(pa.float64()))), ("rle_counts", pa.string()),
     ("box", pa.list_(pa.float64())), ("area_px", pa.int64()), ("area_percent", pa.float64()),
-    ("area_percent_json", pa.float64()), ("size_bucket", pa.string()),
+    ("area_percent_json", pa.float64()), ("size_bucket", pa.string()), ("release_split", pa.string()),
     ("points_centre_jitter", pa.list_(pa.list_(pa.float64()))),
     ("points_inscribed", pa.list_(pa.list_(pa.float64()))),
 ])
@@ -312,16 +426,17 @@ def write_reports(report: Report, report_log: str, report_json: str, report_md: 
     return d
 
 
-def import_stage(annotations_json: str, table_out: str, report_json: str, report_md: str,
+def import_stage(annotations, table_out: str, report_json: str, report_md: str,
                  report_log: str, *, manifest: str | None, images_dir: str | None,
                  on_invalid: str, point_jitter: float, seed: int) -> None:
-    """Rule import_annotations. The report also goes to the job's log, which Snakemake
+    """Rule import_annotations: `annotations` is one JSON path or the release's
+    {"train": path, "test": path}. The report also goes to the job's log, which Snakemake
     keeps when the job fails, so a failed import still leaves the list of bad records."""
     lookup = lookup_from_manifest(pq.read_table(manifest)) if manifest else lookup_from_directory(images_dir)
     with failed_report_to(report_log):
-        table, report = import_annotations(annotations_json, lookup, on_invalid=on_invalid,
+        table, report = import_annotations(annotations, lookup, on_invalid=on_invalid,
                                            point_jitter=point_jitter, seed=seed)
     d = write_reports(report, report_log, report_json, report_md)
     write_parquet(table_out, table)
-    logging.getLogger(__name__).info("imported %d of %d records (%d invalid, policy %s)",
-                                     d["valid"], d["total"], d["invalid"], on_invalid)
+    logging.getLogger(__name__).info("imported %d of %d records (%d invalid, %d with clipped vertices, policy %s)",
+                                     d["valid"], d["total"], d["invalid"], len(report.notes), on_invalid)

@@ -1,22 +1,41 @@
 """Annotation geometry: polygon -> COCO RLE -> box -> area -> size bucket -> GT points.
 
 Conventions (used everywhere in the project):
-- pixel (x, y) covers [x, x+1) x [y, y+1); polygons are in continuous image coordinates;
+- pixel (x, y) covers [x, x+1) x [y, y+1);
+- FineRS-4k masks are rasterised as the authors' code does (JiazuoYu/Fines, every
+  `get_mask_from_points`): the vertices are cast to int32 (truncated towards zero), then
+  OpenCV's `polylines` (closed, thickness 1) and `fillPoly` draw into the frame, which
+  clips what falls outside. So a vertex is a pixel index and the outline's pixels are
+  part of the mask: the square with corners (10, 20) and (20, 25) covers 11 x 6 pixels,
+  where pycocotools' area-sampling fill (`polygon_to_rle`, for COCO-format polygons)
+  covers 10 x 5;
+- a vertex less than 1 px outside the frame is clipped (its truncated pixel index is the
+  same, or off the frame and clipped by OpenCV, as in the authors' code); further out
+  the polygon is invalid;
+- masks are stored as COCO RLE, whichever rasteriser made them;
 - boxes are [x1, y1, x2, y2] with exclusive x2/y2, so width = x2 - x1;
 - the size bucket follows FineRS-4k: xxs below 0.017 % of the image area, s above
-  0.055 %, xs in between, boundaries included in xs; compared in exact integers.
+  0.055 %, xs in between, boundaries included in xs. From a record's `area_percent`
+  it is compared as the authors' evaluation compares it (floats, `bucket_of_percent`);
+  from a mask area, in exact integers (`size_bucket`).
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from scipy.ndimage import distance_transform_edt
 
 XXS_MAX_PERCENT_X1000 = 17   # 0.017 %
 XS_MAX_PERCENT_X1000 = 55    # 0.055 %
+# The same bounds as the authors' evaluation writes them (XXS_TH, S_TH), in percent.
+XXS_MAX_PERCENT = 0.017
+XS_MAX_PERCENT = 0.055
+# A vertex closer than this to the frame is clipped, not rejected.
+FRAME_SLACK_PX = 1.0
 
 
 class GeometryError(ValueError):
@@ -51,22 +70,55 @@ def shoelace_area(poly: list[tuple[float, float]]) -> float:
 
 
 def check_polygon(poly: list[tuple[float, float]], width: int, height: int) -> None:
+    """Raises GeometryError for fewer than 3 vertices, a vertex 1 px or more outside the
+    frame, or zero area. A vertex less than 1 px outside passes (clip_to_frame)."""
     if len(poly) < 3:
         raise GeometryError(f"degenerate polygon: {len(poly)} vertices (need 3+)")
-    bad = [(x, y) for x, y in poly if not (0 <= x <= width and 0 <= y <= height)]
+    slack = FRAME_SLACK_PX
+    bad = [(x, y) for x, y in poly if not (-slack < x < width + slack and -slack < y < height + slack)]
     if bad:
-        raise GeometryError(f"polygon vertex {bad[0]} outside the {width}x{height} image")
+        raise GeometryError(f"polygon vertex {bad[0]} is {slack:g} px or more outside the {width}x{height} image")
     if shoelace_area(poly) == 0:
         raise GeometryError("degenerate polygon: zero area")
 
 
+def clip_to_frame(poly: list[tuple[float, float]], width: int, height: int) -> list[tuple[float, float]]:
+    """Vertices clamped to [0, width] x [0, height]. For a vertex less than 1 px outside,
+    the int32 truncation of polygon_to_rle_opencv gives the same pixel index either way
+    (-0.5 -> 0; width + 0.5 -> width, a column OpenCV clips), so the mask is unchanged."""
+    return [(min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height))) for x, y in poly]
+
+
 def polygon_to_rle(poly: list[tuple[float, float]], width: int, height: int) -> dict:
-    """COCO RLE (counts as str) of the polygon's fill, via pycocotools."""
+    """COCO RLE (counts as str) of the polygon's fill, via pycocotools: COCO-format
+    polygons (the SegAnswer sources). FineRS-4k uses polygon_to_rle_opencv."""
     flat = [c for p in poly for c in p]
     rle = mask_utils.merge(mask_utils.frPyObjects([flat], height, width))
     if isinstance(rle["counts"], bytes):
         rle["counts"] = rle["counts"].decode("ascii")
     return rle
+
+
+def fill_polygon_opencv(poly, width: int, height: int) -> np.ndarray:
+    """The FineRS-4k authors' mask of a polygon ([[x, y], ...] or (x, y) pairs), as a
+    bool (height, width) array: int32-truncated vertices, a 1-px closed outline, then
+    the fill, drawn by OpenCV (which clips to the frame)."""
+    pts = np.asarray(poly, dtype=np.float64).reshape(1, -1, 2).astype(np.int32)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    cv2.polylines(mask, pts, True, 1, 1)
+    cv2.fillPoly(mask, pts, 1)
+    return mask.astype(bool)
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """COCO RLE (counts as str) of a bool (height, width) mask."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def polygon_to_rle_opencv(poly, width: int, height: int) -> dict:
+    """COCO RLE of fill_polygon_opencv: the FineRS-4k ground truth."""
+    return mask_to_rle(fill_polygon_opencv(poly, width, height))
 
 
 def _coco(rle: dict) -> dict:
@@ -88,13 +140,24 @@ def rle_decode(rle: dict) -> np.ndarray:
 
 
 def size_bucket(area_px: int, width: int, height: int) -> str:
-    """FineRS-4k bucket of a mask area, exact at 0.017 % and 0.055 %."""
+    """FineRS-4k bucket of a mask area, exact at 0.017 % and 0.055 % (for records
+    without an `area_percent`)."""
     scaled = area_px * 100 * 1000   # area percent x 1000, times the image area
     image = width * height
     if scaled < XXS_MAX_PERCENT_X1000 * image:
         return "xxs"
     if scaled > XS_MAX_PERCENT_X1000 * image:
         return "s"
+    return "xs"
+
+
+def bucket_of_percent(area_percent: float) -> str:
+    """FineRS-4k bucket of a record's `area_percent` (mask area / image area x 100), as
+    the authors' evaluation assigns it: s above 0.055, xxs below 0.017, else xs."""
+    if area_percent > XS_MAX_PERCENT:
+        return "s"
+    if area_percent < XXS_MAX_PERCENT:
+        return "xxs"
     return "xs"
 
 

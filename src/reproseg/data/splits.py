@@ -4,6 +4,12 @@ Samples are grouped by source (video, or image when no video is known): a group 
 assigned whole, so no source appears in two splits. Groups are assigned greedily, in
 a seeded order, to the split whose deficit is largest, where the deficit counts both
 the overall target size and the (task, size bucket) strata the group contains.
+
+FineRS-4k as released (annotations with a `release_split`, from separate train and
+test files): test is exactly the test file's records, and val is drawn the same way
+from the train file's records only, at val / (train + val) of them (the test
+proportion is unused). A source the release puts in both files is its own overlap:
+it is logged, named in the statistics, and kept out of val.
 """
 from __future__ import annotations
 
@@ -68,20 +74,54 @@ def assign_groups(groups: list[str], strata: list[str], proportions: dict[str, f
     return out
 
 
+def release_splits(table: pa.Table) -> list[str | None]:
+    """Each record's file in the release ("train" / "test"), None for one-file JSON."""
+    if "release_split" not in table.column_names:
+        return [None] * table.num_rows
+    out = table.column("release_split").to_pylist()
+    if len({r is None for r in out}) > 1 or not set(out) <= {None, "train", "test"}:
+        raise SplitError("release_split must be train/test for every record or for none, got "
+                         f"{sorted(set(out), key=str)}")
+    return out
+
+
+def release_overlap(table: pa.Table, group_by: str) -> list[str]:
+    """Sources (by `group_by`) the release has in both its train and its test file."""
+    groups, release = group_keys(table, group_by), release_splits(table)
+    return sorted({g for g, r in zip(groups, release) if r == "train"}
+                  & {g for g, r in zip(groups, release) if r == "test"})
+
+
 def make_splits(table: pa.Table, *, seed: int, proportions: dict, group_by: str,
                 official: str | Path | None = None) -> dict[str, pa.Table]:
     groups = group_keys(table, group_by)
     ids = table.column("id").to_pylist()
-    if official:
+    strata = [f"{t}/{b}" for t, b in zip(table.column("task").to_pylist(),
+                                          table.column("size_bucket").to_pylist())]
+    release = release_splits(table)
+    shared: set[str] = set()
+    if release and release[0] is not None:
+        if official:
+            raise SplitError(f"{official}: an official split file and the release's train and test files "
+                             "both define the splits; use one (data.splits.official or data.annotations_json)")
+        shared = set(release_overlap(table, group_by))
+        split_of = _from_release(groups, strata, release, shared, proportions, seed)
+    elif official:
         split_of = _official(Path(official), ids)
     else:
-        strata = [f"{t}/{b}" for t, b in zip(table.column("task").to_pylist(),
-                                              table.column("size_bucket").to_pylist())]
         by_group = assign_groups(groups, strata, proportions, seed)
         split_of = [by_group[g] for g in groups]
-    check_no_leakage(groups, split_of)
-    labels = pa.array(split_of)
+    check_no_leakage(groups, split_of, allowed=shared)
+    labels = pa.array(split_of, pa.string())
     return {s: table.filter(pc.equal(labels, s)) for s in SPLITS}
+
+
+def _from_release(groups, strata, release, shared, proportions, seed) -> list[str]:
+    """test = the test file; val drawn from the train file's groups not also in test."""
+    drawable = [i for i, r in enumerate(release) if r == "train" and groups[i] not in shared]
+    by_group = assign_groups([groups[i] for i in drawable], [strata[i] for i in drawable],
+                             {"train": proportions["train"], "val": proportions["val"], "test": 0}, seed)
+    return ["test" if r == "test" else by_group.get(g, "train") for g, r in zip(groups, release)]
 
 
 def _official(path: Path, ids: list[str]) -> list[str]:
@@ -98,11 +138,15 @@ def _official(path: Path, ids: list[str]) -> list[str]:
     return [where[rid] for rid in ids]
 
 
-def check_no_leakage(groups: list[str], split_of: list[str]) -> None:
-    seen: dict[str, str] = {}
+def check_no_leakage(groups: list[str], split_of: list[str], allowed: set[str] = frozenset()) -> None:
+    """No source in two splits, except the `allowed` ones (the release's own train/test
+    overlap), which may be in train and test but never in val."""
+    seen: dict[str, set[str]] = defaultdict(set)
     for g, s in zip(groups, split_of):
-        if seen.setdefault(g, s) != s:
-            raise SplitError(f"source {g!r} is in both {seen[g]} and {s}")
+        seen[g].add(s)
+        if len(seen[g]) > 1 and (g not in allowed or "val" in seen[g]):
+            a, b = sorted(seen[g], key=SPLITS.index)[:2]
+            raise SplitError(f"source {g!r} is in both {a} and {b}")
 
 
 def statistics(splits: dict[str, pa.Table]) -> pa.Table:
@@ -120,10 +164,15 @@ def statistics(splits: dict[str, pa.Table]) -> pa.Table:
     """).to_arrow_table()
 
 
-def statistics_markdown(stats: pa.Table, splits: dict[str, pa.Table], group_by: str) -> str:
+def statistics_markdown(stats: pa.Table, splits: dict[str, pa.Table], group_by: str,
+                        overlap: list[str] = ()) -> str:
     rows = stats.to_pylist()
-    lines = ["# Dataset statistics", "", "| split | samples | sources | IS | MVQA | OVQA | S | XS | XXS |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["# Dataset statistics", ""]
+    if overlap:
+        lines += [f"The release's train and test files share {len(overlap)} source(s) (by {group_by}), kept "
+                  f"in train and out of val: {', '.join(overlap[:10])}{' ...' if len(overlap) > 10 else ''}.", ""]
+    lines += ["| split | samples | sources | IS | MVQA | OVQA | S | XS | XXS |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for s, t in splits.items():
         task = Counter(t.column("task").to_pylist())
         size = Counter(t.column("size_bucket").to_pylist())
@@ -162,13 +211,17 @@ def plot_sizes(splits: dict[str, pa.Table], target) -> None:
 def splits_stage(annotations: str, outputs: dict[str, str], stats_parquet: str, stats_md: str,
                  plot_png: str, *, seed: int, proportions: dict, group_by: str, official=None) -> None:
     """Rule make_splits."""
+    log = logging.getLogger(__name__)
     table = pq.read_table(annotations)
     splits = make_splits(table, seed=seed, proportions=proportions, group_by=group_by, official=official)
+    overlap = release_overlap(table, group_by)
+    if overlap:
+        log.warning("the release's train and test files share %d source(s), e.g. %s", len(overlap), overlap[:5])
     for name, t in splits.items():
         write_parquet(outputs[name], t)
-        logging.getLogger(__name__).info("%s: %d samples", name, t.num_rows)
+        log.info("%s: %d samples", name, t.num_rows)
     stats = statistics(splits)
     write_parquet(stats_parquet, stats)
-    write_text(stats_md, statistics_markdown(stats, splits, group_by))
+    write_text(stats_md, statistics_markdown(stats, splits, group_by, overlap))
     with atomic_path(plot_png) as tmp:
         plot_sizes(splits, tmp)

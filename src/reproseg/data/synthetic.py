@@ -1,10 +1,11 @@
 """Synthetic drone-like videos with FineRS-4k style annotations, for the embedded default.
 
 A textured terrain (fields, a road) is filmed by a slowly panning camera. Each video
-holds a few small static objects of known colour, shape and size; their masks are the
-same pycocotools polygon fills the annotation importer computes, so the ground truth
-is exact. Questions cover the three FineRS task types and four attribute categories,
-and every answer is true of the drawn frame. The same seed gives the same bytes.
+holds a few small static objects of known colour, shape and size; they are drawn with
+the mask the annotation importer computes (the FineRS-4k authors' OpenCV fill of the
+very vertices written to the JSON), so the ground truth is exact. Questions cover the
+three FineRS task types and four attribute categories, and every answer is true of the
+drawn frame. The same seed gives the same bytes.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io_atomic import atomic_path, write_text
-from .masks import polygon_to_rle, rle_area, rle_decode
+from .masks import bucket_of_percent, polygon_to_rle_opencv, rle_area, rle_decode
 from .video import selected, write_video
 
 COLORS = {
@@ -63,11 +64,32 @@ def shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
     raise ValueError(f"unknown shape {shape!r}")
 
 
+# Area and perimeter of each polygon per unit circumradius (r^2 and r).
+_AREA = {"square": 2.0, "diamond": 2.0, "triangle": 3 * math.sqrt(3) / 4, "circle": 8 * math.sin(2 * math.pi / 16)}
+_PERIMETER = {"square": 4 * math.sqrt(2), "diamond": 4 * math.sqrt(2), "triangle": 3 * math.sqrt(3),
+              "circle": 32 * math.sin(math.pi / 16)}
+
+
 def _radius_for_area(shape: str, area: float) -> float:
-    # Area of each polygon as a function of its circumradius r.
-    factor = {"square": 2.0, "diamond": 2.0, "triangle": 3 * math.sqrt(3) / 4,
-              "circle": 8 * math.sin(2 * math.pi / 16)}[shape]
-    return math.sqrt(area / factor)
+    """The circumradius of the polygon of this area (an area-sampling fill, pycocotools)."""
+    return math.sqrt(area / _AREA[shape])
+
+
+def _radius_for_fill(shape: str, area: float) -> float:
+    """The circumradius whose OpenCV fill covers about `area` pixels. That fill counts the
+    lattice points inside and on the outline, about A + P/2 + 1 by Pick's theorem, so
+    solve a r^2 + p r / 2 + 1 = area for A = a r^2 and P = p r."""
+    a, half = _AREA[shape], _PERIMETER[shape] / 2
+    return (-half + math.sqrt(half * half + 4 * a * max(area - 1, 0.0))) / (2 * a)
+
+
+def _vertices(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """The polygon as written to the JSON (3 decimals), which is also what is drawn."""
+    return [(round(x, 3), round(y, 3)) for x, y in shape_polygon(shape, cx, cy, r)]
+
+
+def _area_percent(area_px: int, width: int, height: int) -> float:
+    return round(100 * area_px / (width * height), 6)
 
 
 def _terrain(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +128,7 @@ def _place_objects(rng, road, n, width, height, pan, buckets, areas) -> list[Sce
     for i in range(n):
         bucket = buckets[i]
         shape = str(shapes[i])
-        r = _radius_for_area(shape, areas[bucket] * width * height)
+        r = _radius_for_fill(shape, areas[bucket] * width * height)
         want_road = i % 2 == 1
         for _ in range(1000):
             # Always inside the frame whatever the camera offset (0..pan).
@@ -114,12 +136,21 @@ def _place_objects(rng, road, n, width, height, pan, buckets, areas) -> list[Sce
             y = rng.uniform(pan + r + 2, height - r - 2)
             spaced = all(math.hypot(x - o.x, y - o.y) > 4 * (r + o.size) for o in objs)
             on_road = bool(road[int(y), int(x)])
-            if spaced and on_road == want_road and _surface_uniform(road, x, y, r):
+            if spaced and on_road == want_road and _surface_uniform(road, x, y, r) \
+                    and _bucket_at(shape, x, y, r, width, height) == bucket:
                 break
         else:
             raise RuntimeError("could not place a synthetic object; enlarge the frame")
         objs.append(SceneObject(str(colors[i]), shape, bucket, x, y, r))
     return objs
+
+
+def _bucket_at(shape, x, y, r, width, height) -> str:
+    """The bucket the importer will give the object: the pixel count of a small fill
+    depends on where its vertices fall in their pixels. The camera pans by whole pixels,
+    so the count is the same in every frame."""
+    rle = polygon_to_rle_opencv(_vertices(shape, x, y, r), width, height)
+    return bucket_of_percent(_area_percent(rle_area(rle), width, height))
 
 
 def _surface_uniform(road, x, y, r) -> bool:
@@ -188,8 +219,8 @@ def generate(out_dir: str | Path, annotations_json: str | Path, *, seed: int, n_
             img = world[off:off + height, off:off + width].copy()
             polys = []
             for obj in objs:
-                poly = shape_polygon(obj.shape, obj.x - off, obj.y - off, obj.size)
-                rle = polygon_to_rle(poly, width, height)
+                poly = _vertices(obj.shape, obj.x - off, obj.y - off, obj.size)
+                rle = polygon_to_rle_opencv(poly, width, height)
                 img[rle_decode(rle)] = COLORS[obj.color]
                 polys.append((obj, poly, rle))
             frames.append(img)
@@ -207,8 +238,8 @@ def generate(out_dir: str | Path, annotations_json: str | Path, *, seed: int, n_
                     "id": f"{name}-{t:06d}-{k}",
                     "image_path": f"{name}/{t:06d}.png",
                     "Q": q, "A": a, "Q-type": task, "attribute": attribute,
-                    "points": [[round(x, 3), round(y, 3)] for x, y in poly],
-                    "area_percent": round(100 * rle_area(rle) / (width * height), 6),
+                    "points": [[x, y] for x, y in poly],
+                    "area_percent": _area_percent(rle_area(rle), width, height),
                 }
                 if options is not None:
                     item["options"] = options
