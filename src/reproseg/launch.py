@@ -3,8 +3,9 @@
 A job's keyword arguments are pickled to a job file together with the function to run
 ("module:function"); each rank runs `python -m reproseg.launch JOB`. The arguments
 must therefore be picklable by reference (module-level functions, instances of
-module-level classes). The GRPO engine's jobs go through reproseg.grpo.launch, the
-SegAnswer stage-2 loop through `run_workers`.
+module-level classes). Trainer-based stages (the GRPO engine's jobs through
+reproseg.grpo.launch, SegAnswer stage 1) go through `run_resumable`, which passes a stop
+signal on to the workers; the SegAnswer stage-2 loop through `run_workers`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from reproseg.runs import STOP_FILE, TrainingInterrupted, completed_checkpoints
 
 WORKER_MODULE = "reproseg.launch"
 TARGET_KEY = "_target"  # "module:function" the workers call with the job's arguments
@@ -105,6 +108,67 @@ def run_workers(job_path: str | os.PathLike, num_processes: int, target: str, **
     rc = subprocess.run(cmd, preexec_fn=ignore_usr1).returncode
     if rc != 0:
         raise subprocess.CalledProcessError(rc, cmd)
+
+
+def launched() -> bool:
+    """Whether this process is one worker of a multi-process launch (torchrun sets these)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_resumable(job_path: str | os.PathLike, num_processes: int, target: str, state_dir: str | os.PathLike,
+                  launcher: str = "torchrun", **kwargs) -> None:
+    """`target(**kwargs)` once per process, for a Trainer-based stage that saves its state in
+    `state_dir` (its resume folder) on a stop request (reproseg.runs).
+
+    SIGTERM/SIGUSR1 to this process are passed on to the workers through the stop file
+    (they save and stop); then TrainingInterrupted is raised here as well, unless the
+    workers had already finished. With Slurm, also ask for an early warning, e.g.
+    `--signal=USR1@600`, so that a large checkpoint has time to save.
+    """
+    state_dir = Path(state_dir)
+    stop_file = state_dir / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+    write_job(job_path, **{TARGET_KEY: target}, **kwargs)
+    cmd = launch_command(job_path, num_processes, launcher=launcher)
+    proc = subprocess.Popen(cmd, preexec_fn=ignore_usr1)
+    received: list[int] = []
+
+    def stop_workers():
+        # torchrun puts each worker in a process group of its own, so signals from
+        # here would reach torchrun only; the workers poll this file every step.
+        stop_file.parent.mkdir(parents=True, exist_ok=True)
+        stop_file.touch()
+
+    def forward(signum, frame):
+        received.append(signum)
+        stop_workers()
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                # The rank-0 worker removes a stale stop file when it starts, so a
+                # request made during start-up is repeated until the workers are gone.
+                if received:
+                    stop_workers()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    Path(job_path).unlink(missing_ok=True)
+    if rc == 0:
+        return  # finished; a stop request that came at the very end changes nothing
+    if received:
+        done = completed_checkpoints(state_dir)
+        step = int(done[-1].name.rsplit("-", 1)[-1]) if done else 0
+        raise TrainingInterrupted(step, str(done[-1]) if done else "(no checkpoint yet)")
+    raise subprocess.CalledProcessError(rc, cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """SegAnswer's supervised stages on the HF Trainer: stage 1 (phases a and b) and its
 learning-rate schedule, gradient accumulation and clipping, TensorBoard, and resume.
 
-A stage gives the Trainer its trainable parameters (AdamW groups) and a `step_loss(model,
-rows) -> {"loss": ..., other terms}`; a batch is a list of data rows (each with its PIL
+A stage gives the Trainer its trainable parameters (AdamW groups) and a `step_loss(forward,
+model, rows) -> {"loss": ..., other terms}` (`forward`: the module to run the forward
+through, DDP's wrapper under several processes; `model`: the SegAnswer model itself); a batch is a list of data rows (each with its PIL
 image), turned into model inputs by the stage inside the step, so a paper-size set never
 sits decoded in memory.
 
@@ -29,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from reproseg.io_atomic import write_parquet
+from reproseg.launch import is_main_process, launched
 from reproseg.runs import (
     STOP_FILE,
     TENSORBOARD_DIR,
@@ -83,7 +85,7 @@ class SegAnswerSFTTrainer(Trainer):
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        terms = self.step_loss(model, inputs["rows"])
+        terms = self.step_loss(model, self.accelerator.unwrap_model(model), inputs["rows"])
         # Logged with the step (the last micro-batch's terms under accumulation).
         self.last_terms = {k: float(v.detach()) for k, v in terms.items() if k != "loss"}
         return terms["loss"]
@@ -103,7 +105,10 @@ class SegAnswerSFTTrainer(Trainer):
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        # Only what trains: for stage 1 the projector, mask decoder and LoRA, not the 7B language model.
+        # Only what trains: for stage 1 the projector, mask decoder and LoRA, not the 7B language
+        # model; DDP keeps every rank's copy equal, so rank 0 writes it.
+        if not self.args.should_save:
+            return
         out = Path(output_dir or self.args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_file({n: p.detach().cpu().contiguous().clone() for n, p in self._trainable().items()},
@@ -171,6 +176,9 @@ def training_arguments(settings, output_dir: Path, use_cpu: bool) -> TrainingArg
         remove_unused_columns=False,
         dataloader_pin_memory=False,
         use_cpu=use_cpu,
+        # Under several processes (DDP) a batch may leave a trained part unused (a row
+        # without `<|seg|>`); DDP must then not wait for its gradient.
+        ddp_find_unused_parameters=launched() or None,
         disable_tqdm=False,
     )
 
@@ -186,10 +194,14 @@ def train_sft(model, rows: Sequence[dict], settings, params: list[torch.nn.Param
     `<resume_dir>/../tensorboard`. callbacks: extra TrainerCallbacks (before the stop check)."""
     if not params:
         raise ValueError("nothing to train")
+    if launched() and resume_dir is None:
+        raise ValueError("several processes share one resume_dir; none was given")
     keep = resume_dir is not None
     resume_dir = Path(resume_dir) if keep else Path(tempfile.mkdtemp(prefix="seganswer-sft-"))
-    resume_dir.mkdir(parents=True, exist_ok=True)
-    check_or_write_manifest(resume_dir, identity or {}, True)
+    main = is_main_process()
+    if main:
+        resume_dir.mkdir(parents=True, exist_ok=True)
+    check_or_write_manifest(resume_dir, identity or {}, main)
     done = completed_checkpoints(resume_dir)
     last = done[-1] if done else None
     resume_step = int(last.name.rsplit("-", 1)[-1]) if last else None
@@ -198,12 +210,13 @@ def train_sft(model, rows: Sequence[dict], settings, params: list[torch.nn.Param
     args = training_arguments(settings, resume_dir, use_cpu)
     log_cb = StepLogCallback(work_log, resume_step)
     stop = StopSignal(stop_file=resume_dir / STOP_FILE)
-    (resume_dir / STOP_FILE).unlink(missing_ok=True)
+    if main:
+        (resume_dir / STOP_FILE).unlink(missing_ok=True)
     stop_cb = StopOnSignalCallback(stop, skip_final_save=True)
     trainer = SegAnswerSFTTrainer(model=model, args=args, train_dataset=_Rows(rows), data_collator=_batch_of_rows,
                                   step_loss=step_loss, param_groups=param_groups, callbacks=[log_cb, *callbacks, stop_cb])
     tb_dir = resume_dir.parent / TENSORBOARD_DIR
-    if keep and last is None:
+    if keep and last is None and main:
         shutil.rmtree(tb_dir, ignore_errors=True)   # an earlier run's curves would be drawn over this one's
     direct_tensorboard(trainer, tb_dir if keep else resume_dir / TENSORBOARD_DIR)
     try:
@@ -214,7 +227,7 @@ def train_sft(model, rows: Sequence[dict], settings, params: list[torch.nn.Param
                 raise TrainingInterrupted(stopped, str(resume_dir / f"checkpoint-{stopped}"))
     finally:
         model.eval()
-    if log_path is not None:
+    if log_path is not None and main:
         write_parquet(log_path, pa.Table.from_pylist(log_cb.rows))
     if not keep:
         shutil.rmtree(resume_dir, ignore_errors=True)

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -42,6 +44,7 @@ from peft import LoraConfig, get_peft_model
 
 from reproseg.config import dataclass_from_dict
 from reproseg.io_atomic import atomic_dir, write_json
+from reproseg.launch import is_main_process, launched, run_resumable, visible_gpu_count
 from reproseg.seganswer.losses import IGNORE_INDEX, Stage1LossWeights, actual_iou, stage1_loss
 from reproseg.seganswer.model import (  # noqa: F401  (merge_lora: public API)
     SegAnswerModel,
@@ -93,6 +96,8 @@ class Stage1Settings:
     warmup_steps: int = 0
     save_steps: int = 500
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # Processes (one per GPU, DDP); None: one per GPU of the job, one on CPU. batch_size is per process.
+    processes: int | None = None
 
     @classmethod
     def phase_a(cls, **kw) -> "Stage1Settings":
@@ -205,13 +210,16 @@ def configure_trainable(model: SegAnswerModel, phase: str, settings: Stage1Setti
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _teacher_forced(model: SegAnswerModel, examples: Sequence[dict]):
-    """The model's forward over whole stage-1 examples (the response, with its `<|seg|>`, given)."""
+def _teacher_forced(model: SegAnswerModel, examples: Sequence[dict], forward=None):
+    """The model's forward over whole stage-1 examples (the response, with its `<|seg|>`, given).
+    forward: what runs the forward (the DDP wrapper of `model` under several processes, so that
+    the gradients are reduced); default the model itself."""
     batch = collate(examples, model.processor.tokenizer.pad_token_id)
     dev = model.device
     feats = model.sam_image_features([e["image"] for e in examples])
-    out = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["position_ids"].to(dev),
-                batch["pixel_values"].to(dev), batch["image_grid_thw"].to(dev), sam_feats=feats)
+    out = (forward or model)(batch["input_ids"].to(dev), batch["attention_mask"].to(dev),
+                             batch["position_ids"].to(dev), batch["pixel_values"].to(dev),
+                             batch["image_grid_thw"].to(dev), sam_feats=feats)
     return batch, out
 
 
@@ -225,13 +233,15 @@ def param_groups(model: SegAnswerModel, params: list[torch.nn.Parameter], settin
     return [g for g in groups if g["params"]]
 
 
-def stage1_step_loss(model: SegAnswerModel, examples: Sequence[dict], settings: Stage1Settings) -> dict:
-    """Forward + loss of one batch of examples (from build_stage1_example).
+def stage1_step_loss(model: SegAnswerModel, examples: Sequence[dict], settings: Stage1Settings,
+                     forward=None) -> dict:
+    """Forward + loss of one batch of examples (from build_stage1_example); `forward` as for
+    _teacher_forced.
 
     Besides the loss terms: "mask_iou", the mean IoU (mask thresholded at logit 0, at
     SAM's input resolution) of the masks whose target has an object (no gradient).
     """
-    batch, out = _teacher_forced(model, examples)
+    batch, out = _teacher_forced(model, examples, forward)
     dev = model.device
     size = int(model.sam.image_size)
     if out.mask_logits is not None:
@@ -312,8 +322,8 @@ def train_phase(model: SegAnswerModel, rows: Sequence[dict], phase: str, setting
 
     # Examples are built per batch: rows may load their images lazily (a paper-size set
     # does not fit in memory decoded).
-    def step_loss(m, batch):
-        return stage1_step_loss(m, [build_stage1_example(m.processor, r, settings) for r in batch], settings)
+    def step_loss(forward, m, batch):
+        return stage1_step_loss(m, [build_stage1_example(m.processor, r, settings) for r in batch], settings, forward)
 
     identity = {"phase": phase, "settings": trajectory_settings(settings), "rows": len(rows), "start": start or {}}
     return train_sft(model, rows, settings, params, param_groups(model, params, settings), step_loss,
@@ -334,13 +344,9 @@ def train_stage1_projector(qwen_dir, sam2_path, rows: Sequence[dict], out_dir,
     """Phase a from the base models; writes a SegAnswer checkpoint to `out_dir` (atomic).
     With `resume_dir`, a stopped run continues from its last saved step."""
     s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "a")
-    model = SegAnswerModel.from_base(qwen_dir, sam2_path, sam2_config_name, sam2_overrides, seed=s.seed,
-                                     dtype=s.dtype, device=resolve_device(s.device))
-    start = {"qwen": folder_identity(qwen_dir), "sam2": folder_identity(sam2_path)}
-    log = train_phase(model, rows, "a", s, log_path, resume_dir, start)
-    out = _save(model, out_dir, "a", s, log)
-    finish(resume_dir)
-    return out
+    start = {"qwen": str(qwen_dir), "sam2": str(sam2_path), "sam2_config_name": sam2_config_name,
+             "sam2_overrides": sam2_overrides}
+    return _run_phase("a", start, rows, out_dir, s, log_path, resume_dir)
 
 
 def train_stage1_lora(phase_a_dir, rows: Sequence[dict], out_dir, settings: Stage1Settings | dict | None = None,
@@ -348,8 +354,47 @@ def train_stage1_lora(phase_a_dir, rows: Sequence[dict], out_dir, settings: Stag
     """Phase b from phase a's checkpoint; writes an unmerged (base + lora/) checkpoint to `out_dir`.
     With `resume_dir`, a stopped run continues from its last saved step."""
     s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "b")
-    model = SegAnswerModel.from_pretrained(phase_a_dir, dtype=s.dtype, device=resolve_device(s.device))
-    log = train_phase(model, rows, "b", s, log_path, resume_dir, {"phase_a": folder_identity(phase_a_dir)})
-    out = _save(model, out_dir, "b", s, log)
-    finish(resume_dir)
-    return out
+    return _run_phase("b", {"phase_a": str(phase_a_dir)}, rows, out_dir, s, log_path, resume_dir)
+
+
+def processes(settings) -> int:
+    """Processes a stage trains with: `settings.processes`, else one per GPU of the job (one on CPU)."""
+    if settings.processes:
+        return int(settings.processes)
+    return max(1, visible_gpu_count()) if resolve_device(settings.device) == "cuda" else 1
+
+
+def _run_phase(phase: str, start: dict, rows, out_dir, s: Stage1Settings, log_path, resume_dir) -> Path:
+    """One phase in this process, or with several processes one per GPU (DDP, the same global
+    batch of `processes` x batch_size rows): torchrun workers each run `_phase_worker`."""
+    n = processes(s)
+    if n == 1 or launched():
+        _phase_worker(phase, start, rows, str(out_dir), s, log_path, resume_dir)
+        finish(resume_dir)
+        return Path(out_dir)
+    scratch = resume_dir is None
+    resume = Path(tempfile.mkdtemp(prefix="seganswer-stage1-")) if scratch else Path(resume_dir)
+    job = Path(out_dir).with_name(Path(out_dir).name + ".job.pkl")
+    run_resumable(job, n, "reproseg.seganswer.stage1:_phase_worker", resume, phase=phase, start=start, rows=rows,
+                  out_dir=str(out_dir), s=dataclasses.replace(s, processes=n),
+                  log_path=None if log_path is None else str(log_path), resume_dir=str(resume))
+    finish(resume)
+    return Path(out_dir)
+
+
+def _phase_worker(phase: str, start: dict, rows, out_dir: str, s: Stage1Settings, log_path, resume_dir) -> None:
+    """Builds the phase's starting model on this process's device, trains it, and (rank 0)
+    writes the checkpoint."""
+    device = resolve_device(s.device)
+    if device == "cuda" and launched():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if phase == "a":
+        model = SegAnswerModel.from_base(start["qwen"], start["sam2"], start["sam2_config_name"],
+                                         start["sam2_overrides"], seed=s.seed, dtype=s.dtype, device=device)
+        identity = {"qwen": folder_identity(start["qwen"]), "sam2": folder_identity(start["sam2"])}
+    else:
+        model = SegAnswerModel.from_pretrained(start["phase_a"], dtype=s.dtype, device=device)
+        identity = {"phase_a": folder_identity(start["phase_a"])}
+    log = train_phase(model, rows, phase, s, log_path, resume_dir, identity)
+    if is_main_process():
+        _save(model, out_dir, phase, s, log)
