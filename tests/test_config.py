@@ -32,6 +32,9 @@ def test_paper_config_is_valid_and_resolves_env(monkeypatch, default):
         assert (g["num_generations"], g["learning_rate"], g["weight_decay"], g["beta"]) == (8, 1e-6, 0.01, 5e-3)
     assert cfg["finers"]["region_size"] == 256
     assert cfg["data"]["splits"]["proportions"] == {"train": 8956, "val": 749, "test": 2427}
+    # FineRS's main run is Table A3's seed 42; seeds 48 and 80 are its other rows
+    assert cfg["finers"]["lpr"]["grpo"]["seed"] == cfg["finers"]["gse"]["grpo"]["seed"] == 42
+    assert {"seed-48", "seed-80"} <= set(cfg["experiments"]["run"])
 
 
 @pytest.mark.parametrize("path, value, expected", [

@@ -243,6 +243,7 @@ def test_training_job_with_two_gpus_launches_one_process_per_gpu(monkeypatch, tm
     class FakePopen:
         def __init__(self, cmd, **kw):
             seen["cmd"] = cmd
+            seen["job"] = __import__("pickle").loads((tmp_path / "job.pkl").read_bytes())
 
         def wait(self, timeout=None):
             return 0
@@ -253,8 +254,8 @@ def test_training_job_with_two_gpus_launches_one_process_per_gpu(monkeypatch, tm
                                   reward_fns={}, settings={"deepspeed": "zero3"}, out_dir=str(tmp_path),
                                   log_path=str(tmp_path / "log.parquet"))
     assert "--nproc-per-node=2" in seen["cmd"] and "torch.distributed.run" in seen["cmd"]
-    job = __import__("pickle").loads((tmp_path / "job.pkl").read_bytes())
-    assert job["_target"] == "reproseg.grpo.engine:train_grpo"   # what each worker runs
+    assert seen["job"]["_target"] == "reproseg.grpo.engine:train_grpo"   # what each worker runs
+    assert not (tmp_path / "job.pkl").exists()   # removed once the workers are done
 
 
 def test_region_shards_merge(row, tmp_path):
@@ -299,3 +300,24 @@ def test_training_rows_hold_image_refs_that_decode_to_the_eager_views(tmp_path):
         assert np.array_equal(np.asarray(_dataset(rows)[0]["image"]), np.asarray(eager))
         # a few hundred bytes per row, against 6 MB for the decoded frame
         assert len(pickle.dumps(rows)) < 4000 < w * h * 3
+
+
+def test_experiment_table_puts_the_papers_rows_beside_ours(tmp_path):
+    from reproseg.finers.experiments import experiment_table_stage
+
+    metrics = {"samples": 4, "segmentation": {"all": {"giou": 0.25, "ciou": 0.5}},
+               "qa": {"mvqa": {"all": {"correct": 1, "n": 2}}, "ovqa": {"all": {"correct": 0, "n": 2}}}}
+    (tmp_path / "m.json").write_text(json.dumps(metrics))
+    m = str(tmp_path / "m.json")
+    experiment_table_stage({"main": {"test": m, "val": m}, "seed-80": {"test": m}, "mine": {"test": m},
+                            "no-qa-reward": {"val": m}},
+                           str(tmp_path / "t.parquet"), str(tmp_path / "t.md"))
+    rows = {(r["experiment"], r["split"]): r for r in pq.read_table(tmp_path / "t.parquet").to_pylist()}
+    # FineRS Table 4 (full model, test and val) and Table A3 (seed 80, test), as printed
+    assert [rows["main", "test"][f"paper {c}"] for c in ("gIoU", "cIoU", "MVQA", "OVQA")] == [55.1, 46.5, 83.3, 56.7]
+    assert rows["main", "val"]["paper gIoU"] == 49.9 and rows["seed-80", "test"]["paper cIoU"] == 47.6
+    assert rows["mine", "test"]["paper gIoU"] is None and rows["no-qa-reward", "val"]["paper MVQA"] is None
+    assert rows["main", "test"]["gIoU"] == 25.0
+    md = (tmp_path / "t.md").read_text()
+    assert "| main | test | 4 | 25.0 / 55.1 | 50.0 / 46.5 | 50.0 / 83.3 | 0.0 / 56.7 |" in md
+    assert "| mine | test | 4 | 25.0 / - |" in md
