@@ -31,7 +31,9 @@ def timed(cmd, env=None, cwd=ROOT, repeats=3):
 def paper_layout(root: Path) -> dict:
     data, models = root / "data", root / "models"
     (data / "finers4k/images").mkdir(parents=True)
-    (data / "finers4k/annotations.json").write_text('{"annotations": []}')
+    # the release's two files (config/paper.yaml data.annotations_json)
+    for name in ("all_annotations_final_train_v5.json", "all_annotations_final_test_v5.json"):
+        (data / "finers4k" / name).write_text('{"annotations": []}')
     # SegAnswer's sources in config/paper.yaml (empty files: only planned, never read here)
     for rel in ("refer/refcoco/refs(unc).p", "refer/refcoco+/refs(unc).p", "refer/refcocog/refs(umd).p",
                 "refer/refclef/refs(unc).p", "visualcot/viscot_363k.json", "virl39k/39Krelease.parquet",

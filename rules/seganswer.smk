@@ -22,6 +22,8 @@ SEG_USED = sorted(
 SEG_EVAL_RUNTIME = ["seganswer.eval.dtype", "seganswer.eval.device"]
 # The section-wide keys every SegAnswer training and evaluation rule reads besides its own.
 SEG_SHARED_KEYS = ("seganswer.image_size", "seganswer.sam_feature_cache_mb")
+# ... and the rules that ask questions (stages 2 and 3, their selection, the evaluation).
+SEG_QA_KEYS = (*SEG_SHARED_KEYS, "seganswer.reasoning_prompt")
 # Only a FineRS-format source reads this run's frames; the other formats' images come
 # with their import.
 SEG_READS_FRAMES = {name: spec["format"] == "finers" for name, spec in SEG_SOURCES.items()}
@@ -178,7 +180,7 @@ rule seganswer_stage2_sft:
     resources:
         **family_resources("gpu_train"),
     params:
-        **stage_params("seganswer_stage2_sft", *SEG_SHARED_KEYS, "seganswer.stage2", "seganswer.data.stage2"),
+        **stage_params("seganswer_stage2_sft", *SEG_QA_KEYS, "seganswer.stage2", "seganswer.data.stage2"),
         roots=seg_roots(SEG["data"]["stage2"]),
         stage1=folder_from_record("stage1_record", "checkpoint"),
     script:
@@ -210,7 +212,7 @@ rule seganswer_stage3_dapo:
     resources:
         **family_resources("gpu_train"),
     params:
-        **stage_params("seganswer_stage3_dapo", *SEG_SHARED_KEYS, "seganswer.stage3", "seganswer.data.stage3"),
+        **stage_params("seganswer_stage3_dapo", *SEG_QA_KEYS, "seganswer.stage3", "seganswer.data.stage3"),
         roots=seg_roots(SEG["data"]["stage3"]),
         stage2=folder_from_record("stage2_record", "checkpoint"),
     script:
@@ -235,7 +237,7 @@ rule seganswer_stage3_select:
     resources:
         **family_resources("gpu_infer"),
     params:
-        **stage_params("seganswer_stage3_select", *SEG_SHARED_KEYS, "seganswer.selection", *SEG_EVAL_RUNTIME),
+        **stage_params("seganswer_stage3_select", *SEG_QA_KEYS, "seganswer.selection", *SEG_EVAL_RUNTIME),
         roots=seg_roots(SEG["selection"]["data"]),
         candidates=folder_from_record("train_record", "candidates"),
     script:
@@ -263,7 +265,7 @@ rule evaluate_seganswer:
         **family_resources("gpu_infer"),
     params:
         # the base checkpoint's projector is drawn with phase a's seed
-        **stage_params("evaluate_seganswer", *SEG_SHARED_KEYS, "seganswer.eval", "seganswer.stage1.projector"),
+        **stage_params("evaluate_seganswer", *SEG_QA_KEYS, "seganswer.eval", "seganswer.stage1.projector"),
         referring_roots=seg_roots(SEG_EVAL_REF),
         question_roots=seg_roots(SEG_EVAL_QA),
         model=lambda wildcards: SEG_MODELS[wildcards.checkpoint],

@@ -30,8 +30,10 @@ SECTIONS = [
     ("$defs.grpo", GRPOSettings, {}, set()),
     ("$defs.seganswer_stage1", Stage1Settings, {"sam_feature_cache_mb": "seganswer.sam_feature_cache_mb"}, set()),
     ("$defs.seganswer_stage1.properties.loss", Stage1LossWeights, {}, set()),
-    ("$defs.seganswer_stage2", Stage2Settings, {"sam_feature_cache_mb": "seganswer.sam_feature_cache_mb"}, set()),
-    ("$defs.seganswer_stage3", Stage3Settings, {"sam_feature_cache_mb": "seganswer.sam_feature_cache_mb"}, set()),
+    ("$defs.seganswer_stage2", Stage2Settings, {"sam_feature_cache_mb": "seganswer.sam_feature_cache_mb",
+                                                 "reasoning_prompt": "seganswer.reasoning_prompt"}, set()),
+    ("$defs.seganswer_stage3", Stage3Settings, {"sam_feature_cache_mb": "seganswer.sam_feature_cache_mb",
+                                                 "reasoning_prompt": "seganswer.reasoning_prompt"}, set()),
     ("$defs.seganswer_stage3.properties.rollout", RolloutSettings, {}, set()),
     ("$defs.selection", SelectionSettings, {}, set()),
     ("properties.finers.properties.warmup", SFTSettings, {}, {"enabled", "sam2"}),
@@ -130,12 +132,13 @@ def test_every_stage_section_builds_its_settings(overrides, monkeypatch):
         GRPOSettings.from_dict(cfglib.get(cfg, key))
     a = Stage1Settings.from_dict({**seg["stage1"]["projector"], **cache}, "a")
     b = Stage1Settings.from_dict({**seg["stage1"]["lora"], **cache}, "b")
-    s2 = Stage2Settings.from_dict({**seg["stage2"], **cache})
-    s3 = Stage3Settings.from_dict({**seg["stage3"]["settings"], **cache})
+    qa = {**cache, "reasoning_prompt": seg["reasoning_prompt"]}
+    s2 = Stage2Settings.from_dict({**seg["stage2"], **qa})
+    s3 = Stage3Settings.from_dict({**seg["stage3"]["settings"], **qa})
     assert isinstance(a.loss, Stage1LossWeights) and isinstance(s3.rollout, RolloutSettings)
     # Every value the config gives is the one the settings hold: no library default slipped in.
     assert dataclasses.asdict(b) == {**seg["stage1"]["lora"], **cache}
-    assert dataclasses.asdict(s2) == {**seg["stage2"], **cache}
+    assert dataclasses.asdict(s2) == {**seg["stage2"], **qa}
     if overrides:
         # The paper trains every part of stage 1b at one rate; the tiny default's separate LoRA
         # rate must not leak into it through the merge.

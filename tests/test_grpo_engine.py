@@ -123,6 +123,7 @@ def test_training_log_checkpoint_and_reward_state(run_a, policy):
     assert table.column_names == log_columns(["length", "count"])
     log = table.to_pylist()
     assert [r["step"] for r in log] == [1, 2, 3]
+    assert [r["generated"] for r in log] == [1.0, 1.0, 1.0]   # one update per rollout batch
     for r in log:
         for col in ("reward_mean", "reward_std", "reward_length_mean", "reward_count_mean", "kl", "entropy",
                     "completion_length_mean", "frac_zero_std", "loss", "grad_norm"):
@@ -340,6 +341,7 @@ def test_stop_waits_for_the_rollout_batch_and_resumes_exactly(policy, tmp_path):
             assert _same(ra[col], rb[col]), (ra["step"], col)
     # Rollout columns only on the step that generated; the first update of a batch cannot clip.
     assert [math.isfinite(r["reward_mean"]) for r in log_a] == [True, False, True, False]
+    assert [r["generated"] for r in log_a] == [1.0, 0.0, 1.0, 0.0]
     assert log_a[0]["clip_ratio"] == log_a[2]["clip_ratio"] == 0.0
     # Each run writes its own TensorBoard file beside checkpoint/; resume/ is gone.
     assert len(list((out_b / "tensorboard").glob("events.out.tfevents.*"))) == 2
@@ -441,3 +443,33 @@ def test_candidates_survive_a_stop_and_match_an_uninterrupted_run(run_a, policy,
     assert all(torch.equal(a[k], b[k]) for k in a)
     first = load_file(out / "candidates" / "step-000001" / "model.safetensors")
     assert first.keys() == a.keys() and any(not torch.equal(first[k], a[k]) for k in a)
+
+
+def test_epochs_count_their_steps_from_the_data_and_the_processes():
+    """One epoch = every training prompt once: prompts per optimizer step = completions per
+    step / num_generations (divided by num_iterations passes), rounded up to whole rollout batches."""
+    from reproseg.grpo.engine import epoch_steps
+
+    # SegAnswer stage 3 as config/paper.yaml: 8 completions per GPU x 8 GPUs / 4 = 16 prompts a
+    # step; 39,000 prompts -> 2,437.5 -> 2,438 steps -> 2,448 (16-step rollout batches).
+    s = GRPOSettings(num_generations=4, per_device_batch_size=8, steps_per_generation=16, max_steps=None, epochs=1,
+                     save_steps=32)
+    assert s.updates_per_rollout == 16
+    assert epoch_steps(s, 39_000, 8) == 2448
+    assert epoch_steps(s, 39_000, 1) == math.ceil(39_000 / 2 / 16) * 16   # 2 prompts a step on one GPU
+    half = GRPOSettings(num_generations=8, per_device_batch_size=8, max_steps=None, epochs=0.5)
+    assert epoch_steps(half, 100, 1) == 50     # one prompt a step, half of 100
+    assert epoch_steps(GRPOSettings(num_generations=8, per_device_batch_size=8, max_steps=None, epochs=1,
+                                    num_iterations=2), 100, 1) == 200   # each rollout batch twice
+    with pytest.raises(ValueError, match="exactly one of max_steps"):
+        GRPOSettings(max_steps=10, epochs=1)
+    with pytest.raises(ValueError, match="exactly one of max_steps"):
+        GRPOSettings(max_steps=None)
+
+
+def test_a_run_given_epochs_takes_the_steps_they_count(policy, tmp_path):
+    out = tmp_path / "epochs"
+    # 2 rows, 2 prompts (2 x 4 completions) per optimizer step: 3 epochs are 3 steps
+    train_grpo(policy, _rows(), {"length": length_reward}, {**SETTINGS, "max_steps": None, "epochs": 3}, out,
+               out / "log.parquet")
+    assert pq.read_table(out / "log.parquet").column("step").to_pylist() == [1, 2, 3]

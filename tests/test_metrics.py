@@ -108,6 +108,33 @@ def test_many_masks():
     assert s["all"].giou == pytest.approx(0.5) and s["all"].ciou == pytest.approx(0.5)
 
 
+def test_reference_code_smoothing_and_empty_unions():
+    # The authors' script: per-sample I / (U + 1e-5), +1 when U == 0; cIoU
+    # sum I / (sum U + 1e-10). Every union empty: gIoU 1 both; cIoU NaN (paper), 0.0 (code).
+    empty = rle(0, 0, 0, 0)
+    records = [sample("e1", empty, empty), sample("e2", empty, None)]
+    paper = segmentation_metrics(records)["all"]
+    code = segmentation_metrics(records, profile="reference_code")["all"]
+    assert paper.giou == code.giou == 1.0
+    assert math.isnan(paper.ciou) and code.ciou == 0.0
+    # A perfect 10x10 mask (I = U = 100) and a half one (I = 50, U = 100), both "s":
+    # paper gIoU (1 + 0.5) / 2, cIoU 150 / 200; code 100 / 100.00001 and 50 / 100.00001,
+    # cIoU 150 / (200 + 1e-10).
+    records = [sample("a", rle(0, 0, 10, 10), rle(0, 0, 10, 10)), sample("b", rle(0, 0, 10, 10), rle(0, 0, 5, 10))]
+    paper = segmentation_metrics(records)["s"]
+    code = segmentation_metrics(records, profile="reference_code")["s"]
+    assert (paper.giou, paper.ciou) == (0.75, 0.75)
+    assert code.giou == pytest.approx((100 / (100 + 1e-5) + 50 / (100 + 1e-5)) / 2, abs=1e-15)
+    assert code.giou != 0.75 and code.ciou == 150 / (200 + 1e-10)
+    t = per_sample(records, profile="reference_code")
+    assert t.column("iou").to_pylist() == [100 / (100 + 1e-5), 50 / (100 + 1e-5)]
+    # A group without samples: the script divides by its length and stops; NaN under both.
+    xs = segmentation_metrics(records, "reference_code")["xs"]
+    assert xs.n == 0 and math.isnan(xs.giou) and math.isnan(xs.ciou)
+    with pytest.raises(ValueError, match="metric profile"):
+        segmentation_metrics(records, profile="nope")
+
+
 def test_empty_group_is_nan_and_unknown_bucket_raises():
     s = segmentation_metrics([sample(1, rle(0, 0, 2, 2), rle(0, 0, 2, 2), "s")])
     assert s["xs"].n == 0 and math.isnan(s["xs"].giou) and math.isnan(s["xs"].ciou)
@@ -144,6 +171,37 @@ def test_option_rules():
     assert option_correct("B", "A or B", profile="reference_code")    # authors' eval: any standalone
     assert not option_correct("B", "Bus", profile="reference_code")
     assert not option_correct("B", None)
+
+
+@pytest.mark.parametrize("answer, response, paper, code", [
+    # The evaluation script searches the lower-cased GT answer, as written, between word
+    # boundaries / brackets / quotes / punctuation in the lower-cased response.
+    ("B", "(b)", True, True),
+    ("B", "[B].", True, True),
+    ("B", "a or b", False, True),
+    ("E", "e", True, True),               # any letter: no a-d list in the evaluation
+    ("E", "the answer is e!", False, True),
+    ("B. red", "b. red", False, True),    # paper: the response must be the letter alone
+    ("B. red", "b: red", False, True),    # code: the GT is a pattern there, '.' matches ':'
+    ("B", "bus", False, False),
+    ("B", None, False, False),
+])
+def test_option_rules_table(answer, response, paper, code):
+    assert option_correct(answer, response, "paper") is paper
+    assert option_correct(answer, response, "reference_code") is code
+
+
+def test_reference_code_needs_no_option_letter():
+    # The script needs no leading letter; the paper rule still refuses such a GT.
+    assert option_correct("1", "option 1", "reference_code")
+    with pytest.raises(ValueError):
+        option_correct("1", "option 1", "paper")
+    # A GT that is no valid pattern scores wrong (the script itself would stop there).
+    assert option_correct("(b", "(b", "reference_code") is False
+    # OVQA: the GT is lower-cased but its whitespace kept: "red " vs "red" = 6/7 >= 0.8,
+    # "red  car" vs "red" 2*3/11 < 0.8 for the code; the paper collapses it ("red car").
+    assert open_correct("red ", "red", "reference_code")
+    assert open_correct("Red  Car", "red car", "paper") and not open_correct("Red  Car", "red car", "reference_code")
 
 
 def test_open_rules():

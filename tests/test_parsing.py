@@ -5,8 +5,10 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reproseg.answers.parsing import (MAX_OBJECTS, Parsed, ParsedObject, first_flat_object, parse,
-                                 strip_fence, to_box, to_point)
+import pytest
+
+from reproseg.answers.parsing import (MAX_OBJECTS, Parsed, ParsedObject, answer_value, first_flat_object,
+                                      loose_box, loose_point, parse, strip_fence, to_box, to_point)
 
 LPR_ANSWER = '{"bbox": [10, 20, 30.5, 40], "points_1": [15, 25], "points_2": [20.5, 30], "response": "It is found."}'
 
@@ -54,6 +56,44 @@ def test_json_fence_is_tolerated():
     assert p.objects == (ParsedObject((1.0, 2.0, 3.0, 4.0), (2.0, 3.0)),)
     assert strip_fence("```json\n{}\n``` trailing") == "```json\n{}\n``` trailing"  # not a whole fence
     assert strip_fence("  {} ") == "{}"
+
+
+def test_fence_is_recorded_and_a_per_profile_choice():
+    fenced = parse(lpr(answer="\n```json\n" + LPR_ANSWER + "\n```\n"))
+    assert fenced.fenced and fenced.answer_raw.startswith("\n```json")
+    assert answer_value(fenced) == answer_value(fenced, strip_fence=True) == json.loads(LPR_ANSWER)
+    assert answer_value(fenced, strip_fence=False) is None        # json.loads("```json ...") fails
+    plain = parse(lpr(answer="  " + LPR_ANSWER + "\n"))
+    assert not plain.fenced and answer_value(plain, strip_fence=False) == json.loads(LPR_ANSWER)
+    assert not parse("<think>a</think>").fenced and answer_value(parse("x"), strip_fence=False) is None
+
+
+@pytest.mark.parametrize("value, expected", [
+    ([1, 2, 3, 4], (1, 2, 3, 4)),
+    ([True, 0, 1.5, -2], (True, 0, 1.5, -2)),         # Python numbers, kept as they are
+    ([float("nan"), 0, 1, 1], "nan"),                  # NaN and inf pass: comparisons decide
+    ([0, 0, 10 ** 400, 1], (0, 0, 10 ** 400, 1)),     # huge ints stay exact
+    (["1", 2, 3, 4], None), ([None, 2, 3, 4], None), ([[1], 2, 3, 4], None),
+    ([1, 2, 3], None), ([1, 2, 3, 4, 5], None), ("abcd", None), ({"a": 1, "b": 2, "c": 3, "d": 4}, None),
+])
+def test_loose_box(value, expected):
+    got = loose_box(value)
+    if expected == "nan":
+        assert math.isnan(got[0]) and got[1:] == (0, 1, 1)
+    else:
+        assert got == expected
+
+
+@pytest.mark.parametrize("value, truncate, expected", [
+    ([12.9, 5], True, (12, 5)), (["12", " 7 "], True, (12, 7)), ([1, 2, 3], True, (1, 2)),
+    ("12", True, (1, 2)),                              # a string indexes into characters
+    ([True, 0], True, (1, 0)),
+    ([float("nan"), 1], True, None), ([float("inf"), 1], True, None), (["1.5", 1], True, None),
+    ([1], True, None), (None, True, None), (5, True, None), ({"0": 1, "1": 2}, True, None),
+    (["1.5", 0.25], False, (1.5, 0.25)),               # float() instead of int()
+])
+def test_loose_point(value, truncate, expected):
+    assert loose_point(value, truncate) == expected
 
 
 def test_non_finite_and_wrong_types_give_none():

@@ -16,6 +16,8 @@ from reproseg.drseg.rewards import (TEMPLATE_PLACEHOLDERS, DistributionRankedRew
 
 PAPER = DrSegProfile.paper()
 CODE = DrSegProfile.reference_code()
+VR = DrSegProfile.visionreasoner()
+NAN = float("nan")
 
 
 def obj(box, point):
@@ -92,6 +94,97 @@ def test_paper_non_repeat_reads_the_think_block():
     assert non_repeat_reward(text, PAPER) == 1.0
     assert non_repeat_reward(text, CODE) == 0.0      # "two" three times in the whole text
     assert non_repeat_reward("no tags. no tags.", PAPER) == 0.0   # no think block: whole text
+
+
+@pytest.mark.parametrize("think, paper, code, vr", [
+    # Columns: Dr. Seg paper, Dr. Seg code, VisionReasoner code (whole completion, '.' only,
+    # case-sensitive, 0 from the second repeat, no placeholders).
+    ("Go. A cat. A cat.", 0, 1, 1),                 # one repeat
+    ("Go. A cat. A cat. A cat.", 0, 0, 0),          # two repeats
+    ("Go. A cat. a cat. A CAT.", 1, 0, 1),          # only Dr. Seg's code lower-cases
+    ("Go. Look! Look? Look!", 1, 0, 1),             # only Dr. Seg's code splits on ! and ?
+    ("Your reasoning text here. More reasoning text.", 1, 0, 1),   # placeholders: Dr. Seg's code only
+    # Dr. Seg's code strips outer quotes and spaces but keeps an outer newline as one
+    # space: '"\nA cat"' -> " a cat", unlike "a cat": one repeat only -> 1.
+    ('Go. "\nA cat". A cat. A cat', 0, 1, 1),
+])
+def test_non_repeat_three_rules(think, paper, code, vr):
+    text = answer([], think=think)
+    assert non_repeat_reward(text, PAPER) == paper
+    assert non_repeat_reward(text, CODE) == code
+    assert non_repeat_reward(text, VR) == vr
+
+
+def test_visionreasoner_profile_is_its_own():
+    assert DrSegProfile.by_name("visionreasoner") == VR and VR.name == "visionreasoner"
+    assert VR.placeholders == () and not VR.nr_code_rule and VR != CODE
+    with pytest.raises(ValueError, match="visionreasoner"):
+        DrSegProfile.by_name("nope")
+    # Its non-repeat rule reads the whole completion: two repeats after </answer> -> 0.
+    assert non_repeat_reward("<think>One. Two.</think><answer>[]</answer>. Two. Two.", VR) == 0.0
+
+
+def test_look_reward_code_regex():
+    # Dr. Seg's regex <look>\s*\S[\s\S]*?</look> lets \S be the '<' of a closing tag, so two
+    # empty blocks in a row score 1 there; the paper wants a non-blank block.
+    two_empty = "<think>a <look></look><look></look></think><answer>[]</answer>"
+    assert look_reward(two_empty, PAPER) == 0.0 and look_reward(two_empty, CODE) == 1.0
+    assert look_reward("<think><look> </look></think><answer>[]</answer>", CODE) == 0.0
+
+
+def test_fenced_answers_are_no_answer_for_the_code():
+    fenced = "<think>t</think><answer>```json\n" + json.dumps([G1]) + "\n```</answer>"
+    # Paper: the fence is removed, the answer is exact.
+    assert segzero_accuracy_reward(fenced, [G1], PAPER) == 3.0
+    assert list(accuracy_vector(fenced, [G1], PAPER)) == [1.0, 1.0, 1.0]
+    assert answer_format_reward(fenced, PAPER) == 1.0
+    # Code (Dr. Seg and VisionReasoner): json.loads of the fenced block fails: nothing;
+    # x2 = min(0, 1) / max(1, 1) = 0.
+    for profile in (CODE, VR):
+        assert segzero_accuracy_reward(fenced, [G1], profile) == 0.0
+        assert answer_format_reward(fenced, profile) == 0.0
+        assert list(accuracy_vector(fenced, [G1], profile)) == [0.0, 0.0, 0.0]
+
+
+def test_code_values_through_numpy():
+    # Numeric strings: Dr. Seg's accuracy vector builds float arrays ("0" -> 0.0), so the
+    # exact box scores x = (1, 1, 1); the paper's strict reading counts the object (x2 = 1)
+    # but has no pair. VisionReasoner's accuracy builds a string array: it fails (0).
+    strings = answer([{"bbox_2d": ["0", "0", "99", "99"], "point_2d": ["50", "50"]}])
+    assert list(accuracy_vector(strings, [G1], CODE)) == [1.0, 1.0, 1.0]
+    assert list(accuracy_vector(strings, [G1], PAPER)) == [0.0, 1.0, 0.0]
+    assert segzero_accuracy_reward(strings, [G1], VR) == segzero_accuracy_reward(strings, [G1], CODE) == 0.0
+    assert answer_format_reward(strings, CODE) == 2.0 and answer_format_reward(strings, PAPER) == 0.0
+    # null -> NaN: IoU NaN (x1 NaN), the point is exact (x3 = 1); NaN fails every criterion.
+    null = answer([{"bbox_2d": [0, 0, 99, None], "point_2d": [50, 50]}])
+    x = accuracy_vector(null, [G1], CODE)
+    assert math.isnan(x[0]) and list(x[1:]) == [1.0, 1.0]
+    assert list(accuracy_vector(null, [G1], PAPER)) == [0.0, 1.0, 0.0]
+    # A NaN point: distance NaN -> the point score (200 - nan) / 170 is NaN in the code.
+    nan_point = answer([{"bbox_2d": [0, 0, 99, 99], "point_2d": [NAN, 50]}])
+    x = accuracy_vector(nan_point, [G1], CODE)
+    assert x[0] == 1.0 and x[1] == 1.0 and math.isnan(x[2])
+    # VisionReasoner's accuracy: IoU and L1 criteria hold, the NaN point fails its own: 2.
+    assert segzero_accuracy_reward(nan_point, [G1], VR) == 2.0
+    # Such a NaN enters the code's history and ranks 1.0 there (torch's search).
+    reward = DistributionRankedReward(CODE)
+    reward.on_step_end()
+    assert reward([nan_point], gt_objects=[[G1]]) == [3.0]
+    # A point of three numbers: the distance broadcast fails -> x1 = x3 = 0 (M still counts).
+    three = answer([{"bbox_2d": [0, 0, 99, 99], "point_2d": [50, 50, 1]}])
+    assert list(accuracy_vector(three, [G1], CODE)) == [0.0, 1.0, 0.0]
+
+
+def test_code_per_item_format_stops_at_an_unreadable_item():
+    good = obj((1, 2, 3, 4), (2, 3))
+    # The code's loop raises on a string item naming a key ('bbox_2d' in "bbox_2d" is True,
+    # then "bbox_2d"["bbox_2d"] fails) and keeps what it summed before: 0, then 2/2 = 1.
+    for profile in (CODE, VR):
+        assert answer_format_reward(answer(["bbox_2d", good]), profile) == 0.0
+        assert answer_format_reward(answer([good, "bbox_2d"]), profile) == 1.0
+        assert answer_format_reward(answer([good, "junk"]), profile) == 1.0     # (2 + 0) / 2
+        assert answer_format_reward(answer([None, good]), profile) == 0.0      # 'bbox_2d' in None
+        assert answer_format_reward(answer({"bbox_2d": [1, 2, 3, 4]}), profile) == 0.0   # a dict
 
 
 # ---------------------------------------------------------------- Seg-Zero accuracy
@@ -209,7 +302,7 @@ def test_queue_push_buffers_until_flush():
     q.push([0.5, 0.5, 0.5])
     assert len(q) == 128 and q.buffered == 1
     assert list(q.rank([0.4, 0.5, 0.6])) == [1.0, 1.0, 1.0]       # buffer not visible yet
-    assert q.flush() == {"added": 1, "dropped": 0, "size": 129}
+    assert q.flush() == {"added": 1, "dropped": 0, "size": 129, "skipped": 0}
     assert q.buffered == 0
     # dim 0: 128 zeros <= 0.4 but not 0.5 -> 128/129; dims 1, 2: 129/129.
     assert list(q.rank([0.4, 0.5, 0.6])) == pytest.approx([128 / 129, 1.0, 1.0])
@@ -220,7 +313,7 @@ def test_queue_fifo_eviction():
     q.push([[1, 1, 1], [2, 2, 2]])
     q.push([3, 3, 3])
     # 2 zeros + 3 rows = 5 > 4: the oldest zero goes.
-    assert q.flush() == {"added": 3, "dropped": 1, "size": 4}
+    assert q.flush() == {"added": 3, "dropped": 1, "size": 4, "skipped": 0}
     assert q.rows[:, 0].tolist() == [0, 1, 2, 3]
     q.push([4, 4, 4])
     q.flush()
@@ -228,11 +321,54 @@ def test_queue_fifo_eviction():
     assert list(q.rank([0.5, 2, 4])) == [0.0, 0.5, 1.0]           # 0/4, 2/4, 4/4
     assert QuantileQueue(capacity=3, init_rows=10).rows.shape == (3, 3)
     with pytest.raises(ValueError):
-        q.push([1, 2])
-    with pytest.raises(ValueError):
-        q.push([1, 2, float("inf")])
-    with pytest.raises(ValueError):
         QuantileQueue(capacity=0)
+
+
+def test_queue_skips_and_counts_malformed_rows():
+    # The authors' client drops a row that is None, not 3 long, or not float()-able, and
+    # goes on; the queue does the same and counts it instead of stopping the training job.
+    q = QuantileQueue(capacity=16, init_rows=0)
+    q.push(None)                                     # missing: 1
+    q.push([1, 2])                                   # wrong length: 2
+    q.push(["a", 0.1, 0.2])                          # float("a") fails: 3
+    q.push([[0.1, 0.2, 0.3], [0.1, 0.2], None])      # one good row of three: 5
+    q.push(["0.5", 0.5, 0.5])                        # float("0.5") works, as in the client
+    q.push([0.1, 0.2, float("inf")])                 # paper: non-finite rows are skipped: 6
+    assert q.skipped == 6 and q.buffered == 2
+    assert q.flush() == {"added": 2, "dropped": 0, "size": 2, "skipped": 6}
+    assert q.rows.tolist() == [[0.1, 0.2, 0.3], [0.5, 0.5, 0.5]]
+    q.push([1, 2, 3, 4])
+    assert q.flush()["skipped"] == 1 and q.skipped == 7            # since the last flush / in all
+    # A malformed query ranks 0 in every dimension, as the service answers it.
+    assert list(q.rank([0.5, 0.5])) == [0.0, 0.0, 0.0] and list(q.rank(None)) == [0.0, 0.0, 0.0]
+    # The count survives a checkpoint.
+    r = QuantileQueue(capacity=16, init_rows=0)
+    r.load_state_dict(json.loads(json.dumps(q.state_dict())))
+    assert r.skipped == 7
+    # The ranked reward exposes it for the engine's log.
+    reward = DistributionRankedReward(PAPER)
+    reward.queue.push(None)
+    assert reward.skipped == 1
+    reward.on_step_end()
+    assert reward.last_flush == {"added": 0, "dropped": 0, "size": 128, "skipped": 1}
+
+
+def test_code_queue_keeps_nan_rows_and_ranks_like_torch():
+    # The service keeps NaN rows (float(nan) passes its checks); torch.sort puts them last
+    # and torch.searchsorted(right=True) moves right unless s[mid] > x, so a NaN met at a
+    # midpoint counts as <= x. Sorted dim 0: [0, 0.2, 0.5, nan, nan], n = 5.
+    q = QuantileQueue(capacity=8, init_rows=0, dtype="float32", code_rules=True)
+    q.push([[0.0, 0, 0], [0.5, 0, 0], [NAN, 0, 0], [0.2, 0, 0], [NAN, 0, 0]])
+    assert q.flush() == {"added": 5, "dropped": 0, "size": 5, "skipped": 0}
+    # x = 1.0: mid 2 (0.5 <= 1: right), mid 4 (nan: right) -> 5, not numpy's 3.
+    # x = 0.3: mid 2 (0.5 > 0.3: left), mid 1 (0.2: right) -> 2. x = NaN: always right -> 5.
+    assert q.rank([1.0, 0, 0])[0] == 1.0 and q.rank([0.3, 0, 0])[0] == 0.4 and q.rank([NAN, 0, 0])[0] == 1.0
+    # The paper queue skips the NaN rows (3 left) and ranks a NaN query 0.
+    p = QuantileQueue(capacity=8, init_rows=0)
+    p.push([[0.0, 0, 0], [0.5, 0, 0], [NAN, 0, 0], [0.2, 0, 0], [NAN, 0, 0]])
+    assert p.flush()["skipped"] == 2
+    assert p.rank([1.0, 0, 0])[0] == 1.0 and p.rank([0.3, 0, 0])[0] == pytest.approx(2 / 3)
+    assert p.rank([NAN, 0, 0])[0] == 0.0
 
 
 def test_queue_empty_and_float32():
@@ -278,7 +414,7 @@ def test_queue_gather_hook_sees_every_flush():
 
     q = QuantileQueue(capacity=16, init_rows=1, gather_fn=gather)
     q.push([0.2, 0.2, 0.2])
-    assert q.flush() == {"added": 2, "dropped": 0, "size": 3}
+    assert q.flush() == {"added": 2, "dropped": 0, "size": 3, "skipped": 0}
     assert [c.tolist() for c in calls] == [[[0.2, 0.2, 0.2]]]
     assert q.rows[:, 0].tolist() == pytest.approx([0, 0.2, 0.9])
     q.flush()                                           # empty local buffer: still gathers
@@ -325,9 +461,13 @@ _item = st.one_of(st.fixed_dictionaries({}, optional={"bbox_2d": st.lists(_val, 
 def test_fuzz_drseg_terms_never_raise(items, think):
     text = f"<think>{think}</think><answer>{json.dumps(items)}</answer>"
     gt = [obj((0, 0, 10, 10), (5, 5))]
-    for profile in (PAPER, CODE):
+    for profile in (PAPER, CODE, VR):
         x = accuracy_vector(text, gt, profile)
-        assert x.shape == (3,) and ((0 <= x) & (x <= 1)).all()
+        # The code's x1 and x3 are NaN where its arithmetic makes them NaN (null coordinates).
+        finite = x[np.isfinite(x)] if profile.code_arrays else x
+        assert x.shape == (3,) and ((0 <= finite) & (finite <= 1)).all() and np.isfinite(x[1])
         for v in (look_reward(text, profile), answer_format_reward(text, profile),
                   non_repeat_reward(text, profile), segzero_accuracy_reward(text, gt, profile)):
             assert math.isfinite(v) and 0.0 <= v <= 3.0
+        reward = DistributionRankedReward(profile)
+        assert math.isfinite(reward([text], gt_objects=[gt])[0])

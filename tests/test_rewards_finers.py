@@ -193,7 +193,14 @@ def test_response_instruction_segmentation(response, paper, code):
 @pytest.mark.parametrize("gt_answer, response, paper, code", [
     ("B", "B", 1, 1),
     ("B", "(b).", 1, 1),
-    ("B. red", "B", 1, 1),           # the GT option may carry its text
+    # The GT option may carry its text for the paper rule; the code takes the MVQA rule for
+    # a GT of exactly a-d only, so "b. red" goes to the open rule: "B" vs "b. red" -> 0.
+    ("B. red", "B", 1, 0),
+    # A letter outside a-d: the paper rule still reads it as the option; the code's open
+    # rule compares the words as written with "e": "E" 0, "e" 1 (ratio 1), "(e)" 2/4 = 0.5 -> 0.
+    ("E", "E", 1, 0),
+    ("E", "e", 1, 1),
+    ("E", "(e)", 1, 0),
     ("B", "A or B", 0, 1),           # any standalone letter counts for the code
     ("B", "The answer is b", 0, 1),
     ("A", "a cat", 0, 1),            # even the article
@@ -228,6 +235,27 @@ def test_response_open_ended(response, paper, lpr_code, gse_code):
     gse = completion({"bbox": [0, 0, 1, 1], "region": [0, 0, 1, 1], "response": response})
     assert gse_response_reward(gse, gt, CODE) == gse_code
     assert gse_response_reward(gse, gt, PAPER) == paper
+
+
+@pytest.mark.parametrize("qtype, gt_answer, response, paper, code", [
+    # The code picks its rule from the GT response text, not from the question type.
+    # A reasoning answer "A" is an option letter there: any standalone "a" scores.
+    ("reasoning", "A", "the answer is a", 0, 1),   # paper: ratio("the answer is a", "a") = 2/16
+    # A referring sample's GT response is always "The object is found." in the code.
+    ("referring", "", "it is found", 1, 1),
+    ("referring", "a red cup", "is detected here", 1, 1),
+    # An option answer that is the referring sentence takes the IS rule in the code.
+    ("option", "The object is found.", "object is found", 0, 1),
+    # No GT answer: the code asserts on an empty GT response and scores 0.
+    ("reasoning", "  ", "anything", 0, 0),
+    # Surrounding whitespace of the GT is stripped by both.
+    ("reasoning", " Yellow ", "yellow", 1, 1),
+])
+def test_code_response_rule_comes_from_the_answer_text(qtype, gt_answer, response, paper, code):
+    gt = FinersTarget(qtype=qtype, answer=gt_answer)
+    ans = completion(lpr_answer(response=response))
+    assert lpr_response_reward(ans, gt, PAPER) == paper
+    assert lpr_response_reward(ans, gt, CODE) == code
 
 
 def test_response_unknown_qtype_or_missing_response_is_zero():
@@ -306,6 +334,107 @@ def test_gse_format():
     assert gse_format_reward(completion({"bbox": [0, 0, 1, 1], "response": "x", "extra": 1}), None, CODE) == 1.0
     assert gse_format_reward(completion({"bbox": [0, 0, 1, 1], "response": ""}), None, CODE) == 0.0
     assert gse_format_reward(completion({"bbox": [0, 0, 1], "response": "x"}), None, CODE) == 0.0
+
+
+# ---------------------------------------------------------------- fences and loose values
+
+FENCED_LPR = "<think>t</think><answer>```json\n" + json.dumps(lpr_answer()) + "\n```</answer>"
+FENCED_GSE = '<think>t</think><answer>```json\n{"region": [100, 100, 356, 356], "bbox": [100, 100, 355, 355], ' \
+             '"response": "The object is found."}\n```</answer>'
+
+
+@pytest.mark.parametrize("text, stage, paper, code, paper_no_strip", [
+    # The paper profile removes a whole-answer fence: the JSON is the answer, 6 of 6.
+    # The code's regex finds the first {...} inside the fence, so it scores as unfenced: 6.
+    # A paper profile without fence stripping sees no JSON in <answer>: think only.
+    (FENCED_LPR, "lpr", 6.0, 6.0, 1.0),
+    # GSE with both keys (so each profile finds its own): paper 7 - 1 (format: not exactly
+    # {region, response}) = 6; code reads "bbox" through the fence: 7; no strip: think only.
+    (FENCED_GSE, "gse", 6.0, 7.0, 1.0),
+    # A fence with text after it is no whole-answer fence: the paper reads nothing.
+    ("<think>t</think><answer>```json\n" + json.dumps(lpr_answer()) + "\n``` done</answer>", "lpr", 1.0, 6.0, 1.0),
+])
+def test_fenced_answers(text, stage, paper, code, paper_no_strip):
+    gt = LPR_GT if stage == "lpr" else dataclasses.replace(GSE_GT, region=(100, 100, 355, 355))
+    assert total_reward(text, gt, PAPER, stage=stage)["total"] == paper
+    assert total_reward(text, gt, CODE, stage=stage)["total"] == code
+    assert total_reward(text, gt, dataclasses.replace(PAPER, strip_fence=False), stage=stage)["total"] == paper_no_strip
+
+
+# LPR GT box (100,100,200,200), points (120,130) and (170,160); the answers differ from
+# lpr_answer() in one value. Columns: the six terms under paper and under the code.
+INF = float("inf")
+
+
+@pytest.mark.parametrize("change, paper, code", [
+    # Numeric strings: int("120") works in the code, so the point term and (lists of 2)
+    # the format still score there; the paper's strict reading rejects both.
+    ({"points_1": ["120", "130"]}, dict(point=0, format=0), dict(point=1, format=1)),
+    # int() truncates: (120.9, 130.9) -> (120, 130); the paper's L1 0.9 + 0.9 is < 100 too.
+    ({"points_1": [120.9, 130.9]}, dict(point=1, format=1), dict(point=1, format=1)),
+    # A point of three numbers: the code uses the first two (point 1) but its format check
+    # wants a list of 2 (format 0); the paper rejects the point.
+    ({"points_1": [120, 130, 7]}, dict(point=0, format=0), dict(point=1, format=0)),
+    # A string point "12" indexes as "1", "2" in the code: (1, 2), outside the box
+    # (100,100,200,200) -> 0 (test_lpr_string_point_indexes_like_the_code has it inside);
+    # not a list -> format 0 under both.
+    ({"points_1": "12"}, dict(point=0, format=0), dict(point=0, format=0)),
+    # NaN coordinates: int(nan) raises in the code -> point 0; the paper rejects them.
+    ({"points_1": [float("nan"), 130]}, dict(point=0, format=0), dict(point=0, format=1)),
+    # An infinite box holds every point (Python comparisons) and its area is infinite:
+    # IoU inter/inf = 0, L1 inf -> 0, point 1, format 1 (a list of 4) in the code; the
+    # paper rejects the box (IoU, L1, format 0) and does not ask for the points inside it.
+    ({"bbox": [-INF, -INF, INF, INF]}, dict(box_iou=0, box_l1=0, point=1, format=0),
+     dict(box_iou=0, box_l1=0, point=1, format=1)),
+    # A numeric-string box: max("100", 100) raises in the code: every box term 0, the point
+    # term too (its inside test compares the box); the format only checks a list of 4.
+    ({"bbox": ["100", 100, 200, 200]}, dict(box_iou=0, box_l1=0, point=1, format=0),
+     dict(box_iou=0, box_l1=0, point=0, format=1)),
+    # Booleans are numbers to Python: True = 1 is 99 px off on one side, mean L1 24.75 -> 0,
+    # IoU (+1) = 101*101 / (200*101) = 0.505 > 0.5 -> 1; the paper rejects booleans.
+    ({"bbox": [True, 100, 200, 200]}, dict(box_iou=0, box_l1=0, point=1, format=0),
+     dict(box_iou=1, box_l1=0, point=1, format=1)),
+])
+def test_lpr_loose_values(change, paper, code):
+    ans = {**lpr_answer(), **change}
+    text = "<think>t</think><answer>" + json.dumps(ans) + "</answer>"
+    base = {"box_iou": 1.0, "box_l1": 1.0, "point": 1.0, "format": 1.0, "think": 1.0, "response": 1.0}
+    for profile, expected in ((PAPER, paper), (CODE, code)):
+        out = total_reward(text, LPR_GT, profile, stage="lpr")
+        want = {**base, **{k: float(v) for k, v in expected.items()}}
+        assert {k: out[k] for k in base} == want, (profile.name, change)
+
+
+def test_lpr_string_point_indexes_like_the_code():
+    # points_1 "12" reads as (1, 2); GT points (0, 0) and (0, 0), points_2 (3, 4):
+    # (sqrt(1 + 4) + 5) / 2 = 3.6 < 100 -> 1 (inside the box (0,0,100,100)); paper 0.
+    gt = FinersTarget(points=((0, 0), (0, 0)))
+    ans = completion({"bbox": [0, 0, 100, 100], "points_1": "12", "points_2": [3, 4], "response": "x"})
+    assert point_reward(ans, gt, CODE) == 1.0 and point_reward(ans, gt, PAPER) == 0.0
+
+
+@pytest.mark.parametrize("box, terms", [
+    # GT region (100,100,355,355) (256 px with +1), object (200,200,220,220).
+    # A NaN width fails the size test on its own; the height 355 - 100 + 1 = 256 passes: 0.5.
+    # IoU: max/min meet NaN -> inter 0, area NaN -> 0; L1 NaN -> 0; cover 100 <= 200 ... NaN >= 220 -> 0.
+    ([100, 100, float("nan"), 355], dict(region_iou=0, region_l1=0, size=0.5, cover=0, format=1)),
+    # An infinite box covers the object (cover 1), has infinite sides (size 0) and area.
+    ([-INF, -INF, INF, INF], dict(region_iou=0, region_l1=0, size=0, cover=1, format=1)),
+    # A huge integer: exact Python comparisons still cover the object, 10**400 + 1 is no
+    # side of 256; IoU and L1 overflow a float in the code and score 0.
+    ([0, 0, 10 ** 400, 10 ** 400], dict(region_iou=0, region_l1=0, size=0, cover=1, format=1)),
+    # A numeric string: the code's arithmetic raises in every box term; format sees a list of 4.
+    (["100", 100, 355, 355], dict(region_iou=0, region_l1=0, size=0, cover=0, format=1)),
+])
+def test_gse_loose_values(box, terms):
+    gt = FinersTarget(qtype="referring", answer="", bbox=(200, 200, 220, 220), region=(100, 100, 355, 355))
+    text = '<think>t</think><answer>{"bbox": ' + json.dumps(box) + ', "response": "It is found."}</answer>'
+    out = total_reward(text, gt, CODE, stage="gse")
+    assert {k: out[k] for k in terms} == {k: float(v) for k, v in terms.items()}
+    assert out["think"] == out["response"] == 1.0
+    # The paper's strict reading rejects all of these boxes: think and response only.
+    paper_text = text.replace('"bbox"', '"region"')
+    assert total_reward(paper_text, gt, PAPER, stage="gse")["total"] == 2.0
 
 
 # ---------------------------------------------------------------- totals, ablations, garbage

@@ -70,3 +70,7 @@ def test_one_dapo_step_with_segmentation_turns(policy_dir, tmp_path, monkeypatch
     assert moved
     assert all(torch.isfinite(p).all() for p in after.lm.parameters())
     assert torch.equal(before.projector.fc1.weight, after.projector.fc1.weight)
+    # SAM 2.1 and the heads are stage 2's files, hard-linked: one copy on disk however many candidates
+    from reproseg.seganswer.model import HEADS_FILE, SAM2_SUBDIR
+    for rel in (HEADS_FILE, *(f"{SAM2_SUBDIR}/{p.name}" for p in (policy_dir / SAM2_SUBDIR).iterdir())):
+        assert os.stat(final / rel).st_ino == os.stat(policy_dir / rel).st_ino, rel

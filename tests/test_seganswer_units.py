@@ -204,3 +204,20 @@ def test_observation_tokens_are_out_of_the_policy_mask():
     assert b["position_ids"][0, 1].tolist() == [0, 100, 101, 102, 0, 0, 0, 0, 0]
     assert b["advantages"].tolist() == [1.0, -1.0]
     assert b["image_grid_thw"].shape == (2, 3) and b["image_keeps"] == [None, None]
+
+
+def test_reasoning_prompt_from_config_reaches_every_question_turn():
+    """seganswer.reasoning_prompt is the first user turn of stage 2, stage 3 and the evaluation."""
+    from reproseg.seganswer import stage2, stage3
+    from reproseg.seganswer.prompts import REASONING_PROMPT
+
+    template = "Q? {question} Use <|seg|> if it helps."
+    row = {"question": "What colour is the car?", "options": ["red", "blue"], "answer": "B",
+           "image": __import__("PIL.Image", fromlist=["Image"]).new("RGB", (8, 8))}
+    s2 = stage2.Stage2Settings(reasoning_prompt=template)
+    text = stage2.first_turn_messages(row, s2)[0]["content"][1]["text"]
+    assert text.startswith("Q? What colour is the car?") and text.endswith("Use <|seg|> if it helps.")
+    served = stage3.stage3_rows([row], template)[0]["prompt"][0]["content"][1]["text"]
+    assert served == text
+    # the library's own default is the default config's prompt
+    assert stage3.Stage3Settings().reasoning_prompt == REASONING_PROMPT == stage2.Stage2Settings().reasoning_prompt

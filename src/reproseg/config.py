@@ -89,6 +89,23 @@ def _cross_checks(config: dict) -> list[str]:
         if sel.split("/")[-1] == "test" or sel in evaluated:
             out.append(f"config key 'seganswer.selection.data': {sel!r} is a test split or an evaluated "
                        "benchmark; a checkpoint is chosen on val data only")
+    # A FineRS reward profile carries its prompt and its parser together: the GSE JSON key
+    # its terms read (RewardProfile.gse_box_key: the paper's template {region, response},
+    # the authors' code and prompt 'bbox') must be the one every GSE prompt asks for, or
+    # every GSE box term scores 0. tests/test_profile_prompts.py checks this table against
+    # RewardProfile. Keys are recognised in double or single quotes (the authors' prompt
+    # shows {'bbox': [...], 'response': ...}).
+    gse_box_keys = {"paper": "region", "reference_code": "bbox"}
+    finers = config["finers"]
+    key = gse_box_keys[finers["reward_profile"]]
+    others = sorted(set(gse_box_keys.values()) - {key})
+    for task, template in finers["prompts"]["gse"].items():
+        named = {k for k in gse_box_keys.values() if f'"{k}"' in template or f"'{k}'" in template}
+        if key not in named or named - {key}:
+            out.append(f"config key 'finers.prompts.gse.{task}': finers.reward_profile "
+                       f"'{finers['reward_profile']}' reads the GSE box from the JSON key '{key}', so the "
+                       f"prompt must ask for \"{key}\" (and not {', '.join(repr(o) for o in others)}); "
+                       f"it names {sorted(named) or 'no box key'}. See docs/fidelity.md for the authors' GSE prompt.")
     return out
 
 
@@ -106,8 +123,10 @@ def _rollout_checks(key: str, g: dict) -> list[str]:
                 f"({ga}), so a rollout batch would not be a whole number of optimizer steps"]
     updates = g["num_iterations"] * spg // ga
     out = []
+    if (g["max_steps"] is None) == (g["epochs"] is None):
+        out.append(f"config key '{key}.epochs': give exactly one of max_steps and epochs (the other null)")
     for name in ("save_steps", "max_steps"):
-        if g[name] % updates:
+        if g[name] is not None and g[name] % updates:
             why = ("every checkpoint resumes exactly" if name == "save_steps"
                    else "no rollout batch is generated and then only partly trained on")
             out.append(f"config key '{key}.{name}': {g[name]} is not a multiple of the {updates} optimizer steps "

@@ -81,14 +81,17 @@ def choose(candidates: list[dict], settings: SelectionSettings) -> int:
     return max(order, key=key)
 
 
+def link_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """A hard link of file `src` at `dst` (a plain copy across file systems)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """A copy of folder `src` at `dst` made of hard links (a plain copy across file systems)."""
-    def link(a, b):
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-    shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
+    shutil.copytree(src, dst, copy_function=link_file, dirs_exist_ok=True)
 
 
 def select(candidates_root: str | os.PathLike, score: Callable[[Path], dict[str, float]] | None,

@@ -11,6 +11,20 @@ VisionReasoner and Dr. Seg answer a list `[{"bbox_2d": [...], "point_2d": [...]}
 `parse(text)` never raises: RL rollouts produce arbitrary text, and one bad sample must
 score 0, not stop a training run. Every typed field is None (or empty) unless the value
 is well formed, so reward code only checks for None.
+
+Two readings of a value, one per kind of profile:
+- strict (`to_box`, `to_point`; the papers' profiles): exactly 4 (2) finite JSON numbers,
+  booleans and numeric strings rejected;
+- loose (`loose_box`, `loose_point`; the `reference_code` profiles): what the authors'
+  Python does with the raw value. A box is any list of 4 Python numbers (booleans, NaN,
+  infinities and huge integers included, compared and subtracted as Python does); a point
+  is `int(v[0]), int(v[1])` of whatever indexes, so "12" and 12.9 read as 12, a point of
+  three numbers uses the first two, and NaN fails.
+
+Code fences: `answer` is the JSON of the first answer block with a whole-block ```json
+fence removed (`fenced` says one was); `answer_value(parsed, strip_fence=False)` is the
+answer as a parser without fence handling (json.loads of the block) sees it: None when
+the block was fenced.
 """
 from __future__ import annotations
 
@@ -59,6 +73,33 @@ def to_box(value: Any) -> Box | None:
 
 def to_point(value: Any) -> Point | None:
     return _numbers(value, 2)  # type: ignore[return-value]
+
+
+def py_number(value: Any) -> bool:
+    """A number to Python arithmetic and comparison (int, float, bool; NaN and inf
+    included): what a JSON value must be for the authors' box code not to raise."""
+    return isinstance(value, (int, float))
+
+
+def loose_box(value: Any) -> tuple | None:
+    """The authors' reading of a box (FineRS code: `len(v) == 4`, then Python arithmetic
+    and comparisons on the items): a list of 4 Python numbers, kept as they are (no float
+    conversion, so huge integers and NaN behave as in Python). Anything whose use would
+    raise there (strings, None, nested lists, a dict or string of length 4) is None."""
+    if isinstance(value, list) and len(value) == 4 and all(py_number(v) for v in value):
+        return tuple(value)
+    return None
+
+
+def loose_point(value: Any, truncate: bool = True) -> tuple | None:
+    """The authors' reading of a point (FineRS code: `[int(p[0]), int(p[1])]`): the first
+    two items of anything indexable, through int() (or float() when `truncate` is off).
+    "12" and 12.9 give 12, [1, 2, 3] gives (1, 2), NaN, inf, "1.5" and None fail (None)."""
+    conv = int if truncate else float
+    try:
+        return conv(value[0]), conv(value[1])
+    except Exception:  # IndexError, KeyError, TypeError, ValueError, OverflowError
+        return None
 
 
 def loads_json(text: str) -> Any:
@@ -111,7 +152,9 @@ class Parsed:
     think: str | None = None         # content of the first think block
     looks: tuple[str, ...] = ()      # contents of <look> blocks inside the think block
     answer_looks: tuple[str, ...] = ()  # <look> blocks inside the answer block
-    answer_text: str | None = None   # content of the first answer block, fence removed
+    answer_raw: str | None = None    # content of the first answer block, as written
+    answer_text: str | None = None   # the same, stripped, a whole-block fence removed
+    fenced: bool = False             # answer_text came out of a ``` fence
     answer: dict | list | None = None
     bbox: Box | None = None
     points_1: Point | None = None
@@ -144,8 +187,10 @@ def _parse(text: str) -> Parsed:
     looks = tuple(_LOOK.findall(think)) if think is not None else ()
 
     m = _ANSWER.search(text)
-    answer_text = strip_fence(m.group(1)) if m else None
-    answer_looks = tuple(_LOOK.findall(m.group(1))) if m else ()
+    answer_raw = m.group(1) if m else None
+    answer_text = strip_fence(answer_raw) if m else None
+    fenced = m is not None and answer_text != answer_raw.strip()
+    answer_looks = tuple(_LOOK.findall(answer_raw)) if m else ()
     answer = loads_json(answer_text) if answer_text is not None else None
     if not isinstance(answer, (dict, list)):
         answer = None
@@ -165,6 +210,16 @@ def _parse(text: str) -> Parsed:
             for item in answer[:MAX_OBJECTS])
 
     return Parsed(text=text, think_ok=think_ok, think=think, looks=looks,
-                  answer_looks=answer_looks, answer_text=answer_text, answer=answer,
+                  answer_looks=answer_looks, answer_raw=answer_raw, answer_text=answer_text,
+                  fenced=fenced, answer=answer,
                   bbox=bbox, points_1=points_1, points_2=points_2, response=response,
                   objects=objects, first_object=first_flat_object(text))
+
+
+def answer_value(parsed: Parsed, strip_fence: bool = True) -> dict | list | None:
+    """The answer JSON under a profile's fence rule. Without fence stripping the answer is
+    what json.loads of the stripped block gives (the authors' multi-object parsers), so a
+    fenced block is no answer at all; with it (the papers' profiles) the fence is removed."""
+    if parsed.fenced and not strip_fence:
+        return None
+    return parsed.answer

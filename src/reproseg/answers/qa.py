@@ -10,9 +10,14 @@ Two rule sets, named like the reward profiles:
   ignored); OVQA is right when difflib.SequenceMatcher's ratio between the whole
   response and the answer, both lower-cased with whitespace stripped and collapsed, is
   >= 0.8 (the text says "exceeds"; the brief and the code use >=).
-- "reference_code" (the authors' evaluation script): MVQA is right when the letter occurs
-  anywhere as a standalone word ("a or b" counts for both); OVQA is right when any single
-  word of the lower-cased response reaches ratio >= 0.8 against the whole answer.
+- "reference_code" (the authors' evaluation script, JiazuoYu/Fines
+  inference_scripts/eval_hd_reasoning_..._cross_stage.py): MVQA is right when the
+  lower-cased GT answer, used as written as a regular expression, occurs in the
+  lower-cased response between word boundaries, brackets, quotes or punctuation (for a
+  letter: anywhere as a standalone word, so "a or b" counts for both; any GT text works,
+  no letter is required, and one that is no valid expression scores wrong, where the
+  script would stop); OVQA is right when any single word of the lower-cased response
+  reaches ratio >= 0.8 against the lower-cased answer, whose whitespace is kept as is.
 """
 from __future__ import annotations
 
@@ -42,7 +47,20 @@ def option_letter(answer: str) -> str | None:
     return m.group(1).lower() if m else None
 
 
+# Around the GT answer in the evaluation script's MVQA test: a word boundary, or one of
+# these characters before / after it.
+_CODE_BEFORE = "(?:\\b|[([{'\" ])"
+_CODE_AFTER = "(?:\\b|[)\\]}'\" ,.!?])"
+
+
 def option_correct(answer: str, response: str | None, profile: str = "paper") -> bool:
+    if profile == "reference_code":
+        if response is None:
+            return False
+        try:
+            return re.search(_CODE_BEFORE + str(answer).lower() + _CODE_AFTER, response.lower()) is not None
+        except re.error:
+            return False
     letter = option_letter(answer)
     if letter is None:
         raise ValueError(f"MVQA answer {answer!r} does not start with an option letter")
@@ -51,8 +69,6 @@ def option_correct(answer: str, response: str | None, profile: str = "paper") ->
     if profile == "paper":
         m = _ONLY_LETTER.match(response)
         return bool(m) and m.group(1).lower() == letter
-    if profile == "reference_code":
-        return re.search(rf"\b{letter}\b", response.lower()) is not None
     raise ValueError(f"unknown QA profile {profile!r}; expected one of {PROFILES}")
 
 
@@ -68,6 +84,7 @@ def open_correct(answer: str, response: str | None, profile: str = "paper",
     if profile == "paper":
         return difflib.SequenceMatcher(None, _norm(response), gt).ratio() >= min_ratio
     if profile == "reference_code":
+        gt = str(answer).lower()
         return any(difflib.SequenceMatcher(None, word, gt).ratio() >= min_ratio
                    for word in response.lower().split())
     raise ValueError(f"unknown QA profile {profile!r}; expected one of {PROFILES}")

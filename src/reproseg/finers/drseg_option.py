@@ -57,7 +57,8 @@ class RankedAccuracy(DistributionRankedReward):
             vecs = [accuracy_vector(t, g, self.profile) for t, g in zip(texts, columns[self.gt_column])]
             for v in vecs:
                 self.queue.push(v)
-            return [float(np.mean(v)) for v in vecs]
+            # NaN components (reference_code keeps the code's NaN coordinates) count as 0
+            return [float(np.nan_to_num(np.asarray(v, dtype=float), nan=0.0).mean()) for v in vecs]
         return super().__call__(texts, **columns)
 
 

@@ -43,7 +43,8 @@ def evaluate_stage(shards: list[str], predictions: str, metrics_json: str, table
         "gt_rle": {"size": [r["height"], r["width"]], "counts": r["gt_rle"]},
         "pred_rle": {"size": [r["height"], r["width"]], "counts": r["pred_rle"]} if r["pred_rle"] else None,
     } for r in rows]
-    seg = segmentation_metrics(seg_records)
+    # the metric of the reward profile: the papers' exact division, or the authors' smoothing
+    seg = segmentation_metrics(seg_records, profile=qa_profile)
     qa = qa_metrics(rows, profile=qa_profile)
     timing = {"GSE": _mean(r["gse_seconds"] for r in rows),
               "LPR+SAM2": _mean(r["lpr_sam_seconds"] for r in rows)}

@@ -1,7 +1,12 @@
 """FineRS GSE reward terms (paper Eq. 7, max 7): region IoU, region L1, size, cover, format,
 think, response. Each is `term(parsed, gt, profile) -> float` (reproseg.finers.reward_terms),
 binary except `size` (0, 0.5 or 1), and 0.0 for anything malformed. In a module of its
-own, so that an edit here re-runs GSE and what follows, not LPR."""
+own, so that an edit here re-runs GSE and what follows, not LPR.
+
+Under a profile with `loose_values` (reference_code) the geometry runs in Python
+arithmetic on the values as written, as the authors' seg_restrict8_regions_and_qa.py
+does: a NaN side fails the size test on its own (the other can still earn 0.5), an
+infinite box covers every object."""
 from __future__ import annotations
 
 import math
@@ -17,7 +22,8 @@ def region_iou_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) 
     pred = pred_box(parsed, profile, profile.gse_box_key)
     if pred is None or gt.region is None:
         return 0.0
-    iou = geo.box_iou(pred, gt.region, plus_one=profile.iou_plus_one, strict=profile.iou_strict)
+    iou = (geo.py_box_iou if profile.loose_values else geo.box_iou)(
+        pred, gt.region, plus_one=profile.iou_plus_one, strict=profile.iou_strict)
     return float(iou > profile.region_iou_min)
 
 
@@ -26,7 +32,8 @@ def region_l1_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -
     pred = pred_box(parsed, profile, profile.gse_box_key)
     if pred is None or gt.region is None:
         return 0.0
-    return float(geo.box_l1(pred, gt.region) < profile.region_l1_max)
+    l1 = (geo.py_box_l1 if profile.loose_values else geo.box_l1)(pred, gt.region)
+    return float(l1 < profile.region_l1_max)
 
 
 @safe_term
@@ -36,8 +43,13 @@ def size_reward(parsed: Parsed, gt: FinersTarget | None, profile: RewardProfile)
     pred = pred_box(parsed, profile, profile.gse_box_key)
     if pred is None:
         return 0.0
-    w, h = geo.box_size(pred, plus_one=profile.size_plus_one)
-    ok = [math.fabs(s - profile.size_target) <= profile.size_tol for s in (w, h)]
+    if profile.loose_values:   # Python arithmetic and chained comparisons, side by side
+        e = 1 if profile.size_plus_one else 0
+        lo, hi = profile.size_target - profile.size_tol, profile.size_target + profile.size_tol
+        ok = [lo <= side <= hi for side in (pred[2] - pred[0] + e, pred[3] - pred[1] + e)]
+    else:
+        w, h = geo.box_size(pred, plus_one=profile.size_plus_one)
+        ok = [math.fabs(s - profile.size_target) <= profile.size_tol for s in (w, h)]
     return 1.0 if all(ok) else 0.5 if any(ok) else 0.0
 
 

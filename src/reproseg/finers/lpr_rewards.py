@@ -1,13 +1,18 @@
 """FineRS LPR reward terms (paper Eq. 6, max 6): box IoU, box L1, points, format, think,
 response. Each is `term(parsed, gt, profile) -> float` (reproseg.finers.reward_terms),
 binary, and 0.0 for anything malformed. In a module of its own, so that an edit here
-re-runs LPR and what follows, and an edit of a GSE term does not."""
+re-runs LPR and what follows, and an edit of a GSE term does not.
+
+Under a profile with `loose_values` (reference_code) the geometry runs in Python
+arithmetic on the values as written (reproseg.answers.geometry.py_*), as the authors'
+seg_restrict_qa.py does: an infinite box holds every point, a NaN coordinate fails the
+comparison it enters, a point is int() of its first two items."""
 from __future__ import annotations
 
 from reproseg.answers import geometry as geo
-from reproseg.answers.parsing import Parsed, to_box, to_point
+from reproseg.answers.parsing import Parsed, Point, loose_point, to_point
 from reproseg.finers.reward_terms import (FinersTarget, RewardProfile, answer_object, format_score, pred_box,
-                                         response_score, safe_term, think_reward)
+                                         read_box, response_score, safe_term, think_reward)
 
 
 @safe_term
@@ -15,7 +20,8 @@ def box_iou_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> 
     pred = pred_box(parsed, profile, "bbox")
     if pred is None or gt.bbox is None:
         return 0.0
-    iou = geo.box_iou(pred, gt.bbox, plus_one=profile.iou_plus_one, strict=profile.iou_strict)
+    iou = (geo.py_box_iou if profile.loose_values else geo.box_iou)(
+        pred, gt.bbox, plus_one=profile.iou_plus_one, strict=profile.iou_strict)
     return float(iou > profile.box_iou_min)
 
 
@@ -24,13 +30,18 @@ def box_l1_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> f
     pred = pred_box(parsed, profile, "bbox")
     if pred is None or gt.bbox is None:
         return 0.0
-    return float(geo.box_l1(pred, gt.bbox) < profile.box_l1_max)
+    l1 = (geo.py_box_l1 if profile.loose_values else geo.box_l1)(pred, gt.bbox)
+    return float(l1 < profile.box_l1_max)
 
 
-def pair_distance(pred: tuple[Point, Point], gt: tuple[Point, Point], metric: str) -> float:
+def pair_distance(pred: tuple[Point, Point], gt: tuple[Point, Point], metric: str, python: bool = False) -> float:
     """Mean distance of two predicted points to two GT points under the better of the two
-    pairings (the GT points carry no order)."""
-    d = geo.point_l1 if metric == "l1" else geo.point_distance
+    pairings (the GT points carry no order). `python`: Euclidean distances as math.sqrt
+    in Python arithmetic (the code's), not numpy's hypot."""
+    if metric == "l1":
+        d = geo.point_l1
+    else:
+        d = geo.py_point_distance if python else geo.point_distance
     straight = d(pred[0], gt[0]) + d(pred[1], gt[1])
     crossed = d(pred[0], gt[1]) + d(pred[1], gt[0])
     return min(straight, crossed) / 2.0
@@ -41,17 +52,23 @@ def point_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> fl
     d = answer_object(parsed, profile)
     if d is None or gt.points is None:
         return 0.0
-    p1, p2 = to_point(d.get("points_1")), to_point(d.get("points_2"))
+    if profile.loose_values:
+        p1 = loose_point(d.get("points_1"), profile.point_truncate)
+        p2 = loose_point(d.get("points_2"), profile.point_truncate)
+    else:
+        p1, p2 = to_point(d.get("points_1")), to_point(d.get("points_2"))
+        if p1 is not None and p2 is not None and profile.point_truncate:
+            p1 = (float(int(p1[0])), float(int(p1[1])))
+            p2 = (float(int(p2[0])), float(int(p2[1])))
     if p1 is None or p2 is None:
         return 0.0
-    if profile.point_truncate:
-        p1 = (float(int(p1[0])), float(int(p1[1])))
-        p2 = (float(int(p2[0])), float(int(p2[1])))
     if profile.point_inside_box:
-        box = to_box(d.get("bbox"))
-        if box is None or not (geo.point_in_box(p1, box) and geo.point_in_box(p2, box)):
+        box = read_box(d.get("bbox"), profile)
+        inside = geo.py_point_in_box if profile.loose_values else geo.point_in_box
+        if box is None or not (inside(p1, box) and inside(p2, box)):
             return 0.0
-    return float(pair_distance((p1, p2), gt.points, profile.point_metric) < profile.point_max)
+    dist = pair_distance((p1, p2), gt.points, profile.point_metric, python=profile.loose_values)
+    return float(dist < profile.point_max)
 
 
 @safe_term

@@ -9,7 +9,11 @@ instead of raising, as the authors' reward code does.
 Two profiles (`RewardProfile.paper()`, the default, and `RewardProfile.reference_code()`)
 hold every point where the paper's text (sec. 4.4, appendix A.2) and the authors' code
 (JiazuoYu/Fines, verl/utils/reward_score/seg_restrict_qa.py and
-seg_restrict8_regions_and_qa.py) disagree; see the field comments.
+seg_restrict8_regions_and_qa.py) disagree; see the field comments and docs/fidelity.md.
+`reference_code` gives what that code gives for any completion, malformed ones included:
+values are read as its Python reads them (`loose_values`), the question type comes from
+the GT answer text as its text reward decides it (`response_branch`), and a fenced answer
+scores as unfenced, since its regex finds the JSON object inside the fence.
 
 Question types use the FineRS-4k `Q-type` names: "referring" (IS), "option" (MVQA) and
 "reasoning" (OVQA).
@@ -22,12 +26,15 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from reproseg.answers.parsing import Box, Parsed, Point, parse, to_box, to_point
+from reproseg.answers.parsing import Box, Parsed, Point, answer_value, loose_box, parse, to_box, to_point
 from reproseg.answers.qa import open_correct, option_correct, option_letter
 
 
 _QTYPES = {"referring": "is", "is": "is", "option": "mvqa", "mvqa": "mvqa",
            "reasoning": "ovqa", "ovqa": "ovqa"}
+# The code's GT response of a referring sample, and its option letters (lower-cased).
+CODE_IS_RESPONSE = "the object is found."
+CODE_OPTION_LETTERS = ("a", "b", "c", "d")
 _IS_PHRASE = re.compile(r"\bis\s+(?:found|detected)\b", re.IGNORECASE)
 
 
@@ -53,6 +60,19 @@ class RewardProfile:
     mvqa_rule: str              # "exact" option letter, or "letter" anywhere as a word
     ovqa_rule: str              # "whole" response vs answer, or any "word" vs answer
     ovqa_max_words_lpr: int | None  # code (LPR only): > 3 predicted words scores 0
+    # A whole-answer ```json fence inside <answer>: removed (paper: the fence is markup,
+    # the JSON is the answer) or kept, so json.loads fails. Only read with
+    # answer_source "answer_block": the code's first-object regex finds the JSON inside
+    # a fence anyway, so a fenced answer scores there exactly as an unfenced one.
+    strip_fence: bool
+    # Values: strict (paper: finite JSON numbers, a point of exactly 2) or loose (code:
+    # Python numbers of any kind in boxes, int() of the first two items of a point, so
+    # "12" and [12, 5, 7] read; NaN fails each comparison separately).
+    loose_values: bool
+    # Which response rule applies: "qtype" (the sample's question type; paper) or
+    # "answer_text" (code: the GT response "The object is found." -> IS rule, a-d -> MVQA
+    # rule, anything else -> OVQA rule; referring samples carry that GT sentence).
+    response_branch: str
     box_iou_min: float = 0.5
     box_l1_max: float = 10.0
     point_max: float = 100.0
@@ -68,7 +88,8 @@ class RewardProfile:
                    point_truncate=False, point_inside_box=False, region_iou_min=0.5,
                    region_l1_max=10.0, gse_box_key="region", size_plus_one=False,
                    is_rule="phrase", mvqa_rule="exact", ovqa_rule="whole",
-                   ovqa_max_words_lpr=None)
+                   ovqa_max_words_lpr=None, strip_fence=True, loose_values=False,
+                   response_branch="qtype")
 
     @classmethod
     def reference_code(cls) -> "RewardProfile":
@@ -77,7 +98,8 @@ class RewardProfile:
                    point_truncate=True, point_inside_box=True, region_iou_min=0.9,
                    region_l1_max=20.0, gse_box_key="bbox", size_plus_one=True,
                    is_rule="substring", mvqa_rule="letter", ovqa_rule="word",
-                   ovqa_max_words_lpr=3)
+                   ovqa_max_words_lpr=3, strip_fence=False, loose_values=True,
+                   response_branch="answer_text")
 
     @classmethod
     def by_name(cls, name: str) -> "RewardProfile":
@@ -122,13 +144,21 @@ def safe_term(fn: Callable[..., float]) -> Callable[..., float]:
 
 
 def answer_object(parsed: Parsed, profile: RewardProfile) -> dict | None:
-    d = parsed.first_object if profile.answer_source == "first_object" else parsed.answer
+    if profile.answer_source == "first_object":
+        d = parsed.first_object
+    else:
+        d = answer_value(parsed, profile.strip_fence)
     return d if isinstance(d, dict) else None
 
 
-def pred_box(parsed: Parsed, profile: RewardProfile, key: str) -> Box | None:
+def read_box(value: Any, profile: RewardProfile) -> tuple | None:
+    """A box under the profile's value rule (strict floats, or the code's Python numbers)."""
+    return loose_box(value) if profile.loose_values else to_box(value)
+
+
+def pred_box(parsed: Parsed, profile: RewardProfile, key: str) -> tuple | None:
     d = answer_object(parsed, profile)
-    return to_box(d.get(key)) if d is not None else None
+    return read_box(d.get(key), profile) if d is not None else None
 
 
 def format_score(parsed: Parsed, profile: RewardProfile, box_key: str, point_keys: tuple[str, ...]) -> float:
@@ -154,8 +184,25 @@ def think_reward(parsed: Parsed, gt: FinersTarget | None = None, profile: Reward
     return float(parsed.think_ok)
 
 
+def _code_task(gt: FinersTarget) -> tuple[str | None, str]:
+    """(rule, GT response) as the code's text reward picks them: a referring sample's GT
+    response is "The object is found." (its data converter writes that sentence), any
+    other sample's is its answer, stripped and lower-cased; an empty one scores nothing."""
+    if _QTYPES.get(str(gt.qtype).lower()) == "is":
+        return "is", CODE_IS_RESPONSE
+    answer = gt.answer.strip().lower()
+    if not answer:
+        return None, answer
+    if answer == CODE_IS_RESPONSE:
+        return "is", answer
+    return ("mvqa" if answer in CODE_OPTION_LETTERS else "ovqa"), answer
+
+
 def _response_correct(response: str, gt: FinersTarget, profile: RewardProfile, max_words: int | None) -> bool:
-    task = _QTYPES.get(str(gt.qtype).lower())
+    if profile.response_branch == "answer_text":
+        task, answer = _code_task(gt)   # a GT letter outside a-d ("e") takes the OVQA rule
+    else:
+        task, answer = _QTYPES.get(str(gt.qtype).lower()), gt.answer
     if task == "is":
         if profile.is_rule == "substring":
             low = response.lower()
@@ -163,11 +210,14 @@ def _response_correct(response: str, gt: FinersTarget, profile: RewardProfile, m
         return _IS_PHRASE.search(response) is not None
     if task == "mvqa":
         # The metric's rules (reproseg.answers.qa): "exact" is its paper rule, "letter" the code's.
-        if option_letter(gt.answer) is None:
+        letter = option_letter(answer)
+        if letter is None:
             return False
-        return option_correct(gt.answer, response, "reference_code" if profile.mvqa_rule == "letter" else "paper")
+        if profile.mvqa_rule == "letter":
+            return option_correct(letter, response, "reference_code")
+        return option_correct(answer, response, "paper")
     if task == "ovqa":
-        answer = gt.answer.strip().lower()
+        answer = answer.strip().lower()
         if not answer:
             return False
         if profile.ovqa_rule == "word":
@@ -176,7 +226,7 @@ def _response_correct(response: str, gt: FinersTarget, profile: RewardProfile, m
                 return False
             return any(difflib.SequenceMatcher(None, w, answer).ratio() >= profile.ovqa_min_ratio
                        for w in words)
-        return open_correct(gt.answer, response, "paper", min_ratio=profile.ovqa_min_ratio)
+        return open_correct(answer, response, "paper", min_ratio=profile.ovqa_min_ratio)
     return False
 
 

@@ -15,7 +15,8 @@ from reproseg.io_atomic import write_parquet
 
 # TRL log key -> column in the engine's log. Missing keys become NaN: TRL logs no "kl"
 # when beta is 0, and the rollout's columns (rewards, lengths, zero-std) only on the
-# first optimizer step of each rollout batch. "clipped_ratio" is TRL's share of
+# first optimizer step of each rollout batch; the column `generated` (1 or 0) says which
+# steps those are, so that a NaN reward there reads as "no rollout this step". "clipped_ratio" is TRL's share of
 # completions cut at max_completion_length; "clip_ratio*" are shares of completion
 # tokens whose probability ratio was clipped (low: below 1 - epsilon with a negative
 # advantage, high: above 1 + epsilon_high with a positive one; clip_ratio = both).
@@ -39,7 +40,7 @@ _LOG_COLUMNS = {
 
 
 def log_columns(reward_names: list[str]) -> list[str]:
-    cols = ["step", "epoch", *_LOG_COLUMNS.values()]
+    cols = ["step", "epoch", "generated", *_LOG_COLUMNS.values()]
     for name in reward_names:
         cols += [f"reward_{name}_mean", f"reward_{name}_std"]
     return cols + ["wall_time"]
@@ -80,6 +81,7 @@ class ParquetLogCallback(TrainerCallback):
             row[f"reward_{name}_std"] = _number(logs.get(f"rewards/{name}/std"))
         row["step"] = int(state.global_step)
         row["epoch"] = _number(state.epoch)
+        row["generated"] = 1.0 if "reward" in logs else 0.0
         row["wall_time"] = time.time()
         self.rows = [r for r in self.rows if r["step"] < row["step"]] + [row]
         self.write()

@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -148,7 +149,10 @@ class GRPOSettings:
     max_completion_length: int = 512
     per_device_batch_size: int = 8
     gradient_accumulation_steps: int = 1
-    max_steps: int = 200
+    max_steps: int | None = 200
+    # Passes over the training prompts instead of max_steps (which must then be None): the
+    # steps they take, rounded up to whole rollout batches (epoch_steps).
+    epochs: float | None = None
     save_steps: int = 50
     logging_steps: int = 1
     seed: int = 42
@@ -221,6 +225,10 @@ class GRPOSettings:
                 f"steps_per_generation ({self.steps_per_generation}) must be a positive multiple of "
                 f"gradient_accumulation_steps ({ga}): a rollout batch is a whole number of optimizer steps"
             )
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError(f"give exactly one of max_steps ({self.max_steps}) and epochs ({self.epochs})")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"epochs must be above 0, got {self.epochs}")
         if self.save_steps % self.updates_per_rollout:
             raise ValueError(
                 f"save_steps ({self.save_steps}) must be a multiple of the {self.updates_per_rollout} optimizer "
@@ -245,6 +253,17 @@ class GRPOSettings:
     def fingerprint(self) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_FINGERPRINTED}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def epoch_steps(settings: GRPOSettings, num_rows: int, world_size: int) -> int:
+    """Optimizer steps of `settings.epochs` passes over `num_rows` prompts: each step trains on
+    per_device_batch_size x world_size x gradient_accumulation_steps completions, that is
+    that / num_generations prompts, each rollout batch num_iterations times; rounded up to
+    whole rollout batches (a checkpoint and the last step end one)."""
+    completions = settings.per_device_batch_size * world_size * settings.gradient_accumulation_steps
+    steps = math.ceil(settings.epochs * num_rows * settings.num_generations * settings.num_iterations / completions)
+    u = settings.updates_per_rollout
+    return max(u, math.ceil(steps / u) * u)
 
 
 def _use_bf16(settings: GRPOSettings) -> bool:
@@ -513,6 +532,8 @@ def train_grpo(
 
     # The config comes before the model: under ZeRO-3 it must exist when the weights load.
     args = build_grpo_config(settings, resume_dir, reward_names)
+    if settings.epochs is not None:
+        args.max_steps = epoch_steps(settings, len(dataset_rows), args.world_size)
     is_main = args.process_index == 0
     resume_dir.mkdir(parents=True, exist_ok=True)
     check_or_write_manifest(resume_dir, {

@@ -13,6 +13,15 @@ Conventions (FineRS / LISA evaluation):
   has NaN scores; cIoU is NaN when sum U == 0 (no pixel in any mask: undefined).
 Scores are fractions in [0, 1]; the tables module turns them into percent.
 
+Those are the "paper" rules (FineRS sec. 5.1: gIoU the mean per-image IoU, cIoU the
+cumulative intersection over the cumulative union). The "reference_code" rules are the
+authors' evaluation script's (JiazuoYu/Fines inference_scripts/
+eval_hd_reasoning_seg_zero_cascade_qa_add_dist_for_region_prompt_cross_stage.py, LISA's
+smoothing): per-sample IoU = I / (U + 1e-5), plus 1 when U == 0 (so an empty pair still
+scores exactly 1.0 and a perfect mask 1 - 1e-5/(U + 1e-5)); cIoU = sum I / (sum U + 1e-10),
+so a group whose every union is empty has cIoU 0.0, not NaN. A group without samples
+stays NaN under both: the script divides by its length there and stops.
+
 pycocotools does not validate an RLE string (a truncated one still "decodes"), so each
 counts string is decoded here, vectorised, and must cover exactly h x w pixels.
 """
@@ -26,6 +35,9 @@ import numpy as np
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
+PROFILES = ("paper", "reference_code")
+# (per-sample IoU smoothing, cIoU smoothing) of each profile.
+_SMOOTHING = {"paper": (0.0, 0.0), "reference_code": (1e-5, 1e-10)}
 BUCKETS = ("s", "xs", "xxs")
 GROUPS = BUCKETS + ("all",)
 OK, MISSING, INVALID = "ok", "missing", "invalid"
@@ -116,12 +128,20 @@ def _rows(records) -> list[dict]:
     return list(records)
 
 
-def per_sample(records: pa.Table | Iterable[Mapping]) -> pa.Table:
+def _smoothing(profile: str) -> tuple[float, float]:
+    if profile not in _SMOOTHING:
+        raise ValueError(f"unknown metric profile {profile!r}; expected one of {PROFILES}")
+    return _SMOOTHING[profile]
+
+
+def per_sample(records: pa.Table | Iterable[Mapping], profile: str = "paper") -> pa.Table:
     """Per-sample intersection, union, IoU and prediction status (ok/missing/invalid).
 
     `records` has columns id, gt_rle, pred_rle (or None), size_bucket (s/xs/xxs). A bad
     GT or an unknown bucket raises ValueError: those are data errors, not model errors.
+    `profile` picks the IoU rule (module docstring).
     """
+    eps, _ = _smoothing(profile)
     rows = _rows(records)
     gts, preds, status, buckets = [], [], [], []
     for r in rows:
@@ -154,7 +174,10 @@ def per_sample(records: pa.Table | Iterable[Mapping]) -> pa.Table:
         for i in ok:   # one pair at a time: merge works on run lengths, cost ~ runs
             inter[i] = mask_utils.area(mask_utils.merge([gts[i], preds[i]], intersect=True))
     union = gt_area + pred_area - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)   # U == 0: LISA's +1
+    if eps:   # the authors' script: I / (U + eps), and +1 for an empty union
+        iou = inter / (union + eps) + (union == 0)
+    else:
+        iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)   # U == 0: LISA's +1
     return pa.table({
         "id": pa.array([r["id"] for r in rows]),
         "size_bucket": pa.array(buckets, pa.string()),
@@ -178,12 +201,19 @@ class SegScore:
     n_invalid: int
 
 
-def _score(inter: np.ndarray, union: np.ndarray, iou: np.ndarray, status: np.ndarray) -> SegScore:
+def _score(inter: np.ndarray, union: np.ndarray, iou: np.ndarray, status: np.ndarray,
+           ciou_eps: float = 0.0) -> SegScore:
     total_i, total_u = int(inter.sum()), int(union.sum())
+    if not iou.size:
+        ciou = float("nan")
+    elif ciou_eps:
+        ciou = total_i / (total_u + ciou_eps)
+    else:
+        ciou = total_i / total_u if total_u else float("nan")
     return SegScore(
         n=int(iou.size),
         giou=float(iou.mean()) if iou.size else float("nan"),
-        ciou=total_i / total_u if total_u else float("nan"),
+        ciou=ciou,
         intersection=total_i,
         union=total_u,
         n_missing=int((status == MISSING).sum()),
@@ -191,18 +221,22 @@ def _score(inter: np.ndarray, union: np.ndarray, iou: np.ndarray, status: np.nda
     )
 
 
-def summarise(samples: pa.Table) -> dict[str, SegScore]:
-    """SegScore for each of s, xs, xxs and all, from `per_sample`'s table."""
+def summarise(samples: pa.Table, profile: str = "paper") -> dict[str, SegScore]:
+    """SegScore for each of s, xs, xxs and all, from `per_sample`'s table (made with the
+    same profile: the per-sample IoU already carries its rule)."""
+    _, ciou_eps = _smoothing(profile)
     bucket = np.asarray(samples.column("size_bucket").to_pylist(), dtype=object)
     cols = {k: samples.column(k).to_numpy() for k in ("intersection", "union", "iou")}
     status = np.asarray(samples.column("pred_status").to_pylist(), dtype=object)
     out = {}
     for group in GROUPS:
         sel = np.ones(bucket.size, bool) if group == "all" else bucket == group
-        out[group] = _score(cols["intersection"][sel], cols["union"][sel], cols["iou"][sel], status[sel])
+        out[group] = _score(cols["intersection"][sel], cols["union"][sel], cols["iou"][sel], status[sel],
+                            ciou_eps)
     return out
 
 
-def segmentation_metrics(records: pa.Table | Iterable[Mapping]) -> dict[str, SegScore]:
-    """gIoU / cIoU by size bucket and overall; see the module docstring for the rules."""
-    return summarise(per_sample(records))
+def segmentation_metrics(records: pa.Table | Iterable[Mapping], profile: str = "paper") -> dict[str, SegScore]:
+    """gIoU / cIoU by size bucket and overall; see the module docstring for the rules of
+    each profile ("paper" or "reference_code", finers.reward_profile's names)."""
+    return summarise(per_sample(records, profile), profile)

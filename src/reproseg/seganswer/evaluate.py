@@ -36,7 +36,7 @@ from tqdm import tqdm
 from reproseg.answers.qa import answer_correct
 from reproseg.metrics.segmentation import per_sample, summarise
 from reproseg.seganswer.model import SegAnswerModel
-from reproseg.seganswer.prompts import reasoning_messages
+from reproseg.seganswer.prompts import REASONING_PROMPT, reasoning_messages
 from reproseg.seganswer.rollout import RolloutSettings, prepare_prompt, rollout_batch
 from reproseg.seganswer.stage1 import PROMPT_TEMPLATE, predict_masks
 
@@ -107,15 +107,16 @@ def evaluate_referring_given(model: SegAnswerModel, rows: Sequence[Mapping], bat
 @torch.no_grad()
 def answer_questions(model: SegAnswerModel, rows: Sequence[Mapping], max_turns: int = 3,
                      max_turn_tokens: int = 256, batch_size: int = 8, progress: bool = True,
-                     desc: str = "eval") -> list[dict]:
-    """Greedy multi-turn answers: one record per row with pred_response, answered, seg_calls, turns."""
+                     desc: str = "eval", template: str = REASONING_PROMPT) -> list[dict]:
+    """Greedy multi-turn answers: one record per row with pred_response, answered, seg_calls, turns.
+    template: the first user turn, as the model was trained with it (seganswer.reasoning_prompt)."""
     model.eval()
     s = RolloutSettings(max_turns=max_turns, max_turn_tokens=max_turn_tokens,
                         max_completion_tokens=max_turns * (max_turn_tokens + 2048), temperature=0.0)
     out = []
     for start in tqdm(range(0, len(rows), batch_size), desc=f"{desc} questions", unit="batch", disable=not progress):
         chunk = rows[start:start + batch_size]
-        prompts = [prepare_prompt(model, r["image"], reasoning_messages(r["question"], r.get("options")))
+        prompts = [prepare_prompt(model, r["image"], reasoning_messages(r["question"], r.get("options"), template))
                    for r in chunk]
         for r, ro in zip(chunk, rollout_batch(model, prompts, s)):
             out.append({"question": r["question"], "answer": r["answer"], "options": r.get("options"),

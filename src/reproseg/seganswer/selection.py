@@ -24,7 +24,7 @@ def score_candidate(path: Path, rows, cfg: dict) -> dict[str, float]:
     net = SegAnswerModel.from_pretrained(str(path), dtype=ev["dtype"], device=resolve_device(ev["device"]))
     net.enable_feature_cache(cfg["sam_feature_cache_mb"])
     records = answer_questions(net, rows, max_turns=sel["max_turns"], max_turn_tokens=sel["max_new_tokens"],
-                               desc=f"val {path.name}")
+                               desc=f"val {path.name}", template=cfg["reasoning_prompt"])
     q = qa_accuracy(records)
     scores = {"accuracy": q["accuracy"], "answered": 1 - q["unanswered"] / q["n"]}
     log.info("%s: %s", path.name, scores)

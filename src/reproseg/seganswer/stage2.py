@@ -39,7 +39,13 @@ from reproseg.launch import run_workers, visible_gpu_count
 from reproseg.seganswer.losses import IGNORE_INDEX, next_token_loss
 from reproseg.seganswer.model import SegAnswerModel, resolve_device
 from reproseg.seganswer.positions import build_conversation, mask_patch_keep, segmented_image
-from reproseg.seganswer.prompts import ANSWER_RESPONSE, SEG_RESPONSE, observation_message, reasoning_messages
+from reproseg.seganswer.prompts import (
+    ANSWER_RESPONSE,
+    REASONING_PROMPT,
+    SEG_RESPONSE,
+    observation_message,
+    reasoning_messages,
+)
 from reproseg.seganswer.stage1 import _batches, collate, optimizer_steps
 
 from . import sharding
@@ -68,6 +74,8 @@ class Stage2Settings:
     # Processes (one per GPU, the language model sharded; reproseg.seganswer.sharding).
     # None: one per GPU of the job, one on CPU. batch_size is per process.
     processes: int | None = None
+    # The first user turn (seganswer.reasoning_prompt; {question} is the question and its options).
+    reasoning_prompt: str = REASONING_PROMPT
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Stage2Settings":
@@ -78,7 +86,8 @@ class Stage2Settings:
 
 
 def first_turn_messages(row: dict, s: Stage2Settings) -> list[dict]:
-    return reasoning_messages(row["question"], row.get("options")) + [{"role": "assistant", "content": s.seg_response}]
+    return (reasoning_messages(row["question"], row.get("options"), s.reasoning_prompt)
+            + [{"role": "assistant", "content": s.seg_response}])
 
 
 def full_messages(row: dict, s: Stage2Settings) -> list[dict]:

@@ -73,7 +73,7 @@ from reproseg.seganswer.model import (
     _load_sam2_model,
 )
 from reproseg.seganswer.positions import sparse_image_features
-from reproseg.seganswer.prompts import reasoning_messages
+from reproseg.seganswer.prompts import REASONING_PROMPT, reasoning_messages
 from reproseg.seganswer.rewards import REWARD_WEIGHTS, accuracy_reward, format_reward
 from reproseg.seganswer.rollout import (
     Rollout,
@@ -84,6 +84,7 @@ from reproseg.seganswer.rollout import (
     rollout_batch,
 )
 from reproseg.seganswer.sources.rows import select
+from reproseg.selection import link_file, link_tree
 
 EXTRA_LOG_COLUMNS = ("seg_calls_mean", "seg_calls_total", "unanswered", "rollouts", "dropped_groups",
                      "refill_rounds", "padded_groups", "acc_mean", "format_mean", "total_mean")
@@ -222,6 +223,8 @@ class Stage3Settings:
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     dynamic_sampling: bool = True
     max_refill_rounds: int = 4
+    # The first user turn (seganswer.reasoning_prompt; {question} is the question and its options).
+    reasoning_prompt: str = REASONING_PROMPT
     # Megabytes of frozen SAM image-encoder features kept in memory (the same features, faster); 0: none.
     sam_feature_cache_mb: float = 0
 
@@ -434,8 +437,9 @@ class Stage3Rows(Sequence):
     """Engine rows {"prompt", "image", "answer", "options"} built from training rows on access,
     so the images of a large training set are loaded only when served."""
 
-    def __init__(self, rows: Sequence[dict]):
+    def __init__(self, rows: Sequence[dict], template: str = REASONING_PROMPT):
         self.rows = rows
+        self.template = template
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -444,13 +448,14 @@ class Stage3Rows(Sequence):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         r = self.rows[i]
-        return {"prompt": reasoning_messages(r["question"], r.get("options")), "image": r["image"].convert("RGB"),
+        return {"prompt": reasoning_messages(r["question"], r.get("options"), self.template),
+                "image": r["image"].convert("RGB"),
                 "answer": str(r["answer"]), "options": list(r["options"]) if r.get("options") else None}
 
 
-def stage3_rows(rows: Sequence[dict]) -> Stage3Rows:
+def stage3_rows(rows: Sequence[dict], template: str = REASONING_PROMPT) -> Stage3Rows:
     """Training rows {"image", "question", "answer", "options"?} -> engine rows with the reasoning prompt."""
-    return Stage3Rows(rows)
+    return Stage3Rows(rows, template)
 
 
 def stage3_grpo_settings(overrides: dict | None = None) -> GRPOSettings:
@@ -510,7 +515,7 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
     s = settings if isinstance(settings, Stage3Settings) else Stage3Settings.from_dict(settings)
     if g.reward_weights is None:
         g.reward_weights = dict(REWARD_WEIGHTS)
-    engine_rows = stage3_rows(rows)
+    engine_rows = stage3_rows(rows, s.reasoning_prompt)
     log_path = Path(log_path)
     extra = Path(extra_log_path) if extra_log_path else log_path.with_suffix(".seganswer.parquet")
     reward_fns = dict(reward_fns or {"acc": accuracy_reward, "format": format_reward})
@@ -519,14 +524,17 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
     final = Path(out_dir) / FINAL_DIR
     # The projector, mask decoder and SAM 2.1 did not change: carry them over into the final
     # policy and every candidate (each a whole SegAnswer checkpoint); the config goes last.
-    # Copies, not links: the engine's final candidate shares its files with `final`.
+    # Hard links of stage 2's files (one SAM 2.1 on disk, not one per candidate), each made
+    # anew: the engine's final candidate shares its files with `final`, so nothing is
+    # written in place.
     candidates = sorted((Path(out_dir) / CANDIDATES_DIR).glob("step-*"))
     for target in (final, *candidates):
-        shutil.copy2(Path(stage2_dir) / HEADS_FILE, target / HEADS_FILE)
         if (target / SAM2_SUBDIR).exists():
             shutil.rmtree(target / SAM2_SUBDIR)
-        shutil.copytree(Path(stage2_dir) / SAM2_SUBDIR, target / SAM2_SUBDIR)
-        shutil.copy2(Path(stage2_dir) / CONFIG_FILE, target / CONFIG_FILE)
+        link_tree(Path(stage2_dir) / SAM2_SUBDIR, target / SAM2_SUBDIR)
+        for name in (HEADS_FILE, CONFIG_FILE):
+            (target / name).unlink(missing_ok=True)
+            link_file(Path(stage2_dir) / name, target / name)
     return final
 
 
@@ -537,7 +545,8 @@ def stage3_stage(tables: list[str], roots: list[str], stage2: str, checkpoint: s
     run_dir = run_dir_of(checkpoint)
     work_log = run_dir / "train_log.inprogress.parquet"
     train_stage3(stage2, rows, run_dir, work_log, grpo=cfg["stage3"]["grpo"],
-                 settings={**cfg["stage3"]["settings"], "sam_feature_cache_mb": cfg["sam_feature_cache_mb"]})
+                 settings={**cfg["stage3"]["settings"], "sam_feature_cache_mb": cfg["sam_feature_cache_mb"],
+                           "reasoning_prompt": cfg["reasoning_prompt"]})
     extra = work_log.with_name(work_log.name.replace(".parquet", ".seganswer.parquet"))
     os.replace(work_log, train_log)
     if extra.exists():

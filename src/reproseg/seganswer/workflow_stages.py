@@ -37,6 +37,11 @@ def with_cache(settings: dict, cfg: dict) -> dict:
     return {**settings, "sam_feature_cache_mb": cfg["sam_feature_cache_mb"]}
 
 
+def with_prompt(settings: dict, cfg: dict) -> dict:
+    """...and the section-wide reasoning prompt (stages 2 and 3, which ask questions)."""
+    return {**with_cache(settings, cfg), "reasoning_prompt": cfg["reasoning_prompt"]}
+
+
 def _referring(tables, roots, selections, size, limit=None):
     rows = select(tables, roots, selections, "referring", size, limit)
     # An empty target at this size is kept: the loss and the metrics handle it (counted here).
@@ -64,7 +69,7 @@ def stage1_merge_stage(unmerged: str, out_dir: str, cfg: dict) -> None:
 
 def stage2_stage(tables: list[str], roots: list[str], stage1: str, out_dir: str, train_log: str, cfg: dict) -> None:
     rows = select(tables, roots, cfg["data"]["stage2"], "questions", cfg["image_size"])
-    train_stage2(stage1, rows, out_dir, with_cache(cfg["stage2"], cfg), train_log)
+    train_stage2(stage1, rows, out_dir, with_prompt(cfg["stage2"], cfg), train_log)
 
 
 def load_checkpoint(model: dict, cfg: dict):
@@ -97,7 +102,7 @@ def evaluate_stage(referring: dict, questions: dict, model: dict, metrics_json: 
     for bench, table, root in zip(ev["questions"], questions["tables"], questions["roots"], strict=True):
         rows = select([table], [root], [bench["data"]], "questions", size, limit)
         records = answer_questions(net, rows, max_turns=ev["max_turns"], max_turn_tokens=ev["max_new_tokens"],
-                                   desc=f"{checkpoint} {bench['label']}")
+                                   desc=f"{checkpoint} {bench['label']}", template=cfg["reasoning_prompt"])
         qa_metrics[bench["label"]] = {**qa_accuracy(records),
                                       "multiple_choice": qa_accuracy([r for r in records if r.get("options")]),
                                       "open": qa_accuracy([r for r in records if not r.get("options")]),
