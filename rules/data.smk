@@ -67,9 +67,11 @@ if SOURCE != "images":
         output:
             frames=directory(R("frames/{video}")),
             manifest=R("frames/{video}.manifest.parquet"),
+            report=R("frames/{video}.report.json"),
             prov=prov(R("frames/{video}.manifest.parquet")),
         log:
-            R("logs/extract_frames/{video}.log"),
+            main=R("logs/extract_frames/{video}.log"),
+            report=R("logs/extract_frames/{video}.report.json"),
         benchmark:
             R("benchmarks/extract_frames/{video}.tsv")
         conda:

@@ -1,12 +1,16 @@
 """FineRS-4k import: each validation class, both policies, and the table's values."""
 import json
+import struct
+import zlib
 
 import cv2
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from reproseg.data.annotations import (AnnotationError, ImageInfo, answer_letter, import_annotations,
-                                       parse_options)
+                                       import_stage, lookup_from_directory, parse_options)
 from reproseg.data.masks import rle_decode
 
 IMAGES = {"v/000000.png": ImageInfo(100, 100, "v", 0), "v/000004.png": ImageInfo(100, 100, "v", 4)}
@@ -162,7 +166,8 @@ def test_drop_and_report_keeps_valid_and_lists_invalid(tmp_path):
 
 
 def test_not_a_record_and_not_json(tmp_path):
-    with pytest.raises(AnnotationError, match="ann.json record 1 \\(id None\\): malformed_record: record is a str"):
+    with pytest.raises(AnnotationError,
+                       match="ann.json record 1 \\(id None\\): malformed_record \\[\\(record\\)\\]: record is a str"):
         run(tmp_path, [rec(), "junk"])
     path = tmp_path / "broken.json"
     path.write_text("{not json")
@@ -224,3 +229,132 @@ def test_duplicate_own_id_across_files_names_the_first_file(tmp_path):
     files = release(tmp_path, [rec(id="x")], [rec(id="x")])
     with pytest.raises(AnnotationError, match="duplicate id 'x' \\(first at record 0 of .*train_v5.json\\)"):
         import_annotations(files, IMAGES.get)
+
+
+# ------------------------------------------- every field checked before it is used
+
+@pytest.mark.parametrize("over, cls, field", [
+    ({"Q-type": ["option"]}, "wrong_type", "Q-type"),           # was a bare TypeError: unhashable type: 'list'
+    ({"attribute": {"colors": 1}}, "wrong_type", "attribute"),
+    ({"Q": 42}, "wrong_type", "Q"),
+    ({"A": ["red"]}, "wrong_type", "A"),
+    ({"A": float("nan")}, "wrong_type", "A"),
+    ({"image_path": 7}, "wrong_type", "image_path"),
+    ({"id": ["a"]}, "wrong_type", "id"),
+    ({"id": float("nan")}, "wrong_type", "id"),
+    ({"id": True}, "wrong_type", "id"),
+    ({"id": ""}, "wrong_type", "id"),
+    ({"area_percent": float("nan")}, "bad_area_percent", "area_percent"),
+    ({"area_percent": float("inf")}, "bad_area_percent", "area_percent"),
+    ({"area_percent": 10 ** 400}, "bad_area_percent", "area_percent"),   # was an OverflowError
+    ({"points": [[10, 10], [20, float("nan")], [20, 15]]}, "bad_polygon", "points"),
+    ({"points": [[10, 10], [20], [20, 15]]}, "bad_polygon", "points"),    # not pairs
+    ({"points": [[10, 10], [20, 10, 3], [20, 15]]}, "bad_polygon", "points"),
+    ({"points": [["10", 10], [20, 10], [20, 15]]}, "bad_polygon", "points"),  # text is not a number
+    ({"points": [[True, 10], [20, 10], [20, 15]]}, "bad_polygon", "points"),
+    ({"points": [[10 ** 400, 10], [20, 10], [20, 15]]}, "bad_polygon", "points"),
+    ({"points": {"x": 1}}, "bad_polygon", "points"),
+    ({"Q-type": "option", "A": "A", "options": ["A. red", 3]}, "bad_options", "options"),
+    ({"Q-type": "option", "A": "A", "options": {"A": "red", "B": None}}, "bad_options", "options"),
+    ({"Q-type": "option", "A": "A", "options": ["A. red"]}, "bad_options", "options"),       # one option
+    ({"Q-type": "option", "A": "A", "options": ["A. red", "B. "]}, "bad_options", "options"),  # empty text
+    ({"Q-type": "option", "A": "A", "options": "A. red B. blue"}, "bad_options", "options"),
+    ({"Q-type": "reasoning", "options": 5}, "wrong_type", "options"),
+    ({"image_path": "/etc/passwd"}, "unsafe_path", "image_path"),
+    ({"image_path": "../v/000000.png"}, "unsafe_path", "image_path"),
+    ({"image_path": ""}, "missing_image", "image_path"),
+])
+def test_every_field_is_checked_for_type_and_range(tmp_path, over, cls, field):
+    with pytest.raises(AnnotationError, match="ann.json record 1 ") as info:
+        run(tmp_path, [rec(), rec(**over)])
+    problems = [(p["record"], p["class"], p["field"]) for p in info.value.report.as_dict()["problems"]]
+    assert (1, cls, field) in problems and all(r == 1 for r, _, _ in problems)
+    table, report = run(tmp_path, [rec(), rec(**over)], policy="drop_and_report")
+    assert table.column("id").to_pylist() == ["ann#0"]
+    assert all(p["file"] == str(tmp_path / "ann.json") and p["field"] for p in report.problems)
+
+
+@pytest.mark.parametrize("key, cls", [("Q", "empty_question"), ("Q-type", "unknown_task_type"),
+                                      ("attribute", "unknown_attribute"), ("A", "missing_answer"),
+                                      ("image_path", "missing_image"), ("points", "bad_polygon")])
+def test_a_missing_key_is_named(tmp_path, key, cls):
+    bad = rec()
+    del bad[key]
+    with pytest.raises(AnnotationError) as info:
+        run(tmp_path, [bad])
+    [p] = info.value.report.problems
+    assert (p["record"], p["class"], p["field"]) == (0, cls, key) and "missing" in p["message"]
+
+
+# --------------------------------------------- released images, decoded at import
+
+def png(path, size=(100, 100)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (10, 120, 30)).save(path)
+    return path
+
+
+def bomb_png(path, width, height):
+    """A PNG whose header claims width x height pixels."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def released(tmp_path, records, policy="fail", max_pixels=100_000_000):
+    ann = write(tmp_path / "ann.json", records)
+    out = tmp_path / "out"
+    import_stage(str(ann), str(out / "t.parquet"), str(out / "r.json"), str(out / "r.md"), str(out / "log.json"),
+                 manifest=None, images_dir=str(tmp_path / "images"), on_invalid=policy, point_jitter=0.25,
+                 seed=0, max_image_pixels=max_pixels)
+    return out
+
+
+def test_released_images_are_decoded_at_import(tmp_path):
+    images = tmp_path / "images"
+    good = png(images / "good.png")
+    data = good.read_bytes()
+    (images / "cut.png").write_bytes(data[: len(data) // 2])          # the header still reads: passed before
+    (images / "empty.png").write_bytes(b"")
+    (images / "junk.png").write_bytes(b"not a png at all" * 10)
+    bomb_png(images / "bomb.png", 12_000, 10_000)                     # 120 megapixels, a few bytes
+    bomb_png(images / "huge.png", 40_000, 40_000)                     # past PIL's own limit too
+    (images / "dir.png").mkdir()
+    outside = png(tmp_path / "outside.png")
+    (images / "link.png").symlink_to(outside)                         # a symlink out of the root
+    (images / "inner.png").symlink_to(good)                           # one inside it is fine
+    names = ["good", "cut", "empty", "junk", "bomb", "huge", "dir", "link", "inner"]
+    records = [rec(image_path=f"{n}.png") for n in names] + [rec(image_path=str(outside))]
+    with pytest.raises(AnnotationError, match="ann.json record 1 ") as info:
+        released(tmp_path, records)
+    assert not (tmp_path / "out" / "t.parquet").exists() and not (tmp_path / "out" / "r.json").exists()
+    assert json.loads((tmp_path / "out" / "log.json").read_text())["invalid"] == 8
+    out = released(tmp_path, records, policy="drop_and_report")
+    assert pq.read_table(out / "t.parquet").column("image_path").to_pylist() == ["good.png", "inner.png"]
+    by_record = {p["record"]: (p["class"], p["field"]) for p in json.loads((out / "r.json").read_text())["problems"]}
+    assert by_record == {1: ("unreadable_image", "image_path"), 2: ("unreadable_image", "image_path"),
+                         3: ("unreadable_image", "image_path"), 4: ("image_too_large", "image_path"),
+                         5: ("image_too_large", "image_path"), 6: ("missing_image", "image_path"),
+                         7: ("unsafe_path", "image_path"), 9: ("unsafe_path", "image_path")}
+    # The limit is the configured one.
+    with pytest.raises(AnnotationError, match="more than the limit of 9999"):
+        released(tmp_path, [rec(image_path="good.png")], max_pixels=9_999)
+
+
+def test_a_path_out_of_the_root_is_never_opened(tmp_path, monkeypatch):
+    import PIL.Image
+
+    images = tmp_path / "images"
+    png(images / "a.png")
+    outside = png(tmp_path / "secret.png")
+    (images / "link.png").symlink_to(outside)
+    opened = []
+    real_open = PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
+    lookup = lookup_from_directory(images)
+    recs = [rec(image_path="a.png"), rec(image_path="link.png"), rec(image_path=str(outside)),
+            rec(image_path="../secret.png")]
+    table, report = import_annotations(write(tmp_path / "ann.json", recs), lookup, on_invalid="drop_and_report")
+    assert table.num_rows == 1 and [p["class"] for p in report.problems] == ["unsafe_path"] * 3
+    assert opened == [str(images / "a.png")]

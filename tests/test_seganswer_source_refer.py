@@ -317,3 +317,94 @@ def test_compressed_rle_parser_matches_pycocotools_and_rejects_bad_strings(tmp_p
     assert {p["id"]: p["class"] for p in report.problems} == {
         "refcoco/70/700": refer.BAD_SEGMENTATION, "refcoco/71/710": refer.BAD_SEGMENTATION}
     assert "[4, 7]" in report.problems[0]["message"]
+
+
+# --------------------------------------------- every field checked, paths kept inside
+
+def _mutated_fixture(tmp_path, mutate_ref=None, mutate_image=None, mutate_ann=None):
+    refs = _good_refs()
+    if mutate_ref:
+        mutate_ref(refs[1])
+    spec = _write_fixture(tmp_path, refs)
+    doc = json.loads((tmp_path / "instances.json").read_text())
+    if mutate_image:
+        mutate_image(doc["images"][1])                       # image 2, of refs 1 and 2
+    if mutate_ann:
+        mutate_ann(doc["annotations"][1])                    # annotation 102, of ref 1
+    (tmp_path / "instances.json").write_text(json.dumps(doc))
+    return spec
+
+
+@pytest.mark.parametrize("mutate, cls, field", [
+    (lambda r: r.update(ref_id=[1]), refer.MALFORMED, "ref_id"),
+    (lambda r: r.update(ann_id=True), refer.MALFORMED, "ann_id"),
+    (lambda r: r.update(image_id=10 ** 30), refer.MALFORMED, "image_id"),      # not a 64-bit id
+    (lambda r: r.update(split=""), refer.MALFORMED, "split"),
+    (lambda r: r.update(split=["testA"]), "wrong_type", "split"),
+    (lambda r: r["sentences"][0].update(sent_id=[12]), "wrong_type", "sent_id"),
+    (lambda r: r["sentences"][0].update(sent=7), "wrong_type", "sent"),
+    (lambda r: r["sentences"][0].update(raw={"a": 1}), "wrong_type", "sent"),
+    (lambda r: r.update(sentences="dog"), refer.MALFORMED, "sentences"),
+])
+def test_wrong_types_in_a_ref_are_named(tmp_path, mutate, cls, field):
+    table, report = refer.import_refer(_mutated_fixture(tmp_path, mutate_ref=mutate), on_invalid="drop_and_report")
+    assert "refcoco/1/12" not in _rows(table) and len(_rows(table)) == 3
+    [p] = report.problems
+    assert (p["record"], p["class"], p["field"], p["file"]) == (2, cls, field, str(tmp_path / "refs(unc).p"))
+
+
+@pytest.mark.parametrize("mutate_image, mutate_ann, cls, field, message", [
+    (lambda im: im.update(width=float("nan")), None, refer.MISSING_IMAGE, "width", "NaN"),
+    (lambda im: im.update(height="4"), None, refer.MISSING_IMAGE, "width", "text"),
+    (lambda im: im.update(width=100_000, height=100_000), None, "image_too_large", "width", "limit"),
+    (lambda im: im.update(file_name="../images/img2.png"), None, "unsafe_path", "file_name", "'..'"),
+    (lambda im: im.update(file_name="/etc/hostname"), None, "unsafe_path", "file_name", "absolute"),
+    (lambda im: im.update(file_name=["img2.png"]), None, refer.MISSING_IMAGE, "file_name", "a list"),
+    (None, lambda a: a.update(segmentation=[[0, 0, 5, 0, 1e12, 3]]), refer.BAD_SEGMENTATION, "segmentation",
+     "further outside"),                                    # pycocotools would walk a 5e12-px outline
+    (None, lambda a: a.update(segmentation=[[0, 0, 5, 0, 10 ** 400, 3]]), refer.BAD_SEGMENTATION,
+     "segmentation", "finite"),
+])
+def test_bad_instances_fields_are_named_on_their_sentences(tmp_path, mutate_image, mutate_ann, cls, field,
+                                                            message):
+    spec = _mutated_fixture(tmp_path, mutate_image=mutate_image, mutate_ann=mutate_ann)
+    table, report = refer.import_refer(spec, on_invalid="drop_and_report")
+    expected_ids = {"refcoco/1/12", "refcoco/2/13"} if mutate_image else {"refcoco/1/12"}
+    assert {p["id"] for p in report.problems} == expected_ids
+    assert all((p["class"], p["field"]) == (cls, field) and message in p["message"] for p in report.problems)
+
+
+def test_a_symlink_out_of_the_images_folder_is_never_opened(tmp_path):
+    spec = _write_fixture(tmp_path, _good_refs())
+    outside = tmp_path / "elsewhere.png"
+    (tmp_path / "images/img2.png").rename(outside)
+    (tmp_path / "images/img2.png").symlink_to(outside)
+    table, report = refer.import_refer(spec, on_invalid="drop_and_report")
+    assert {(p["id"], p["class"]) for p in report.problems} == {("refcoco/1/12", "unsafe_path"),
+                                                               ("refcoco/2/13", "unsafe_path")}
+    assert "outside the image root" in report.problems[0]["message"]
+
+
+def test_an_instances_entry_without_a_usable_id_fails_naming_it(tmp_path):
+    spec = _write_fixture(tmp_path, _good_refs())
+    doc = json.loads((tmp_path / "instances.json").read_text())
+    doc["annotations"][0]["id"] = [101]                      # was a bare TypeError: unhashable type: 'list'
+    (tmp_path / "instances.json").write_text(json.dumps(doc))
+    with pytest.raises(AnnotationError, match=r"instances.json: annotations\[0\] has an 'id' that is a list"):
+        refer.import_refer(spec, on_invalid="drop_and_report")
+
+
+def test_image_size_differing_from_the_record_is_named_at_import(tmp_path):
+    from reproseg.seganswer.sources import import_source
+
+    spec = _write_fixture(tmp_path, _good_refs())
+    Image.new("RGB", (7, 4)).save(tmp_path / "images/img2.png")   # instances.json says 6 x 4
+    spec = {"format": "refer", **{k: v for k, v in spec.items() if k != "name"}, "on_invalid": "drop_and_report"}
+    referring, _, report = import_source("refcoco", spec, images_out=tmp_path / "out")
+    assert referring.column("id").to_pylist() == ["refcoco/0/10", "refcoco/0/11"]
+    assert {(p["id"], p["class"], p["field"], p["file"]) for p in report.problems} == {
+        (rid, "image_size_mismatch", "image_path", spec["refs"]) for rid in ("refcoco/1/12", "refcoco/2/13")}
+    # ... and the configured pixel limit holds for the decoded files too
+    spec = {**spec, "max_image_pixels": 50}                    # img1 is 10 x 8 = 80 pixels
+    referring, _, report = import_source("refcoco", spec, images_out=tmp_path / "out")
+    assert {p["class"] for p in report.problems if p["id"] == "refcoco/0/10"} == {"image_too_large"}

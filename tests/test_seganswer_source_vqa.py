@@ -299,7 +299,7 @@ def test_visualcot_problems(tmp_path):
                                ("missing_answer", "visualcot/flickr30k/x3"),
                                ("missing_image", "visualcot/flickr30k/x4"),
                                ("malformed_record", "visualcot/flickr30k/x5"),
-                               ("malformed_record", None), ("missing_image", "visualcot/x6")}
+                               ("malformed_record", None), ("unsafe_path", "visualcot/x6")}  # never opened
 
 
 def test_visualcot_ids_are_namespaced_by_sub_dataset(tmp_path):
@@ -432,3 +432,82 @@ def test_registry():
                          "visualcot": import_visualcot, "qa_table": import_qa_table}
     # shapes generates its pictures, hrbench decodes them from its file; finers and shapes have their own modules
     assert WRITES_IMAGES == {"hrbench", "shapes"} and set(IMPORTERS) == QUESTION_FORMATS - {"finers", "shapes"}
+
+
+# ------------------------------------------- every field checked before it is used
+
+def problems_of(report):
+    return {(p["record"], p["class"], p["field"]) for p in report.problems}
+
+
+def test_vstar_wrong_types_are_named_with_their_field(tmp_path):
+    lines = [vstar_rec(0), vstar_rec([1]), vstar_rec(2, label=["A"]), vstar_rec(3, category={"a": 1}),
+             vstar_rec(4, text=42), vstar_rec(5, image=7), vstar_rec(float("nan")), vstar_rec(7, options=True),
+             vstar_rec(8, label=float("inf"))]
+    spec = vstar_spec(tmp_path, lines)
+    table, report = import_vstar(spec, on_invalid="drop_and_report")
+    assert table.column("id").to_pylist() == ["vstar/0"]
+    assert problems_of(report) == {
+        (1, "wrong_type", "question_id"), (2, "wrong_type", "label"), (3, "wrong_type", "category"),
+        (4, "wrong_type", "text"), (5, "wrong_type", "image"), (6, "wrong_type", "question_id"),
+        (7, "bad_options", "options"), (8, "wrong_type", "label")}
+    assert all(p["file"] == spec["file"] for p in report.problems)
+
+
+def test_image_paths_out_of_the_root_are_never_opened(tmp_path):
+    spec = vstar_spec(tmp_path, [vstar_rec(0), vstar_rec(1, image="direct_attributes/link.jpg"),
+                                 vstar_rec(2, image=str(tmp_path / "secret.png")),
+                                 vstar_rec(3, image="direct_attributes/../../secret.png")])
+    (tmp_path / "secret.png").write_bytes(image_bytes("PNG"))
+    (Path(spec["images"]) / "direct_attributes/link.jpg").symlink_to(tmp_path / "secret.png")
+    table, report = import_vstar(spec, on_invalid="drop_and_report")
+    assert table.column("id").to_pylist() == ["vstar/0"]
+    assert problems_of(report) == {(i, "unsafe_path", "image") for i in (1, 2, 3)}
+
+
+def test_qa_table_and_visualcot_wrong_types(tmp_path):
+    good = {"id": "g", "question": "Q?", "answer": "B", "image": "images/1.png", "options": ["x", "y"]}
+    recs = [good, {**good, "id": "a", "answer": ["B"]}, {**good, "id": float("inf")},
+            {**good, "id": "c", "category": {"k": 1}}, {**good, "id": "q", "question": ["Q?"]},
+            {**good, "id": "o", "options": {"A": "x", "B": 2}}]
+    table, report = import_qa_table(qa_spec(tmp_path, recs, options_key="options"), on_invalid="drop_and_report")
+    assert table.column("id").to_pylist() == ["virl/g"]
+    assert problems_of(report) == {(1, "wrong_type", "answer"), (2, "wrong_type", "id"),
+                                   (3, "wrong_type", "category"), (4, "wrong_type", "question"),
+                                   (5, "bad_options", "options")}
+    doc = [cot_rec("x1"), cot_rec("x2", dataset=["gqa"]), cot_rec(float("nan")),
+           {"question": "Is it raining?", "answer": [1], "image": "gqa/b.jpg"}]
+    table, report = import_visualcot(cot_spec(tmp_path, doc), on_invalid="drop_and_report")
+    assert table.column("id").to_pylist() == ["visualcot/flickr30k/x1"]
+    assert problems_of(report) == {(1, "wrong_type", "dataset"), (2, "wrong_type", "id"),
+                                   (3, "wrong_type", "answer")}
+
+
+def bomb_png(width, height) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_hrbench_bombs_long_indices_and_undecodable_images(tmp_path):
+    from reproseg.seganswer.sources import import_source
+
+    import zlib
+
+    png = image_bytes("PNG")
+    # Its pixel data zeroed under a valid CRC: verify() passes it, only the full decode fails.
+    i = png.index(b"IDAT")
+    n = int.from_bytes(png[i - 4:i], "big")
+    zeroed = png[:i + 4] + bytes(n) + zlib.crc32(b"IDAT" + bytes(n)).to_bytes(4, "big") + png[i + 8 + n:]
+    recs = [hr_rec(1, png), hr_rec(2, bomb_png(12_000, 10_000)), hr_rec("9" * 300, png), hr_rec(4, zeroed)]
+    spec = {"format": "hrbench", "file": str(write_tsv(tmp_path / "hr.tsv", recs)), "on_invalid": "drop_and_report"}
+    _, questions, report = import_source("hr", spec, images_out=tmp_path / "out")
+    assert questions.column("id").to_pylist() == ["hr/1"]
+    assert {(p["record"], p["class"], p["field"]) for p in report.problems} == {
+        (1, "image_too_large", "image"), (2, "malformed_record", "index"), ("hr/4", "unreadable_image", "image_path")}
+    # Only the imported row's image is left in the folder: the undecodable one is removed.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1.png"]

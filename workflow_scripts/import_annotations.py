@@ -13,4 +13,5 @@ source = dict(zip(smk.params.release_splits, files)) if smk.params.release_split
 run_job(smk, lambda: import_stage(
     source, smk.output.table, smk.output.report, smk.output.report_md, smk.log.report,
     manifest=smk.input.manifest or None, images_dir=data["images_dir"],
-    on_invalid=ann["on_invalid"], point_jitter=ann["point_jitter"], seed=ann["seed"]))
+    on_invalid=ann["on_invalid"], point_jitter=ann["point_jitter"], seed=ann["seed"],
+    max_image_pixels=ann["max_image_pixels"]))

@@ -19,6 +19,16 @@ as COCO RLE; a vertex less than 1 px outside the frame is clipped as their code
 effectively does; further out the record is invalid. The size bucket comes from the
 record's `area_percent` when it has one (as the authors bucket), else from the mask.
 
+Checks. Every field is checked for presence, type and range before anything uses it: a
+field of the wrong JSON type (a list where the question type belongs, NaN, a bool) is a
+`wrong_type` problem naming the field; `points` must be [x, y] pairs (or a flat list) of
+finite numbers; `image_path` must be a relative path that stays inside the images folder
+(absolute paths, "..", and symlinks out of it are `unsafe_path` and never opened); each
+released image (`lookup_from_directory`) is decoded once at import, in threads
+(reproseg.data.images.check_images), and one that does not decode, is empty, or has
+more than `max_image_pixels` pixels is named too. Frames this workflow extracted are
+looked up in its manifest (`lookup_from_manifest`).
+
 Every invalid record is named in the report (file, record index, id, field, problem
 class, message); nothing is dropped silently. With on_invalid="fail" (the default) any
 invalid record fails the import; with "drop_and_report" the valid records are kept and
@@ -30,6 +40,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -39,9 +50,10 @@ from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from ..io_atomic import write_json, write_parquet, write_text
+from .images import (DEFAULT_MAX_IMAGE_PIXELS, MISSING_IMAGE, UNSAFE_PATH, ImageCheck, check_images,
+                     relative_path_problem)
 from .masks import (GeometryError, as_polygon, bucket_of_percent, centre_jitter_points, check_polygon,
                     clip_to_frame, inscribed_circle_points, polygon_to_rle_opencv, rle_area, rle_box,
                     rle_decode, size_bucket)
@@ -53,7 +65,6 @@ _OPTION_PREFIX = re.compile(r"^\s*\(?([A-Za-z])[.):]\s*(.*)$")
 # Problem classes named in the report.
 BAD_RECORD = "malformed_record"
 GEOMETRY = "bad_polygon"
-MISSING_IMAGE = "missing_image"
 UNKNOWN_TASK = "unknown_task_type"
 UNKNOWN_ATTRIBUTE = "unknown_attribute"
 OPTIONS = "bad_options"
@@ -61,6 +72,8 @@ MISSING_ANSWER = "missing_answer"
 DUPLICATE = "duplicate_id"
 EMPTY_QUESTION = "empty_question"
 AREA = "bad_area_percent"
+WRONG_TYPE = "wrong_type"   # a field of the wrong JSON type (a list where text belongs, NaN, ...)
+WHOLE = "(record)"          # the field of a problem of the whole record (not an object, not JSON)
 # Not a problem: a record whose polygon had vertices clipped into the frame.
 CLIPPED = "clipped_vertex"
 # The files of the release, in the order the rule lists them.
@@ -101,10 +114,13 @@ class Report:
     total: int = 0
     problems: list[dict] = field(default_factory=list)
     notes: list[dict] = field(default_factory=list)
+    # The file an entry names when add() is given none (a source read from one file).
+    file: str | None = None
 
     def add(self, index: int, rid, cls: str, message: str, *, file: str | None = None,
             field_name: str | None = None) -> None:
-        self.problems.append(_entry(index, rid, cls, message, file, field_name))
+        self.problems.append(_entry(index, rid, cls, message, file if file is not None else self.file,
+                                    field_name))
 
     def note(self, index: int, rid, cls: str, message: str, *, file: str | None = None,
              field_name: str | None = None) -> None:
@@ -152,7 +168,9 @@ def _entries_table(entries: list[dict]) -> list[str]:
 def parse_options(options) -> tuple[list[str], list[str]]:
     """(letters, texts) from ["A. red", ...], ["red", ...] or {"A": "red", ...}."""
     if isinstance(options, dict):
-        items = [(str(k).strip().upper(), str(v).strip()) for k, v in options.items()]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in options.items()):
+            raise ValueError("options must map letters to text")
+        items = [(k.strip().upper(), v.strip()) for k, v in options.items()]
     elif isinstance(options, list) and all(isinstance(o, str) for o in options):
         items = []
         for i, opt in enumerate(options):
@@ -181,60 +199,120 @@ def _nonempty_str(v) -> bool:
     return isinstance(v, str) and v.strip() != ""
 
 
+def type_name(v) -> str:
+    """How a report names a value's type: 'a list', 'NaN', 'infinite', 'a bool'..."""
+    if isinstance(v, float) and math.isnan(v):
+        return "NaN"
+    if isinstance(v, float) and math.isinf(v):
+        return "infinite"
+    return {type(None): "null", bool: "a bool", int: "an integer", float: "a number", str: "text",
+            list: "a list", dict: "an object"}.get(type(v), f"a {type(v).__name__}")
+
+
 def _area_percent(value) -> float | None:
     """The record's area_percent, None when absent; ValueError when it is not a percentage."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 <= value <= 100:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or (isinstance(value, float) and not math.isfinite(value)) or not 0 <= value <= 100:
         raise ValueError(f"area_percent {value!r} is not a number in [0, 100]")
     return float(value)
 
 
+def _text_field(item, key, bad, *, empty_cls, required=True) -> str | None:
+    """item[key] as text: a missing or blank one is an `empty_cls` problem (if required),
+    one of another type a wrong_type problem; None unless it is non-empty text."""
+    if key not in item or item[key] is None:
+        if required:
+            bad(empty_cls, key, f"{key!r} is missing")
+        return None
+    value = item[key]
+    if not isinstance(value, str):
+        bad(WRONG_TYPE, key, f"{key!r} is {type_name(value)}, not text")
+        return None
+    if not value.strip():
+        if required:
+            bad(empty_cls, key, f"{key!r} is empty")
+        return None
+    return value
+
+
+def _check_options(options, answer, bad) -> tuple[list, list, str | None]:
+    """(letters, texts, answer letter) of an MVQA record; problems go to `bad`."""
+    try:
+        letters, texts = parse_options(options)
+    except ValueError as exc:
+        bad(OPTIONS, "options", f"{exc} (got {type_name(options)})")
+        return [], [], None
+    if len(letters) < 2:
+        bad(OPTIONS, "options", f"fewer than 2 options ({len(letters)})")
+        return [], [], None
+    if any(not t for t in texts):
+        bad(OPTIONS, "options", f"an option's text is empty: {options!r}"[:200])
+        return [], [], None
+    letter = None
+    if answer is not None:
+        letter = answer_letter(answer, letters, texts)
+        if letter is None:
+            bad(OPTIONS, "A", f"answer {answer!r} is not among the options {options}"[:300])
+    return letters, texts, letter
+
+
 def _check(item, index, rid, lookup, report, file) -> dict | None:
-    """Validates one record; returns its normalised fields, or None if invalid."""
+    """Validates one record, every field for presence, type and range before any is
+    used; returns its normalised fields, or None if invalid."""
     n_before = len(report.problems)
 
     def bad(cls, field_name, message):
         report.add(index, rid, cls, message, file=file, field_name=field_name)
 
-    if not _nonempty_str(item.get("Q")):
-        bad(EMPTY_QUESTION, "Q", "question 'Q' is missing or empty")
-    task = item.get("Q-type")
-    if task not in TASKS:
-        bad(UNKNOWN_TASK, "Q-type", f"unknown Q-type {task!r} (expected one of {sorted(TASKS)})")
-    attribute = item.get("attribute")
-    if attribute not in ATTRIBUTES:
-        bad(UNKNOWN_ATTRIBUTE, "attribute", f"unknown attribute {attribute!r} (expected one of {list(ATTRIBUTES)})")
-    answer = item.get("A")
-    if task in ("option", "reasoning") and not _nonempty_str(answer):
-        bad(MISSING_ANSWER, "A", "answer 'A' is missing or empty")
+    question = _text_field(item, "Q", bad, empty_cls=EMPTY_QUESTION)
+    task = _text_field(item, "Q-type", bad, empty_cls=UNKNOWN_TASK)
+    if task is not None and task not in TASKS:
+        bad(UNKNOWN_TASK, "Q-type", f"unknown Q-type {task!r} (expected one of {sorted(TASKS)})"[:200])
+        task = None
+    attribute = _text_field(item, "attribute", bad, empty_cls=UNKNOWN_ATTRIBUTE)
+    if attribute is not None and attribute not in ATTRIBUTES:
+        bad(UNKNOWN_ATTRIBUTE, "attribute",
+            f"unknown attribute {attribute!r} (expected one of {list(ATTRIBUTES)})"[:200])
+    # IS answers ("The X is found.") are optional; MVQA and OVQA records need one.
+    answer = _text_field(item, "A", bad, empty_cls=MISSING_ANSWER, required=task in ("option", "reasoning"))
     letters, texts, letter = [], [], None
+    options = item.get("options")
     if task == "option":
-        if not item.get("options"):
+        if options is None or (isinstance(options, (list, dict)) and not options):
             bad(OPTIONS, "options", "MVQA record without options")
         else:
-            try:
-                letters, texts = parse_options(item["options"])
-                if _nonempty_str(answer):
-                    letter = answer_letter(answer, letters, texts)
-                    if letter is None:
-                        bad(OPTIONS, "A", f"answer {answer!r} is not among the options {item['options']}")
-            except ValueError as exc:
-                bad(OPTIONS, "options", str(exc))
+            letters, texts, letter = _check_options(options, answer, bad)
+    elif options is not None and not isinstance(options, (list, dict)):
+        bad(WRONG_TYPE, "options", f"'options' is {type_name(options)}, not a list or an object")
     area_percent = None
     try:
         area_percent = _area_percent(item.get("area_percent"))
     except ValueError as exc:
         bad(AREA, "area_percent", str(exc))
     image_path = item.get("image_path")
-    info = lookup(image_path) if _nonempty_str(image_path) else None
-    if info is None:
-        bad(MISSING_IMAGE, "image_path", f"image {image_path!r} not found")
+    info = None
+    if image_path is None:
+        bad(MISSING_IMAGE, "image_path", "'image_path' is missing")
+    elif not isinstance(image_path, str):
+        bad(WRONG_TYPE, "image_path", f"'image_path' is {type_name(image_path)}, not text")
+    elif (why := relative_path_problem(image_path)) is not None:
+        bad(UNSAFE_PATH if image_path.strip() else MISSING_IMAGE, "image_path", why)  # never opened
+    else:
+        found = lookup(image_path)
+        if isinstance(found, ImageCheck):
+            bad(found.cls, "image_path", found.message)
+        elif found is None:
+            bad(MISSING_IMAGE, "image_path", f"image {image_path!r} not found")
+        else:
+            info = found
     geometry = None
-    if info is not None:
+    if "points" not in item:
+        bad(GEOMETRY, "points", "'points' is missing")
+    elif info is not None:
         try:
-            raw = as_polygon(item.get("points"))
+            raw = as_polygon(item["points"])
             check_polygon(raw, info.width, info.height)
             poly = clip_to_frame(raw, info.width, info.height)
             rle = polygon_to_rle_opencv(poly, info.width, info.height)
@@ -244,15 +322,32 @@ def _check(item, index, rid, lookup, report, file) -> dict | None:
             geometry = (poly, rle, area, sum(a != b for a, b in zip(raw, poly)))
         except GeometryError as exc:
             bad(GEOMETRY, "points", str(exc))
+    else:
+        try:  # no frame to check it against, but its form is still checked and named
+            as_polygon(item["points"])
+        except GeometryError as exc:
+            bad(GEOMETRY, "points", str(exc))
     if len(report.problems) > n_before:
         return None
     poly, rle, area, clipped = geometry
     if clipped:
         report.note(index, rid, CLIPPED, f"{clipped} vertex(es) less than 1 px outside the "
                     f"{info.width}x{info.height} image clipped into it", file=file, field_name="points")
-    return {"task": task, "attribute": attribute, "answer": answer if isinstance(answer, str) else "",
+    return {"task": task, "attribute": attribute, "question": question, "answer": answer or "",
             "letters": letters, "texts": texts, "letter": letter, "info": info,
             "poly": poly, "rle": rle, "area": area, "area_percent": area_percent}
+
+
+def _record_id(item: dict, default: str) -> tuple[str | None, str | None]:
+    """(the record's id, problem): its own `id` (text or an integer) or `default` without one."""
+    rid = item.get("id")
+    if rid is None:
+        return default, None
+    if isinstance(rid, str) and rid.strip():
+        return rid, None
+    if isinstance(rid, int) and not isinstance(rid, bool):
+        return str(rid), None
+    return None, f"'id' is {type_name(rid)}{' (empty)' if isinstance(rid, str) else ''}, not text or an integer"
 
 
 def annotation_files(source) -> dict[str | None, Path]:
@@ -291,16 +386,24 @@ def import_annotations(source, lookup: Callable[[str], ImageInfo | None], *,
     report = Report(source=", ".join(f"{split}: {path}" if split else str(path) for split, path in files.items()),
                     policy=on_invalid)
     rows, first_seen = [], {}
+    items_of = {split: _read_items(json_path) for split, json_path in files.items()}
+    prefetch = getattr(lookup, "prefetch", None)
+    if prefetch is not None:  # decode every image once, in threads, before the records are checked
+        prefetch([item.get("image_path") for items in items_of.values() for item in items
+                  if isinstance(item, dict)])
     for split, json_path in files.items():
-        items = _read_items(json_path)
+        items = items_of[split]
         report.total += len(items)
         file = str(json_path)
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 report.add(index, None, BAD_RECORD, f"record is a {type(item).__name__}, not an object",
-                           file=file)
+                           file=file, field_name=WHOLE)
                 continue
-            rid = str(item["id"]) if item.get("id") is not None else f"{json_path.stem}#{index}"
+            rid, problem = _record_id(item, f"{json_path.stem}#{index}")
+            if problem is not None:
+                report.add(index, None, WRONG_TYPE, problem, file=file, field_name="id")
+                continue
             if rid in first_seen:
                 first_file, first_index = first_seen[rid]
                 where = f"record {first_index}" + (f" of {first_file}" if first_file != file else "")
@@ -341,7 +444,7 @@ def _row(item, rid, c, release_split, point_jitter, seed) -> dict:
         "task_type": c["task"],
         "task": TASKS[c["task"]],
         "attribute": c["attribute"],
-        "question": item["Q"].strip(),
+        "question": c["question"].strip(),
         "answer": c["answer"].strip(),
         "options": c["texts"],
         "option_letters": c["letters"],
@@ -387,22 +490,31 @@ def lookup_from_manifest(manifest: pa.Table) -> Callable[[str], ImageInfo | None
     return index.get
 
 
-def lookup_from_directory(root: str | Path) -> Callable[[str], ImageInfo | None]:
-    """Released FineRS-4k images under `root`; only the header is read for the size."""
-    root = Path(root)
+class DirectoryImages:
+    """Released FineRS-4k images under `root`: `prefetch` decodes each image once
+    (reproseg.data.images.check_images, in threads); a call gives its ImageInfo, or the
+    ImageCheck naming its problem (missing, outside the root, not decoding, empty, more
+    than `max_pixels` pixels)."""
 
-    def lookup(image_path: str) -> ImageInfo | None:
-        path = root / image_path
-        if not path.is_file():
-            return None
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-        except OSError:
-            return None
-        return ImageInfo(w, h, None, None)
+    def __init__(self, root: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 workers: int | None = None):
+        self.root, self.max_pixels, self.workers = Path(root), max_pixels, workers
+        self.checks: dict[str, ImageCheck] = {}
 
-    return lookup
+    def prefetch(self, paths) -> None:
+        todo = [p for p in paths if isinstance(p, str) and p not in self.checks and relative_path_problem(p) is None]
+        self.checks.update(check_images(self.root, todo, self.max_pixels, self.workers))
+
+    def __call__(self, image_path: str) -> ImageInfo | ImageCheck:
+        if image_path not in self.checks:
+            self.prefetch([image_path])
+        check = self.checks.get(image_path) or ImageCheck(cls=UNSAFE_PATH, message=relative_path_problem(image_path))
+        return ImageInfo(check.width, check.height, None, None) if check.ok else check
+
+
+def lookup_from_directory(root: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> DirectoryImages:
+    """Released FineRS-4k images under `root`, each decoded once at import."""
+    return DirectoryImages(root, max_pixels)
 
 
 @contextlib.contextmanager
@@ -428,11 +540,15 @@ def write_reports(report: Report, report_log: str, report_json: str, report_md: 
 
 def import_stage(annotations, table_out: str, report_json: str, report_md: str,
                  report_log: str, *, manifest: str | None, images_dir: str | None,
-                 on_invalid: str, point_jitter: float, seed: int) -> None:
+                 on_invalid: str, point_jitter: float, seed: int,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
     """Rule import_annotations: `annotations` is one JSON path or the release's
-    {"train": path, "test": path}. The report also goes to the job's log, which Snakemake
+    {"train": path, "test": path}. Frames extracted by this workflow are looked up in the
+    `manifest`; released images under `images_dir` are each decoded once (at most
+    `max_image_pixels` pixels). The report also goes to the job's log, which Snakemake
     keeps when the job fails, so a failed import still leaves the list of bad records."""
-    lookup = lookup_from_manifest(pq.read_table(manifest)) if manifest else lookup_from_directory(images_dir)
+    lookup = (lookup_from_manifest(pq.read_table(manifest)) if manifest
+              else lookup_from_directory(images_dir, max_image_pixels))
     with failed_report_to(report_log):
         table, report = import_annotations(annotations, lookup, on_invalid=on_invalid,
                                            point_jitter=point_jitter, seed=seed)

@@ -54,10 +54,12 @@ def as_polygon(points) -> list[tuple[float, float]]:
         flat = list(points)
         if len(flat) % 2:
             raise GeometryError("flat polygon has an odd number of coordinates")
+    if not all(isinstance(c, (int, float, np.integer, np.floating)) and not isinstance(c, bool) for c in flat):
+        raise GeometryError("polygon coordinates must be numbers")
     try:
         coords = [float(c) for c in flat]
-    except (TypeError, ValueError):
-        raise GeometryError("polygon coordinates must be numbers") from None
+    except OverflowError:  # an integer too large for a float
+        raise GeometryError("polygon coordinates must be finite") from None
     if not all(np.isfinite(coords)):
         raise GeometryError("polygon coordinates must be finite")
     return list(zip(coords[0::2], coords[1::2]))

@@ -41,7 +41,10 @@ def image_root(spec: dict, written_images, finers_images) -> str:
 
 def import_source(name: str, spec: dict, *, images_out, finers_splits: dict | None = None):
     """(referring table, question table, report) of one source. FineRS frames were
-    decoded by this workflow; every other source's images are decoded once here."""
+    decoded by this workflow and the shapes pictures are drawn by their import; every
+    other source's images are decoded once here (verify.py): at most the spec's
+    `max_image_pixels` pixels each (reproseg.data.images.DEFAULT_MAX_IMAGE_PIXELS
+    without one)."""
     from .tables import question_table, referring_table  # lazy: pyarrow stays out of the Snakefile's parse
 
     fmt = spec["format"]
@@ -57,18 +60,26 @@ def import_source(name: str, spec: dict, *, images_out, finers_splits: dict | No
         from .shapes import import_shapes  # lazy: an importer loads when its format is imported
 
         return import_shapes(spec, images_out=Path(images_out))
-    from .verify import verify_images  # lazy: PIL stays out of the Snakefile's parse
+    from ...data.images import DEFAULT_MAX_IMAGE_PIXELS  # lazy: PIL stays out of the Snakefile's parse
+    from .verify import verify_images  # lazy: as above
 
+    max_pixels = spec.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"seganswer source {name!r}: max_image_pixels must be a positive integer, "
+                         f"got {max_pixels!r}")
+    spec["max_image_pixels"] = max_pixels
     root = Path(image_root(spec, images_out, finers_images=None))
+    checks = {"max_pixels": max_pixels, "remove_bad": fmt in WRITES_IMAGES}
     if fmt == "refer":
         from .refer import import_refer  # lazy: an importer loads when its format is imported
 
         table, report = import_refer(spec, on_invalid=on_invalid)
-        return verify_images(table, root, report, on_invalid), question_table([]), report
+        return (verify_images(table, root, report, on_invalid, file=spec["refs"], **checks),
+                question_table([]), report)
     from .vqa import IMPORTERS  # lazy: an importer loads when its format is imported
 
     table, report = IMPORTERS[fmt](spec, on_invalid=on_invalid, images_out=Path(images_out))
-    return referring_table([]), verify_images(table, root, report, on_invalid), report
+    return referring_table([]), verify_images(table, root, report, on_invalid, file=spec["file"], **checks), report
 
 
 def import_stage(name: str, spec: dict, referring_out: str, questions_out: str, images_out: str,

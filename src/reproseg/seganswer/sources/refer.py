@@ -21,19 +21,29 @@ Choices:
 - each sentence is a record of the validation report; problems of its ref (missing
   annotation, image, bad mask) are reported on every sentence of that ref;
 - polygon vertices slightly outside the image are accepted (COCO has many), as
-  pycocotools clips them when rasterising; a polygon needs 3+ vertices.
+  pycocotools clips them when rasterising; a polygon needs 3+ vertices, and one with a
+  vertex further outside it than 4 times its width or height is invalid (its
+  rasterisation would take memory in proportion to its size);
+- every field a row is built from is checked for presence and type before it is used:
+  ids are integers or text (in the pickle and in instances.json, where an entry without
+  a usable id breaks every ref to it and fails the import naming it), sentence text is
+  text, image sizes are positive integers whose product is at most the source's
+  `max_image_pixels`, and `file_name` is a relative path that stays inside the images
+  folder (symlinks included), never opened otherwise. Each problem names the refs file,
+  the record (sentence) index and id, and the field.
 """
 from __future__ import annotations
 
 import json
 import math
 import pickle
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
-from ...data.annotations import AnnotationError, Report, report_summary
+from ...data.annotations import WHOLE, WRONG_TYPE, AnnotationError, Report, report_summary, type_name
+from ...data.images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_TOO_LARGE, UNSAFE_PATH, is_file, path_problem
 from .tables import referring_table
 
 # Problem classes named in the report.
@@ -46,6 +56,8 @@ EMPTY_PHRASE = "empty_phrase"
 DUPLICATE = "duplicate_id"
 
 POLICIES = ("fail", "drop_and_report")
+# A polygon vertex may lie this many image widths (heights) outside the image, no more.
+_FAR = 4
 _REF_KEYS = ("ref_id", "ann_id", "image_id", "category_id", "split", "sentences")
 
 
@@ -104,6 +116,9 @@ def _index(path: Path, doc: dict, key: str) -> dict:
     for i, e in enumerate(entries):
         if not isinstance(e, dict) or "id" not in e:
             raise AnnotationError(f"{path}: {key}[{i}] is not an object with an 'id'")
+        if not _is_id(e["id"]):
+            raise AnnotationError(f"{path}: {key}[{i}] has an 'id' that is {type_name(e['id'])}, "
+                                  "not an integer or text")
         if e["id"] in index:
             # Two entries with one id make every ref to it ambiguous: the file is broken.
             raise AnnotationError(f"{path}: duplicate {key} id {e['id']!r}")
@@ -127,6 +142,17 @@ class _BadSegmentation(ValueError):
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_id(v) -> bool:
+    """COCO ids: 64-bit integers, or (some copies) text."""
+    return (_is_int(v) and -2**63 <= v < 2**63) or (isinstance(v, str) and v.strip() != "")
+
+
+def _finite_number(v) -> bool:
+    if _is_int(v):
+        return abs(v) < 2**63  # a larger one would overflow pycocotools' doubles and ints
+    return isinstance(v, float) and math.isfinite(v)
 
 
 def _compressed_counts(s: str) -> list[int]:
@@ -202,14 +228,20 @@ def _segmentation_rle(seg, height: int, width: int) -> tuple[str, int]:
             area = int(mask_utils.area(rle))
     elif isinstance(seg, list) and seg and all(isinstance(p, list) for p in seg):
         for p in seg:
-            if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
-                       for c in p):
+            if not all(_finite_number(c) for c in p):
                 raise _BadSegmentation("polygon coordinates must be finite numbers")
             if len(p) % 2:
                 raise _BadSegmentation(f"polygon has an odd number of coordinates ({len(p)})")
             if len(p) < 6:
                 # Also guards pycocotools, which reads a 4-number list as a box, not a polygon.
                 raise _BadSegmentation(f"polygon has {len(p) // 2} point(s), needs at least 3")
+            # pycocotools walks the outline at 5x resolution: a far-off vertex would cost
+            # memory in proportion to its distance, so the outline must stay near the image.
+            far = [(x, y) for x, y in zip(p[0::2], p[1::2])
+                   if not (-_FAR * width <= x <= (_FAR + 1) * width and -_FAR * height <= y <= (_FAR + 1) * height)]
+            if far:
+                raise _BadSegmentation(f"polygon vertex {far[0]} is further outside the {width}x{height} "
+                                       f"image than {_FAR} times its size")
         rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
         area = int(mask_utils.area(rle))
     else:
@@ -219,26 +251,36 @@ def _segmentation_rle(seg, height: int, width: int) -> tuple[str, int]:
     return (counts.decode("ascii") if isinstance(counts, bytes) else counts), area
 
 
-def _image_problem(image: dict, images_dir: Path) -> str | None:
+def _image_problem(image: dict, images_dir: Path, max_pixels: int) -> tuple[str, str, str] | None:
+    """(class, field, message) of an instances image entry that cannot be a row's image."""
     w, h, name = image.get("width"), image.get("height"), image.get("file_name")
     if not (_is_int(w) and _is_int(h) and w > 0 and h > 0):
-        return f"image {image['id']!r} has no valid width/height ({w!r} x {h!r})"
+        return (MISSING_IMAGE, "width", f"image {image['id']!r} has no valid width/height "
+                f"({type_name(w)} {w!r} x {type_name(h)} {h!r})"[:200])
+    if w * h > max_pixels:
+        return (IMAGE_TOO_LARGE, "width", f"image {image['id']!r} is {w}x{h} = {w * h} pixels, more than "
+                f"the limit of {max_pixels}")
     if not isinstance(name, str) or not name.strip():
-        return f"image {image['id']!r} has no file_name"
-    rel = PurePosixPath(name)
-    if rel.is_absolute() or ".." in rel.parts:
-        return f"image file_name {name!r} is not a path inside the images folder"
-    if not (images_dir / rel).is_file():
-        return f"image file {name!r} not found under {images_dir}"
+        return MISSING_IMAGE, "file_name", f"image {image['id']!r} has no file_name ({type_name(name)})"
+    why = path_problem(images_dir, name)
+    if why is not None:
+        return UNSAFE_PATH, "file_name", f"image {image['id']!r}: {why}"  # never opened
+    if not is_file(images_dir / name):
+        return MISSING_IMAGE, "file_name", f"image file {name[:200]!r} not found under {images_dir}"
     return None
 
 
-def _phrase(sentence: dict) -> str:
+def _phrase(sentence: dict) -> tuple[str, str | None]:
+    """(the sentence's text from `sent`, else `raw`; the problem of a field of the wrong type)."""
+    for key in ("sent", "raw"):
+        v = sentence.get(key)
+        if v is not None and not isinstance(v, str):
+            return "", f"{key!r} is {type_name(v)}, not text"
     for key in ("sent", "raw"):
         v = sentence.get(key)
         if isinstance(v, str) and v.strip():
-            return v.strip()
-    return ""
+            return v.strip(), None
+    return "", None
 
 
 def import_refer(spec: dict, *, on_invalid: str = "fail") -> tuple[pa.Table, Report]:
@@ -258,44 +300,53 @@ def import_refer(spec: dict, *, on_invalid: str = "fail") -> tuple[pa.Table, Rep
     refs = _load_refs(refs_path)
     images, annotations, categories = _load_instances(Path(spec["instances"]))
     report = Report(source=f"{name} ({refs_path})", policy=on_invalid)
+    max_pixels = spec.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+    file = str(refs_path)
+
+    def add(index, rid, cls, message, field_name=None):
+        report.add(index, rid, cls, message, file=file, field_name=field_name)
 
     # Refs share annotations and images: rasterise / stat each once.
-    masks: dict = {}         # ann_id -> (counts, None) or (None, (class, message))
-    image_checks: dict = {}  # image_id -> problem message or None
+    masks: dict = {}         # ann_id -> (counts, None) or (None, (class, field, message))
+    image_checks: dict = {}  # image_id -> (class, field, message) or None
 
     def mask_of(ann: dict, height: int, width: int):
         if ann["id"] not in masks:
             try:
                 counts, area = _segmentation_rle(ann.get("segmentation"), height, width)
                 masks[ann["id"]] = ((counts, None) if area > 0 else
-                                    (None, (EMPTY_MASK, f"annotation {ann['id']!r} covers no pixel "
-                                                        f"of the {width}x{height} image")))
-            except (_BadSegmentation, TypeError, ValueError) as exc:
-                masks[ann["id"]] = (None, (BAD_SEGMENTATION, f"annotation {ann['id']!r}: {exc}"))
+                                    (None, (EMPTY_MASK, "segmentation", f"annotation {ann['id']!r} covers no "
+                                                                        f"pixel of the {width}x{height} image")))
+            except (_BadSegmentation, TypeError, ValueError, OverflowError) as exc:
+                masks[ann["id"]] = (None, (BAD_SEGMENTATION, "segmentation", f"annotation {ann['id']!r}: {exc}"))
         return masks[ann["id"]]
 
     def ref_problems(ref: dict) -> tuple[list, dict | None]:
-        """Problems shared by every sentence of the ref, and the row fields if none."""
+        """Problems (class, field, message) shared by every sentence of the ref, and the row fields if none."""
         problems = []
         ann = annotations.get(ref["ann_id"])
         if ann is None:
-            problems.append((MISSING_ANNOTATION, f"ann_id {ref['ann_id']!r} not in the instances annotations"))
+            problems.append((MISSING_ANNOTATION, "ann_id",
+                             f"ann_id {ref['ann_id']!r} not in the instances annotations"))
         elif ann.get("image_id") != ref["image_id"]:
-            problems.append((MALFORMED, f"ref image_id {ref['image_id']!r} but its annotation "
-                                        f"{ref['ann_id']!r} is on image {ann.get('image_id')!r}"))
+            problems.append((MALFORMED, "image_id", f"ref image_id {ref['image_id']!r} but its annotation "
+                                                    f"{ref['ann_id']!r} is on image {ann.get('image_id')!r}"[:300]))
         category = categories.get(ref["category_id"])
         if category is None or not isinstance(category.get("name"), str):
-            problems.append((MALFORMED, f"category_id {ref['category_id']!r} not in the instances categories"))
+            problems.append((MALFORMED, "category_id",
+                             f"category_id {ref['category_id']!r} not in the instances categories"))
         if not isinstance(ref["split"], str):
-            problems.append((MALFORMED, f"split {ref['split']!r} is not a string"))
+            problems.append((WRONG_TYPE, "split", f"split is {type_name(ref['split'])}, not text"))
+        elif not ref["split"].strip():
+            problems.append((MALFORMED, "split", "split is empty"))
         image = images.get(ref["image_id"])
         if image is None:
-            problems.append((MISSING_IMAGE, f"image_id {ref['image_id']!r} not in the instances images"))
+            problems.append((MISSING_IMAGE, "image_id", f"image_id {ref['image_id']!r} not in the instances images"))
         else:
             if ref["image_id"] not in image_checks:
-                image_checks[ref["image_id"]] = _image_problem(image, images_dir)
+                image_checks[ref["image_id"]] = _image_problem(image, images_dir, max_pixels)
             if image_checks[ref["image_id"]]:
-                problems.append((MISSING_IMAGE, image_checks[ref["image_id"]]))
+                problems.append(image_checks[ref["image_id"]])
         if problems:
             return problems, None
         counts, problem = mask_of(ann, image["height"], image["width"])
@@ -312,40 +363,49 @@ def import_refer(spec: dict, *, on_invalid: str = "fail") -> tuple[pa.Table, Rep
             continue  # a selection, not invalid data (a ref whose split is unreadable is reported)
         if not isinstance(ref, dict) or not isinstance(ref.get("sentences"), list) or not ref["sentences"]:
             # No sentences to enumerate: the whole ref is one invalid record.
-            rid = f"{name}/{ref['ref_id']}" if isinstance(ref, dict) and "ref_id" in ref else None
-            what = (f"ref #{ref_pos} is a {type(ref).__name__}, not a dict" if not isinstance(ref, dict)
-                    else f"ref #{ref_pos} has no non-empty 'sentences' list")
+            rid = f"{name}/{ref['ref_id']}" if isinstance(ref, dict) and _is_id(ref.get("ref_id")) else None
+            what = (f"ref #{ref_pos} is {type_name(ref)}, not a dict" if not isinstance(ref, dict)
+                    else f"ref #{ref_pos} has no non-empty 'sentences' list "
+                         f"({type_name(ref.get('sentences'))})")
             report.total += 1
-            report.add(index, rid, MALFORMED, what)
+            add(index, rid, MALFORMED, what, WHOLE if not isinstance(ref, dict) else "sentences")
             index += 1
             continue
         absent = [k for k in _REF_KEYS if k not in ref]
-        # Ids are looked up in dicts, so they must be scalars.
-        bad_ids = [k for k in _REF_KEYS[:4] if k in ref and not isinstance(ref[k], (int, str))]
+        # Ids are looked up in dicts and make row ids, so they must be integers or text.
+        bad_ids = [k for k in _REF_KEYS[:4] if k in ref and not _is_id(ref[k])]
         if absent or bad_ids:
-            shared, fields = [(MALFORMED, f"ref #{ref_pos} "
+            shared, fields = [(MALFORMED, (absent + bad_ids)[0], f"ref #{ref_pos} "
                                + "; ".join(([f"lacks {absent}"] if absent else [])
-                                           + ([f"has non-scalar {bad_ids}"] if bad_ids else [])))], None
+                                           + ([f"has {', '.join(f'{k} {type_name(ref[k])}' for k in bad_ids)}, "
+                                               "not an integer or text"] if bad_ids else [])))], None
         else:
             shared, fields = ref_problems(ref)
+        ref_label = ref["ref_id"] if _is_id(ref.get("ref_id")) else f"#{ref_pos}"
         for j, sentence in enumerate(ref["sentences"]):
             sid = sentence.get("sent_id") if isinstance(sentence, dict) else None
-            rid = f"{name}/{ref.get('ref_id')}/{sid if sid is not None else f'#{j}'}"
+            rid = f"{name}/{ref_label}/{sid if _is_id(sid) else f'#{j}'}"
             report.total += 1
             if rid in first_seen:
-                report.add(index, rid, DUPLICATE, f"duplicate id {rid!r} (first at record {first_seen[rid]})")
+                add(index, rid, DUPLICATE, f"duplicate id {rid!r} (first at record {first_seen[rid]})", "sent_id")
                 index += 1
                 continue
             first_seen[rid] = index
             n_before = len(report.problems)
-            for cls, message in shared:
-                report.add(index, rid, cls, message)
+            for cls, field_name, message in shared:
+                add(index, rid, cls, message, field_name)
             if not isinstance(sentence, dict) or sid is None:
-                report.add(index, rid, MALFORMED, f"sentence {j} of ref #{ref_pos} is not a dict with a sent_id")
+                add(index, rid, MALFORMED, f"sentence {j} of ref #{ref_pos} is not a dict with a sent_id",
+                    "sentences")
+            elif not _is_id(sid):
+                add(index, rid, WRONG_TYPE, "sent_id is empty" if isinstance(sid, str) else
+                    f"sent_id is {type_name(sid)}, not a 64-bit integer or text", "sent_id")
             else:
-                phrase = _phrase(sentence)
-                if not phrase:
-                    report.add(index, rid, EMPTY_PHRASE, "sentence has no text in 'sent' or 'raw'")
+                phrase, problem = _phrase(sentence)
+                if problem is not None:
+                    add(index, rid, WRONG_TYPE, problem, "sent")
+                elif not phrase:
+                    add(index, rid, EMPTY_PHRASE, "sentence has no text in 'sent' or 'raw'", "sent")
                 if len(report.problems) == n_before:
                     rows.append({"id": rid, **fields, "phrase": phrase})
             index += 1

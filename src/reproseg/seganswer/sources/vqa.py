@@ -58,9 +58,17 @@ Choices
 * Multiple choice: option letters, sorted, must be exactly A, B, C, ... (downstream
   letters the options by position), at least two, none empty, and the answer must map
   to one of them (`answer_letter`: the letter, "A. text" or the text itself).
+* Every field a row is built from is checked for presence and type before it is used,
+  and each problem names the file, the record (index and id) and the field: a field of
+  the wrong type (a list where text belongs, a bool, NaN or an infinite number) is a
+  `wrong_type` problem, not a missing or silently dropped value. Ids are text or
+  integers (an integral float counts as its integer: pandas writes integer columns with
+  gaps as floats); answers may be numbers (their text). NaN means "absent" only in
+  HR-Bench's option columns (pandas writes a missing option as NaN).
 * Here an image exists when `Path.is_file()` under spec["images"]; `verify.py` then
-  decodes each image of the imported rows once. Absolute paths and ".." count as missing: the
-  table's image_path must be relative to the image root.
+  decodes each image of the imported rows once (at most the spec's `max_image_pixels`
+  pixels). An absolute path, "..", or one that resolves through a symlink outside the
+  image root is an `unsafe_path` problem and is never opened.
 * "<image>" placeholder tokens are removed from questions: SegAnswer's prompt places
   the single image itself.
 * Every problem of a record is reported, not only the first. Of duplicate ids the
@@ -87,7 +95,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ...data.annotations import AnnotationError, Report, answer_letter, parse_options, report_summary
+from ...data.annotations import (WHOLE, WRONG_TYPE, AnnotationError, Report, answer_letter, parse_options,
+                                 report_summary, type_name)
+from ...data.images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_TOO_LARGE, UNSAFE_PATH, is_file, path_problem
 from ...io_atomic import atomic_path
 from .tables import question_table
 
@@ -130,7 +140,8 @@ def _start(spec: dict, on_invalid: str, default_split: str) -> tuple[str, str, R
     name = spec.get("name")
     if not _nonempty_str(name):
         raise ValueError("spec needs a non-empty 'name' (the source name)")
-    return name, spec.get("split") or default_split, Report(source=name, policy=on_invalid)
+    return name, spec.get("split") or default_split, Report(source=name, policy=on_invalid,
+                                                            file=str(spec["file"]) if spec.get("file") else None)
 
 
 def _require(spec: dict, key: str) -> Path:
@@ -158,9 +169,28 @@ def _text(v) -> str | None:
     """A field as stripped text; numbers (JSON answers like 3) become their text."""
     if isinstance(v, str):
         return v.strip()
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and not _empty(v):
+    if isinstance(v, int) and not isinstance(v, bool) and _INT64[0] <= v <= _INT64[1]:
+        return str(v)
+    if isinstance(v, float) and math.isfinite(v):
         return str(v)
     return None
+
+
+def _field(index, rid, item: dict, key: str, report: Report, *, numbers: bool = True,
+           missing: str | None = None, missing_message: str | None = None) -> str | None:
+    """item[key] as stripped text (numbers as their text if `numbers`), None when absent,
+    blank or of the wrong type. A wrong type is a wrong_type problem; an absent or
+    blank field is a `missing` problem when `missing` names its class."""
+    v = item.get(key)
+    text = _text(v) if numbers else (v.strip() if isinstance(v, str) else None)
+    if text is None and v is not None:
+        report.add(index, rid, WRONG_TYPE, f"{key!r} is {type_name(v)}, not text", field_name=key)
+        return None
+    if not text:
+        if missing is not None:
+            report.add(index, rid, missing, missing_message or f"{key!r} is missing or empty", field_name=key)
+        return None
+    return text
 
 
 def _clean_question(q: str) -> str:
@@ -202,25 +232,53 @@ def _json_list_records(path: Path) -> list[tuple[str, object]]:
 def _object_or_report(index: int, where: str, item, report: Report) -> bool:
     """True if `item` is a JSON object; otherwise reports it as malformed."""
     if isinstance(item, _NotJSON):
-        report.add(index, None, MALFORMED_RECORD, f"{where}: not valid JSON: {item.error}")
+        report.add(index, None, MALFORMED_RECORD, f"{where}: not valid JSON: {item.error}", field_name=WHOLE)
         return False
     if not isinstance(item, dict):
-        report.add(index, None, MALFORMED_RECORD, f"{where}: record is a {type(item).__name__}, not an object")
+        report.add(index, None, MALFORMED_RECORD, f"{where}: record is {type_name(item)}, not an object",
+                   field_name=WHOLE)
         return False
     return True
 
 
-def _native_id(item: dict, keys: tuple[str, ...]):
+def _id_text(v) -> tuple[str | None, str | None]:
+    """(an id field as text, why it cannot be an id): text or an integer; an integral float
+    is its integer (pandas writes integer columns with gaps as floats); None or blank: (None, None)."""
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None, None
+    if isinstance(v, str):
+        return v.strip(), None
+    if isinstance(v, int) and not isinstance(v, bool) and _INT64[0] <= v <= _INT64[1]:
+        return str(v), None
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer() and _INT64[0] <= v <= _INT64[1]:
+        return str(int(v)), None
+    return None, f"is {type_name(v)}, not text or a 64-bit integer"
+
+
+def _native_id(item: dict, keys: tuple[str, ...], index: int | None = None, report: Report | None = None,
+               where: str = ""):
+    """The record's own id: the first of `keys` it holds. One of the wrong type is reported
+    (with `report`) as a wrong_type problem of the record, and the id is then None."""
     for key in keys:
-        v = item.get(key)
-        if not _empty(v):
-            return str(v).strip()
+        text, problem = _id_text(item.get(key))
+        if problem is not None:
+            if report is not None:
+                report.add(index, None, WRONG_TYPE, f"{where + ': ' if where else ''}{key!r} {problem}",
+                           field_name=key)
+            return _BAD_ID
+        if text is not None:
+            return text
     return None
+
+
+_BAD_ID = object()  # _native_id's answer for an id of the wrong type (already reported)
+_INT64 = (-2**63, 2**63 - 1)
 
 
 def _claim_id(index: int, rid: str, seen: dict, report: Report) -> bool:
     if rid in seen:
-        report.add(index, rid, DUPLICATE_ID, f"duplicate id {rid!r} (first at record {seen[rid]})")
+        report.add(index, rid, DUPLICATE_ID, f"duplicate id {rid!r} (first at record {seen[rid]})",
+                   field_name="id")
         return False
     seen[rid] = index
     return True
@@ -232,28 +290,29 @@ def _single_image(value) -> tuple[str | None, str | None, str | None]:
         if len(value) > 1:
             return None, MULTI_IMAGE, f"record has {len(value)} images; SegAnswer's prompt holds one"
         value = value[0] if value else None
-    if _empty(value):
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None, MISSING_IMAGE, "record has no image"
     if not isinstance(value, str):
-        return None, MALFORMED_RECORD, f"image field is a {type(value).__name__}, not a path"
+        return None, WRONG_TYPE, f"image field is {type_name(value)}, not a path"
     return value.strip(), None, None
 
 
-def _image_problem(root: Path, rel: str) -> str | None:
-    if Path(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
-        return f"image {rel!r} is not a path under the image root"
-    if not (root / rel).is_file():
-        return f"image {rel!r} not found under {root}"
+def _image_problem(root: Path, rel: str) -> tuple[str, str] | None:
+    """(class, message) of an image path that is not a file inside `root`; nothing is opened."""
+    why = path_problem(root, rel)
+    if why is not None:
+        return UNSAFE_PATH, why
+    if not is_file(root / rel):
+        return MISSING_IMAGE, f"image {rel[:200]!r} not found under {root}"
     return None
 
 
-def _check_image(index, rid, value, root: Path, report: Report) -> str | None:
+def _check_image(index, rid, value, root: Path, report: Report, key: str = "image") -> str | None:
     path, cls, msg = _single_image(value)
-    if cls is None:
-        msg = _image_problem(root, path)
-        cls = MISSING_IMAGE if msg else None
+    if cls is None and (problem := _image_problem(root, path)) is not None:
+        cls, msg = problem
     if cls is not None:
-        report.add(index, rid, cls, msg)
+        report.add(index, rid, cls, msg, field_name=key)
         return None
     return path
 
@@ -336,37 +395,38 @@ def import_vstar(spec: dict, *, on_invalid: str = "fail", images_out: Path | Non
     for index, (where, item) in enumerate(records):
         if not _object_or_report(index, where, item, report):
             continue
-        native = _native_id(item, ("question_id",))
+        native = _native_id(item, ("question_id",), index, report, where)
+        if native is _BAD_ID:
+            continue
         if native is None:
-            report.add(index, None, MALFORMED_RECORD, f"{where}: no question_id")
+            report.add(index, None, MALFORMED_RECORD, f"{where}: no question_id", field_name="question_id")
             continue
         rid = f"{name}/{native}"
         if not _claim_id(index, rid, seen, report):
             continue
         n_before = len(report.problems)
         image = _check_image(index, rid, item.get("image"), root, report)
-        text = item.get("text") if "text" in item else item.get("question")
-        question, letters, texts, problem = _split_vstar_text(text) if isinstance(text, str) else ("", [], [], None)
+        key = "text" if "text" in item else "question"
+        text = _field(index, rid, item, key, report, numbers=False)
+        question, letters, texts, problem = _split_vstar_text(text) if text else ("", [], [], None)
         given = _options_value(item.get("options"))
         if given is not None:
             # A separate options field is the record's options, whatever the text holds.
             try:
                 (letters, texts), problem = parse_options(given), None
             except ValueError as exc:
-                problem = str(exc)
-        if not question:
-            report.add(index, rid, EMPTY_QUESTION, "question text is missing or empty")
-        answer = _text(item.get("label")) or None
-        if answer is None:
-            report.add(index, rid, MISSING_ANSWER, "label is missing or empty")
+                problem = f"{exc} (got {type_name(given)})"
+        if not question and len(report.problems) == n_before:
+            report.add(index, rid, EMPTY_QUESTION, "question text is missing or empty", field_name=key)
+        answer = _field(index, rid, item, "label", report, missing=MISSING_ANSWER)
         options, letter = [], None
-        if problem is None:
+        if problem is None and (text or given is not None):  # no text: named above, it has no options
             options, letter, problem = _choices(letters, texts, answer)
         if problem is not None:
-            report.add(index, rid, BAD_OPTIONS, problem)
+            report.add(index, rid, BAD_OPTIONS, problem, field_name="options" if given is not None else key)
+        category = _field(index, rid, item, "category", report)
         if len(report.problems) == n_before:
-            rows.append(_row(rid, name, split, image, question, letter, options,
-                             _text(item.get("category")) or None))
+            rows.append(_row(rid, name, split, image, question, letter, options, category))
     return _finish(rows, report, on_invalid)
 
 
@@ -409,28 +469,46 @@ def _check_columns(path: Path, names, required) -> None:
         raise AnnotationError(f"{path}: missing column(s) {missing} (has {list(names)})")
 
 
-def _decode_image(value) -> tuple[bytes, str] | None:
-    """(the image bytes as embedded, file extension), or None if not an image."""
+class _NotAnImage(ValueError):
+    def __init__(self, message: str, cls: str = MISSING_IMAGE):
+        super().__init__(message)
+        self.cls = cls
+
+
+def _decode_image(value, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[bytes, str]:
+    """(the image bytes as embedded, file extension); _NotAnImage says why not. An image
+    of more than `max_pixels` pixels is refused from its header, never decoded; the
+    written file is decoded completely by verify.py."""
     if isinstance(value, str):
         value = value.encode("ascii", "ignore")
-    if not isinstance(value, bytes) or not value.strip():
-        return None
+    if not isinstance(value, bytes):
+        raise _NotAnImage(f"image field is {type_name(value)}, not base64 text", WRONG_TYPE)
+    if not value.strip():
+        raise _NotAnImage("image field is empty")
     try:
         data = base64.b64decode(b"".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
-        return None
+        raise _NotAnImage("image field is not valid base64") from None
     try:
         with Image.open(io.BytesIO(data)) as im:
-            fmt = im.format
+            fmt, (w, h) = im.format, im.size
+            if w * h > max_pixels:
+                raise _NotAnImage(f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}",
+                                  IMAGE_TOO_LARGE)
             im.verify()  # catches truncated / corrupt data that the header alone does not
-    except Exception:  # PIL raises many types on arbitrary bytes; all mean "not an image"
-        return None
+    except _NotAnImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _NotAnImage(f"image is too large: {exc}", IMAGE_TOO_LARGE) from None
+    except Exception as exc:  # PIL raises many types on arbitrary bytes; all mean "not an image"
+        raise _NotAnImage(f"image field does not decode to an image ({type(exc).__name__})") from None
     if not fmt:
-        return None
+        raise _NotAnImage("image field does not decode to an image (no format)")
     return data, _EXTENSIONS.get(fmt, fmt.lower())
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+_MAX_NAME = 128  # file systems refuse names past 255 bytes
 
 
 def import_hrbench(spec: dict, *, on_invalid: str = "fail", images_out: Path | None = None
@@ -441,50 +519,53 @@ def import_hrbench(spec: dict, *, on_invalid: str = "fail", images_out: Path | N
     if images_out is None:
         raise ValueError(f"source {name!r}: HR-Bench embeds its images; images_out is required")
     images_out = Path(images_out)
+    max_pixels = spec.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
     rows, seen = [], {}
     index = -1
     for index, item in enumerate(_hrbench_records(path)):
         # csv.DictReader files extra fields under None and fills missing ones with None.
         if path.suffix != ".parquet" and (None in item or None in item.values()):
-            report.add(index, None, MALFORMED_RECORD, f"row {index + 1}: wrong number of fields")
+            report.add(index, None, MALFORMED_RECORD, f"row {index + 1}: wrong number of fields", field_name=WHOLE)
             continue
-        native = _native_id(item, ("index",))
-        if native is not None and isinstance(item["index"], float) and item["index"].is_integer():
-            native = str(int(item["index"]))
-        if native is None or not _SAFE_NAME.match(native):
+        native = _native_id(item, ("index",), index, report, f"row {index + 1}")
+        if native is _BAD_ID:
+            continue
+        if native is None or not _SAFE_NAME.match(native) or len(native) > _MAX_NAME:
             # The index names the image file, so it must be a plain file name.
-            report.add(index, None, MALFORMED_RECORD, f"row {index + 1}: index {item.get('index')!r} "
-                       "is missing or not usable as a file name")
+            report.add(index, None, MALFORMED_RECORD, f"row {index + 1}: index {str(item.get('index'))[:60]!r} "
+                       "is missing or not usable as a file name", field_name="index")
             continue
         rid = f"{name}/{native}"
         if not _claim_id(index, rid, seen, report):
             continue
         n_before = len(report.problems)
-        question = _text(item.get("question"))
-        if not question:
-            report.add(index, rid, EMPTY_QUESTION, "question is missing or empty")
-        answer = _text(item.get("answer")) or None
-        if answer is None:
-            report.add(index, rid, MISSING_ANSWER, "answer is missing or empty")
+        question = _field(index, rid, item, "question", report, numbers=False, missing=EMPTY_QUESTION)
+        answer = _field(index, rid, item, "answer", report, missing=MISSING_ANSWER)
+        # NaN is an absent option here: pandas writes a missing option as NaN.
         letters = [c for c in string.ascii_uppercase if c in item and not _empty(item[c])]
-        options, letter, problem = _choices(letters, [_text(item[c]) for c in letters], answer)
-        if problem is not None:
-            report.add(index, rid, BAD_OPTIONS, problem)
-        cycle = _text(item.get("cycle_category")) or None
-        if cycle is None and "cycle_category" in item:  # every record has each column of the file
-            # The official score averages over cycles; a row in none would be left out of it.
-            report.add(index, rid, MALFORMED_RECORD, f"index {native}: cycle_category is empty")
-        decoded = _decode_image(item.get("image"))
-        if decoded is None:
-            report.add(index, rid, MISSING_IMAGE, f"index {native}: image field does not decode to an image")
+        texts = [_field(index, rid, item, c, report) for c in letters]
+        if all(t is not None for t in texts):
+            options, letter, problem = _choices(letters, texts, answer)
+            if problem is not None:
+                report.add(index, rid, BAD_OPTIONS, problem, field_name="answer" if "answer" in problem else "A")
+        category = _field(index, rid, item, "category", report)
+        raw_cycle = item.get("cycle_category")
+        cycle = _field(index, rid, item, "cycle_category", report)
+        if cycle is None and "cycle_category" in item and (raw_cycle is None or isinstance(raw_cycle, str)):
+            # Every record has each column of the file. The official score averages over
+            # cycles; a row in none would be left out of it.
+            report.add(index, rid, MALFORMED_RECORD, f"index {native}: cycle_category is empty",
+                       field_name="cycle_category")
+        try:
+            data, ext = _decode_image(item.get("image"), max_pixels)
+        except _NotAnImage as exc:
+            report.add(index, rid, exc.cls, f"index {native}: {exc}", field_name="image")
         if len(report.problems) > n_before:
             continue
-        data, ext = decoded
         file_name = f"{native}.{ext}"
         with atomic_path(images_out / file_name) as tmp:
             tmp.write_bytes(data)  # as embedded: re-encoding would change the pixels
-        rows.append(_row(rid, name, split, file_name, question, letter, options,
-                         _text(item.get("category")) or None, cycle))
+        rows.append(_row(rid, name, split, file_name, question, letter, options, category, cycle))
     report.total = index + 1
     return _finish(rows, report, on_invalid)
 
@@ -534,28 +615,38 @@ def import_visualcot(spec: dict, *, on_invalid: str = "fail", images_out: Path |
         # [original, crop of the original]: one image, the original.
         image = image[:1] if isinstance(image, list) else image
         first_image = image[0] if isinstance(image, list) and image else image
+        dataset = item.get("dataset")
+        if dataset is not None and not isinstance(dataset, str):
+            report.add(index, None, WRONG_TYPE, f"{where}: 'dataset' is {type_name(dataset)}, not text",
+                       field_name="dataset")
+            continue
         subset = _cot_category(item, first_image if isinstance(first_image, str) else None)
-        native = _native_id(item, ("question_id", "id")) or str(index)
+        native = _native_id(item, ("question_id", "id"), index, report, where)
+        if native is _BAD_ID:
+            continue
+        native = native or str(index)
         rid = f"{name}/{subset}/{native}" if subset else f"{name}/{native}"
         if not _claim_id(index, rid, seen, report):
             continue
+        n_before = len(report.problems)
         if "conversations" in item:
             question, answer, malformed = _visualcot_conversation(item["conversations"])
+            fields = ("conversations", "conversations")
         elif "question" in item:
-            q = item.get("question")
-            question = _clean_question(_BOX_INSTRUCTION.sub("", q)) if isinstance(q, str) else None
-            answer, malformed = _text(item.get("answer")), None
+            q = _field(index, rid, item, "question", report, numbers=False)
+            question = _clean_question(_BOX_INSTRUCTION.sub("", q)) if q else None
+            answer, malformed = _field(index, rid, item, "answer", report), None
+            fields = ("question", "answer")
         else:
             question, answer, malformed = None, None, "neither 'conversations' nor 'question'"
         if malformed:
-            report.add(index, rid, MALFORMED_RECORD, f"{where}: {malformed}")
+            report.add(index, rid, MALFORMED_RECORD, f"{where}: {malformed}", field_name="conversations")
             continue
-        n_before = len(report.problems)
         image = _check_image(index, rid, image, root, report)
-        if not question:
-            report.add(index, rid, EMPTY_QUESTION, "question is missing or empty")
-        if not answer:
-            report.add(index, rid, MISSING_ANSWER, "no answer turn / answer is empty")
+        if not question and len(report.problems) == n_before:
+            report.add(index, rid, EMPTY_QUESTION, "question is missing or empty", field_name=fields[0])
+        if not answer and len(report.problems) == n_before:
+            report.add(index, rid, MISSING_ANSWER, "no answer turn / answer is empty", field_name=fields[1])
         if len(report.problems) == n_before:
             rows.append(_row(rid, name, split, image, question, answer, None, subset))
     return _finish(rows, report, on_invalid)
@@ -614,19 +705,22 @@ def import_qa_table(spec: dict, *, on_invalid: str = "fail", images_out: Path | 
     for index, (where, item) in enumerate(records):
         if not _object_or_report(index, where, item, report):
             continue
-        rid = f"{name}/{_native_id(item, (idk,)) or index}"
+        native = _native_id(item, (idk,), index, report, where)
+        if native is _BAD_ID:
+            continue
+        rid = f"{name}/{native or index}"
         if not _claim_id(index, rid, seen, report):
             continue
         n_before = len(report.problems)
-        image = _check_image(index, rid, item.get(ik), root, report)
-        q = item.get(qk)
-        question = _clean_question(q) if isinstance(q, str) else ""
-        if not question:
-            report.add(index, rid, EMPTY_QUESTION, f"{qk!r} is missing or empty")
-        answer = _text(item.get(ak))
+        image = _check_image(index, rid, item.get(ik), root, report, ik)
+        q = _field(index, rid, item, qk, report, numbers=False)
+        question = _clean_question(q) if q else ""
+        if not question and len(report.problems) == n_before:
+            report.add(index, rid, EMPTY_QUESTION, f"{qk!r} is missing or empty", field_name=qk)
+        answer = _field(index, rid, item, ak, report)
         answer = strip_boxed(answer) if answer else None
-        if not answer:
-            report.add(index, rid, MISSING_ANSWER, f"{ak!r} is missing or empty")
+        if not answer and len(report.problems) == n_before:
+            report.add(index, rid, MISSING_ANSWER, f"{ak!r} is missing or empty", field_name=ak)
             answer = None
         options = _options_value(item.get(ok)) if ok else None
         if options is not None:
@@ -635,12 +729,12 @@ def import_qa_table(spec: dict, *, on_invalid: str = "fail", images_out: Path | 
                 options, answer_or_letter, problem = _choices(letters, texts, answer)
                 answer = answer_or_letter
             except ValueError as exc:
-                problem = str(exc)
+                problem = f"{exc} (got {type_name(options)})"
             if problem is not None:
-                report.add(index, rid, BAD_OPTIONS, problem)
+                report.add(index, rid, BAD_OPTIONS, problem, field_name=ok)
+        category = _field(index, rid, item, ck, report)
         if len(report.problems) == n_before:
-            rows.append(_row(rid, name, split, image, question, answer, options,
-                             _text(item.get(ck)) or None))
+            rows.append(_row(rid, name, split, image, question, answer, options, category))
     return _finish(rows, report, on_invalid)
 
 
