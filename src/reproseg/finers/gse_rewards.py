@@ -13,8 +13,8 @@ import math
 
 from reproseg.answers import geometry as geo
 from reproseg.answers.parsing import Parsed
-from reproseg.finers.reward_terms import (FinersTarget, RewardProfile, format_score, pred_box, response_score,
-                                         safe_term, think_reward)
+from reproseg.finers.reward_terms import (FinersTarget, RewardProfile, box_iou, box_l1, format_score, pred_box,
+                                         response_score, safe_term, think_reward)
 
 
 @safe_term
@@ -22,9 +22,7 @@ def region_iou_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) 
     pred = pred_box(parsed, profile, profile.gse_box_key)
     if pred is None or gt.region is None:
         return 0.0
-    iou = (geo.py_box_iou if profile.loose_values else geo.box_iou)(
-        pred, gt.region, plus_one=profile.iou_plus_one, strict=profile.iou_strict)
-    return float(iou > profile.region_iou_min)
+    return float(box_iou(pred, gt.region, profile) > profile.region_iou_min)
 
 
 @safe_term
@@ -32,8 +30,7 @@ def region_l1_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -
     pred = pred_box(parsed, profile, profile.gse_box_key)
     if pred is None or gt.region is None:
         return 0.0
-    l1 = (geo.py_box_l1 if profile.loose_values else geo.box_l1)(pred, gt.region)
-    return float(l1 < profile.region_l1_max)
+    return float(box_l1(pred, gt.region, profile) < profile.region_l1_max)
 
 
 @safe_term

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from reproseg.answers import geometry as geo
 from reproseg.answers.parsing import Parsed, Point, loose_point, to_point
-from reproseg.finers.reward_terms import (FinersTarget, RewardProfile, answer_object, format_score, pred_box,
+from reproseg.finers.reward_terms import (FinersTarget, RewardProfile, answer_object, box_iou, box_l1, format_score,
+                                         pred_box,
                                          read_box, response_score, safe_term, think_reward)
 
 
@@ -20,9 +21,7 @@ def box_iou_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> 
     pred = pred_box(parsed, profile, "bbox")
     if pred is None or gt.bbox is None:
         return 0.0
-    iou = (geo.py_box_iou if profile.loose_values else geo.box_iou)(
-        pred, gt.bbox, plus_one=profile.iou_plus_one, strict=profile.iou_strict)
-    return float(iou > profile.box_iou_min)
+    return float(box_iou(pred, gt.bbox, profile) > profile.box_iou_min)
 
 
 @safe_term
@@ -30,8 +29,7 @@ def box_l1_reward(parsed: Parsed, gt: FinersTarget, profile: RewardProfile) -> f
     pred = pred_box(parsed, profile, "bbox")
     if pred is None or gt.bbox is None:
         return 0.0
-    l1 = (geo.py_box_l1 if profile.loose_values else geo.box_l1)(pred, gt.bbox)
-    return float(l1 < profile.box_l1_max)
+    return float(box_l1(pred, gt.bbox, profile) < profile.box_l1_max)
 
 
 def pair_distance(pred: tuple[Point, Point], gt: tuple[Point, Point], metric: str, python: bool = False) -> float:

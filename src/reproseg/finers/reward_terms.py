@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from reproseg.answers import geometry as geo
 from reproseg.answers.parsing import Box, Parsed, Point, answer_value, loose_box, parse, to_box, to_point
 from reproseg.answers.qa import open_correct, option_correct, option_letter
 
@@ -159,6 +160,17 @@ def read_box(value: Any, profile: RewardProfile) -> tuple | None:
 def pred_box(parsed: Parsed, profile: RewardProfile, key: str) -> tuple | None:
     d = answer_object(parsed, profile)
     return read_box(d.get(key), profile) if d is not None else None
+
+
+def box_iou(pred: tuple, gt: tuple, profile: RewardProfile) -> float:
+    """IoU of two boxes as the profile computes it (the code's Python arithmetic under loose_values)."""
+    fn = geo.py_box_iou if profile.loose_values else geo.box_iou
+    return fn(pred, gt, plus_one=profile.iou_plus_one, strict=profile.iou_strict)
+
+
+def box_l1(pred: tuple, gt: tuple, profile: RewardProfile) -> float:
+    """Mean L1 distance of two boxes' corners, as the profile computes it."""
+    return (geo.py_box_l1 if profile.loose_values else geo.box_l1)(pred, gt)
 
 
 def format_score(parsed: Parsed, profile: RewardProfile, box_key: str, point_keys: tuple[str, ...]) -> float:

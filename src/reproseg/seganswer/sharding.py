@@ -34,11 +34,6 @@ class Dist:
         return self.rank == 0
 
 
-def launched() -> bool:
-    """Whether this process is one worker of a multi-process launch (torchrun sets these)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def init(device: str) -> Dist:
     """Joins the launch's process group; `device` "cuda" becomes this worker's GPU."""
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from reproseg.config import dataclass_from_dict
 from reproseg.io_atomic import atomic_dir, write_json, write_parquet
-from reproseg.launch import run_workers, visible_gpu_count
+from reproseg.launch import launched, run_workers
 from reproseg.seganswer.losses import IGNORE_INDEX, next_token_loss
 from reproseg.seganswer.model import SegAnswerModel, resolve_device
 from reproseg.seganswer.positions import build_conversation, mask_patch_keep, segmented_image
@@ -46,7 +46,7 @@ from reproseg.seganswer.prompts import (
     observation_message,
     reasoning_messages,
 )
-from reproseg.seganswer.stage1 import _batches, collate, optimizer_steps
+from reproseg.seganswer.stage1 import _batches, collate, optimizer_steps, processes
 
 from . import sharding
 
@@ -170,8 +170,8 @@ def train_stage2(stage1_dir, rows: Sequence[dict], out_dir, settings: Stage2Sett
     to their tables (images load in the workers).
     """
     s = settings if isinstance(settings, Stage2Settings) else Stage2Settings.from_dict(settings)
-    n = s.processes or max(1, visible_gpu_count() if resolve_device(s.device) == "cuda" else 1)
-    if n > 1 and not sharding.launched():
+    n = processes(s)
+    if n > 1 and not launched():
         job = Path(out_dir).with_name(Path(out_dir).name + ".job.pkl")
         run_workers(job, n, "reproseg.seganswer.stage2:_train", stage1_dir=str(stage1_dir), rows=rows,
                     out_dir=str(out_dir), s=dataclasses.replace(s, processes=n),
@@ -183,7 +183,7 @@ def train_stage2(stage1_dir, rows: Sequence[dict], out_dir, settings: Stage2Sett
 
 def _train(stage1_dir, rows: Sequence[dict], out_dir, s: Stage2Settings, log_path=None) -> Path:
     device = resolve_device(s.device)
-    d = sharding.init(device) if sharding.launched() else sharding.Dist(device=device)
+    d = sharding.init(device) if launched() else sharding.Dist(device=device)
     torch.manual_seed(s.seed)
     # A sharded model is loaded on the CPU and its shards moved to this worker's device.
     model = SegAnswerModel.from_pretrained(stage1_dir, dtype=s.dtype, device="cpu" if d.world > 1 else d.device)
