@@ -58,14 +58,15 @@ SEG_CHECKPOINTS = ["base", "stage1", "stage2", "stage3"]
 SEG_RECORDS = {
     "base": BASE_MANIFEST,
     "stage1": prov(f"{SEGANSWER}/stage1/checkpoint"),
-    "stage2": prov(f"{SEGANSWER}/stage2/train_log.parquet"),
-    # the candidate the stage-3 selection chose on val
+    # stages 2 and 3: the candidate each stage's selection chose on val (stage 1's chosen
+    # LoRA candidate is merged by rule seganswer_stage1_merge)
+    "stage2": prov(f"{SEGANSWER}/stage2_select/selection.json"),
     "stage3": prov(f"{SEGANSWER}/stage3_select/selection.json"),
 }
 SEG_MODELS = {
     "base": cfglib.canonical({"qwen": BASE_QWEN, "sam2": BASE_SAM2, "sam2_config": SAM2_CONFIG}),
     "stage1": cfglib.canonical({"dir": f"{SEGANSWER}/stage1/checkpoint"}),
-    "stage2": cfglib.canonical({"dir": f"{SEGANSWER}/stage2/checkpoint"}),
+    "stage2": cfglib.canonical({"dir": f"{SEGANSWER}/stage2_select/checkpoint"}),
     "stage3": cfglib.canonical({"dir": f"{SEGANSWER}/stage3_select/checkpoint"}),
 }
 

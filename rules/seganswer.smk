@@ -1,7 +1,8 @@
 # SegAnswer: each data source imported into normalised tables (with a validation
-# report), stage 1 pixel grounding (projector, then LoRA, then merge), stage 2
-# interleaved SFT, stage 3 multi-turn DAPO; every checkpoint (the base model and each
-# stage's) evaluated, then side by side in the paper's table layouts.
+# report), stage 1 pixel grounding (projector, then LoRA, the val-chosen LoRA candidate
+# merged), stage 2 interleaved SFT, stage 3 multi-turn DAPO (each with its val-chosen
+# candidate); every checkpoint (the base model and each stage's) evaluated, then side by
+# side in the paper's table layouts.
 
 for _kind in ("referring", "questions"):
     _labels = [b["label"] for b in SEG["eval"][_kind]]
@@ -14,12 +15,20 @@ SEG_EVAL_QA = [b["data"] for b in SEG["eval"]["questions"]]
 SEG_USED = sorted(
     {
         seg_source_of(s)
-        for sel in [*SEG["data"].values(), SEG["selection"]["data"], SEG_EVAL_REF, SEG_EVAL_QA]
+        for sel in [
+            *SEG["data"].values(),
+            SEG["selection"]["data"],
+            SEG["selection"]["referring_data"],
+            SEG_EVAL_REF,
+            SEG_EVAL_QA,
+        ]
         for s in sel
     }
 )
 # Where the candidates are scored: the evaluation's device and precision.
 SEG_EVAL_RUNTIME = ["seganswer.eval.dtype", "seganswer.eval.device"]
+# What a question-answering selection (stages 2 and 3) reads besides its own rule.
+SEG_QA_SELECTION = [f"seganswer.selection.{k}" for k in ("data", "max_new_tokens", "max_turns", "limit")]
 # The section-wide keys every SegAnswer training and evaluation rule reads besides its own.
 SEG_SHARED_KEYS = ("seganswer.image_size", "seganswer.sam_feature_cache_mb")
 # ... and the rules that ask questions (stages 2 and 3, their selection, the evaluation).
@@ -110,6 +119,7 @@ rule seganswer_stage1_lora:
         phase_a_record=prov(f"{SEGANSWER}/stage1_projector/train_log.parquet"),
     output:
         checkpoint=directory(f"{SEGANSWER}/stage1_lora/checkpoint"),
+        candidates=directory(f"{SEGANSWER}/stage1_lora/candidates"),
         train_log=f"{SEGANSWER}/stage1_lora/train_log.parquet",
         curves=report(
             f"{SEGANSWER}/stage1_lora/curves.png",
@@ -134,9 +144,42 @@ rule seganswer_stage1_lora:
         script_path("seganswer_stage1_lora")
 
 
+rule seganswer_stage1_select:
+    input:
+        tables=seg_tables(SEG["selection"]["referring_data"], "referring"),
+        images=seg_images(SEG["selection"]["referring_data"]),
+        train_record=prov(f"{SEGANSWER}/stage1_lora/train_log.parquet"),
+    output:
+        checkpoint=directory(f"{SEGANSWER}/stage1_select/checkpoint"),
+        selection=f"{SEGANSWER}/stage1_select/selection.json",
+        prov=prov(f"{SEGANSWER}/stage1_select/selection.json"),
+    log:
+        f"{SEGANSWER}/logs/stage1_select.log",
+    benchmark:
+        f"{SEGANSWER}/benchmarks/stage1_select.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        **family_resources("gpu_infer"),
+    params:
+        **stage_params(
+            "seganswer_stage1_select",
+            *SEG_SHARED_KEYS,
+            "seganswer.selection.stage1",
+            "seganswer.selection.referring_data",
+            "seganswer.selection.limit",
+            *SEG_EVAL_RUNTIME,
+        ),
+        roots=seg_roots(SEG["selection"]["referring_data"]),
+        candidates=folder_from_record("train_record", "candidates"),
+    script:
+        script_path("seganswer_stage1_select")
+
+
 rule seganswer_stage1_merge:
     input:
-        unmerged_record=prov(f"{SEGANSWER}/stage1_lora/train_log.parquet"),
+        # the LoRA candidate the stage-1 selection chose on val
+        unmerged_record=prov(f"{SEGANSWER}/stage1_select/selection.json"),
     output:
         checkpoint=directory(f"{SEGANSWER}/stage1/checkpoint"),
         prov=prov(f"{SEGANSWER}/stage1/checkpoint"),
@@ -163,6 +206,7 @@ rule seganswer_stage2_sft:
         stage1_record=prov(f"{SEGANSWER}/stage1/checkpoint"),
     output:
         checkpoint=directory(f"{SEGANSWER}/stage2/checkpoint"),
+        candidates=directory(f"{SEGANSWER}/stage2/candidates"),
         train_log=f"{SEGANSWER}/stage2/train_log.parquet",
         curves=report(
             f"{SEGANSWER}/stage2/curves.png",
@@ -187,11 +231,39 @@ rule seganswer_stage2_sft:
         script_path("seganswer_stage2_sft")
 
 
+rule seganswer_stage2_select:
+    input:
+        tables=seg_tables(SEG["selection"]["data"], "questions"),
+        images=seg_images(SEG["selection"]["data"]),
+        train_record=prov(f"{SEGANSWER}/stage2/train_log.parquet"),
+    output:
+        checkpoint=directory(f"{SEGANSWER}/stage2_select/checkpoint"),
+        selection=f"{SEGANSWER}/stage2_select/selection.json",
+        prov=prov(f"{SEGANSWER}/stage2_select/selection.json"),
+    log:
+        f"{SEGANSWER}/logs/stage2_select.log",
+    benchmark:
+        f"{SEGANSWER}/benchmarks/stage2_select.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        **family_resources("gpu_infer"),
+    params:
+        **stage_params(
+            "seganswer_stage2_select", *SEG_QA_KEYS, "seganswer.selection.stage2", *SEG_QA_SELECTION, *SEG_EVAL_RUNTIME
+        ),
+        roots=seg_roots(SEG["selection"]["data"]),
+        candidates=folder_from_record("train_record", "candidates"),
+    script:
+        script_path("seganswer_stage2_select")
+
+
 rule seganswer_stage3_dapo:
     input:
         tables=seg_tables(SEG["data"]["stage3"], "questions"),
         images=seg_images(SEG["data"]["stage3"]),
-        stage2_record=prov(f"{SEGANSWER}/stage2/train_log.parquet"),
+        # the stage-2 candidate the stage-2 selection chose on val
+        stage2_record=prov(f"{SEGANSWER}/stage2_select/selection.json"),
     output:
         checkpoint=directory(f"{SEGANSWER}/stage3/checkpoint"),
         candidates=directory(f"{SEGANSWER}/stage3/candidates"),
@@ -237,7 +309,9 @@ rule seganswer_stage3_select:
     resources:
         **family_resources("gpu_infer"),
     params:
-        **stage_params("seganswer_stage3_select", *SEG_QA_KEYS, "seganswer.selection", *SEG_EVAL_RUNTIME),
+        **stage_params(
+            "seganswer_stage3_select", *SEG_QA_KEYS, "seganswer.selection.stage3", *SEG_QA_SELECTION, *SEG_EVAL_RUNTIME
+        ),
         roots=seg_roots(SEG["selection"]["data"]),
         candidates=folder_from_record("train_record", "candidates"),
     script:

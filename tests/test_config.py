@@ -132,4 +132,16 @@ def test_seganswer_selection_reads_val_only(default):
     with pytest.raises(cfglib.ConfigError, match="a val selection is required"):
         cfglib.validate(cfg, SCHEMA)
     cfg["seganswer"]["selection"]["stage3"] = {"choose": "last", "metric": None, "mode": "max"}
+    with pytest.raises(cfglib.ConfigError, match="a val selection is required .* for stage2"):
+        cfglib.validate(cfg, SCHEMA)  # stage 2 still names a metric
+    cfg["seganswer"]["selection"]["stage2"] = {"choose": "last", "metric": None, "mode": "max"}
+    cfglib.validate(cfg, SCHEMA)
+    # stage 1 reads referring rows: the same rule for its own selection
+    cfg["seganswer"]["selection"]["referring_data"] = ["shapes/test"]
+    with pytest.raises(cfglib.ConfigError, match=r"seganswer\.selection\.referring_data.*val data only"):
+        cfglib.validate(cfg, SCHEMA)
+    cfg["seganswer"]["selection"]["referring_data"] = []
+    with pytest.raises(cfglib.ConfigError, match="referring_data.*required .* for stage1"):
+        cfglib.validate(cfg, SCHEMA)
+    cfg["seganswer"]["selection"]["stage1"] = {"choose": "last", "metric": None, "mode": "max"}
     cfglib.validate(cfg, SCHEMA)

@@ -173,3 +173,34 @@ def test_stage1_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(
     other = stage1.Stage1Settings.from_dict({**s.to_dict(), "learning_rate": 2e-2}, phase)
     with pytest.raises(ValueError, match="different run"):
         stage1.train_phase(SegAnswerModel.from_pretrained(seganswer_checkpoint), rows, phase, other, resume_dir=resume)
+
+
+def test_stage2_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(seganswer_checkpoint, tmp_path):
+    """Stage 2 on the Trainer: stopped at step 3 (mid-epoch, between the resume states of steps
+    2 and 4), resumed from the state saved there, it ends bit for bit where an uninterrupted
+    run ends (CPU, one process), with the same candidates (step 2 from before the stop)."""
+    rows = synthetic.qa_rows(6, seed=0)
+    s = stage2.Stage2Settings(learning_rate=3e-3, epochs=1000, batch_size=2, max_steps=5, save_steps=2,
+                              candidate_every=2, processes=1, seg_response="<|seg|>", sam_feature_cache_mb=64,
+                              report_to=[])
+    stage2.train_stage2(seganswer_checkpoint, rows, tmp_path / "ref", s, tmp_path / "ref.parquet",
+                        candidates_dir=tmp_path / "ref_candidates")
+    resume = tmp_path / "resume"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        stage2.train_stage2(seganswer_checkpoint, rows, tmp_path / "out", s, resume_dir=resume,
+                            candidates_dir=tmp_path / "candidates", callbacks=[_StopAt(resume / STOP_FILE, 3)])
+    assert stopped.value.step == 3 and stopped.value.code == 143
+    assert [p.name for p in completed_checkpoints(resume)] == ["checkpoint-3"]
+    assert sorted(p.name for p in (resume / "candidates").iterdir()) == ["step-000002"]
+    stage2.train_stage2(seganswer_checkpoint, rows, tmp_path / "out", s, tmp_path / "log.parquet", resume_dir=resume,
+                        candidates_dir=tmp_path / "candidates")
+    assert not resume.exists()
+    log, ref_log = (pq.read_table(tmp_path / f).to_pylist() for f in ("log.parquet", "ref.parquet"))
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in log] == [r["loss"] for r in ref_log]
+    # the weights moved: a match of two runs that did not train would show nothing
+    assert log[-1]["loss"] < 0.8 * log[0]["loss"]
+    for name in ("step-000002", "step-000004", "step-000005"):
+        want = dict(SegAnswerModel.from_pretrained(tmp_path / "ref_candidates" / name).lm.named_parameters())
+        got = dict(SegAnswerModel.from_pretrained(tmp_path / "candidates" / name).lm.named_parameters())
+        assert set(want) == set(got) and all(torch.equal(want[n], got[n]) for n in want), name

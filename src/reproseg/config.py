@@ -78,17 +78,21 @@ def _cross_checks(config: dict) -> list[str]:
         out += _rollout_checks(key, get(config, key))
     seg_sel = config["seganswer"]["selection"]
     choices = {f"finers.selection.{k}": config["finers"]["selection"][k] for k in ("lpr", "gse")}
-    choices["seganswer.selection.stage3"] = seg_sel["stage3"]
+    choices.update({f"seganswer.selection.{k}": seg_sel[k] for k in ("stage1", "stage2", "stage3")})
     for key, sel in choices.items():
         if sel["choose"] == "best" and not sel["metric"]:
             out.append(f"config key '{key}.metric': required when choose is 'best'")
-    if seg_sel["stage3"]["metric"] and not seg_sel["data"]:
-        out.append("config key 'seganswer.selection.data': a val selection is required when a metric is named")
+    # Stage 1 is scored on referring rows, stages 2 and 3 on questions.
+    for data_key, stages in (("data", ("stage2", "stage3")), ("referring_data", ("stage1",))):
+        if any(seg_sel[st]["metric"] for st in stages) and not seg_sel[data_key]:
+            out.append(f"config key 'seganswer.selection.{data_key}': a val selection is required when a metric "
+                       f"is named for {' or '.join(stages)}")
     evaluated = {b["data"] for kind in ("referring", "questions") for b in config["seganswer"]["eval"][kind]}
-    for sel in seg_sel["data"]:
-        if sel.split("/")[-1] == "test" or sel in evaluated:
-            out.append(f"config key 'seganswer.selection.data': {sel!r} is a test split or an evaluated "
-                       "benchmark; a checkpoint is chosen on val data only")
+    for data_key in ("data", "referring_data"):
+        for sel in seg_sel[data_key]:
+            if sel.split("/")[-1] == "test" or sel in evaluated:
+                out.append(f"config key 'seganswer.selection.{data_key}': {sel!r} is a test split or an evaluated "
+                           "benchmark; a checkpoint is chosen on val data only")
     # A FineRS reward profile carries its prompt and its parser together: the GSE JSON key
     # its terms read (RewardProfile.gse_box_key: the paper's template {region, response},
     # the authors' code and prompt 'bbox') must be the one every GSE prompt asks for, or

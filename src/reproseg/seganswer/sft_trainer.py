@@ -1,5 +1,6 @@
-"""SegAnswer's supervised stages on the HF Trainer: stage 1 (phases a and b) and its
-learning-rate schedule, gradient accumulation and clipping, TensorBoard, and resume.
+"""SegAnswer's supervised stages on the HF Trainer: stage 1 (phases a and b) and stage 2,
+with the Trainer's learning-rate schedule, gradient accumulation and clipping,
+TensorBoard, resume and checkpoint candidates.
 
 A stage gives the Trainer its trainable parameters (AdamW groups) and a `step_loss(forward,
 model, rows) -> {"loss": ..., other terms}` (`forward`: the module to run the forward
@@ -13,6 +14,23 @@ the stage's starting checkpoint, which the run manifest names), the optimizer, t
 scheduler and the RNG states; the step log is kept beside it. On SIGTERM/SIGUSR1 the
 stage saves at the end of the step and raises TrainingInterrupted (exit code 143); the
 same call again continues from there, to the same weights as a run never stopped.
+
+Several processes: stage 1 runs under DDP (the Trainer wraps the model; each rank holds
+it whole). Stage 2 shards the language model with FSDP2 itself (reproseg.seganswer.sharding)
+and passes its root module as `sharded`: the Trainer then treats the model as sharded
+at load time (transformers' own path for DTensor models: no DDP wrapper, gradients
+reduced by FSDP), and a resume checkpoint holds each rank's shards of the language model
+and of the optimizer state (torch.distributed.checkpoint, `dcp/`), the scheduler and
+every rank's RNG state, all written before trainer_state.json marks it complete.
+Accelerate's own FSDP options are not used: accelerate enables FSDP only on GPUs (so
+the CPU tests could not run it), and it would shard the SegAnswer wrapper as its root,
+whose frozen SAM 2.1 and projector the stages call outside its forward.
+
+Candidates (`candidate_every`): every that many optimizer steps, before the last, the
+stage's `export(folder, step)` writes the current model to `<resume_dir>/candidates/
+step-<N>` (inside the resume state, so a retried job keeps them); `collect_candidates`
+moves them to the run's candidates folder once the final model is written, and adds the
+final model as the last candidate.
 """
 from __future__ import annotations
 
@@ -26,12 +44,22 @@ from typing import Callable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from reproseg.io_atomic import write_parquet
+from reproseg.grpo.callbacks import CandidateCallback
+from reproseg.io_atomic import atomic_dir, write_parquet
 from reproseg.launch import is_main_process, launched
 from reproseg.runs import (
+    CANDIDATES_DIR,
     STOP_FILE,
     TENSORBOARD_DIR,
     StopOnSignalCallback,
@@ -41,8 +69,11 @@ from reproseg.runs import (
     completed_checkpoints,
     direct_tensorboard,
 )
+from reproseg.selection import candidate_name, link_tree, list_candidates
 
 TRAINABLE_FILE = "trainable.safetensors"
+SHARDED_DIR = "dcp"          # a sharded run's checkpoint: model and optimizer shards
+SCHEDULER_FILE = "scheduler.pt"
 REPORTERS = ("tensorboard", "wandb")
 # Settings that do not change the trajectory: a resumed run may differ in them.
 NOT_TRAJECTORY = ("save_steps", "report_to", "sam_feature_cache_mb")
@@ -76,12 +107,20 @@ def _batch_of_rows(rows: list[dict]) -> dict:
 
 
 class SegAnswerSFTTrainer(Trainer):
-    """The Trainer with a stage's own loss terms, AdamW groups and a trainable-only checkpoint."""
+    """The Trainer with a stage's own loss terms, AdamW groups and a trainable-only checkpoint.
 
-    def __init__(self, *args, step_loss: Callable, param_groups: list[dict], **kwargs):
+    sharded: the FSDP2-managed module (stage 2's language model) when the model is sharded
+    over the processes; its checkpoint is then saved and loaded shard by shard."""
+
+    def __init__(self, *args, step_loss: Callable, param_groups: list[dict], sharded=None, **kwargs):
         self.step_loss = step_loss
         self.param_groups = param_groups
+        self.sharded = sharded
         self.last_terms: dict[str, float] = {}
+        if sharded is not None:
+            # transformers' path for a model sharded before the Trainer sees it: no DDP wrapper,
+            # no device placement (it refuses a full resume state, which _save_checkpoint adds).
+            kwargs["model"].is_distributed_loading_by_transformers = True
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -104,7 +143,39 @@ class SegAnswerSFTTrainer(Trainer):
     def _trainable(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
+    def _clip_grad_norm(self, model):
+        norm = super()._clip_grad_norm(model)
+        # the norm of sharded gradients is a DTensor; the log wants a number
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def _inner_optimizer(self):
+        return getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
+
+    def _save_checkpoint(self, model, trial) -> None:
+        if self.sharded is not None:
+            # Before the Trainer's part, which writes trainer_state.json (what marks a checkpoint
+            # complete) last; with save_only_model it writes no optimizer state of its own.
+            out = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            dcp.save({"model": get_model_state_dict(self.sharded),
+                      "optimizer": get_optimizer_state_dict(self.sharded, self._inner_optimizer())},
+                     checkpoint_id=str(out / SHARDED_DIR))
+            if self.args.should_save:
+                torch.save(self.lr_scheduler.state_dict(), out / SCHEDULER_FILE)
+            self._save_rng_state(str(out))
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if self.sharded is None or checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        # The template has the optimizer's state initialised (torch fills it with a zero-lr step).
+        state = {"optimizer": get_optimizer_state_dict(self.sharded, self._inner_optimizer())}
+        dcp.load(state, checkpoint_id=str(Path(checkpoint) / SHARDED_DIR))
+        set_optimizer_state_dict(self.sharded, self._inner_optimizer(), state["optimizer"])
+        self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_FILE, weights_only=True))
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self.sharded is not None:
+            return  # the shards went to dcp/ in _save_checkpoint
         # Only what trains: for stage 1 the projector, mask decoder and LoRA, not the 7B language
         # model; DDP keeps every rank's copy equal, so rank 0 writes it.
         if not self.args.should_save:
@@ -115,6 +186,11 @@ class SegAnswerSFTTrainer(Trainer):
                   str(out / TRAINABLE_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.sharded is not None:
+            state = {"model": get_model_state_dict(self.sharded)}
+            dcp.load(state, checkpoint_id=str(Path(resume_from_checkpoint) / SHARDED_DIR))
+            set_model_state_dict(self.sharded, state["model"])
+            return
         saved = load_file(str(Path(resume_from_checkpoint) / TRAINABLE_FILE))
         params = self._trainable()
         if set(saved) != set(params):
@@ -150,7 +226,7 @@ class StepLogCallback(TrainerCallback):
         write_parquet(self.path, pa.Table.from_pylist(self.rows))
 
 
-def training_arguments(settings, output_dir: Path, use_cpu: bool) -> TrainingArguments:
+def training_arguments(settings, output_dir: Path, use_cpu: bool, sharded: bool = False) -> TrainingArguments:
     """TrainingArguments for a SegAnswer SFT stage's settings (every value set explicitly)."""
     unknown = sorted(set(settings.report_to) - set(REPORTERS))
     if unknown:
@@ -178,24 +254,32 @@ def training_arguments(settings, output_dir: Path, use_cpu: bool) -> TrainingArg
         use_cpu=use_cpu,
         # Under several processes (DDP) a batch may leave a trained part unused (a row
         # without `<|seg|>`); DDP must then not wait for its gradient.
-        ddp_find_unused_parameters=launched() or None,
+        ddp_find_unused_parameters=(launched() and not sharded) or None,
+        # a sharded model's optimizer and RNG states are SegAnswerSFTTrainer's to save
+        save_only_model=sharded,
         disable_tqdm=False,
     )
 
 
 def train_sft(model, rows: Sequence[dict], settings, params: list[torch.nn.Parameter], param_groups: list[dict],
               step_loss: Callable, log_path=None, resume_dir=None, identity: dict | None = None,
-              callbacks: Sequence = ()) -> list[dict]:
+              callbacks: Sequence = (), export: Callable[[Path, int], None] | None = None,
+              sharded=None) -> list[dict]:
     """Trains `model` in place; returns (and writes to `log_path`, Parquet) one row per step.
 
     resume_dir: where the resume state goes (None: a throw-away folder, no resume);
     identity: what makes this run this run (settings, data size, starting checkpoint),
     checked against the state found there. TensorBoard events go to
-    `<resume_dir>/../tensorboard`. callbacks: extra TrainerCallbacks (before the stop check)."""
+    `<resume_dir>/../tensorboard`. callbacks: extra TrainerCallbacks (before the stop check).
+    export(folder, step): writes the current model (every rank calls it) when
+    `settings.candidate_every` asks for a candidate; needs resume_dir. sharded: the
+    FSDP2-managed module of a sharded model (SegAnswerSFTTrainer)."""
     if not params:
         raise ValueError("nothing to train")
     if launched() and resume_dir is None:
         raise ValueError("several processes share one resume_dir; none was given")
+    if settings.candidate_every and (export is None or resume_dir is None):
+        raise ValueError("candidate_every needs an export function and a resume_dir to keep the candidates in")
     keep = resume_dir is not None
     resume_dir = Path(resume_dir) if keep else Path(tempfile.mkdtemp(prefix="seganswer-sft-"))
     main = is_main_process()
@@ -205,16 +289,21 @@ def train_sft(model, rows: Sequence[dict], settings, params: list[torch.nn.Param
     done = completed_checkpoints(resume_dir)
     last = done[-1] if done else None
     resume_step = int(last.name.rsplit("-", 1)[-1]) if last else None
+    if main:
+        _drop_candidates_after(resume_dir / CANDIDATES_DIR, resume_step or 0)
     work_log = resume_dir / "train_log.parquet"
     use_cpu = model.device.type == "cpu"
-    args = training_arguments(settings, resume_dir, use_cpu)
+    args = training_arguments(settings, resume_dir, use_cpu, sharded=sharded is not None)
     log_cb = StepLogCallback(work_log, resume_step)
     stop = StopSignal(stop_file=resume_dir / STOP_FILE)
     if main:
         (resume_dir / STOP_FILE).unlink(missing_ok=True)
     stop_cb = StopOnSignalCallback(stop, skip_final_save=True)
+    candidate_cb = CandidateCallback(settings.candidate_every)
+    candidate_cb.export = lambda step: export(resume_dir / CANDIDATES_DIR / candidate_name(step), step)
     trainer = SegAnswerSFTTrainer(model=model, args=args, train_dataset=_Rows(rows), data_collator=_batch_of_rows,
-                                  step_loss=step_loss, param_groups=param_groups, callbacks=[log_cb, *callbacks, stop_cb])
+                                  step_loss=step_loss, param_groups=param_groups, sharded=sharded,
+                                  callbacks=[log_cb, *callbacks, candidate_cb, stop_cb])
     tb_dir = resume_dir.parent / TENSORBOARD_DIR
     if keep and last is None and main:
         shutil.rmtree(tb_dir, ignore_errors=True)   # an earlier run's curves would be drawn over this one's
@@ -234,7 +323,34 @@ def train_sft(model, rows: Sequence[dict], settings, params: list[torch.nn.Param
     return log_cb.rows
 
 
-def finish(resume_dir) -> None:
-    """Drops the resume state once the stage's model is written."""
+def _drop_candidates_after(staged: Path, step: int) -> None:
+    """Candidates a killed run saved past the state it resumes from are made again."""
+    if staged.is_dir():
+        for p in staged.glob("step-*"):
+            if p.name.rsplit("-", 1)[-1].isdigit() and int(p.name.rsplit("-", 1)[-1]) > step:
+                shutil.rmtree(p)
+
+
+def collect_candidates(resume_dir, final_dir, candidates_dir, final_step: int) -> Path:
+    """The candidates staged in `<resume_dir>/candidates` and the final model (as
+    step-<final_step>, hard links) in `candidates_dir`, in one rename (rank 0, after the final
+    model is written)."""
+    staged = Path(resume_dir) / CANDIDATES_DIR
+    with atomic_dir(candidates_dir) as tmp:
+        if staged.is_dir():
+            for p in sorted(staged.glob("step-*")):
+                shutil.move(str(p), tmp / p.name)
+        link_tree(final_dir, tmp / candidate_name(final_step))
+    list_candidates(candidates_dir)  # at least the final one, or this raises
+    return Path(candidates_dir)
+
+
+def scratch_resume_dir() -> Path:
+    """A resume folder for a run that keeps none (its TensorBoard events beside it, not in /tmp)."""
+    return Path(tempfile.mkdtemp(prefix="seganswer-sft-")) / "resume"
+
+
+def finish(resume_dir, scratch: bool = False) -> None:
+    """Drops the resume state once the stage's model is written (a scratch one with its parent)."""
     if resume_dir is not None:
-        shutil.rmtree(resume_dir, ignore_errors=True)
+        shutil.rmtree(Path(resume_dir).parent if scratch else resume_dir, ignore_errors=True)

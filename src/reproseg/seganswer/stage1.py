@@ -23,6 +23,10 @@ gives the LoRA matrices their own (the embedded default: its tiny random languag
 model is rewritten by a LoRA at the mask decoder's rate). Training order is a seeded
 shuffle per epoch; everything is deterministic given `seed`.
 
+Candidates (`candidate_every`, saved like the final model: an unmerged phase-b candidate
+is the base weights hard-linked plus its adapter and heads) go to the run's candidates
+folder; rule seganswer_stage1_select scores phase b's on val and the chosen one is merged.
+
 The step log holds every loss term, the gradient norm and `mask_iou`, the batch's mean
 IoU of the thresholded masks with their targets; `predict_masks` gives the mask at
 the `<|seg|>` of the given response for any rows (what the tests and the
@@ -31,9 +35,7 @@ the `<|seg|>` of the given response for any rows (what the tests and the
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -53,7 +55,14 @@ from reproseg.seganswer.model import (  # noqa: F401  (merge_lora: public API)
     resolve_device,
 )
 from reproseg.seganswer.positions import build_conversation
-from reproseg.seganswer.sft_trainer import finish, folder_identity, train_sft, trajectory_settings
+from reproseg.seganswer.sft_trainer import (
+    collect_candidates,
+    finish,
+    folder_identity,
+    scratch_resume_dir,
+    train_sft,
+    trajectory_settings,
+)
 
 PROMPT_TEMPLATE = "Segment the {phrase} in the image."
 RESPONSE = "It is <|seg|>."
@@ -98,6 +107,9 @@ class Stage1Settings:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     # Processes (one per GPU, DDP); None: one per GPU of the job, one on CPU. batch_size is per process.
     processes: int | None = None
+    # A candidate for checkpoint selection every this many optimizer steps, besides the final
+    # model (reproseg.seganswer.selection); None: the final model only.
+    candidate_every: int | None = None
 
     @classmethod
     def phase_a(cls, **kw) -> "Stage1Settings":
@@ -287,34 +299,12 @@ def predict_masks(model: SegAnswerModel, rows: Sequence[dict], settings: Stage1S
     return out_masks
 
 
-def optimizer_steps(n_rows: int, batch_size: int, settings) -> int:
-    """Optimizer steps a run of `settings` (epochs, accumulation, max_steps) takes on `n_rows`
-    rows in global batches of `batch_size` (what the progress bar counts to)."""
-    batches = math.ceil(settings.epochs * n_rows / batch_size) if n_rows else 0
-    steps = batches // settings.gradient_accumulation_steps
-    return steps if settings.max_steps is None else min(steps, settings.max_steps)
-
-
-def _batches(n: int, batch_size: int, epochs: float, seed: int):
-    """(epoch, indices) in seeded per-epoch shuffles; a fractional epoch count stops part-way."""
-    total = math.ceil(epochs * n / batch_size) if n else 0
-    done, epoch = 0, 0
-    while done < total:
-        order = np.random.default_rng(seed + epoch).permutation(n)
-        for s in range(0, n, batch_size):
-            if done >= total:
-                return
-            yield epoch, order[s:s + batch_size].tolist()
-            done += 1
-        epoch += 1
-
-
 def train_phase(model: SegAnswerModel, rows: Sequence[dict], phase: str, settings: Stage1Settings,
-                log_path=None, resume_dir=None, start: dict | None = None, callbacks=()) -> list[dict]:
+                log_path=None, resume_dir=None, start: dict | None = None, callbacks=(), export=None) -> list[dict]:
     """Trains `model` in place for one phase on the HF Trainer (reproseg.seganswer.sft_trainer);
     returns (and writes to `log_path`, Parquet) one row per optimizer step. resume_dir: the
     run's resume state (None: none kept); start: what the phase started from, for the check
-    that a resume state found there is this run's."""
+    that a resume state found there is this run's; export(folder, step): writes a candidate."""
     torch.manual_seed(settings.seed)
     params = configure_trainable(model, phase, settings)
     if settings.sam_feature_cache_mb and model.feature_cache is None:
@@ -327,34 +317,39 @@ def train_phase(model: SegAnswerModel, rows: Sequence[dict], phase: str, setting
 
     identity = {"phase": phase, "settings": trajectory_settings(settings), "rows": len(rows), "start": start or {}}
     return train_sft(model, rows, settings, params, param_groups(model, params, settings), step_loss,
-                     log_path=log_path, resume_dir=resume_dir, identity=identity, callbacks=callbacks)
+                     log_path=log_path, resume_dir=resume_dir, identity=identity, callbacks=callbacks,
+                     export=export)
 
 
-def _save(model: SegAnswerModel, out_dir, phase: str, settings: Stage1Settings, log: list[dict]) -> Path:
+def _save(model: SegAnswerModel, out_dir, phase: str, settings: Stage1Settings, steps: int,
+          final: dict | None = None) -> Path:
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
-        write_json(tmp / SUMMARY_FILE, {"phase": phase, "settings": settings.to_dict(), "steps": len(log),
-                                        "final": log[-1] if log else None})
+        write_json(tmp / SUMMARY_FILE, {"phase": phase, "settings": settings.to_dict(), "steps": steps,
+                                        "final": final})
     return Path(out_dir)
 
 
 def train_stage1_projector(qwen_dir, sam2_path, rows: Sequence[dict], out_dir,
                            settings: Stage1Settings | dict | None = None, log_path=None,
-                           sam2_config_name: str | None = None, sam2_overrides=None, resume_dir=None) -> Path:
+                           sam2_config_name: str | None = None, sam2_overrides=None, resume_dir=None,
+                           candidates_dir=None) -> Path:
     """Phase a from the base models; writes a SegAnswer checkpoint to `out_dir` (atomic).
-    With `resume_dir`, a stopped run continues from its last saved step."""
+    With `resume_dir`, a stopped run continues from its last saved step; with
+    `candidate_every`, the candidates go to `candidates_dir`."""
     s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "a")
     start = {"qwen": str(qwen_dir), "sam2": str(sam2_path), "sam2_config_name": sam2_config_name,
              "sam2_overrides": sam2_overrides}
-    return _run_phase("a", start, rows, out_dir, s, log_path, resume_dir)
+    return _run_phase("a", start, rows, out_dir, s, log_path, resume_dir, candidates_dir)
 
 
 def train_stage1_lora(phase_a_dir, rows: Sequence[dict], out_dir, settings: Stage1Settings | dict | None = None,
-                      log_path=None, resume_dir=None) -> Path:
+                      log_path=None, resume_dir=None, candidates_dir=None) -> Path:
     """Phase b from phase a's checkpoint; writes an unmerged (base + lora/) checkpoint to `out_dir`.
-    With `resume_dir`, a stopped run continues from its last saved step."""
+    With `resume_dir`, a stopped run continues from its last saved step; with
+    `candidate_every`, the candidates go to `candidates_dir`."""
     s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "b")
-    return _run_phase("b", {"phase_a": str(phase_a_dir)}, rows, out_dir, s, log_path, resume_dir)
+    return _run_phase("b", {"phase_a": str(phase_a_dir)}, rows, out_dir, s, log_path, resume_dir, candidates_dir)
 
 
 def processes(settings) -> int:
@@ -364,27 +359,32 @@ def processes(settings) -> int:
     return max(1, visible_gpu_count()) if resolve_device(settings.device) == "cuda" else 1
 
 
-def _run_phase(phase: str, start: dict, rows, out_dir, s: Stage1Settings, log_path, resume_dir) -> Path:
+def _run_phase(phase: str, start: dict, rows, out_dir, s: Stage1Settings, log_path, resume_dir,
+               candidates_dir=None) -> Path:
     """One phase in this process, or with several processes one per GPU (DDP, the same global
-    batch of `processes` x batch_size rows): torchrun workers each run `_phase_worker`."""
+    batch of `processes` x batch_size rows): torchrun workers each run `_phase_worker`.
+    Without `resume_dir` a scratch one holds the state (and the candidates) while it runs;
+    inside a launch every rank must be given the same one."""
     n = processes(s)
+    scratch = resume_dir is None and not launched()
+    resume = scratch_resume_dir() if scratch else resume_dir
     if n == 1 or launched():
-        _phase_worker(phase, start, rows, str(out_dir), s, log_path, resume_dir)
-        finish(resume_dir)
+        _phase_worker(phase, start, rows, str(out_dir), s, log_path, resume, candidates_dir)
+        finish(resume, scratch)
         return Path(out_dir)
-    scratch = resume_dir is None
-    resume = Path(tempfile.mkdtemp(prefix="seganswer-stage1-")) if scratch else Path(resume_dir)
     job = Path(out_dir).with_name(Path(out_dir).name + ".job.pkl")
     run_resumable(job, n, "reproseg.seganswer.stage1:_phase_worker", resume, phase=phase, start=start, rows=rows,
                   out_dir=str(out_dir), s=dataclasses.replace(s, processes=n),
-                  log_path=None if log_path is None else str(log_path), resume_dir=str(resume))
-    finish(resume)
+                  log_path=None if log_path is None else str(log_path), resume_dir=str(resume),
+                  candidates_dir=None if candidates_dir is None else str(candidates_dir))
+    finish(resume, scratch)
     return Path(out_dir)
 
 
-def _phase_worker(phase: str, start: dict, rows, out_dir: str, s: Stage1Settings, log_path, resume_dir) -> None:
+def _phase_worker(phase: str, start: dict, rows, out_dir: str, s: Stage1Settings, log_path, resume_dir,
+                  candidates_dir=None) -> None:
     """Builds the phase's starting model on this process's device, trains it, and (rank 0)
-    writes the checkpoint."""
+    writes the checkpoint and collects the candidates."""
     device = resolve_device(s.device)
     if device == "cuda" and launched():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
@@ -395,6 +395,13 @@ def _phase_worker(phase: str, start: dict, rows, out_dir: str, s: Stage1Settings
     else:
         model = SegAnswerModel.from_pretrained(start["phase_a"], dtype=s.dtype, device=device)
         identity = {"phase_a": folder_identity(start["phase_a"])}
-    log = train_phase(model, rows, phase, s, log_path, resume_dir, identity)
+    def export(target: Path, step: int) -> None:
+        # DDP keeps every rank's weights equal: rank 0 writes them
+        if is_main_process():
+            _save(model, target, phase, s, step)
+
+    log = train_phase(model, rows, phase, s, log_path, resume_dir, identity, export=export)
     if is_main_process():
-        _save(model, out_dir, phase, s, log)
+        _save(model, out_dir, phase, s, len(log), log[-1] if log else None)
+        if candidates_dir is not None:
+            collect_candidates(resume_dir, out_dir, candidates_dir, log[-1]["step"] if log else 0)

@@ -15,29 +15,41 @@ Choices where the paper is silent: the mask is recomputed with the current weigh
 every step (a no-grad forward over the conversation up to the end of the first
 assistant turn; causal attention makes the `<|seg|>` state the same as in the full
 sequence); "full parameters of the MLLM backbone" includes the vision tower
-(`train_vision_tower`, default True); AdamW, no weight decay, constant lr, clipping at
-1.0, batch size 8.
+(`train_vision_tower`, default True); AdamW, no weight decay, a constant learning rate
+without warm-up (`lr_scheduler_type`, `warmup_steps`: any of the Trainer's schedules),
+clipping at 1.0, batch size 8.
+
+Training runs on the HF Trainer (reproseg.seganswer.sft_trainer.SegAnswerSFTTrainer, the
+stage's own loss as its compute_loss): gradient accumulation, a resume state every
+`save_steps` optimizer steps and on SIGTERM/SIGUSR1 (a retry continues from the newest
+complete one, to the weights of an uninterrupted run), TensorBoard under the run dir
+(`report_to`), candidates every `candidate_every` steps for rule seganswer_stage2_select.
+
+Several processes (one per GPU): the language model is sharded with FSDP2
+(reproseg.seganswer.sharding), so a process holds 1/N of the trained state: at 7B in
+float32 the weights, gradients and two AdamW moments are about 112 GB in all, 14 GB a
+GPU over 8 (plus the whole frozen SAM 2.1, the projector and the activations; bfloat16
+weights halve the first two), where DDP would need all 112 GB on every GPU. Each
+process trains on its own slice of every global batch of `processes` x batch_size rows;
+a resume state holds each rank's shards.
 
 Data rows: {"image": PIL.Image, "question": str, "answer": str, "options": list | None}.
 """
 from __future__ import annotations
 
 import dataclasses
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pyarrow as pa
 import torch
-from tqdm import tqdm
 
 from reproseg.config import dataclass_from_dict
-from reproseg.io_atomic import atomic_dir, write_json, write_parquet
-from reproseg.launch import launched, run_workers
+from reproseg.io_atomic import atomic_dir, write_json
+from reproseg.launch import launched, run_resumable
 from reproseg.seganswer.losses import IGNORE_INDEX, next_token_loss
-from reproseg.seganswer.model import SegAnswerModel, resolve_device
+from reproseg.seganswer.model import SegAnswerModel, resolve_device, unwrap_qwen
 from reproseg.seganswer.positions import build_conversation, mask_patch_keep, segmented_image
 from reproseg.seganswer.prompts import (
     ANSWER_RESPONSE,
@@ -46,7 +58,15 @@ from reproseg.seganswer.prompts import (
     observation_message,
     reasoning_messages,
 )
-from reproseg.seganswer.stage1 import _batches, collate, optimizer_steps, processes
+from reproseg.seganswer.sft_trainer import (
+    collect_candidates,
+    finish,
+    folder_identity,
+    scratch_resume_dir,
+    train_sft,
+    trajectory_settings,
+)
+from reproseg.seganswer.stage1 import collate, processes
 
 from . import sharding
 
@@ -76,6 +96,15 @@ class Stage2Settings:
     processes: int | None = None
     # The first user turn (seganswer.reasoning_prompt; {question} is the question and its options).
     reasoning_prompt: str = REASONING_PROMPT
+    # The Trainer's schedule (transformers' names; the paper is silent: constant, no warm-up),
+    # how often a resume state is saved, and where progress is reported.
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    save_steps: int = 500
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # A candidate for checkpoint selection every this many optimizer steps, besides the final
+    # model; None: the final model only.
+    candidate_every: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Stage2Settings":
@@ -161,27 +190,45 @@ def stage2_step_loss(model: SegAnswerModel, rows: Sequence[dict], s: Stage2Setti
     return next_token_loss(logits, batch["labels"].to(dev))
 
 
+def stage2_terms(model: SegAnswerModel, rows: Sequence[dict], s: Stage2Settings) -> dict:
+    """The Trainer's loss terms of one batch (the frozen SAM 2.1 kept in eval mode: the
+    Trainer puts the whole model in train mode at every step)."""
+    model.sam.eval()
+    return {"loss": stage2_step_loss(model, rows, s)}
+
+
 def train_stage2(stage1_dir, rows: Sequence[dict], out_dir, settings: Stage2Settings | dict | None = None,
-                 log_path=None) -> Path:
+                 log_path=None, resume_dir=None, candidates_dir=None, callbacks=()) -> Path:
     """Stage-2 SFT from the merged stage-1 checkpoint; writes a SegAnswer checkpoint to `out_dir` (atomic).
 
+    resume_dir: the run's resume state (a stopped run continues from its last saved step;
+    None: a scratch one); with `candidate_every`, the candidates go to `candidates_dir`.
     With several processes (`settings.processes`, default one per GPU of the job) this
     launches them (torchrun) and each runs `_train`; the rows are pickled by reference
-    to their tables (images load in the workers).
+    to their tables (images load in the workers). callbacks: extra TrainerCallbacks (one
+    process only: they are not pickled to workers).
     """
     s = settings if isinstance(settings, Stage2Settings) else Stage2Settings.from_dict(settings)
     n = processes(s)
+    scratch = resume_dir is None and not launched()
+    resume = scratch_resume_dir() if scratch else resume_dir
     if n > 1 and not launched():
+        if callbacks:
+            raise ValueError("callbacks are not passed to worker processes")
         job = Path(out_dir).with_name(Path(out_dir).name + ".job.pkl")
-        run_workers(job, n, "reproseg.seganswer.stage2:_train", stage1_dir=str(stage1_dir), rows=rows,
-                    out_dir=str(out_dir), s=dataclasses.replace(s, processes=n),
-                    log_path=None if log_path is None else str(log_path))
+        run_resumable(job, n, "reproseg.seganswer.stage2:_train", resume, stage1_dir=str(stage1_dir), rows=rows,
+                      out_dir=str(out_dir), s=dataclasses.replace(s, processes=n),
+                      log_path=None if log_path is None else str(log_path), resume_dir=str(resume),
+                      candidates_dir=None if candidates_dir is None else str(candidates_dir))
         job.unlink(missing_ok=True)
-        return Path(out_dir)
-    return _train(stage1_dir, rows, out_dir, s, log_path)
+    else:
+        _train(stage1_dir, rows, out_dir, s, log_path, resume, candidates_dir, callbacks)
+    finish(resume, scratch)
+    return Path(out_dir)
 
 
-def _train(stage1_dir, rows: Sequence[dict], out_dir, s: Stage2Settings, log_path=None) -> Path:
+def _train(stage1_dir, rows: Sequence[dict], out_dir, s: Stage2Settings, log_path=None, resume_dir=None,
+           candidates_dir=None, callbacks=()) -> Path:
     device = resolve_device(s.device)
     d = sharding.init(device) if launched() else sharding.Dist(device=device)
     torch.manual_seed(s.seed)
@@ -193,43 +240,24 @@ def _train(stage1_dir, rows: Sequence[dict], out_dir, s: Stage2Settings, log_pat
         sharding.shard_language_model(model.lm, d.device)
     model.enable_feature_cache(s.sam_feature_cache_mb)
     params = configure_trainable(model, s)
-    opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
-    model.train()
-    model.sam.eval()
-    log, step, accum = [], 0, 0
-    t0 = time.perf_counter()
-    bar = tqdm(total=optimizer_steps(len(rows), s.batch_size * d.world, s), desc="SegAnswer stage 2", unit="step",
-               disable=not d.is_main)
-    # Every process draws the same global batches; each trains on its slice.
-    for epoch, idx in _batches(len(rows), s.batch_size * d.world, s.epochs, s.seed):
-        mine = idx[d.rank::d.world]
-        loss = stage2_step_loss(model, [rows[i] for i in mine], s)
-        (loss / s.gradient_accumulation_steps).backward()
-        accum += 1
-        if accum % s.gradient_accumulation_steps:
-            continue
-        gn = sharding.local(torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        now = time.perf_counter()
-        log.append({"step": step, "epoch": epoch, "loss": sharding.mean(loss.detach(), d), "grad_norm": float(gn),
-                    "learning_rate": s.learning_rate, "step_time_s": now - t0})
-        bar.update(1)
-        bar.set_postfix(loss=f"{log[-1]['loss']:.3f}", refresh=False)
-        t0 = now
-        if s.max_steps is not None and step >= s.max_steps:
-            break
-    bar.close()
-    model.eval()
-    state = sharding.full_state_dict(model.lm) if d.world > 1 else None
-    if d.is_main:
-        if log_path is not None:
-            write_parquet(log_path, pa.Table.from_pylist(log))
-        with atomic_dir(out_dir) as tmp:
-            model.save_pretrained(tmp, lm_state_dict=state)
-            write_json(tmp / SUMMARY_FILE, {"settings": s.to_dict(), "steps": len(log), "processes": d.world,
-                                            "final": log[-1] if log else None})
+
+    def save(target, steps: int, final: dict | None = None) -> None:
+        # Collective when sharded: the whole language model is gathered to rank 0, which writes.
+        state = sharding.full_state_dict(model.lm) if d.world > 1 else None
+        if d.is_main:
+            with atomic_dir(target) as tmp:
+                model.save_pretrained(tmp, lm_state_dict=state)
+                write_json(tmp / SUMMARY_FILE, {"settings": s.to_dict(), "steps": steps, "processes": d.world,
+                                                "final": final})
+
+    identity = {"settings": trajectory_settings(s), "rows": len(rows), "stage1": folder_identity(stage1_dir)}
+    log = train_sft(model, rows, s, params, [{"params": params}], lambda forward, m, batch: stage2_terms(m, batch, s),
+                    log_path=log_path, resume_dir=resume_dir, identity=identity, callbacks=callbacks,
+                    export=lambda target, step: save(target, step),
+                    sharded=unwrap_qwen(model.lm) if d.world > 1 else None)
+    save(out_dir, len(log), log[-1] if log else None)
+    if d.is_main and candidates_dir is not None:
+        collect_candidates(resume_dir, out_dir, candidates_dir, log[-1]["step"] if log else 0)
     sharding.barrier(d)
     sharding.close(d)
     return Path(out_dir)

@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 
 from ..io_atomic import write_json, write_parquet, write_text
-from ..runs import RESUME_DIR, run_dir_of
+from ..runs import CANDIDATES_DIR, RESUME_DIR, run_dir_of
 from . import paper_tables
 from .evaluate import answer_questions, evaluate_referring, evaluate_referring_given, qa_accuracy
 from .model import SegAnswerModel, merge_lora, resolve_device
@@ -52,6 +52,7 @@ def _referring(tables, roots, selections, size, limit=None):
 def stage1_projector_stage(tables: list[str], roots: list[str], qwen: str, sam2: str, sam2_config, out_dir: str,
                            train_log: str, cfg: dict) -> None:
     rows = _referring(tables, roots, cfg["data"]["stage1_projector"], cfg["image_size"])
+    # no candidates: only phase b is selected (its config keeps candidate_every null)
     train_stage1_projector(qwen, sam2, rows, out_dir, with_cache(cfg["stage1"]["projector"], cfg), train_log,
                            sam2_config_name=sam2_config, resume_dir=run_dir_of(out_dir) / RESUME_DIR)
 
@@ -59,8 +60,9 @@ def stage1_projector_stage(tables: list[str], roots: list[str], qwen: str, sam2:
 def stage1_lora_stage(tables: list[str], roots: list[str], phase_a: str, out_dir: str, train_log: str,
                       cfg: dict) -> None:
     rows = _referring(tables, roots, cfg["data"]["stage1_lora"], cfg["image_size"])
+    run = run_dir_of(out_dir)
     train_stage1_lora(phase_a, rows, out_dir, with_cache(cfg["stage1"]["lora"], cfg), train_log,
-                      resume_dir=run_dir_of(out_dir) / RESUME_DIR)
+                      resume_dir=run / RESUME_DIR, candidates_dir=run / CANDIDATES_DIR)
 
 
 def stage1_merge_stage(unmerged: str, out_dir: str, cfg: dict) -> None:
@@ -69,7 +71,9 @@ def stage1_merge_stage(unmerged: str, out_dir: str, cfg: dict) -> None:
 
 def stage2_stage(tables: list[str], roots: list[str], stage1: str, out_dir: str, train_log: str, cfg: dict) -> None:
     rows = select(tables, roots, cfg["data"]["stage2"], "questions", cfg["image_size"])
-    train_stage2(stage1, rows, out_dir, with_prompt(cfg["stage2"], cfg), train_log)
+    run = run_dir_of(out_dir)
+    train_stage2(stage1, rows, out_dir, with_prompt(cfg["stage2"], cfg), train_log, resume_dir=run / RESUME_DIR,
+                 candidates_dir=run / CANDIDATES_DIR)
 
 
 def load_checkpoint(model: dict, cfg: dict):
