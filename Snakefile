@@ -18,6 +18,7 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/finers.smk"
 include: "rules/seganswer.smk"
+include: "rules/drseg.smk"
 include: "rules/report.smk"
 
 
@@ -28,4 +29,6 @@ rule all:
         rules.models_all.input,
         rules.finers_all.input,
         rules.seganswer_all.input,
+        # Dr. Seg's own setting only when switched on (drseg.run; config/paper.yaml)
+        rules.drseg_all.input if config["drseg"]["run"] else [],
         report_tables(),

@@ -143,6 +143,7 @@ _UPSTREAM = ["data", "models"]
 # What the format warm-up reads (rules/finers.smk); every policy starts from it.
 WARMUP_KEYS = [
     "finers.warmup",
+    "finers.reward_profile",  # the GSE key the warm-up teaches
     "finers.lpr_crop",
     "finers.gse_size",
     "finers.region_size",
@@ -153,7 +154,7 @@ WARMUP_KEYS = [
 ]
 STAGE_KEYS = {
     "warmup": _UPSTREAM + WARMUP_KEYS,
-    "lpr": _UPSTREAM + WARMUP_KEYS + ["finers.lpr", "finers.reward_profile"],
+    "lpr": _UPSTREAM + WARMUP_KEYS + ["finers.lpr"],
 }
 # The untrained reference: the starting policy through the same inference.
 STAGE_KEYS["untrained"] = STAGE_KEYS["warmup"] + ["finers.inference"]

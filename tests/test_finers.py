@@ -177,7 +177,7 @@ def test_evaluate_stage(tmp_path):
     # gIoU = (0.5 + 0) / 2; cIoU = (50 + 0) / (100 + 100).
     assert m["segmentation"]["all"]["giou"] == pytest.approx(0.25)
     assert m["segmentation"]["all"]["ciou"] == pytest.approx(0.25)
-    assert m["qa"]["ovqa"]["all"] == {"n": 2, "correct": 1}
+    assert m["qa"]["ovqa"]["all"] == {"n": 2, "correct": 1, "smoothing": 0.0}
     assert m["status"] == {"ok": 1, "gse_unparsed": 1}
     assert m["seconds_per_image"] == {"GSE": 0.5, "LPR+SAM2": 1.5}
     assert "| Ours (reproduced) |" in (tmp_path / "t.md").read_text()
@@ -306,7 +306,7 @@ def test_experiment_table_puts_the_papers_rows_beside_ours(tmp_path):
     from reproseg.finers.experiments import experiment_table_stage
 
     metrics = {"samples": 4, "segmentation": {"all": {"giou": 0.25, "ciou": 0.5}},
-               "qa": {"mvqa": {"all": {"correct": 1, "n": 2}}, "ovqa": {"all": {"correct": 0, "n": 2}}}}
+               "qa": {"mvqa": {"all": {"correct": 1, "n": 2, "smoothing": 0.0}}, "ovqa": {"all": {"correct": 0, "n": 2, "smoothing": 0.0}}}}
     (tmp_path / "m.json").write_text(json.dumps(metrics))
     m = str(tmp_path / "m.json")
     experiment_table_stage({"main": {"test": m, "val": m}, "seed-80": {"test": m}, "mine": {"test": m},

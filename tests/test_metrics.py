@@ -354,7 +354,8 @@ def test_untrained_reference_columns_and_row(tmp_path):
     # Through the metrics JSON, as rule evaluate_finers_untrained writes it.
     metrics = json.loads(json.dumps({
         "segmentation": {k: vars(v) for k, v in seg_u.items()},
-        "qa": {t: {g: {"n": s.n, "correct": s.correct} for g, s in groups.items()} for t, groups in qa_u.items()},
+        "qa": {t: {g: {"n": s.n, "correct": s.correct, "smoothing": s.smoothing} for g, s in groups.items()}
+               for t, groups in qa_u.items()},
     }))
     table = write_tables(tmp_path / "t.parquet", tmp_path / "t.md", seg, qa, "test",
                          untrained=scores_from_metrics(metrics))

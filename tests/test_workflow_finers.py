@@ -130,7 +130,7 @@ def test_seganswer_eval_setting_reruns_only_its_evaluations(copy, tmp_path):
     assert planned(copy, config=cfg) == {"evaluate_seganswer": 4, "seganswer_table": 2, "markdown_html": 2,
                                          "all": 1}
     cfg.write_text("seganswer: {stage2: {max_steps: 3}}\n")
-    assert planned(copy, config=cfg) == {"seganswer_stage2_sft": 1, "seganswer_stage3_dapo": 1,
+    assert planned(copy, config=cfg) == {"seganswer_stage2_sft": 1, "seganswer_stage2_select": 1, "seganswer_stage3_dapo": 1,
                                          "seganswer_stage3_select": 1, "evaluate_seganswer": 2, "seganswer_table": 1, "markdown_html": 1,
                                          "all": 1}
 

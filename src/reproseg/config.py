@@ -93,6 +93,7 @@ def _cross_checks(config: dict) -> list[str]:
             if sel.split("/")[-1] == "test" or sel in evaluated:
                 out.append(f"config key 'seganswer.selection.{data_key}': {sel!r} is a test split or an evaluated "
                            "benchmark; a checkpoint is chosen on val data only")
+    out += _drseg_checks(config["drseg"])
     # A FineRS reward profile carries its prompt and its parser together: the GSE JSON key
     # its terms read (RewardProfile.gse_box_key: the paper's template {region, response},
     # the authors' code and prompt 'bbox') must be the one every GSE prompt asks for, or
@@ -113,8 +114,38 @@ def _cross_checks(config: dict) -> list[str]:
     return out
 
 
+def _drseg_checks(d: dict) -> list[str]:
+    """Dr. Seg's sources: each name refers to one of the right task, and the checkpoint is
+    chosen on a segmentation set that no evaluation reads."""
+    out, sources = [], d["sources"]
+
+    def need(key: str, name: str, tasks: tuple[str, ...]) -> None:
+        if name not in sources:
+            out.append(f"config key '{key}': no source named {name!r} in drseg.sources ({sorted(sources)})")
+        elif sources[name]["task"] not in tasks:
+            out.append(f"config key '{key}': source {name!r} is a {sources[name]['task']} set, not {' or '.join(tasks)}")
+
+    need("drseg.train_data", d["train_data"], ("train",))
+    need("drseg.selection.data", d["selection"]["data"], ("segmentation",))
+    evaluated = [b["data"] for b in d["eval"]["benchmarks"]]
+    for i, name in enumerate(evaluated):
+        need(f"drseg.eval.benchmarks[{i}].data", name, ("segmentation", "rec", "counting"))
+    if d["selection"]["data"] in evaluated:
+        out.append(f"config key 'drseg.selection.data': {d['selection']['data']!r} is an evaluated benchmark; "
+                   "a checkpoint is chosen on val data only")
+    labels = [b["label"] for b in d["eval"]["benchmarks"]]
+    if len(set(labels)) != len(labels):
+        out.append(f"config key 'drseg.eval.benchmarks': duplicate labels {labels}")
+    if d["selection"]["choose"] == "best" and not d["selection"]["metric"]:
+        out.append("config key 'drseg.selection.metric': required when choose is 'best'")
+    if d["rewards"]["raw_accuracy"] and not d["rewards"]["distribution_ranked"]:
+        out.append("config key 'drseg.rewards.raw_accuracy': the raw reward is the unranked form of the "
+                   "distribution-ranked one; it needs drseg.rewards.distribution_ranked")
+    return out
+
+
 # The GRPO engine settings of each RL stage (reproseg.grpo.engine.GRPOSettings).
-GRPO_SECTIONS = ("finers.lpr.grpo", "finers.gse.grpo", "seganswer.stage3.grpo")
+GRPO_SECTIONS = ("finers.lpr.grpo", "finers.gse.grpo", "seganswer.stage3.grpo", "drseg.grpo")
 
 
 def _rollout_checks(key: str, g: dict) -> list[str]:

@@ -120,22 +120,27 @@ def strip_fence(text: str) -> str:
     return s
 
 
-def first_flat_object(text: str) -> dict | None:
-    """The authors' FineRS JSON extraction: the first `{[^}]+}` anywhere in the
-    completion, decoded; None if that first match is not a JSON object.
-
-    A linear scan instead of the regex, which is quadratic on text with many '{' and no '}'.
-    """
+def first_brace_span(text: str) -> str | None:
+    """What `re.search(r'{[^}]+}', text)` matches (the authors' FineRS JSON extraction),
+    or None. A linear scan instead of the regex, which is quadratic on text with many '{'
+    and no '}'."""
     start = text.find("{")
     while start != -1:
         close = text.find("}", start + 1)
         if close == -1:
             return None
         if close > start + 1:  # '[^}]+' needs at least one character
-            obj = loads_json(text[start:close + 1])
-            return obj if isinstance(obj, dict) else None
+            return text[start:close + 1]
         start = text.find("{", start + 1)  # "{}" does not match; the next '{' may
     return None
+
+
+def first_flat_object(text: str) -> dict | None:
+    """The authors' FineRS training-time JSON extraction: the first `{[^}]+}` anywhere in
+    the completion, decoded with json.loads; None if that first match is not a JSON object."""
+    span = first_brace_span(text)
+    obj = loads_json(span) if span is not None else None
+    return obj if isinstance(obj, dict) else None
 
 
 @dataclass(frozen=True)

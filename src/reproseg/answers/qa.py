@@ -98,14 +98,22 @@ def is_correct(task_type: str, answer: str, response: str | None, profile: str =
     raise ValueError(f"task type {task_type!r} has no QA answer to score")
 
 
+# The authors' accuracy divides by n + 1e-10 (an empty attribute scores 0.0); the paper
+# profile divides exactly and leaves an empty group NaN (not a measured zero).
+QA_SMOOTHING = {"paper": 0.0, "reference_code": 1e-10}
+
+
 @dataclass(frozen=True)
 class QAScore:
     n: int
     correct: int
+    smoothing: float = 0.0
 
     @property
     def accuracy(self) -> float:
-        return self.correct / self.n if self.n else float("nan")
+        if self.n == 0 and self.smoothing == 0.0:
+            return float("nan")
+        return self.correct / (self.n + self.smoothing)
 
 
 def qa_metrics(records: pa.Table | Iterable[Mapping], profile: str = "paper") -> dict[str, dict[str, QAScore]]:
@@ -129,7 +137,8 @@ def qa_metrics(records: pa.Table | Iterable[Mapping], profile: str = "paper") ->
         for group in (attribute, "all"):
             tally[TASKS[task]][group][0] += 1
             tally[TASKS[task]][group][1] += hit
-    return {t: {g: QAScore(*nc) for g, nc in groups.items()} for t, groups in tally.items()}
+    eps = QA_SMOOTHING[profile]
+    return {t: {g: QAScore(*nc, eps) for g, nc in groups.items()} for t, groups in tally.items()}
 
 
 # ---- SegAnswer's answers (stage-3 accuracy reward and VQA accuracy) ----------------

@@ -61,7 +61,8 @@ def evaluate_stage(shards: list[str], predictions: str, metrics_json: str, table
         "split": split, "samples": len(rows), "status": status,
         "regions_clipped": sum(bool(r["region_clipped"]) for r in rows),
         "segmentation": {k: vars(v) for k, v in seg.items()},
-        "qa": {t: {g: {"n": s.n, "correct": s.correct} for g, s in groups.items()} for t, groups in qa.items()},
+        "qa": {t: {g: {"n": s.n, "correct": s.correct, "smoothing": s.smoothing} for g, s in groups.items()}
+               for t, groups in qa.items()},
         "seconds_per_image": timing,
     })
     log.info("%s: %d samples, gIoU %.4f cIoU %.4f, status %s", split, len(rows), seg["all"].giou,

@@ -3,9 +3,11 @@ the paper's own row beside ours where the experiment is one of the paper's."""
 from __future__ import annotations
 
 import json
+import math
 
 import pyarrow as pa
 
+from ..answers.qa import QAScore
 from ..io_atomic import write_parquet, write_text
 
 COLUMNS = ("gIoU", "cIoU", "MVQA", "OVQA")
@@ -40,12 +42,13 @@ def experiment_row(name: str, split: str, metrics: dict) -> dict:
     seg = metrics["segmentation"]["all"]
     qa = {t: metrics["qa"][t]["all"] for t in ("mvqa", "ovqa")}
 
-    def pct(n_correct, n):
-        return 100.0 * n_correct / n if n else None
+    def pct(task: str) -> float | None:
+        # the profile's division (QAScore): an empty group is None under paper, 0.0 under reference_code
+        accuracy = QAScore(**qa[task]).accuracy
+        return None if math.isnan(accuracy) else 100.0 * accuracy
 
     return {"experiment": name, "split": split, "samples": metrics["samples"],
-            "gIoU": 100.0 * seg["giou"], "cIoU": 100.0 * seg["ciou"],
-            "MVQA": pct(qa["mvqa"]["correct"], qa["mvqa"]["n"]), "OVQA": pct(qa["ovqa"]["correct"], qa["ovqa"]["n"]),
+            "gIoU": 100.0 * seg["giou"], "cIoU": 100.0 * seg["ciou"], "MVQA": pct("mvqa"), "OVQA": pct("ovqa"),
             **paper_row(name, split)}
 
 

@@ -7,7 +7,9 @@
 4. Frozen SAM2 segments the crop at original resolution from the box and both points
    (positive); the mask is pasted back into the full frame and stored as COCO RLE.
 A generation that does not parse leaves the prediction empty: it scores I = 0 and
-U = GT area in the metrics, and is counted.
+U = GT area in the metrics, and is counted. Under `finers.reward_profile: reference_code`
+steps 1-4 read, crop and segment as the authors' evaluation script does
+(reproseg.finers.eval_protocol lists the differences).
 """
 from __future__ import annotations
 
@@ -17,17 +19,17 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from ..answers.parsing import parse, to_box
 from ..data.images import load_image
 from ..io_atomic import write_parquet
 from ..models.loading import load_sam2_predictor
+from .eval_protocol import PaperProtocol, protocol
 from .generation import Policy
 from .prompts import target_answer
-from .regions import CropFrame, region_to_crop
-from .samples import gse_image, gse_prompt, lpr_sample
+from .samples import gse_prompt, lpr_sample
 
 log = logging.getLogger(__name__)
 
@@ -48,70 +50,64 @@ def _rle_string(mask: np.ndarray) -> str:
 
 
 def segment_crop(predictor, crop_rgb: np.ndarray, box, points) -> np.ndarray:
-    """SAM2 mask of the crop from a box and positive points (crop pixel coordinates)."""
-    predictor.set_image(crop_rgb)
-    kwargs = {"box": np.asarray(box, np.float32), "multimask_output": False}
-    if points:
-        kwargs["point_coords"] = np.asarray(points, np.float32)
-        kwargs["point_labels"] = np.ones(len(points), np.int32)
-    masks, _, _ = predictor.predict(**kwargs)
-    return masks[0] > 0
+    """SAM2 mask of the crop from a box and positive points (crop pixel coordinates), as
+    the paper profile segments."""
+    return PaperProtocol().segment(predictor, crop_rgb, box, points)
+
+
+def _crop_view(image: Image.Image, crop, side: int, resample) -> Image.Image:
+    x0, y0, x1, y1 = (int(round(v)) for v in crop)
+    return image.crop((x0, y0, x1, y1)).resize((side, side), resample)
 
 
 def infer_rows(rows: list[dict], images_root: str, cfg: dict, gse, lpr, predictor, look: dict) -> list[dict]:
     """gse/lpr: `generate(images, prompts) -> completions`; predictor: a SAM2ImagePredictor;
     look: {"gse": bool, "lpr": bool}, whether each policy was trained with Dr. Seg's
-    Look-to-Confirm prompt (and so is asked with it)."""
+    Look-to-Confirm prompt (and so is asked with it). Answers are read, cropped and
+    segmented as the reward profile's protocol does (reproseg.finers.eval_protocol)."""
     side = cfg["lpr_crop"]
     batch = cfg["inference"]["batch_size"]
     tokens = cfg["inference"]["max_new_tokens"]
+    proto = protocol(cfg["reward_profile"])
     out = []
     for start in tqdm(range(0, len(rows), batch), desc="FineRS inference", unit="batch", mininterval=10):
         chunk = rows[start:start + batch]
         images = [load_image(images_root, r["image_path"]) for r in chunk]
         t0 = time.perf_counter()
-        gse_out = gse([gse_image(im, cfg) for im in images], [gse_prompt(r, cfg, look["gse"]) for r in chunk], tokens)
+        views = [im.resize(tuple(cfg["gse_size"]), proto.resample) for im in images]
+        gse_out = gse(views, [gse_prompt(r, cfg, look["gse"]) for r in chunk], tokens)
         gse_s = (time.perf_counter() - t0) / len(chunk)
         staged = []
         for r, im, text in zip(chunk, images, gse_out):
-            parsed = parse(text)
-            region = parsed.answer.get("region", parsed.answer.get("bbox")) if isinstance(parsed.answer, dict) else None
-            region = to_box(region)
-            region = list(region) if region is not None else None
+            g = proto.gse(text, r["width"], r["height"], cfg)
             rec = {"id": r["id"], "task_type": r["task_type"], "attribute": r["attribute"],
                    "size_bucket": r["size_bucket"], "answer": target_answer(r), "gt_rle": r["rle_counts"],
-                   "height": r["height"], "width": r["width"], "gse_completion": text, "region_gse": region,
-                   "pred_response": parsed.response, "crop": None, "region_clipped": False,
+                   "height": r["height"], "width": r["width"], "gse_completion": text, "region_gse": g.region_gse,
+                   "pred_response": g.response, "crop": g.crop, "region_clipped": g.clipped,
                    "lpr_completion": None, "pred_box": None, "pred_points": None, "pred_rle": None,
-                   "status": "ok", "gse_seconds": gse_s, "lpr_sam_seconds": None}
-            if region is None:
-                rec["status"] = "gse_unparsed"
-            else:
-                crop, clipped = region_to_crop(region, r["width"], r["height"], cfg["gse_size"], side)
-                rec["crop"], rec["region_clipped"] = crop, clipped
-                staged.append((rec, r, im, crop))
+                   "status": "ok" if g.crop is not None else "gse_unparsed", "gse_seconds": gse_s,
+                   "lpr_sam_seconds": None}
+            if g.crop is not None:
+                staged.append((rec, r, im, g.crop))
             out.append(rec)
         if not staged:
             continue
         t0 = time.perf_counter()
-        samples = [lpr_sample(r, im, crop, cfg, look["lpr"]) for rec, r, im, crop in staged]
-        lpr_out = lpr([s["image"] for s in samples], [s["prompt"] for s in samples], tokens)
+        prompts = [lpr_sample(r, im, crop, cfg, look["lpr"])["prompt"] for rec, r, im, crop in staged]
+        lpr_out = lpr([_crop_view(im, crop, side, proto.resample) for rec, r, im, crop in staged], prompts, tokens)
         for (rec, r, im, crop), text in zip(staged, lpr_out):
             rec["lpr_completion"] = text
-            p = parse(text)
-            if p.bbox is None:
+            reading = proto.lpr(text, crop, side)
+            if reading is None:
                 rec["status"] = "lpr_unparsed"
                 continue
-            frame = CropFrame(tuple(crop), side)
-            box = frame.to_original(list(p.bbox))
-            pts = [frame.point_to_original(list(q)) for q in (p.points_1, p.points_2) if q is not None]
-            rec["pred_box"], rec["pred_points"] = box, pts
+            rec["pred_box"], rec["pred_points"] = reading.box, reading.points
             x0, y0, x1, y1 = (int(round(v)) for v in crop)
             crop_rgb = np.asarray(im)[y0:y1, x0:x1]
-            local_box = [box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0]
-            local_pts = [[q[0] - x0, q[1] - y0] for q in pts]
+            local_box = [reading.box[0] - x0, reading.box[1] - y0, reading.box[2] - x0, reading.box[3] - y0]
+            local_pts = [[q[0] - x0, q[1] - y0] for q in reading.points]
             full = np.zeros((r["height"], r["width"]), bool)
-            full[y0:y1, x0:x1] = segment_crop(predictor, crop_rgb, local_box, local_pts)
+            full[y0:y1, x0:x1] = proto.segment(predictor, crop_rgb, local_box, local_pts)
             rec["pred_rle"] = _rle_string(full)
         lpr_s = (time.perf_counter() - t0) / len(staged)
         for rec, *_ in staged:

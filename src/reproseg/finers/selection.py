@@ -14,18 +14,18 @@ share of the GT box inside the answer's region. An answer without a box scores 0
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..answers.geometry import box_iou
-from ..answers.parsing import parse, to_box
+from ..answers.parsing import parse
 from ..data.images import as_image
 from ..selection import select_stage as run_selection
 from .generation import Policy
 from .regions import crop_covering, to_gse
-from .reward_terms import FinersTarget, RewardProfile, total_reward
+from .reward_terms import FinersTarget, RewardProfile, box_iou, pred_box, total_reward
 from .rewards import stage_profile
 from .samples import gse_training_rows, look_enabled, lpr_training_rows
 
@@ -43,17 +43,25 @@ def val_metrics(stage: str, terms: dict) -> tuple[str, ...]:
 
 
 def localisation(stage: str, text: str, gt_box, profile: RewardProfile) -> float:
-    """LPR: IoU of the answer's box with the GT box; GSE: share of the GT box inside the region."""
-    answer = parse(text).answer
-    pred = to_box(answer.get("bbox" if stage == "lpr" else profile.gse_box_key)) if isinstance(answer, dict) else None
+    """LPR: IoU of the answer's box with the GT box; GSE: share of the GT box inside the
+    region. The box is read as the profile's reward terms read it (reward_terms.pred_box:
+    fences and loose values per profile) and the LPR IoU is the profile's (inclusive
+    pixels under reference_code); a score that is not finite (NaN or infinite values read
+    loosely) is 0."""
+    pred = pred_box(parse(text), profile, "bbox" if stage == "lpr" else profile.gse_box_key)
     if pred is None or gt_box is None:
         return 0.0
-    if stage == "lpr":
-        return box_iou(pred, gt_box)
-    ix = max(0.0, min(pred[2], gt_box[2]) - max(pred[0], gt_box[0]))
-    iy = max(0.0, min(pred[3], gt_box[3]) - max(pred[1], gt_box[1]))
-    area = (gt_box[2] - gt_box[0]) * (gt_box[3] - gt_box[1])
-    return ix * iy / area if area > 0 else 0.0
+    try:
+        if stage == "lpr":
+            score = float(box_iou(pred, gt_box, profile))
+        else:
+            ix = max(0.0, min(pred[2], gt_box[2]) - max(pred[0], gt_box[0]))
+            iy = max(0.0, min(pred[3], gt_box[3]) - max(pred[1], gt_box[1]))
+            area = (gt_box[2] - gt_box[0]) * (gt_box[3] - gt_box[1])
+            score = float(ix * iy / area) if area > 0 else 0.0
+    except (ArithmeticError, TypeError, ValueError):   # loose values: huge ints, non-numbers
+        return 0.0
+    return score if math.isfinite(score) else 0.0
 
 
 def val_samples(stage: str, rows: list[dict], images_root: str, cfg: dict) -> list[dict]:

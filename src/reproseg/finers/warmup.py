@@ -30,6 +30,7 @@ from ..models.sft import train_sft
 from ..models.tiny_bundle import SAM2_CONFIG_FILE
 from ..runs import run_dir_of
 from .regions import crop_covering, to_gse
+from .rewards import stage_profile
 from .samples import gse_image, gse_prompt, gt_points, lpr_sample, row_rng
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,10 @@ def lpr_target(sample: dict, look: bool = False) -> str:
                         "response": sample["answer"]}, look)
 
 
-def gse_target(region: list[float], answer: str) -> str:
-    return answer_text({"region": _ints(region), "response": answer})
+def gse_target(region: list[float], answer: str, key: str = "region") -> str:
+    """key: the JSON key of the region, the one the reward profile's GSE terms read
+    (RewardProfile.gse_box_key: the paper's `region`, the authors' `bbox`)."""
+    return answer_text({key: _ints(region), "response": answer})
 
 
 def warmup_examples(rows: list[dict], images_root: str, cfg: dict, seed: int) -> list[dict]:
@@ -69,6 +72,7 @@ def warmup_examples(rows: list[dict], images_root: str, cfg: dict, seed: int) ->
     LOOK_EVERY-th record adds the LPR example under the Look-to-Confirm prompt."""
     out = []
     side = cfg["lpr_crop"]
+    gse_key = stage_profile("gse", cfg).gse_box_key
     for i, row in enumerate(rows):
         image = load_image(images_root, row["image_path"])
         crop = crop_covering(row["box"], row["width"], row["height"], side, row_rng(seed, row["id"]))
@@ -81,7 +85,7 @@ def warmup_examples(rows: list[dict], images_root: str, cfg: dict, seed: int) ->
         region = to_gse(crop_covering(row["box"], row["width"], row["height"], side, None),
                         row["width"], row["height"], cfg["gse_size"])
         out.append({"image": gse_image(image, cfg), "prompt": gse_prompt(row, cfg),
-                    "target": gse_target(region, s["answer"])})
+                    "target": gse_target(region, s["answer"], gse_key)})
     return out
 
 

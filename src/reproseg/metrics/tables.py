@@ -57,7 +57,8 @@ def _ours(metric: str, group: str, seg, qa) -> tuple[float | None, int | None]:
 def scores_from_metrics(metrics: Mapping) -> tuple[dict[str, SegScore], dict[str, dict[str, QAScore]]]:
     """(seg, qa) back from the metrics JSON that rule evaluate_finers writes."""
     seg = {k: SegScore(**v) for k, v in metrics["segmentation"].items()}
-    qa = {t: {g: QAScore(n=v["n"], correct=v["correct"]) for g, v in groups.items()}
+    qa = {t: {g: QAScore(n=v["n"], correct=v["correct"], smoothing=v["smoothing"])
+              for g, v in groups.items()}
           for t, groups in metrics["qa"].items()}
     return seg, qa
 

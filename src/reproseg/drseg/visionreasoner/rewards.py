@@ -23,6 +23,8 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
+import numpy as np
+
 from reproseg.answers.parsing import Parsed, parse
 from reproseg.drseg import rewards as drr
 from reproseg.drseg.rewards import DistributionRankedReward, DrSegProfile, distributed_gather
@@ -93,28 +95,43 @@ class TermReward:
 
 class RankedAccuracy(DistributionRankedReward):
     """Dr. Seg's distribution-ranked accuracy on TRL completions (text or chat messages),
-    its queue `capacity` rows long; ranks are shared across ranks by `distributed_gather`."""
+    its queue `capacity` rows long; ranks are shared across ranks by `distributed_gather`.
+    With `raw=True` the reward is the mean of the raw accuracy vector x instead of its
+    ranks (Dr. Seg Table 5, "Raw Reward": the same formulation, unnormalised); the queue
+    is still kept, so the two settings differ only in that."""
 
-    def __init__(self, profile_name: str, capacity: int, gt_column: str = GT_COLUMN):
+    def __init__(self, profile_name: str, capacity: int, gt_column: str = GT_COLUMN, raw: bool = False):
         base = DrSegProfile.by_name(profile_name)
         profile = dataclasses.replace(base, capacity=capacity, init_rows=min(base.init_rows, capacity))
         super().__init__(profile, gt_column=gt_column, gather_fn=distributed_gather)
+        self.raw = raw
 
     def __call__(self, completions, **columns) -> list[float]:
-        return super().__call__([completion_text(c) for c in completions], **columns)
+        texts = [completion_text(c) for c in completions]
+        if not self.raw:
+            return super().__call__(texts, **columns)
+        vecs = [drr.accuracy_vector(t, g, self.profile) for t, g in zip(texts, columns[self.gt_column], strict=True)]
+        for v in vecs:
+            self.queue.push(v)
+        # NaN components (reference_code keeps the code's NaN coordinates) count as 0
+        return [float(np.nan_to_num(np.asarray(v, dtype=float), nan=0.0).mean()) for v in vecs]
 
 
 def reward_functions(*, profile: str, look_to_confirm: bool, distribution_ranked: bool,
-                     queue_size: int = 2048, prefix: str = "vr") -> dict[str, Callable]:
+                     queue_size: int = 2048, raw_accuracy: bool = False, prefix: str = "vr") -> dict[str, Callable]:
     """{f"{prefix}/{term}": reward function} of one training setting (Dr. Seg Table 4):
     the VisionReasoner baseline is (False, False) under profile `visionreasoner`; Dr. Seg
     is (True, True). Look-to-Confirm adds the <look> term; the ranked accuracy replaces the
-    binary one."""
+    binary one; `raw_accuracy` (with distribution_ranked) takes the mean of x unranked."""
     out: dict[str, Callable] = {f"{prefix}/{name}": TermReward(fn, profile) for name, fn in FORMAT_TERMS.items()}
     if look_to_confirm:
         out[f"{prefix}/look"] = TermReward(look, profile)
     if distribution_ranked:
-        out[f"{prefix}/ranked_accuracy"] = RankedAccuracy(profile, queue_size)
+        name = "raw_accuracy" if raw_accuracy else "ranked_accuracy"
+        out[f"{prefix}/{name}"] = RankedAccuracy(profile, queue_size, raw=raw_accuracy)
+    elif raw_accuracy:
+        raise ValueError("raw_accuracy is the unranked form of the distribution-ranked reward: "
+                         "it needs distribution_ranked")
     else:
         out[f"{prefix}/accuracy"] = TermReward(accuracy, profile)
     return out

@@ -1,0 +1,74 @@
+# Dr. Seg's own setting: config, variant keys, paths and input functions of rules/drseg.smk
+# (kept apart from the rules, as rules/common.smk is for the other branches).
+
+DRSEG = R("drseg")
+DRSEG_CFG = config["drseg"]
+DRSEG_SOURCES = DRSEG_CFG["sources"]
+DRSEG_BENCHES = [b["data"] for b in DRSEG_CFG["eval"]["benchmarks"]]
+# Only the sources a stage reads are imported (a --configfile cannot remove the
+# default's entries from the merged `sources` map).
+DRSEG_USED = sorted({DRSEG_CFG["train_data"], DRSEG_CFG["selection"]["data"], *DRSEG_BENCHES})
+DRSEG_TABLES = ["table2", "table3", "table4", "table5", "table6"]
+
+# The drseg_* stages' variant keys (the mechanism of rules/common.smk, for this branch's
+# stages): experiments that change only FineRS or SegAnswer keys share every Dr. Seg job.
+_DRSEG_START = ["models", "drseg.policy_size", "drseg.train_data"]
+STAGE_KEYS["drseg_train"] = _DRSEG_START + ["drseg.rewards", "drseg.grpo"]
+STAGE_KEYS["drseg_select"] = STAGE_KEYS["drseg_train"] + [
+    "drseg.selection",
+    "drseg.eval.device",
+    "drseg.eval.giou_empty",
+]
+STAGE_KEYS["drseg_infer"] = STAGE_KEYS["drseg_select"] + ["drseg.eval"]
+# The starting policy, asked with the prompt of the variant's reward setting.
+STAGE_KEYS["drseg_untrained"] = _DRSEG_START + ["drseg.rewards.look_to_confirm", "drseg.eval"]
+_by_exp, _by_key = _variant_keys()
+for _stage in ("drseg_train", "drseg_select", "drseg_infer", "drseg_untrained"):
+    VARIANT[_stage], VARIANT_CFG[_stage] = _by_exp[_stage], _by_key[_stage]
+
+# One table row per distinct Dr. Seg variant (experiments that share it share the row).
+DRSEG_RUNS = sorted({VARIANT["drseg_infer"][exp] for exp in EXPERIMENTS}, key=lambda k: (k != "main", k))
+
+
+def drseg_metrics(key, kind="trained"):
+    """{label: metrics JSON} of every evaluated benchmark of one variant."""
+    folder = "metrics" if kind == "trained" else "untrained/metrics"
+    return {b["label"]: f"{DRSEG}/{folder}/{key}/{b['data']}.json" for b in DRSEG_CFG["eval"]["benchmarks"]}
+
+
+def drseg_table_runs():
+    """The table job's runs: the untrained policy (when evaluated), then every variant."""
+    runs = []
+    if DRSEG_CFG["eval"]["untrained"]:
+        key = VARIANT["drseg_untrained"]["main"]
+        runs.append(
+            {
+                "name": "untrained",
+                "trained": False,
+                "rewards": config["drseg"]["rewards"],
+                "metrics": drseg_metrics(key, "untrained"),
+            }
+        )
+    for key in DRSEG_RUNS:
+        cfg = VARIANT_CFG["drseg_infer"][key]["drseg"]
+        runs.append({"name": key, "trained": True, "rewards": cfg["rewards"], "metrics": drseg_metrics(key)})
+    return runs
+
+
+def get_drseg_source_file(wildcards):
+    """What an import reads: the source's own file or folder, or the synthetic fixture."""
+    path = DRSEG_SOURCES[wildcards.drseg_source]["path"]
+    return {"data": path if path else f"{DRSEG}/synthetic/{wildcards.drseg_source}.parquet"}
+
+
+def get_drseg_train_record(wildcards):
+    return prov(f"{DRSEG}/train/{VARIANT['drseg_train'][wildcards.drseg_select]}/train_log.parquet")
+
+
+def get_drseg_selection_record(wildcards):
+    return prov(f"{DRSEG}/select/{VARIANT['drseg_select'][wildcards.drseg_infer]}/selection.json")
+
+
+def drseg_import(source):
+    """The imported table of a source and its record (its images folder sits beside it)."""
+    return f"{DRSEG}/data/{source}/table.parquet"

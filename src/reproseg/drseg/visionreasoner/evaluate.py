@@ -1,0 +1,120 @@
+"""Scores of one policy's answers on one evaluation set (rules drseg_evaluate and
+drseg_evaluate_untrained), and the val score of a candidate (rule drseg_select).
+
+By the set's task (reproseg.drseg.visionreasoner.metrics): segmentation: SAM2 prompted
+per predicted object with its point and box, the masks OR-ed, gIoU / cIoU (a parse
+failure: I = 0, U = |GT|); a segmentation row with a GT box also scores REC. rec: box
+accuracy at IoU 0.5. counting: the number of predicted objects against the count.
+Every number is in [0, 1] here; the tables print percent.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from reproseg.data.images import load_image
+from reproseg.data.masks import rle_decode
+from reproseg.io_atomic import write_json, write_parquet
+from reproseg.models.loading import load_sam2_predictor
+from reproseg.selection import select_stage as run_selection
+
+from . import metrics as M
+from .inference import Generator, device_of, limited, objects_of, predict_rows, template_of
+
+log = logging.getLogger(__name__)
+
+# The val metrics a checkpoint selection may name (drseg.selection.metric).
+VAL_METRICS = ("giou", "ciou")
+
+SAMPLE_SCHEMA = pa.schema([("id", pa.string()), ("parsed", pa.bool_()), ("intersection", pa.int64()),
+                           ("union", pa.int64()), ("rec_hit", pa.bool_()), ("count", pa.int64()),
+                           ("gt_count", pa.int64())])
+
+
+def gt_mask(row: dict) -> np.ndarray:
+    return rle_decode({"size": [row["height"], row["width"]], "counts": row["rle_counts"]})
+
+
+def score_rows(rows: list[dict], predictions: list[dict], images_root: str, predictor, empty: float = 0.0):
+    """(metrics, per-sample rows) of predictions aligned with benchmark rows by id."""
+    by_id = {p["id"]: p for p in predictions}
+    missing = [r["id"] for r in rows if r["id"] not in by_id]
+    if missing:
+        raise ValueError(f"no prediction for {len(missing)} row(s), e.g. {missing[:3]}")
+    samples, pairs, hits, counts, gts = [], [], [], [], []
+    for r in tqdm(rows, desc="score", unit="sample", mininterval=10):
+        p = by_id[r["id"]]
+        objs = objects_of(p)
+        s = {"id": r["id"], "parsed": p["parsed"], "intersection": None, "union": None, "rec_hit": None,
+             "count": None, "gt_count": None}
+        if r["task"] == "segmentation":
+            image = np.asarray(load_image(images_root, r["image_path"]))
+            s["intersection"], s["union"] = M.segment_sample(predictor, image, objs, gt_mask(r))
+            pairs.append((s["intersection"], s["union"]))
+        if r["task"] == "rec" or (r["task"] == "segmentation" and r["box"] is not None):
+            s["rec_hit"] = M.rec_hit(objs, r["box"])
+            hits.append(s["rec_hit"])
+        if r["task"] == "counting":
+            s["count"], s["gt_count"] = M.predicted_count(objs), r["count"]
+            counts.append(s["count"])
+            gts.append(r["count"])
+        samples.append(s)
+    out = {"n": len(rows), "parsed": float(np.mean([s["parsed"] for s in samples])) if samples else float("nan")}
+    if pairs:
+        seg = M.segmentation_scores(pairs, empty)
+        out.update(giou=seg["gIoU"], ciou=seg["cIoU"])
+    if hits:
+        out["rec_accuracy"] = M.rec_accuracy(hits)
+    if counts:
+        c = M.counting_scores(counts, gts)
+        out.update(count_accuracy=c["accuracy"], count_mae=c["mae"], count_rmse=c["rmse"])
+    return out, samples
+
+
+def _predictor(task_rows: list[dict], sam2: str, sam2_config: str | None, device: str):
+    """SAM2 only when some row is scored by a mask."""
+    if not any(r["task"] == "segmentation" for r in task_rows):
+        return None
+    return load_sam2_predictor(sam2, sam2_config, device=device_of(device))
+
+
+def evaluate_stage(benchmark: str, images_root: str, predictions: str, sam2: str, sam2_config: str | None,
+                   metrics_json: str, samples_out: str, cfg: dict, name: str) -> dict:
+    """cfg: drseg.eval. Returns the metrics (also in the job's provenance record)."""
+    rows = limited(pq.read_table(benchmark).to_pylist(), cfg["limit"])
+    preds = pq.read_table(predictions).to_pylist()
+    scores, samples = score_rows(rows, preds, images_root, _predictor(rows, sam2, sam2_config, cfg["device"]),
+                                 cfg["giou_empty"])
+    result = {"benchmark": name, "task": rows[0]["task"] if rows else None, **scores}
+    write_parquet(samples_out, pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA))
+    write_json(metrics_json, result)
+    log.info("%s: %s", name, result)
+    return {"metrics": result}
+
+
+def select_stage(val_table: str, images_root: str, candidates: str, out_dir: str, selection_json: str,
+                 sam2: str, sam2_config: str | None, selection: dict, rewards: dict, policy_size: int,
+                 eval_cfg: dict) -> dict:
+    """Rule drseg_select: every candidate answers the val set greedily and is scored by gIoU /
+    cIoU with SAM2 (the evaluation's protocol); the chosen one is linked to `out_dir`."""
+    choice = {k: selection[k] for k in ("choose", "metric", "mode")}
+
+    def make_score():
+        rows = limited(pq.read_table(val_table).to_pylist(), selection["limit"])
+        if not rows or any(r["task"] != "segmentation" for r in rows):
+            raise ValueError(f"{val_table}: the selection needs a non-empty segmentation set")
+        predictor = _predictor(rows, sam2, sam2_config, eval_cfg["device"])
+
+        def score(path):
+            preds = predict_rows(Generator(str(path), eval_cfg["device"]), rows, images_root, template_of(rewards),
+                                 policy_size, selection["batch_size"], selection["max_new_tokens"], 0.0, 0)
+            s, _ = score_rows(rows, preds, images_root, predictor, eval_cfg["giou_empty"])
+            log.info("%s: gIoU %.4f cIoU %.4f parsed %.2f", path.name, s["giou"], s["ciou"], s["parsed"])
+            return {"giou": s["giou"], "ciou": s["ciou"]}
+        return score
+
+    return run_selection(choice, VAL_METRICS, "drseg.selection", candidates, out_dir, selection_json, make_score)

@@ -1,0 +1,108 @@
+"""Answers of a policy on an evaluation set (rules drseg_infer, drseg_infer_untrained, and
+the selection's val scoring): the image resized to the policy frame, the evaluation
+prompt (the query lower-cased, '."?!' stripped), one completion per row, its objects
+mapped back to the original pixels. Greedy by default (VisionReasoner's evaluation);
+`temperature` > 0 samples, as Dr. Seg's evaluation script does at 1.0, from a fixed seed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from reproseg.data.images import load_image
+from reproseg.io_atomic import write_parquet
+from reproseg.models.loading import load_policy
+
+from .task import (EVAL_STRIP, TEMPLATES, answer_objects, messages, policy_image, read_objects, render_prompt,
+                   to_original)
+
+log = logging.getLogger(__name__)
+
+PREDICTION_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("completion", pa.string()),
+    ("parsed", pa.bool_()),          # False: a parse failure (I = 0, U = |GT|; count 0; no box)
+    ("objects", pa.string()),        # JSON [{bbox_2d, point_2d}] in original pixels; null on failure
+    ("n_objects", pa.int64()),
+])
+
+
+def device_of(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+class Generator:
+    """A Qwen2.5-VL policy answering (image, user turn) pairs in batches."""
+
+    def __init__(self, policy_dir: str, device: str = "auto"):
+        self.device = device_of(device)
+        self.model, self.processor = load_policy(policy_dir, dtype="bfloat16" if self.device == "cuda" else "float32",
+                                                 device=self.device)
+        self.model.eval()
+
+    def generate(self, images, prompts: list[list[dict]], max_new_tokens: int, temperature: float = 0.0,
+                 seed: int = 0) -> list[str]:
+        texts = []
+        for msgs in prompts:
+            turn = [{"role": m["role"], "content": [{"type": "image"}, {"type": "text", "text": m["content"]}]}
+                    for m in msgs]
+            texts.append(self.processor.apply_chat_template(turn, tokenize=False, add_generation_prompt=True))
+        inputs = self.processor(text=texts, images=list(images), padding=True, return_tensors="pt").to(self.device)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0 else {
+            "do_sample": False}
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+        return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def template_of(rewards: dict) -> str:
+    """The prompt a variant trains and is evaluated with: Look-to-Confirm's when it asks for
+    <look> blocks, VisionReasoner's otherwise."""
+    return "look_to_confirm" if rewards["look_to_confirm"] else "visionreasoner"
+
+
+def predict_rows(generator: Generator, rows: list[dict], images_root: str, template: str, size: int,
+                 batch_size: int, max_new_tokens: int, temperature: float, seed: int) -> list[dict]:
+    """One prediction (PREDICTION_SCHEMA) per benchmark row (BENCH_SCHEMA)."""
+    out = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="answers", unit="batch", mininterval=10):
+        chunk = rows[start:start + batch_size]
+        images = [policy_image(load_image(images_root, r["image_path"]), size) for r in chunk]
+        prompts = [messages(render_prompt(r["text"], TEMPLATES[template], EVAL_STRIP)) for r in chunk]
+        texts = generator.generate(images, prompts, max_new_tokens, temperature, seed + start)
+        for r, text in zip(chunk, texts, strict=True):
+            objs = answer_objects(text)
+            objs = None if objs is None else to_original(objs, r["width"], r["height"], size)
+            out.append({"id": r["id"], "completion": text, "parsed": objs is not None,
+                        "objects": None if objs is None else objs.as_json(),
+                        "n_objects": None if objs is None else len(objs)})
+    return out
+
+
+def limited(rows: list[dict], limit: int | None) -> list[dict]:
+    return rows if limit is None else rows[:limit]
+
+
+def infer_stage(benchmark: str, images_root: str, policy: str, predictions: str, cfg: dict, rewards: dict,
+                policy_size: int) -> None:
+    """Rule drseg_infer(_untrained): cfg is drseg.eval; rewards the variant's drseg.rewards."""
+    rows = limited(pq.read_table(benchmark).to_pylist(), cfg["limit"])
+    t0 = time.perf_counter()
+    generator = Generator(policy, cfg["device"])
+    preds = predict_rows(generator, rows, images_root, template_of(rewards), policy_size, cfg["batch_size"],
+                         cfg["max_new_tokens"], cfg["temperature"], cfg["seed"])
+    write_parquet(predictions, pa.Table.from_pylist(preds, schema=PREDICTION_SCHEMA))
+    log.info("%s: %d answers, %d parsed, %.1f s", benchmark, len(preds), sum(p["parsed"] for p in preds),
+             time.perf_counter() - t0)
+
+
+def objects_of(prediction: dict):
+    """The Objects of a prediction row, or None for a parse failure."""
+    return None if not prediction["parsed"] else read_objects(json.loads(prediction["objects"]))

@@ -1,0 +1,207 @@
+"""The pieces behind Dr. Seg's DAG stages, on hand-computed values: the synthetic fixture,
+the raw reward, scoring with a fake SAM2, the tables, and the config's cross checks."""
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reproseg import config as cfglib
+from reproseg.drseg.visionreasoner import evaluate, synthetic, tables
+from reproseg.drseg.visionreasoner.inference import template_of
+from reproseg.drseg.visionreasoner.rewards import RankedAccuracy, reward_functions
+from reproseg.drseg.visionreasoner.task import read_objects
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = cfglib.resolve(cfglib.load_yaml(ROOT / "config" / "config.yaml"))
+SCHEMA = cfglib.load_yaml(ROOT / "config" / "schema.yaml")
+
+
+# ---------------------------------------------------------------- synthetic fixture
+
+def test_training_rows_are_in_the_policy_frame():
+    rows = synthetic.records("train", 4, 3, "t", (96, 72), 3, 56)
+    again = synthetic.records("train", 4, 3, "t", (96, 72), 3, 56)
+    assert [r["solution"] for r in rows] == [r["solution"] for r in again]      # deterministic
+    assert rows[0]["solution"] != synthetic.records("train", 1, 3, "other", (96, 72), 3, 56)[0]["solution"]
+    for r in rows:
+        assert (r["img_width"], r["img_height"]) == (96, 72)
+        assert Image.open(io.BytesIO(r["image"]["bytes"])).size == (56, 56)
+        objs = read_objects(json.loads(r["solution"]))
+        assert 1 <= len(objs) <= 3
+        for (x1, y1, x2, y2), (px, py) in zip(objs.boxes, objs.points):
+            assert 0 <= x1 < x2 <= 56 and 0 <= y1 < y2 <= 56 and x1 <= px <= x2 and y1 <= py <= y2
+
+
+def test_segmentation_mask_is_the_union_of_the_targets_pixels():
+    rng = np.random.default_rng(0)
+    image, colour, targets = synthetic.scene(rng, 96, 72, 3)
+    pixels = np.asarray(image)
+    union = np.logical_or.reduce([m for _, _, m in targets])
+    # Every target pixel has the query's colour; each target's mask lies inside its box.
+    assert (pixels[union] == synthetic.COLOURS[colour]).all()
+    for (x1, y1, x2, y2), _, m in targets:
+        ys, xs = np.nonzero(m)
+        assert xs.min() >= x1 and xs.max() <= x2 - 1 and ys.min() >= y1 and ys.max() <= y2 - 1
+    row = synthetic.records("segmentation", 1, 0, "s", (96, 72), 3, 56)[0]
+    assert np.asarray(row["mask"]).shape == (72, 96)
+    rec = synthetic.records("rec", 5, 0, "r", (96, 72), 3, 56)
+    assert all(r["text"].endswith("shape.") for r in rec)   # a single target
+    count = synthetic.records("counting", 5, 0, "c", (96, 72), 3, 56)
+    assert all(1 <= r["count"] <= 3 for r in count)
+
+
+# ---------------------------------------------------------------- rewards of the variants
+
+GT = json.dumps([{"bbox_2d": [0, 0, 10, 10], "point_2d": [5, 5]}, {"bbox_2d": [20, 20, 30, 30], "point_2d": [25, 25]}])
+# One object, matched to the first GT box: box IoU 50 / 100 = 0.5, point (5, 2) 3 px from
+# (5, 5) -> point score 1, count ratio 1 / 2; x = (0.5, 0.5, 1.0).
+ANSWER = '<think>x</think><answer>[{"bbox_2d": [0, 0, 10, 5], "point_2d": [5, 2]}]</answer>'
+
+
+def test_raw_reward_is_the_mean_of_x_and_keeps_the_queue():
+    raw = RankedAccuracy("paper", 2048, raw=True)
+    assert raw([ANSWER], gt_objects=[GT]) == [pytest.approx((0.5 + 0.5 + 1.0) / 3)]
+    assert raw.queue.buffered == 1
+    ranked = RankedAccuracy("paper", 2048)
+    assert ranked([ANSWER], gt_objects=[GT]) == [1.0]     # first step: ranks against the zero rows
+
+
+def test_reward_sets_of_the_tables_rows():
+    assert sorted(reward_functions(profile="visionreasoner", look_to_confirm=False, distribution_ranked=False)) == [
+        "vr/accuracy", "vr/answer_format", "vr/non_repeat", "vr/think"]
+    raw = reward_functions(profile="paper", look_to_confirm=True, distribution_ranked=True, raw_accuracy=True)
+    assert "vr/raw_accuracy" in raw and "vr/look" in raw and "vr/ranked_accuracy" not in raw
+    with pytest.raises(ValueError, match="needs distribution_ranked"):
+        reward_functions(profile="paper", look_to_confirm=True, distribution_ranked=False, raw_accuracy=True)
+    assert template_of({"look_to_confirm": True}) == "look_to_confirm"
+    assert template_of({"look_to_confirm": False}) == "visionreasoner"
+
+
+# ---------------------------------------------------------------- scoring with a fake SAM2
+
+class BoxSAM:
+    """Predicts each prompt's box as its mask (score 1) and a full image (score 0)."""
+
+    def set_image(self, image):
+        self.shape = np.asarray(image).shape[:2]
+
+    def predict(self, point_coords=None, point_labels=None, box=None, **_):
+        good = np.zeros(self.shape, bool)
+        x1, y1, x2, y2 = (int(v) for v in box)
+        good[y1:y2, x1:x2] = True
+        return np.stack([np.ones(self.shape, bool), good]), np.array([0.0, 1.0]), None
+
+
+def test_score_rows_hand_computed(tmp_path):
+    from reproseg.data.masks import mask_to_rle
+
+    Image.new("RGB", (10, 8)).save(tmp_path / "a.png")
+    gt = np.zeros((8, 10), bool)
+    gt[0:4, 0:4] = True                      # 16 px
+    seg = {"id": "s", "task": "segmentation", "image_path": "a.png", "width": 10, "height": 8,
+           "rle_counts": mask_to_rle(gt)["counts"], "box": [0.0, 0.0, 4.0, 4.0], "count": None}
+    seg2 = {**seg, "id": "s2", "box": None}
+    cnt = {**seg, "id": "c", "task": "counting", "rle_counts": None, "box": None, "count": 2}
+    preds = [
+        # pred box [0,0,4,2] -> 8 px inside the GT: I 8, U 16; its box IoU with the GT box 0.5: no hit (> 0.5)
+        {"id": "s", "parsed": True, "objects": json.dumps([{"bbox_2d": [0, 0, 4, 2], "point_2d": [1, 1]}])},
+        {"id": "s2", "parsed": False, "objects": None},                   # I 0, U 16
+        {"id": "c", "parsed": True, "objects": json.dumps([{"bbox_2d": [0, 0, 1, 1], "point_2d": [0, 0]}] * 2)},
+    ]
+    scores, samples = evaluate.score_rows([seg, seg2, cnt], preds, str(tmp_path), BoxSAM())
+    assert [(s["intersection"], s["union"]) for s in samples[:2]] == [(8, 16), (0, 16)]
+    assert scores["giou"] == pytest.approx((0.5 + 0.0) / 2) and scores["ciou"] == pytest.approx(8 / 32)
+    assert scores["rec_accuracy"] == 0.0 and samples[0]["rec_hit"] is False
+    assert scores["count_accuracy"] == 1.0 and samples[2]["count"] == 2
+    assert scores["parsed"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="no prediction"):
+        evaluate.score_rows([seg], [], str(tmp_path), BoxSAM())
+
+
+# ---------------------------------------------------------------- tables
+
+REWARDS = {"profile": "paper", "look_to_confirm": True, "distribution_ranked": True, "queue_size": 2048,
+           "raw_accuracy": False}
+
+
+def run(name, metrics, trained=True, **rewards):
+    return {"name": name, "trained": trained, "rewards": {**REWARDS, **rewards}, "metrics": metrics}
+
+
+SEG = {"RCO testA": {"task": "segmentation", "giou": 0.5}, "RCO+ testA": {"task": "segmentation", "giou": 0.25},
+       "RCOg test": {"task": "segmentation", "giou": 0.75}, "toy": {"task": "segmentation", "giou": 0.1},
+       "Pixmo test": {"task": "counting", "count_accuracy": 0.4}}
+
+
+def by_method(rows):
+    return {r["method"]: r for r in rows}
+
+
+def test_table2_our_cells_averages_and_extra_columns():
+    rows = by_method(tables.build_table("table2", [run("untrained", SEG, trained=False), run("main", SEG)]))
+    ours = rows["ours: main"]
+    assert ours["RCO testA"] == 50.0 and ours["RCOg test"] == 75.0 and ours["toy"] == pytest.approx(10.0)
+    assert ours["ID avg"] == pytest.approx(50.0)           # (50 + 25 + 75) / 3
+    assert ours["OOD avg"] is None and ours["avg"] is None  # ReasonSeg / COCONut not evaluated
+    assert "Pixmo test" not in ours                        # a counting set belongs to Table 3
+    assert rows["Dr. Seg (paper)"]["toy"] is None and rows["Dr. Seg (paper)"]["ID avg"] == 77.1
+    assert "ours: untrained" in rows
+    t3 = by_method(tables.build_table("table3", [run("main", SEG)]))
+    assert t3["ours: main"]["Pixmo test"] == pytest.approx(40.0) and t3["Dr. Seg (paper)"]["Pixmo test"] == 72.4
+
+
+@pytest.mark.parametrize("rewards, where", [
+    ({}, {"table4": (True, True), "table5": False, "table6": 2048}),
+    ({"profile": "visionreasoner", "look_to_confirm": False, "distribution_ranked": False},
+     {"table4": (False, False)}),
+    ({"distribution_ranked": False}, {"table4": (True, False)}),
+    ({"look_to_confirm": False}, {"table4": (False, True)}),
+    ({"raw_accuracy": True}, {"table5": True}),
+    ({"queue_size": 128}, {"table6": 128}),
+    ({"queue_size": 128, "look_to_confirm": False}, {}),
+])
+def test_which_ablation_rows_a_variant_fills(rewards, where):
+    assert tables.tables_of({**REWARDS, **rewards}, True) == {"table2": None, "table3": None, **where}
+    assert tables.tables_of(REWARDS, False) == {"table2": None, "table3": None}
+
+
+def test_ablation_row_stands_beside_its_paper_row():
+    rows = by_method(tables.build_table("table6", [run("q128", SEG, queue_size=128), run("main", SEG)]))
+    assert rows["ours: q128"]["source"] == "ours: q128, beside queue 128 (1 step) (paper)"
+    assert rows["queue 8192 (64 steps) (paper)"]["ReasonSeg val"] == 65.2
+    assert list(rows)[:4] == [p.method for p in tables.TABLE6.values()]
+
+
+def test_paper_numbers_are_on_their_cited_lines():
+    paper = ROOT.parent / tables.PAPER_FILE   # beside the checkout, where the project keeps the papers
+    if not paper.is_file():
+        pytest.skip(f"{paper} is not here")
+    text = paper.read_text().splitlines()
+    groups = [tables.TABLE2, tables.TABLE3, tables.TABLE4.values(), tables.TABLE5.values(), tables.TABLE6.values()]
+    for row in (r for g in groups for r in g):
+        printed = text[row.line - 1].replace("*", "")
+        numbers = [float(v) for v in printed.split() if v.replace(".", "", 1).isdigit() and "." in v]
+        assert [v for v in row.values.values()] == numbers[-len(row.values):], row.method
+
+
+# ---------------------------------------------------------------- config cross checks
+
+@pytest.mark.parametrize("change, message", [
+    ({"selection": {"data": "synthetic_test"}}, "drseg.selection.data.*evaluated benchmark"),
+    ({"selection": {"data": "synthetic_count"}}, "drseg.selection.data.*counting set, not segmentation"),
+    ({"train_data": "synthetic_val"}, "drseg.train_data.*segmentation set, not train"),
+    ({"train_data": "nope"}, "drseg.train_data.*no source named 'nope'"),
+    ({"rewards": {"raw_accuracy": True, "distribution_ranked": False}}, "drseg.rewards.raw_accuracy"),
+    ({"eval": {"benchmarks": [{"label": "a", "data": "synthetic_test"}, {"label": "a", "data": "synthetic_rec"}]}},
+     "duplicate labels"),
+    ({"policy_size": 8}, "drseg.policy_size"),
+    ({"grpo": {"max_steps": 3, "steps_per_generation": 2}}, "drseg.grpo.max_steps"),
+])
+def test_bad_drseg_setting_is_named(change, message):
+    cfg = cfglib.deep_merge(copy.deepcopy(DEFAULT), {"drseg": change})
+    with pytest.raises(cfglib.ConfigError, match=message):
+        cfglib.validate(cfg, SCHEMA)
