@@ -30,7 +30,7 @@ SEG_EVAL_RUNTIME = ["seganswer.eval.dtype", "seganswer.eval.device"]
 # What a question-answering selection (stages 2 and 3) reads besides its own rule.
 SEG_QA_SELECTION = [f"seganswer.selection.{k}" for k in ("data", "max_new_tokens", "max_turns", "limit")]
 # The section-wide keys every SegAnswer training and evaluation rule reads besides its own.
-SEG_SHARED_KEYS = ("seganswer.image_size", "seganswer.sam_feature_cache_mb")
+SEG_SHARED_KEYS = ("seganswer.min_pixels", "seganswer.max_pixels", "seganswer.sam_feature_cache_mb")
 # ... and the rules that ask questions (stages 2 and 3, their selection, the evaluation).
 SEG_QA_KEYS = (*SEG_SHARED_KEYS, "seganswer.reasoning_prompt")
 # Only a FineRS-format source reads this run's frames; the other formats' images come

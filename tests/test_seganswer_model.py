@@ -261,13 +261,16 @@ def test_refcoco_fixture_trains_stage1_through_the_import_and_selection(bundle, 
                  out / "report.json", out / "report.md", out / "log.json")
     report = _json.loads((out / "report.json").read_text())
     assert (report["total"], report["invalid"]) == (4, 0)
-    rows = select([str(out / "referring.parquet")], [spec["images"]], ["refcoco/train"], "referring", [56, 56])
+    rows = select([str(out / "referring.parquet")], [spec["images"]], ["refcoco/train"], "referring")
     # ref 0 has two sentences; the second falls back to its raw text
     assert [r["phrase"] for r in rows] == ["man on left", "the person"]
-    # The 4 x 3 box (x 2..5, y 2..4) of a 10 x 8 image at 56 x 56, nearest (pixel centres):
-    # columns j with 2 <= (j + .5) * 10/56 < 6 -> 11..33, rows i with 2 <= (i + .5) * 8/56 < 5 -> 14..34.
+    # The 4 x 3 box (x 2..5, y 2..4) of the 10 x 8 image, at the image's own pixels.
     m = rows[0]["mask"]
-    assert m.shape == (56, 56) and m.sum() == 23 * 21 and m[14:35, 11:34].all()
+    assert m.shape == (8, 10) and m.sum() == 4 * 3 and m[2:5, 2:6].all() and rows[0]["image"].size == (10, 8)
+    # SAM's 64 x 64 loss target, nearest (pixel centres): rows i with 2 <= (i + .5) * 8/64 < 5
+    # -> 16..39, columns j with 2 <= (j + .5) * 10/64 < 6 -> 13..37.
+    t = stage1.mask_targets([m], 64)[0, 0]
+    assert t.sum() == 24 * 25 and t[16:40, 13:38].all()
     log = stage1.train_phase(SegAnswerModel.from_base(bundle / "qwen", bundle / "sam2", seed=0), rows, "a",
                              stage1.Stage1Settings.phase_a(batch_size=2, max_steps=1))
     assert len(log) == 1 and np.isfinite(log[0]["loss"]) and log[0]["focal"] > 0
@@ -318,7 +321,7 @@ def test_evaluation_job_scores_the_base_checkpoint_and_the_table_job_lays_checkp
     referring, questions, _ = import_source("shapes", spec, images_out=tmp_path / "images")
     pq.write_table(referring, tmp_path / "referring.parquet")
     pq.write_table(questions, tmp_path / "questions.parquet")
-    cfg = section("seganswer", {"image_size": [84, 56], "stage1": {"projector": {"seed": 0}},
+    cfg = section("seganswer", {"stage1": {"projector": {"seed": 0}},
                                 "eval": {"max_new_tokens": 3, "max_turns": 2, "device": "cpu"}})
     cfg["eval"].update(referring=[{"label": "shapes test", "data": "shapes/test"}],
                        questions=[{"label": "shapes test", "data": "shapes/test"}])

@@ -40,7 +40,7 @@ def shapes(tmp_path):
 
 
 def _cfg(selection: dict) -> dict:
-    return section("seganswer", {"image_size": SIZE, "sam_feature_cache_mb": 16,
+    return section("seganswer", {"sam_feature_cache_mb": 16,
                                  "eval": {"device": "cpu", "dtype": "float32"},
                                  "selection": {"data": ["shapes/val"], "referring_data": ["shapes/val"],
                                                "max_new_tokens": 4, "max_turns": 2, "limit": None, **selection}})
@@ -71,7 +71,7 @@ def test_stage1_lora_candidates_scored_on_val_masks(seganswer_checkpoint, shapes
     out = select_stage1([str(data / "referring.parquet")], [root], str(cands), str(tmp_path / "chosen"),
                         str(tmp_path / "selection.json"), cfg)["selection"]
     # the scores are the val masks' gIoU / cIoU with the response given, computed here again
-    val = select([str(data / "referring.parquet")], [root], ["shapes/val"], "referring", SIZE)
+    val = select([str(data / "referring.parquet")], [root], ["shapes/val"], "referring")
     assert len(val) == 3
     want = {}
     for c in out["candidates"]:
@@ -105,7 +105,7 @@ def test_stage2_candidates_scored_on_val_answers(seganswer_checkpoint, shapes, t
     cfg = _cfg({"stage2": {"choose": "best", "metric": "accuracy", "mode": "max"}})
     out = select_stage2(questions, [root], str(cands), str(tmp_path / "chosen"), str(tmp_path / "sel.json"),
                         cfg)["selection"]
-    val = select(questions, [root], ["shapes/val"], "questions", SIZE)
+    val = select(questions, [root], ["shapes/val"], "questions")
     assert len(val) == 3
     for c in out["candidates"]:
         records = answer_questions(SegAnswerModel.from_pretrained(c["path"]), val, max_turns=2, max_turn_tokens=4,

@@ -70,6 +70,7 @@ def test_the_import_rule_writes_its_pictures_where_the_stages_read_them(tmp_path
                  out / "report.json", out / "report.md", out / "log.json")
     root = image_root(SPEC, out / "images", finers_images="frames")
     assert root == str(out / "images")
-    rows = select([str(out / "referring.parquet")], [root], ["shapes/test"], "referring", [48, 32])
-    assert len(rows) == 3 and rows[0]["image"].size == (48, 32) and rows[0]["mask"].shape == (32, 48)
+    rows = select([str(out / "referring.parquet")], [root], ["shapes/test"], "referring")
+    size = tuple(SPEC["size"])  # the pictures' own size: nothing resizes them
+    assert len(rows) == 3 and rows[0]["image"].size == size and rows[0]["mask"].shape == size[::-1]
     assert pq.read_table(out / "questions.parquet").num_rows == 16

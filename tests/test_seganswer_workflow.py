@@ -48,30 +48,40 @@ def test_finers_source_becomes_normalised_tables(finers_tables):
     assert report.total == 4 and not report.problems
 
 
-def test_selection_reads_one_split_and_resizes(finers_tables):
+def test_selection_reads_one_split_at_native_resolution(finers_tables):
     d, _ = finers_tables
-    ref = select([str(d / "referring.parquet")], [str(d)], ["syn/train"], "referring", [20, 10])
+    ref = select([str(d / "referring.parquet")], [str(d)], ["syn/train"], "referring")
     assert len(ref) == 1 and ref[0]["phrase"] == "blue box"
-    # Halved: the mask is the top-left 10 x 5 quarter of a 20 x 10 image.
+    # Not resized: the mask is the top-left 20 x 10 quarter of the 40 x 20 image.
     m = ref[0]["mask"]
-    assert m.shape == (10, 20) and m.sum() == 50 and m[:5, :10].all() and ref[0]["image"].size == (20, 10)
-    both = select([str(d / "referring.parquet")], [str(d)], ["syn"], "referring", [20, 10])
+    assert m.shape == (20, 40) and m.sum() == 200 and m[:10, :20].all() and ref[0]["image"].size == (40, 20)
+    both = select([str(d / "referring.parquet")], [str(d)], ["syn"], "referring")
     assert [r["id"] for r in both] == ["syn/d", "syn/a"]
-    qa = select([str(d / "questions.parquet")], [str(d)], ["syn/train"], "questions", [20, 10])
+    assert [r["id"] for r in select([str(d / "referring.parquet")], [str(d)], ["syn"], "referring", limit=1)] == [
+        "syn/d"]
+    qa = select([str(d / "questions.parquet")], [str(d)], ["syn/train"], "questions")
     assert [(q["answer"], q["options"]) for q in qa] == [("B", ["red", "blue"]), ("blue", None)]
 
 
 def test_a_selection_that_matches_nothing_is_named(finers_tables):
     d, _ = finers_tables
     with pytest.raises(ValueError, match="'syn/vall'"):
-        select([str(d / "referring.parquet")], [str(d)], ["syn/vall"], "referring", [20, 10])
+        select([str(d / "referring.parquet")], [str(d)], ["syn/vall"], "referring")
 
 
 def test_an_image_that_fails_to_load_names_its_record(finers_tables):
     d, _ = finers_tables
     (d / "f.png").write_bytes(b"not a png")
-    rows = select([str(d / "questions.parquet")], [str(d)], ["syn/train"], "questions", [20, 10])
+    rows = select([str(d / "questions.parquet")], [str(d)], ["syn/train"], "questions")
     with pytest.raises(SampleError, match="record syn/b"):
+        rows[0]
+
+
+def test_a_picture_of_another_size_than_its_mask_names_its_record(finers_tables):
+    d, _ = finers_tables
+    rows = select([str(d / "referring.parquet")], [str(d)], ["syn/train"], "referring")
+    Image.new("RGB", (20, 40)).save(d / "f.png")  # transposed: the RLE would land elsewhere
+    with pytest.raises(SampleError, match="record syn/a: image f.png is 20x40, its mask 40x20"):
         rows[0]
 
 

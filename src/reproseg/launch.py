@@ -171,6 +171,12 @@ def run_resumable(job_path: str | os.PathLike, num_processes: int, target: str, 
     raise subprocess.CalledProcessError(rc, cmd)
 
 
+def resolve_target(target: str):
+    """The function a "module:function" job target names."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Worker entry point: `python -m reproseg.launch JOB.pkl`."""
     argv = sys.argv[1:] if argv is None else argv
@@ -183,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(target, str) or ":" not in target:
         print(f"{argv[0]}: the job names no {TARGET_KEY} 'module:function'", file=sys.stderr)
         return 2
-    module, _, name = target.partition(":")
-    getattr(importlib.import_module(module), name)(**job)
+    resolve_target(target)(**job)
     return 0
 
 

@@ -40,7 +40,7 @@ _LOG_COLUMNS = {
 
 
 def log_columns(reward_names: list[str]) -> list[str]:
-    cols = ["step", "epoch", "generated", *_LOG_COLUMNS.values()]
+    cols = ["step", "epoch", "generated", "world_size", *_LOG_COLUMNS.values()]
     for name in reward_names:
         cols += [f"reward_{name}_mean", f"reward_{name}_std"]
     return cols + ["wall_time"]
@@ -82,6 +82,7 @@ class ParquetLogCallback(TrainerCallback):
         row["step"] = int(state.global_step)
         row["epoch"] = _number(state.epoch)
         row["generated"] = 1.0 if "reward" in logs else 0.0
+        row["world_size"] = float(args.world_size)  # processes training together (one per GPU)
         row["wall_time"] = time.time()
         self.rows = [r for r in self.rows if r["step"] < row["step"]] + [row]
         self.write()

@@ -281,6 +281,23 @@ def _deepspeed_arg(settings: GRPOSettings, bf16: bool):
     return ds
 
 
+def _init_deepspeed_comm() -> None:
+    """Brings up deepspeed.comm on the process group the Trainer's arguments started.
+
+    ZeRO-3 partitions the weights inside from_pretrained (deepspeed.zero.Init), before
+    the Trainer starts DeepSpeed. Its config then asks deepspeed.comm for the world size;
+    uninitialised, that answers 1 (DeepSpeedConfig catches the error), and with two
+    processes the Trainer's train_batch_size (micro x accumulation x 2) fails DeepSpeed's
+    check "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step *
+    world_size 16 != 8 * 1 * 1". init_distributed wraps the existing torch group (gloo on
+    CPU, NCCL on GPU) and does nothing once it is up.
+    """
+    import deepspeed  # lazy: a heavy optional dependency, imported only for DeepSpeed runs
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
+
+
 def _check_reporters(report_to: list[str]) -> None:
     # Fail before the model loads, naming the fix, rather than inside Trainer.__init__.
     # Looked up on the module when called, as the in-function import did (tests patch it).
@@ -477,6 +494,7 @@ def _export(trainer, policy_dir: Path, target: Path, settings: GRPOSettings, pro
             write_json(tmp / "engine_summary.json", {
                 "settings": settings.to_dict(),
                 "global_step": trainer.state.global_step,
+                "world_size": trainer.accelerator.num_processes,
                 "policy_dir": str(policy_dir),
             })
         shutil.rmtree(staging, ignore_errors=True)
@@ -547,6 +565,8 @@ def train_grpo(
     last = done[-1] if done else None
     resume_step = int(json.loads((last / "trainer_state.json").read_text())["global_step"]) if last else None
 
+    if is_deepspeed_zero3_enabled():
+        _init_deepspeed_comm()
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         policy_dir, dtype=getattr(torch, settings.model_dtype), local_files_only=True
     )

@@ -2,7 +2,9 @@
 
 Referring segmentation (paper Table 3) uses the stage-1 prompt; the model decodes
 greedily and the mask comes from the first `<|seg|>` it writes; an answer without
-`<|seg|>` is a missing prediction (I = 0, U = |GT|). gIoU / cIoU follow the project's
+`<|seg|>` is a missing prediction (I = 0, U = |GT|). Masks are compared at each
+picture's native resolution: the rows are read unresized and the predicted logits are
+upsampled to the picture's own size. gIoU / cIoU follow the project's
 LISA-style rules (reproseg.metrics.segmentation: an empty target with an empty
 prediction scores 1).
 

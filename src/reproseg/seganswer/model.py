@@ -17,6 +17,11 @@ Choices where the paper is silent:
   original image size, thresholded at 0;
 - SAM runs in float32 whatever the language model's dtype (it is small).
 
+Images reach the model at their native resolution (reproseg.seganswer.sources.rows); each
+side resizes them its own way: the Qwen2.5-VL processor keeps the aspect ratio and picks a
+grid of 28-px multiples within `PixelBounds` (transformers' `smart_resize`), SAM 2.1 takes
+its square `image_size` input (SAM2Transforms), and masks come back at the native size.
+
 On-disk format (a Hugging Face Qwen2.5-VL directory with the SegAnswer parts beside it):
     config.json, model.safetensors(.index.json + shards), tokenizer/processor files
     seganswer_config.json       this model's settings (written last: marks a whole dir)
@@ -43,6 +48,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from sam2.utils.transforms import SAM2Transforms
 from torch import nn
+from transformers.image_utils import SizeDict
 
 from reproseg.io_atomic import atomic_dir, write_json
 from reproseg.models.loading import load_policy, load_sam2_predictor
@@ -84,6 +90,36 @@ class SegAnswerConfig:
     def to_json_string(self) -> str:
         """What a Trainer's TensorBoard and W&B callbacks record as the model's config."""
         return json.dumps(asdict(self), indent=2)
+
+
+@dataclass(frozen=True)
+class PixelBounds:
+    """Bounds on the pixel count of the picture the Qwen2.5-VL processor makes from an image
+    (`seganswer.min_pixels` / `max_pixels`): it keeps the aspect ratio, rounds each side to
+    a multiple of patch x merge size (28) and rescales into [min_pixels, max_pixels]
+    (transformers' `smart_resize`). Set on the processor, they are saved with it, so a
+    checkpoint's processor carries the bounds it was trained with."""
+
+    min_pixels: int
+    max_pixels: int
+
+    def __post_init__(self):
+        for name in ("min_pixels", "max_pixels"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"seganswer.{name} must be a positive integer, got {v!r}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"seganswer.min_pixels ({self.min_pixels}) exceeds max_pixels ({self.max_pixels})")
+
+    @classmethod
+    def of(cls, cfg: dict) -> "PixelBounds":
+        """The bounds of a `seganswer` config section."""
+        return cls(cfg["min_pixels"], cfg["max_pixels"])
+
+    def apply(self, processor) -> None:
+        """Makes the processor's image processor resize within these bounds (transformers 5
+        keeps them as size.shortest_edge / longest_edge, what its `smart_resize` reads)."""
+        processor.image_processor.size = SizeDict(shortest_edge=self.min_pixels, longest_edge=self.max_pixels)
 
 
 class SegProjector(nn.Module):
@@ -253,13 +289,17 @@ class SegAnswerModel(nn.Module):
     # -- construction ------------------------------------------------------------------
     @classmethod
     def from_base(cls, qwen_dir, sam2_path, sam2_config_name: str | None = None, sam2_overrides=None,
-                  seed: int = 0, dtype: str = "float32", device: str = "cpu") -> "SegAnswerModel":
+                  seed: int = 0, dtype: str = "float32", device: str = "cpu",
+                  pixels: PixelBounds | None = None) -> "SegAnswerModel":
         """A fresh SegAnswer model: pretrained Qwen2.5-VL + SAM 2.1, projector initialised with `seed`.
 
         sam2_path: a bundle directory (with sam2_config.json) or a bare SAM 2.1 checkpoint
         (then `sam2_config_name`, e.g. configs/sam2.1/sam2.1_hiera_l.yaml, is required).
+        pixels: the processor's resize bounds (None: those saved with the Qwen directory).
         """
         lm, processor = load_policy(qwen_dir, dtype=dtype, device=device)
+        if pixels is not None:
+            pixels.apply(processor)
         ensure_seg_token(lm, processor)
         sam2_path = Path(sam2_path)
         if sam2_path.is_dir():
@@ -292,14 +332,17 @@ class SegAnswerModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype: str = "float32", device: str = "cpu",
-                        lora_trainable: bool = False) -> "SegAnswerModel":
-        """Loads a directory written by `save_pretrained` (offline, local files only)."""
+                        lora_trainable: bool = False, pixels: PixelBounds | None = None) -> "SegAnswerModel":
+        """Loads a directory written by `save_pretrained` (offline, local files only).
+        pixels: the processor's resize bounds (None: those saved with the checkpoint)."""
         path = Path(path)
         cfg_path = path / CONFIG_FILE
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{path} is not a SegAnswer checkpoint (no {CONFIG_FILE})")
         config = SegAnswerConfig.from_dict(json.loads(cfg_path.read_text()))
         lm, processor = load_policy(path, dtype=dtype, device=device)
+        if pixels is not None:
+            pixels.apply(processor)
         if (path / LORA_SUBDIR).is_dir():
             lm = PeftModel.from_pretrained(lm, path / LORA_SUBDIR, is_trainable=lora_trainable)
         sam = _load_sam2_model(path / SAM2_SUBDIR, None, None).to(device).float()

@@ -58,8 +58,10 @@ def image_positions(start: int, grid_thw, merge_size: int) -> torch.Tensor:
 def mask_patch_keep(mask: np.ndarray, grid_thw, merge_size: int) -> np.ndarray:
     """Bool (t*h*w,) in row-major merged-patch order: does the mask touch that patch?
 
-    `mask` is (H, W) at the original image's resolution; merged patch (r, c) of an
-    h x w grid covers rows [floor(r*H/h), ceil((r+1)*H/h)) and the matching columns.
+    `mask` is (H, W) at the original image's resolution, any aspect ratio; merged patch
+    (r, c) of an h x w grid (any h, w: the processor's grid for that image) covers rows
+    [floor(r*H/h), ceil((r+1)*H/h)) and columns [floor(c*W/w), ceil((c+1)*W/w)): the
+    processor rescales each axis uniformly, so each patch is an equal share of each axis.
     """
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2:
@@ -70,11 +72,10 @@ def mask_patch_keep(mask: np.ndarray, grid_thw, merge_size: int) -> np.ndarray:
     r1 = np.ceil((np.arange(h) + 1) * H / h).astype(int)
     c0 = np.floor(np.arange(w) * W / w).astype(int)
     c1 = np.ceil((np.arange(w) + 1) * W / w).astype(int)
-    # Prefix sums make each block test O(1).
-    s = np.zeros((H + 1, W + 1), dtype=np.int64)
-    s[1:, 1:] = mask.cumsum(0).cumsum(1)
-    block = s[r1][:, c1] - s[r0][:, c1] - s[r1][:, c0] + s[r0][:, c0]
-    keep = (block > 0).reshape(-1)
+    # Row bands first, then column bands: bool arrays of (h, W) and (h, w), no (H, W)
+    # integer temporaries (an 8K mask is 33 M pixels).
+    rows = np.stack([mask[a:b].any(0) for a, b in zip(r0, r1)])
+    keep = np.stack([rows[:, a:b].any(1) for a, b in zip(c0, c1)], axis=1).reshape(-1)
     return np.tile(keep, t)
 
 

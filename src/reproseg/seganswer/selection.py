@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..selection import select_stage as run_selection
 from .evaluate import answer_questions, evaluate_referring_given, qa_accuracy
-from .model import SegAnswerModel, resolve_device
+from .model import PixelBounds, SegAnswerModel, resolve_device
 from .sources.rows import select
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ class _Loader:
 
     def __call__(self, path: Path) -> SegAnswerModel:
         ev = self.cfg["eval"]
-        net = SegAnswerModel.from_pretrained(str(path), dtype=ev["dtype"], device=resolve_device(ev["device"]))
+        net = SegAnswerModel.from_pretrained(str(path), dtype=ev["dtype"], device=resolve_device(ev["device"]),
+                                             pixels=PixelBounds.of(self.cfg))
         if self.cache is not None and os.path.samefile(net.sam2_checkpoint, self.sam_file):
             net.feature_cache = self.cache
         else:
@@ -75,7 +76,7 @@ def _select_questions(stage: str, tables: list[str], roots: list[str], candidate
     sel = cfg["selection"]
 
     def make_score():
-        rows = select(tables, roots, sel["data"], "questions", cfg["image_size"], sel["limit"])
+        rows = select(tables, roots, sel["data"], "questions", limit=sel["limit"])
         if not len(rows):
             raise ValueError(f"seganswer.selection.data {sel['data']}: no val questions to score candidates on")
         load = _Loader(cfg)
@@ -100,7 +101,7 @@ def select_stage1(tables: list[str], roots: list[str], candidates: str, out_dir:
     sel = cfg["selection"]
 
     def make_score():
-        rows = select(tables, roots, sel["referring_data"], "referring", cfg["image_size"], sel["limit"])
+        rows = select(tables, roots, sel["referring_data"], "referring", limit=sel["limit"])
         if not len(rows):
             raise ValueError(f"seganswer.selection.referring_data {sel['referring_data']}: no val referring rows "
                              "to score candidates on")

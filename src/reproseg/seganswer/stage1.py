@@ -16,7 +16,8 @@ layer of the language model (q/k/v/o and the MLP; the vision tower is not adapte
 in phase b the `<|seg|>` rows of the input embedding and of the LM head also train
 (PEFT trainable tokens) so that a token added to a released tokenizer can be learnt
 without training the whole vocabulary; mask losses at SAM's input resolution (the
-low-res logits upsampled bilinearly, the GT resized with nearest neighbour); the
+low-res logits upsampled bilinearly, the GT resized from its image's native size to
+that square by nearest pixel centre, `mask_targets`); the
 prompt without the paper's typographic quotes around the phrase (template argument).
 One learning rate for all trained parts, as in the paper, unless `lora_learning_rate`
 gives the LoRA matrices their own (the embedded default: its tiny random language
@@ -49,6 +50,7 @@ from reproseg.io_atomic import atomic_dir, write_json
 from reproseg.launch import is_main_process, launched, run_resumable, visible_gpu_count
 from reproseg.seganswer.losses import IGNORE_INDEX, Stage1LossWeights, actual_iou, stage1_loss
 from reproseg.seganswer.model import (  # noqa: F401  (merge_lora: public API)
+    PixelBounds,
     SegAnswerModel,
     is_peft,
     merge_lora,
@@ -183,9 +185,13 @@ def collate(examples: Sequence[dict], pad_id: int) -> dict:
 
 
 def mask_targets(masks: Sequence[np.ndarray], size: int) -> torch.Tensor:
-    """GT masks (S, 1, size, size) at SAM's input resolution (nearest neighbour)."""
-    t = torch.stack([torch.from_numpy(np.asarray(m, dtype=np.float32)) for m in masks]).unsqueeze(1)
-    return (torch.nn.functional.interpolate(t, size=(size, size), mode="nearest") > 0.5).float()
+    """GT masks (S, 1, size, size) at SAM's input resolution, each from its own image's native
+    size: SAM 2.1 squashes every image to size x size (SAM2Transforms), so target pixel (i, j)
+    is native pixel (floor((i + .5) H / size), floor((j + .5) W / size)), the nearest by pixel
+    centres ("nearest-exact"), the same geometry as the image's bilinear resize."""
+    out = [torch.nn.functional.interpolate(torch.from_numpy(np.asarray(m, dtype=np.float32))[None, None],
+                                           size=(size, size), mode="nearest-exact")[0] for m in masks]
+    return (torch.stack(out) > 0.5).float()
 
 
 # -- training ----------------------------------------------------------------------------
@@ -330,26 +336,35 @@ def _save(model: SegAnswerModel, out_dir, phase: str, settings: Stage1Settings, 
     return Path(out_dir)
 
 
+def _bounds(pixels: PixelBounds | None) -> dict | None:
+    """Pixel bounds as plain values: they travel in the phase's start record (pickled to
+    workers, part of the resume identity)."""
+    return None if pixels is None else dataclasses.asdict(pixels)
+
+
 def train_stage1_projector(qwen_dir, sam2_path, rows: Sequence[dict], out_dir,
                            settings: Stage1Settings | dict | None = None, log_path=None,
                            sam2_config_name: str | None = None, sam2_overrides=None, resume_dir=None,
-                           candidates_dir=None) -> Path:
+                           candidates_dir=None, pixels: PixelBounds | None = None) -> Path:
     """Phase a from the base models; writes a SegAnswer checkpoint to `out_dir` (atomic).
     With `resume_dir`, a stopped run continues from its last saved step; with
-    `candidate_every`, the candidates go to `candidates_dir`."""
+    `candidate_every`, the candidates go to `candidates_dir`. pixels: the processor's
+    resize bounds (None: the Qwen directory's own), saved with the checkpoint."""
     s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "a")
     start = {"qwen": str(qwen_dir), "sam2": str(sam2_path), "sam2_config_name": sam2_config_name,
-             "sam2_overrides": sam2_overrides}
+             "sam2_overrides": sam2_overrides, "pixels": _bounds(pixels)}
     return _run_phase("a", start, rows, out_dir, s, log_path, resume_dir, candidates_dir)
 
 
 def train_stage1_lora(phase_a_dir, rows: Sequence[dict], out_dir, settings: Stage1Settings | dict | None = None,
-                      log_path=None, resume_dir=None, candidates_dir=None) -> Path:
+                      log_path=None, resume_dir=None, candidates_dir=None, pixels: PixelBounds | None = None) -> Path:
     """Phase b from phase a's checkpoint; writes an unmerged (base + lora/) checkpoint to `out_dir`.
     With `resume_dir`, a stopped run continues from its last saved step; with
-    `candidate_every`, the candidates go to `candidates_dir`."""
+    `candidate_every`, the candidates go to `candidates_dir`. pixels: as for phase a
+    (None: phase a's checkpoint's)."""
     s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings or {}, "b")
-    return _run_phase("b", {"phase_a": str(phase_a_dir)}, rows, out_dir, s, log_path, resume_dir, candidates_dir)
+    return _run_phase("b", {"phase_a": str(phase_a_dir), "pixels": _bounds(pixels)}, rows, out_dir, s, log_path,
+                      resume_dir, candidates_dir)
 
 
 def processes(settings) -> int:
@@ -388,13 +403,16 @@ def _phase_worker(phase: str, start: dict, rows, out_dir: str, s: Stage1Settings
     device = resolve_device(s.device)
     if device == "cuda" and launched():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    pixels = None if start["pixels"] is None else PixelBounds(**start["pixels"])
     if phase == "a":
         model = SegAnswerModel.from_base(start["qwen"], start["sam2"], start["sam2_config_name"],
-                                         start["sam2_overrides"], seed=s.seed, dtype=s.dtype, device=device)
+                                         start["sam2_overrides"], seed=s.seed, dtype=s.dtype, device=device,
+                                         pixels=pixels)
         identity = {"qwen": folder_identity(start["qwen"]), "sam2": folder_identity(start["sam2"])}
     else:
-        model = SegAnswerModel.from_pretrained(start["phase_a"], dtype=s.dtype, device=device)
+        model = SegAnswerModel.from_pretrained(start["phase_a"], dtype=s.dtype, device=device, pixels=pixels)
         identity = {"phase_a": folder_identity(start["phase_a"])}
+    identity["pixels"] = start["pixels"]
     def export(target: Path, step: int) -> None:
         # DDP keeps every rank's weights equal: rank 0 writes them
         if is_main_process():

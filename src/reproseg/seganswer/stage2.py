@@ -49,7 +49,7 @@ from reproseg.config import dataclass_from_dict
 from reproseg.io_atomic import atomic_dir, write_json
 from reproseg.launch import launched, run_resumable
 from reproseg.seganswer.losses import IGNORE_INDEX, next_token_loss
-from reproseg.seganswer.model import SegAnswerModel, resolve_device, unwrap_qwen
+from reproseg.seganswer.model import PixelBounds, SegAnswerModel, resolve_device, unwrap_qwen
 from reproseg.seganswer.positions import build_conversation, mask_patch_keep, segmented_image
 from reproseg.seganswer.prompts import (
     ANSWER_RESPONSE,
@@ -198,7 +198,8 @@ def stage2_terms(model: SegAnswerModel, rows: Sequence[dict], s: Stage2Settings)
 
 
 def train_stage2(stage1_dir, rows: Sequence[dict], out_dir, settings: Stage2Settings | dict | None = None,
-                 log_path=None, resume_dir=None, candidates_dir=None, callbacks=()) -> Path:
+                 log_path=None, resume_dir=None, candidates_dir=None, callbacks=(),
+                 pixels: PixelBounds | None = None) -> Path:
     """Stage-2 SFT from the merged stage-1 checkpoint; writes a SegAnswer checkpoint to `out_dir` (atomic).
 
     resume_dir: the run's resume state (a stopped run continues from its last saved step;
@@ -206,7 +207,8 @@ def train_stage2(stage1_dir, rows: Sequence[dict], out_dir, settings: Stage2Sett
     With several processes (`settings.processes`, default one per GPU of the job) this
     launches them (torchrun) and each runs `_train`; the rows are pickled by reference
     to their tables (images load in the workers). callbacks: extra TrainerCallbacks (one
-    process only: they are not pickled to workers).
+    process only: they are not pickled to workers). pixels: the processor's resize bounds
+    (None: the stage-1 checkpoint's), saved with the checkpoint, so stage 3 reads with them.
     """
     s = settings if isinstance(settings, Stage2Settings) else Stage2Settings.from_dict(settings)
     n = processes(s)
@@ -219,21 +221,22 @@ def train_stage2(stage1_dir, rows: Sequence[dict], out_dir, settings: Stage2Sett
         run_resumable(job, n, "reproseg.seganswer.stage2:_train", resume, stage1_dir=str(stage1_dir), rows=rows,
                       out_dir=str(out_dir), s=dataclasses.replace(s, processes=n),
                       log_path=None if log_path is None else str(log_path), resume_dir=str(resume),
-                      candidates_dir=None if candidates_dir is None else str(candidates_dir))
+                      candidates_dir=None if candidates_dir is None else str(candidates_dir), pixels=pixels)
         job.unlink(missing_ok=True)
     else:
-        _train(stage1_dir, rows, out_dir, s, log_path, resume, candidates_dir, callbacks)
+        _train(stage1_dir, rows, out_dir, s, log_path, resume, candidates_dir, callbacks, pixels)
     finish(resume, scratch)
     return Path(out_dir)
 
 
 def _train(stage1_dir, rows: Sequence[dict], out_dir, s: Stage2Settings, log_path=None, resume_dir=None,
-           candidates_dir=None, callbacks=()) -> Path:
+           candidates_dir=None, callbacks=(), pixels: PixelBounds | None = None) -> Path:
     device = resolve_device(s.device)
     d = sharding.init(device) if launched() else sharding.Dist(device=device)
     torch.manual_seed(s.seed)
     # A sharded model is loaded on the CPU and its shards moved to this worker's device.
-    model = SegAnswerModel.from_pretrained(stage1_dir, dtype=s.dtype, device="cpu" if d.world > 1 else d.device)
+    model = SegAnswerModel.from_pretrained(stage1_dir, dtype=s.dtype, device="cpu" if d.world > 1 else d.device,
+                                           pixels=pixels)
     if d.world > 1:
         model.sam.to(d.device)
         model.projector.to(d.device)
@@ -250,7 +253,8 @@ def _train(stage1_dir, rows: Sequence[dict], out_dir, s: Stage2Settings, log_pat
                 write_json(tmp / SUMMARY_FILE, {"settings": s.to_dict(), "steps": steps, "processes": d.world,
                                                 "final": final})
 
-    identity = {"settings": trajectory_settings(s), "rows": len(rows), "stage1": folder_identity(stage1_dir)}
+    identity = {"settings": trajectory_settings(s), "rows": len(rows), "stage1": folder_identity(stage1_dir),
+                "pixels": None if pixels is None else dataclasses.asdict(pixels)}
     log = train_sft(model, rows, s, params, [{"params": params}], lambda forward, m, batch: stage2_terms(m, batch, s),
                     log_path=log_path, resume_dir=resume_dir, identity=identity, callbacks=callbacks,
                     export=lambda target, step: save(target, step),

@@ -35,8 +35,18 @@ Choices where the paper is silent (defaults of Stage3Settings / stage3_grpo_sett
 - the rollout budget is RolloutSettings (max_turns, max_turn_tokens,
   max_completion_tokens); GRPOSettings.max_completion_length is not used by DAPO's loss;
 - DAPO's overlong-reward shaping is not used (the paper names only clipping and
-  dynamic sampling);
-- one process only (the refill rounds would need to be agreed between processes).
+  dynamic sampling).
+
+Several processes (`Stage3Settings.processes`, default one per GPU of the job; launched
+as the FineRS GRPO stages are, reproseg.grpo.launch): dynamic sampling is decided on the
+global batch, as by one process taking it. Every round, each rank's groups' rewards (not
+their rollouts) are gathered to every rank, so all ranks see the same kept and dropped
+groups, run the same number of refill rounds and draw the same refill prompts; each
+refill prompt is rolled out by one rank (the one holding the fewest informative groups),
+seeded by its place in the global batch. The kept groups stay on the rank that rolled
+them out; ranks holding fewer than the most add copies of their own rollouts with the
+loss mask 0 (no gradient, no token count), so every rank's batch has the same shape for
+TRL's gathers. DAPO's token normaliser is the token count of the whole global batch.
 """
 from __future__ import annotations
 
@@ -52,15 +62,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import torch.distributed as dist
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
+from trl.models.utils import unwrap_model_for_generation
 
 from reproseg.config import dataclass_from_dict
 from reproseg.curves import plot_curves
 from reproseg.grpo.engine import GRPOSettings, train_grpo
-from reproseg.grpo.trainer import EngineGRPOTrainer
+from reproseg.grpo.launch import run_distributed
+from reproseg.grpo.trainer import EngineGRPOTrainer, zero_std_fraction
 from reproseg.io_atomic import write_parquet
 from reproseg.runs import CANDIDATES_DIR, FINAL_DIR, run_dir_of
 from reproseg.seganswer.model import (
@@ -95,10 +108,19 @@ EXTRA_LOG_COLUMNS = ("seg_calls_mean", "seg_calls_total", "unanswered", "rollout
 class Group:
     """The rollouts of one prompt and their total rewards."""
 
-    row: dict
-    rollouts: list
+    row: dict | None
+    rollouts: list | None  # None in a copy gathered from another rank (light())
     rewards: np.ndarray  # (n,) total reward
     terms: dict = field(default_factory=dict)  # name -> (n,) per-term rewards
+    # per rollout: <|seg|> calls, answered (0/1), completion tokens; what the step log needs
+    stats: np.ndarray | None = None
+    owner: int = 0  # the rank that rolled it out (and trains on it)
+    index: int = 0  # its place among the groups of its round in the global batch
+
+    def light(self) -> "Group":
+        """What another rank needs of this group: rewards and log numbers, no rollouts."""
+        return Group(row=None, rollouts=None, rewards=self.rewards, terms=self.terms, stats=self.stats,
+                     owner=self.owner, index=self.index)
 
     @property
     def all_equal(self) -> bool:
@@ -142,6 +164,19 @@ def dynamic_sampling(groups: list[Group], target: int, draw_more: Callable[[int,
     return kept, stats
 
 
+def assign_refills(informative: Sequence[int], k: int) -> list[int]:
+    """The rank that rolls out each of `k` refill prompts: one after the other to the rank
+    holding the fewest informative groups so far (ties: the lowest rank), so that the kept
+    groups, which stay where they were rolled out, spread evenly over the ranks."""
+    held = list(informative)
+    owners = []
+    for _ in range(k):
+        r = min(range(len(held)), key=lambda i: (held[i], i))
+        owners.append(r)
+        held[r] += 1
+    return owners
+
+
 def group_advantages(rewards: np.ndarray, scale: str = "group", eps: float = 1e-4) -> np.ndarray:
     """(r - mean) / (std + eps) within a group ("group"), or only centred ("none"). std is the sample std (as TRL)."""
     r = np.asarray(rewards, dtype=float)
@@ -152,12 +187,14 @@ def group_advantages(rewards: np.ndarray, scale: str = "group", eps: float = 1e-
 
 
 # -- batches for the loss ------------------------------------------------------------------
-def collate_rollouts(rollouts: Sequence[Rollout], advantages: Sequence[float], pad_id: int) -> dict:
+def collate_rollouts(rollouts: Sequence[Rollout], advantages: Sequence[float], pad_id: int,
+                     active: Sequence[bool] | None = None) -> dict:
     """TRL's batch layout (left-padded prompts, right-padded completions) plus the SegAnswer extras.
 
     tool_mask (TRL's name for the rollouts' policy mask: 0 on observation tokens, 1 on the
     policy's and on padding, as TRL pads it); position_ids (3, B, P+C) aligned with that layout; pixel values of all
-    images, row after row; image_keeps in the same order.
+    images, row after row; image_keeps in the same order. A rollout with `active` False
+    (a shape-filler of a multi-process step) has tool_mask 0 throughout: out of the loss.
     """
     B = len(rollouts)
     P = max(r.prompt_len for r in rollouts)
@@ -176,6 +213,8 @@ def collate_rollouts(rollouts: Sequence[Rollout], advantages: Sequence[float], p
         completion_ids[i, :c] = torch.tensor(r.ids[p:])
         completion_mask[i, :c] = 1
         tool_mask[i, :c] = torch.tensor(r.completion_policy_mask, dtype=torch.long)
+        if active is not None and not active[i]:
+            tool_mask[i] = 0
         pos[:, i, P - p:P] = r.positions[:, :p]
         pos[:, i, P:P + c] = r.positions[:, p:]
         pvs += r.pixel_values
@@ -227,6 +266,9 @@ class Stage3Settings:
     reasoning_prompt: str = REASONING_PROMPT
     # Megabytes of frozen SAM image-encoder features kept in memory (the same features, faster); 0: none.
     sam_feature_cache_mb: float = 0
+    # Training processes (one per GPU; several CPU processes train over gloo); None: one per
+    # GPU of the job (one on CPU). GRPOSettings.per_device_batch_size is per process.
+    processes: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Stage3Settings":
@@ -254,8 +296,11 @@ class SegAnswerGRPOTrainer(EngineGRPOTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.accelerator.num_processes > 1:
-            raise NotImplementedError("SegAnswer stage 3 runs on one process (dynamic sampling is not synchronised)")
+        local = self.args.per_device_train_batch_size * self.args.steps_per_generation
+        if local % self.num_generations:
+            raise ValueError(
+                f"per_device_batch_size x steps_per_generation ({local}) must be a multiple of num_generations "
+                f"({self.num_generations}): each process rolls out whole prompt groups")
         self.seg = load_heads(self.seg_heads_dir, self.processing_class, device=self.accelerator.device)
         self.seg.enable_feature_cache(self.seg_settings.sam_feature_cache_mb)
         self._seg_batch = None
@@ -264,23 +309,32 @@ class SegAnswerGRPOTrainer(EngineGRPOTrainer):
         self.seg_step_stats = []
 
     # rollouts ---------------------------------------------------------------------------
-    def _rollout_groups(self, rows: Sequence[dict], seed: int) -> list[Group]:
+    def _rollout_groups(self, rows: Sequence[dict], seed: int, ids: Sequence[int]) -> list[Group]:
+        """Rolls out and scores `rows`, whose places in the round's global batch are `ids`
+        (the seeds follow them, so the rollouts do not depend on which rank makes them)."""
         s = self.seg_settings
-        policy = self.accelerator.unwrap_model(self.model)
         was_training = self.model.training
         self.model.eval()
         n = self.num_generations
+        per_row = []
         try:
-            prompts = [prepare_prompt(self.seg, row["image"], row["prompt"]) for row in rows]
-            gens = [torch.Generator().manual_seed(int(seed) * 1000003 + j * n + k)
-                    for j in range(len(rows)) for k in range(n)]
-            flat = rollout_batch(self.seg, [p for p in prompts for _ in range(n)], s.rollout, lm=policy,
-                                 generators=gens)
-            per_row = [flat[j * n:(j + 1) * n] for j in range(len(rows))]
+            # Every rank enters this every round, rows or not: under ZeRO-3 it gathers the
+            # whole policy (a collective), after which generation needs no other rank.
+            with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                             gather_deepspeed3_params=True) as policy:
+                if rows:
+                    prompts = [prepare_prompt(self.seg, row["image"], row["prompt"]) for row in rows]
+                    gens = [torch.Generator().manual_seed(int(seed) * 1000003 + int(j) * n + k)
+                            for j in ids for k in range(n)]
+                    flat = rollout_batch(self.seg, [p for p in prompts for _ in range(n)], s.rollout, lm=policy,
+                                         generators=gens)
+                    per_row = [flat[j * n:(j + 1) * n] for j in range(len(rows))]
         finally:
             self.model.train(was_training)
         # scored in train mode: the engine files its reward metrics under the model's mode
-        return [self._score(row, rollouts) for row, rollouts in zip(rows, per_row)]
+        rank = self.accelerator.process_index
+        return [dataclasses.replace(self._score(row, rollouts), owner=rank, index=int(j))
+                for row, rollouts, j in zip(rows, per_row, ids)]
 
     def _score(self, row: dict, rollouts: list[Rollout]) -> Group:
         n = len(rollouts)
@@ -291,47 +345,93 @@ class SegAnswerGRPOTrainer(EngineGRPOTrainer):
                      generated_ids=[t for t, m in zip(r.completion_ids, r.completion_policy_mask) if m])
             inputs.append(x)
         completions = [r.text for r in rollouts]
-        per_func = self._calculate_rewards(inputs, [row["prompt"]] * n, completions,
-                                           [r.completion_ids for r in rollouts])
-        per_func = per_func.detach().cpu().double().numpy()
+        per_func = self._local_rewards(inputs, [row["prompt"]] * n, completions,
+                                       [r.completion_ids for r in rollouts])
         names = list(self.reward_func_names)
         terms = {nm: per_func[:, i] for i, nm in enumerate(names)}
         w = self.reward_weights.detach().cpu().double().numpy()
         total = np.nansum(per_func * w[None, :], axis=1)
-        return Group(row=row, rollouts=rollouts, rewards=total, terms=terms)
+        stats = np.array([[r.seg_calls, float(r.answered), len(r.ids) - r.prompt_len] for r in rollouts], float)
+        return Group(row=row, rollouts=rollouts, rewards=total, terms=terms, stats=stats)
+
+    def _local_rewards(self, inputs, prompts, completions, completion_ids) -> np.ndarray:
+        """(n, terms) rewards of this rank's completions. Not TRL's _calculate_rewards: that
+        gathers over the processes, and ranks score different numbers of groups."""
+        keys = [k for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")]
+        columns = {k: [x[k] for x in inputs] for k in keys}
+        out = np.full((len(prompts), len(self.reward_funcs)), np.nan)
+        for i, fn in enumerate(self.reward_funcs):  # the engine's RewardAdapters
+            values = fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+            out[:, i] = [np.nan if v is None else v for v in values]
+        return out
+
+    def _gather_groups(self, mine: list[Group]) -> list[Group]:
+        """Every rank's groups of a round in global order (own ones whole, others light())."""
+        if self.accelerator.num_processes == 1:
+            return sorted(mine, key=lambda g: g.index)
+        parts = [None] * self.accelerator.num_processes
+        dist.all_gather_object(parts, [g.light() for g in mine])
+        own = {g.index: g for g in mine}
+        merged = [own.get(g.index, g) if g.owner == self.accelerator.process_index else g
+                  for part in parts for g in part]
+        return sorted(merged, key=lambda g: g.index)
 
     def _generate_step(self, generation_batch: list[dict]) -> list[dict]:
         """Rollouts + rewards + dynamic sampling for one generation batch; returns per-step chunks."""
         n = self.num_generations
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
         rows = [generation_batch[i] for i in range(0, len(generation_batch), n)]
+        # The global batch is every rank's rows in rank order (how accelerate shards TRL's sampler).
+        target = len(rows) * world
         step = int(self.state.global_step)
         base_seed = int(self.args.seed) * 7919 + step * 101
-        groups = self._rollout_groups(rows, base_seed)
+        first = rank * len(rows)
+        generated = self._gather_groups(self._rollout_groups(rows, base_seed, range(first, first + len(rows))))
         s = self.seg_settings
 
         def draw_more(k: int, rnd: int) -> list[Group]:
+            # Called on every rank alike: k and the history below are the same everywhere.
             rng = np.random.default_rng([int(self.args.seed), step, rnd])
             pick = rng.choice(len(self.seg_rows), size=k, replace=len(self.seg_rows) < k)
-            return self._rollout_groups([self.seg_rows[int(i)] for i in pick], base_seed + 17 * rnd)
+            informative = [sum(1 for g in generated if g.owner == r and not g.all_equal) for r in range(world)]
+            mine = [i for i, r in enumerate(assign_refills(informative, k)) if r == rank]
+            new = self._gather_groups(self._rollout_groups([self.seg_rows[int(pick[i])] for i in mine],
+                                                           base_seed + 17 * rnd, mine))
+            generated.extend(new)
+            return new
 
         if s.dynamic_sampling:
-            kept, stats = dynamic_sampling(groups, len(rows), draw_more, s.max_refill_rounds)
+            kept, stats = dynamic_sampling(list(generated), target, draw_more, s.max_refill_rounds)
         else:
-            kept, stats = groups, FillStats(generated_groups=list(groups))
+            kept, stats = list(generated), FillStats(generated_groups=list(generated))
         self._log_step(stats)
-        rollouts, adv = [], []
-        for g in kept:
+        mine = [g for g in kept if g.owner == rank]
+        most = max(sum(1 for g in kept if g.owner == r) for r in range(world))
+        # Shape fillers: this rank's first rollouts again, out of the loss (active False).
+        own_first = next(g for g in generated if g.owner == rank)
+        fill = [own_first] * (most - len(mine))
+        rollouts, adv, active = [], [], []
+        for g in mine:
             a = group_advantages(g.rewards, self.scale_rewards if self.scale_rewards != "batch" else "group")
             if g.all_equal:
                 a = np.zeros_like(a)
             rollouts += g.rollouts
             adv += a.tolist()
+            active += [True] * len(g.rollouts)
+        for g in fill:
+            rollouts += g.rollouts
+            adv += [0.0] * len(g.rollouts)
+            active += [False] * len(g.rollouts)
         chunks = np.array_split(np.arange(len(rollouts)), self.args.steps_per_generation)
         pad = self._tokenizer.pad_token_id
-        batches = [collate_rollouts([rollouts[i] for i in c], [adv[i] for i in c], pad) for c in chunks]
-        n_items = sum(int((b["completion_mask"] * b["tool_mask"]).sum()) for b in batches)
+        batches = [collate_rollouts([rollouts[i] for i in c], [adv[i] for i in c], pad, [active[i] for i in c])
+                   for c in chunks]
+        n_items = torch.tensor(float(sum(int((b["completion_mask"] * b["tool_mask"]).sum()) for b in batches)),
+                               device=self.accelerator.device)
+        # TRL's DAPO normaliser: the loss-token count of the whole global batch
+        n_items = self.accelerator.reduce(n_items, reduction="sum") if world > 1 else n_items
         for b in batches:
-            b["num_items_in_batch"] = torch.tensor(float(n_items), device=self.accelerator.device)
+            b["num_items_in_batch"] = n_items
             self._to_device(b)
             self._maybe_old_logps(b)
         return batches
@@ -362,14 +462,16 @@ class SegAnswerGRPOTrainer(EngineGRPOTrainer):
                                                                       banned=self._banned)
 
     def _log_step(self, stats: FillStats) -> None:
-        all_r = [r for g in stats.generated_groups for r in g.rollouts]
+        """Logs the step's numbers over the global batch (every rank's groups, the same on each)."""
+        groups = stats.generated_groups
         names = list(self.reward_func_names)
-        terms = {nm: np.concatenate([g.terms[nm] for g in stats.generated_groups]) for nm in names}
-        total = np.concatenate([g.rewards for g in stats.generated_groups])
-        seg_calls = np.array([r.seg_calls for r in all_r], dtype=float)
+        terms = {nm: np.concatenate([g.terms[nm] for g in groups]) for nm in names}
+        total = np.concatenate([g.rewards for g in groups])
+        per_rollout = np.concatenate([g.stats for g in groups])
+        seg_calls = per_rollout[:, 0]
         row = {
             "seg_calls_mean": float(seg_calls.mean()), "seg_calls_total": float(seg_calls.sum()),
-            "unanswered": float(sum(not r.answered for r in all_r)), "rollouts": float(len(all_r)),
+            "unanswered": float((per_rollout[:, 1] == 0).sum()), "rollouts": float(len(per_rollout)),
             "dropped_groups": float(stats.dropped), "refill_rounds": float(stats.refill_rounds),
             "padded_groups": float(stats.padded),
             "acc_mean": float(np.nanmean(terms["acc"])) if "acc" in terms else math.nan,
@@ -385,7 +487,9 @@ class SegAnswerGRPOTrainer(EngineGRPOTrainer):
         for nm in names:
             m[f"rewards/{nm}/mean"].append(float(np.nanmean(terms[nm])))
             m[f"rewards/{nm}/std"].append(float(np.nanstd(terms[nm], ddof=1)) if terms[nm].size > 1 else 0.0)
-        m["completions/mean_length"].append(float(np.mean([len(r.ids) - r.prompt_len for r in all_r])))
+        m["completions/mean_length"].append(float(per_rollout[:, 2].mean()))
+        # the engine's zero-std share, over every group generated in the step
+        m["engine/frac_zero_std"].append(zero_std_fraction(total, self.num_generations))
         self.seg_step_stats.append({"step": int(self.state.global_step) + 1, **row})
 
     # TRL hooks ---------------------------------------------------------------------------
@@ -469,9 +573,13 @@ def stage3_grpo_settings(overrides: dict | None = None) -> GRPOSettings:
     return GRPOSettings.from_dict(d)
 
 
-def bind_trainer(heads_dir, settings: Stage3Settings, rows: Sequence[dict]) -> type:
-    """A SegAnswerGRPOTrainer subclass bound to this run (the engine's `trainer_cls`)."""
-    return type("BoundSegAnswerGRPOTrainer", (SegAnswerGRPOTrainer,),
+def bind_trainer(heads_dir, settings: Stage3Settings, rows: Sequence[dict],
+                 base: type | None = None) -> type:
+    """A subclass of `base` (default SegAnswerGRPOTrainer) bound to this run (the engine's `trainer_cls`)."""
+    base = base or SegAnswerGRPOTrainer
+    if not issubclass(base, SegAnswerGRPOTrainer):
+        raise TypeError(f"the stage-3 trainer must subclass SegAnswerGRPOTrainer, got {base!r}")
+    return type("BoundSegAnswerGRPOTrainer", (base,),
                 {"seg_heads_dir": str(heads_dir), "seg_settings": settings, "seg_rows": rows})
 
 
@@ -497,9 +605,20 @@ class SegAnswerLogCallback(TrainerCallback):
         write_parquet(self.path, pa.Table.from_pylist(self.rows))
 
 
+WORKER_TARGET = "reproseg.seganswer.stage3:_train_worker"
+
+
+def _train_worker(policy_dir, dataset_rows, reward_fns, settings: GRPOSettings, out_dir, log_path, extra_log_path,
+                  seg_settings: Stage3Settings, trainer_base: type) -> None:
+    """One process of stage 3 (all of it on one process): the engine with the bound trainer."""
+    train_grpo(policy_dir, dataset_rows, reward_fns, settings, out_dir, log_path,
+               callbacks=[SegAnswerLogCallback(extra_log_path)],
+               trainer_cls=bind_trainer(policy_dir, seg_settings, dataset_rows, trainer_base))
+
+
 def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPOSettings | dict | None = None,
                  settings: Stage3Settings | dict | None = None, extra_log_path=None,
-                 reward_fns: dict | None = None) -> Path:
+                 reward_fns: dict | None = None, trainer_cls: type | None = None) -> Path:
     """Stage 3 from the stage-2 checkpoint; the final SegAnswer checkpoint is `out_dir/checkpoint`.
 
     rows: {"image", "question", "answer", "options"?}. log_path: the engine's per-step
@@ -509,6 +628,11 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
     reward terms, default {"acc": accuracy_reward, "format": format_reward}; each gets
     the completions plus the columns answer, options, turns, answered, seg_calls and
     generated_ids (the token ids the policy wrote, observations left out).
+
+    With `settings.processes` (default: one per GPU of the job) above one, the engine runs
+    once per process (torchrun, reproseg.grpo.launch), the reward functions and
+    `trainer_cls` (a SegAnswerGRPOTrainer subclass at module level, default that class)
+    passed by reference; a stop signal is passed on to the workers as for the FineRS stages.
     """
 
     g = grpo if isinstance(grpo, GRPOSettings) else stage3_grpo_settings(grpo)
@@ -519,8 +643,10 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
     log_path = Path(log_path)
     extra = Path(extra_log_path) if extra_log_path else log_path.with_suffix(".seganswer.parquet")
     reward_fns = dict(reward_fns or {"acc": accuracy_reward, "format": format_reward})
-    train_grpo(stage2_dir, engine_rows, reward_fns, g, out_dir, log_path, callbacks=[SegAnswerLogCallback(extra)],
-               trainer_cls=bind_trainer(stage2_dir, s, engine_rows))
+    run_distributed(Path(out_dir) / "job.pkl", num_gpus=s.processes, target=WORKER_TARGET,
+                    policy_dir=str(stage2_dir), dataset_rows=engine_rows, reward_fns=reward_fns, settings=g,
+                    out_dir=str(out_dir), log_path=str(log_path), extra_log_path=str(extra), seg_settings=s,
+                    trainer_base=trainer_cls or SegAnswerGRPOTrainer)
     final = Path(out_dir) / FINAL_DIR
     # The projector, mask decoder and SAM 2.1 did not change: carry them over into the final
     # policy and every candidate (each a whole SegAnswer checkpoint); the config goes last.
@@ -539,8 +665,9 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
 
 
 def stage3_stage(tables: list[str], roots: list[str], stage2: str, checkpoint: str, train_log: str, curves: str,
-                 cfg: dict) -> None:
-    rows = select(tables, roots, cfg["data"]["stage3"], "questions", cfg["image_size"])
+                 cfg: dict) -> dict:
+    """The rule's job; returns its outcome for the provenance record (the processes it trained on)."""
+    rows = select(tables, roots, cfg["data"]["stage3"], "questions")
     # As for FineRS: the step log lives beside the resume state until the run ends.
     run_dir = run_dir_of(checkpoint)
     work_log = run_dir / "train_log.inprogress.parquet"
@@ -552,3 +679,5 @@ def stage3_stage(tables: list[str], roots: list[str], stage2: str, checkpoint: s
     if extra.exists():
         os.replace(extra, Path(train_log).with_suffix(".seganswer.parquet"))
     plot_curves(train_log, curves, title="SegAnswer stage 3 (DAPO): R_acc, R_format, total")
+    summary = json.loads((Path(checkpoint) / "engine_summary.json").read_text())
+    return {"world_size": summary["world_size"]}

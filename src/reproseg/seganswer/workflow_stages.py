@@ -2,8 +2,9 @@
 
 Every stage reads the selections its `seganswer.data` entry lists ("source" or
 "source/split"); the rule passes the matching tables and their image folders in the
-same order. Images (and masks, nearest neighbour) are resized to
-`seganswer.image_size` when a sample is read (reproseg.seganswer.sources.rows).
+same order. Images and masks are read at their native resolution
+(reproseg.seganswer.sources.rows); `seganswer.min_pixels` / `max_pixels` bound the
+Qwen2.5-VL processor's resize of every stage's and every evaluation's model (PixelBounds).
 `seganswer.sam_feature_cache_mb` is every stage's and every evaluation's SAM feature cache.
 
 Stage 3's job is reproseg.seganswer.stage3.stage3_stage: kept out of this module so that
@@ -24,7 +25,7 @@ from ..io_atomic import write_json, write_parquet, write_text
 from ..runs import CANDIDATES_DIR, RESUME_DIR, run_dir_of
 from . import paper_tables
 from .evaluate import answer_questions, evaluate_referring, evaluate_referring_given, qa_accuracy
-from .model import SegAnswerModel, merge_lora, resolve_device
+from .model import PixelBounds, SegAnswerModel, merge_lora, resolve_device
 from .sources.rows import select
 from .stage1 import train_stage1_lora, train_stage1_projector
 from .stage2 import train_stage2
@@ -42,27 +43,28 @@ def with_prompt(settings: dict, cfg: dict) -> dict:
     return {**with_cache(settings, cfg), "reasoning_prompt": cfg["reasoning_prompt"]}
 
 
-def _referring(tables, roots, selections, size, limit=None):
-    rows = select(tables, roots, selections, "referring", size, limit)
-    # An empty target at this size is kept: the loss and the metrics handle it (counted here).
-    log.info("%d of %d referring rows have an empty mask at %s", rows.empty_masks(), len(rows), list(size))
+def _referring(tables, roots, selections, limit=None):
+    rows = select(tables, roots, selections, "referring", limit=limit)
+    # An empty target is kept: the loss and the metrics handle it (counted here).
+    log.info("%d of %d referring rows have an empty mask", rows.empty_masks(), len(rows))
     return rows
 
 
 def stage1_projector_stage(tables: list[str], roots: list[str], qwen: str, sam2: str, sam2_config, out_dir: str,
                            train_log: str, cfg: dict) -> None:
-    rows = _referring(tables, roots, cfg["data"]["stage1_projector"], cfg["image_size"])
+    rows = _referring(tables, roots, cfg["data"]["stage1_projector"])
     # no candidates: only phase b is selected (its config keeps candidate_every null)
     train_stage1_projector(qwen, sam2, rows, out_dir, with_cache(cfg["stage1"]["projector"], cfg), train_log,
-                           sam2_config_name=sam2_config, resume_dir=run_dir_of(out_dir) / RESUME_DIR)
+                           sam2_config_name=sam2_config, resume_dir=run_dir_of(out_dir) / RESUME_DIR,
+                           pixels=PixelBounds.of(cfg))
 
 
 def stage1_lora_stage(tables: list[str], roots: list[str], phase_a: str, out_dir: str, train_log: str,
                       cfg: dict) -> None:
-    rows = _referring(tables, roots, cfg["data"]["stage1_lora"], cfg["image_size"])
+    rows = _referring(tables, roots, cfg["data"]["stage1_lora"])
     run = run_dir_of(out_dir)
     train_stage1_lora(phase_a, rows, out_dir, with_cache(cfg["stage1"]["lora"], cfg), train_log,
-                      resume_dir=run / RESUME_DIR, candidates_dir=run / CANDIDATES_DIR)
+                      resume_dir=run / RESUME_DIR, candidates_dir=run / CANDIDATES_DIR, pixels=PixelBounds.of(cfg))
 
 
 def stage1_merge_stage(unmerged: str, out_dir: str, cfg: dict) -> None:
@@ -70,10 +72,10 @@ def stage1_merge_stage(unmerged: str, out_dir: str, cfg: dict) -> None:
 
 
 def stage2_stage(tables: list[str], roots: list[str], stage1: str, out_dir: str, train_log: str, cfg: dict) -> None:
-    rows = select(tables, roots, cfg["data"]["stage2"], "questions", cfg["image_size"])
+    rows = select(tables, roots, cfg["data"]["stage2"], "questions")
     run = run_dir_of(out_dir)
     train_stage2(stage1, rows, out_dir, with_prompt(cfg["stage2"], cfg), train_log, resume_dir=run / RESUME_DIR,
-                 candidates_dir=run / CANDIDATES_DIR)
+                 candidates_dir=run / CANDIDATES_DIR, pixels=PixelBounds.of(cfg))
 
 
 def load_checkpoint(model: dict, cfg: dict):
@@ -81,30 +83,32 @@ def load_checkpoint(model: dict, cfg: dict):
     base checkpoint {"qwen", "sam2", "sam2_config"} (the projector drawn with stage 1 phase
     a's seed, exactly the model phase a starts from)."""
     ev = cfg["eval"]
-    dtype, device = ev["dtype"], resolve_device(ev["device"])
+    dtype, device, pixels = ev["dtype"], resolve_device(ev["device"]), PixelBounds.of(cfg)
     if "dir" in model:
-        return SegAnswerModel.from_pretrained(model["dir"], dtype=dtype, device=device)
+        return SegAnswerModel.from_pretrained(model["dir"], dtype=dtype, device=device, pixels=pixels)
     seed = cfg["stage1"]["projector"]["seed"]
     return SegAnswerModel.from_base(model["qwen"], model["sam2"], model.get("sam2_config"), seed=seed,
-                                    dtype=dtype, device=device)
+                                    dtype=dtype, device=device, pixels=pixels)
 
 
 def evaluate_stage(referring: dict, questions: dict, model: dict, metrics_json: str, cfg: dict,
                    checkpoint: str) -> None:
     """Every benchmark of `seganswer.eval` on one checkpoint (see load_checkpoint); referring =
-    {"tables", "roots"} in the order of eval.referring, questions likewise for eval.questions."""
-    ev, size = cfg["eval"], cfg["image_size"]
+    {"tables", "roots"} in the order of eval.referring, questions likewise for eval.questions.
+    gIoU / cIoU are scored at each image's native resolution (the GT mask's own pixels; the
+    predicted mask is SAM's logits upsampled to that size)."""
+    ev = cfg["eval"]
     net = load_checkpoint(model, cfg)
     net.enable_feature_cache(cfg["sam_feature_cache_mb"])
     limit = ev["limit"]
     ref_metrics, qa_metrics = {}, {}
     for bench, table, root in zip(ev["referring"], referring["tables"], referring["roots"], strict=True):
-        rows = _referring([table], [root], [bench["data"]], size, limit)
+        rows = _referring([table], [root], [bench["data"]], limit)
         ref_metrics[bench["label"]] = {**evaluate_referring(net, rows, max_new_tokens=ev["max_new_tokens"],
                                                             desc=f"{checkpoint} {bench['label']}"),
                                        "given": evaluate_referring_given(net, rows)}
     for bench, table, root in zip(ev["questions"], questions["tables"], questions["roots"], strict=True):
-        rows = select([table], [root], [bench["data"]], "questions", size, limit)
+        rows = select([table], [root], [bench["data"]], "questions", limit=limit)
         records = answer_questions(net, rows, max_turns=ev["max_turns"], max_turn_tokens=ev["max_new_tokens"],
                                    desc=f"{checkpoint} {bench['label']}", template=cfg["reasoning_prompt"])
         qa_metrics[bench["label"]] = {**qa_accuracy(records),
