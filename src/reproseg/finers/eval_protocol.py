@@ -55,8 +55,16 @@ class LPRReading:
     points: list[list[float]]
 
 
-def _best_mask(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    return masks[int(np.argmax(scores))] > 0
+def _segment(predictor, crop_rgb: np.ndarray, box, points, multimask: bool) -> np.ndarray:
+    """SAM2 on the crop from a box and positive points; with multimask, the best-scoring of
+    its three masks (a single mask is the only one)."""
+    predictor.set_image(crop_rgb)
+    kwargs = {"box": np.asarray(box, np.float32), "multimask_output": multimask}
+    if points:
+        kwargs["point_coords"] = np.asarray(points, np.float32)
+        kwargs["point_labels"] = np.ones(len(points), np.int32)
+    masks, scores, _ = predictor.predict(**kwargs)
+    return (masks[int(np.argmax(scores))] if multimask else masks[0]) > 0
 
 
 class PaperProtocol:
@@ -82,13 +90,7 @@ class PaperProtocol:
 
     def segment(self, predictor, crop_rgb: np.ndarray, box, points) -> np.ndarray:
         """SAM2 mask of the crop from a box and positive points (crop pixel coordinates)."""
-        predictor.set_image(crop_rgb)
-        kwargs = {"box": np.asarray(box, np.float32), "multimask_output": False}
-        if points:
-            kwargs["point_coords"] = np.asarray(points, np.float32)
-            kwargs["point_labels"] = np.ones(len(points), np.int32)
-        masks, _, _ = predictor.predict(**kwargs)
-        return masks[0] > 0
+        return _segment(predictor, crop_rgb, box, points, multimask=False)
 
 
 @dataclass(frozen=True)
@@ -179,13 +181,7 @@ class AuthorsProtocol:
         return LPRReading([a.box[0] + x0, a.box[1] + y0, a.box[2] + x0, a.box[3] + y0], points)
 
     def segment(self, predictor, crop_rgb: np.ndarray, box, points) -> np.ndarray:
-        predictor.set_image(crop_rgb)
-        kwargs = {"box": np.asarray(box, np.float32), "multimask_output": True}
-        if points:
-            kwargs["point_coords"] = np.asarray(points, np.float32)
-            kwargs["point_labels"] = np.ones(len(points), np.int32)
-        masks, scores, _ = predictor.predict(**kwargs)
-        return _best_mask(masks, scores)
+        return _segment(predictor, crop_rgb, box, points, multimask=True)
 
 
 PROTOCOLS = {"paper": PaperProtocol(), "reference_code": AuthorsProtocol()}
