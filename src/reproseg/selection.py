@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .io_atomic import atomic_dir, write_json
+from .runs import CANDIDATES_DIR
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,21 @@ def link_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """A copy of folder `src` at `dst` made of hard links (a plain copy across file systems)."""
     shutil.copytree(src, dst, copy_function=link_file, dirs_exist_ok=True)
+
+
+def collect_candidates(staged_root: str | os.PathLike, final_dir: str | os.PathLike,
+                       candidates_dir: str | os.PathLike, final_step: int) -> Path:
+    """The candidates a training run staged in `<staged_root>/candidates` (inside its resume
+    state, so a retried job keeps them) and the final model as step-<final_step> (hard
+    links: no second copy on disk) in `candidates_dir`, in one rename."""
+    staged = Path(staged_root) / CANDIDATES_DIR
+    with atomic_dir(candidates_dir) as tmp:
+        if staged.is_dir():
+            for p in sorted(staged.glob("step-*")):
+                shutil.move(str(p), tmp / p.name)
+        link_tree(final_dir, tmp / candidate_name(final_step))
+    list_candidates(candidates_dir)  # at least the final one, or this raises
+    return Path(candidates_dir)
 
 
 def select(candidates_root: str | os.PathLike, score: Callable[[Path], dict[str, float]] | None,

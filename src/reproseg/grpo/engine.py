@@ -78,7 +78,7 @@ from reproseg.runs import (  # noqa: F401  (public API)
     completed_checkpoints,
     direct_tensorboard,
 )
-from reproseg.selection import candidate_name, link_tree
+from reproseg.selection import candidate_name, collect_candidates
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 REPORTERS = ("tensorboard", "wandb")  # Trainer integrations a stage may report to
@@ -501,17 +501,6 @@ def _export(trainer, policy_dir: Path, target: Path, settings: GRPOSettings, pro
     trainer.accelerator.wait_for_everyone()
 
 
-def _collect_candidates(resume_dir: Path, out_dir: Path, final_step: int) -> None:
-    """Moves the candidates saved during training to out_dir/candidates and adds the final
-    policy as step-<final_step> (hard links: no second copy on disk), in one rename."""
-    saved = resume_dir / CANDIDATES_DIR
-    with atomic_dir(out_dir / CANDIDATES_DIR) as tmp:
-        if saved.is_dir():
-            for p in sorted(saved.glob("step-*")):
-                shutil.move(str(p), tmp / p.name)
-        link_tree(out_dir / FINAL_DIR, tmp / candidate_name(final_step))
-
-
 def train_grpo(
     policy_dir: str | os.PathLike,
     dataset_rows: Sequence[dict],
@@ -619,6 +608,6 @@ def train_grpo(
             raise TrainingInterrupted(stopped, str(resume_dir / f"checkpoint-{stopped}"))
         _export(trainer, policy_dir, out_dir / FINAL_DIR, settings, processor)
     if is_main and settings.candidate_every:
-        _collect_candidates(resume_dir, out_dir, trainer.state.global_step)
+        collect_candidates(resume_dir, out_dir / FINAL_DIR, out_dir / CANDIDATES_DIR, trainer.state.global_step)
     if is_main and not settings.keep_resume_state:
         shutil.rmtree(resume_dir, ignore_errors=True)

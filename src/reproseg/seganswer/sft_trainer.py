@@ -69,7 +69,7 @@ from reproseg.runs import (
     completed_checkpoints,
     direct_tensorboard,
 )
-from reproseg.selection import candidate_name, link_tree, list_candidates
+from reproseg.selection import candidate_name, collect_candidates, link_tree, list_candidates
 
 TRAINABLE_FILE = "trainable.safetensors"
 SHARDED_DIR = "dcp"          # a sharded run's checkpoint: model and optimizer shards
@@ -203,7 +203,7 @@ class SegAnswerSFTTrainer(Trainer):
 
 class StepLogCallback(TrainerCallback):
     """One row per optimizer step (the Trainer's loss, learning rate and gradient norm, the
-    stage's loss terms, seconds per step), the table rewritten after each step. On resume,
+    stage's loss terms, seconds per step, the world size), the table rewritten after each step. On resume,
     rows past the resumed step are dropped, so that the log matches the weights."""
 
     def __init__(self, path: Path, resume_step: int | None):
@@ -222,6 +222,7 @@ class StepLogCallback(TrainerCallback):
         row = {"step": int(state.global_step), "epoch": float(state.epoch or 0.0)}
         row.update({k: float(v) for k, v in logs.items() if k not in ("epoch", "step") and isinstance(v, (int, float))})
         row["step_time_s"] = time.perf_counter() - self._t0
+        row["world_size"] = int(args.world_size)  # processes training together
         self.rows = [r for r in self.rows if r["step"] < row["step"]] + [row]
         write_parquet(self.path, pa.Table.from_pylist(self.rows))
 
@@ -329,20 +330,6 @@ def _drop_candidates_after(staged: Path, step: int) -> None:
         for p in staged.glob("step-*"):
             if p.name.rsplit("-", 1)[-1].isdigit() and int(p.name.rsplit("-", 1)[-1]) > step:
                 shutil.rmtree(p)
-
-
-def collect_candidates(resume_dir, final_dir, candidates_dir, final_step: int) -> Path:
-    """The candidates staged in `<resume_dir>/candidates` and the final model (as
-    step-<final_step>, hard links) in `candidates_dir`, in one rename (rank 0, after the final
-    model is written)."""
-    staged = Path(resume_dir) / CANDIDATES_DIR
-    with atomic_dir(candidates_dir) as tmp:
-        if staged.is_dir():
-            for p in sorted(staged.glob("step-*")):
-                shutil.move(str(p), tmp / p.name)
-        link_tree(final_dir, tmp / candidate_name(final_step))
-    list_candidates(candidates_dir)  # at least the final one, or this raises
-    return Path(candidates_dir)
 
 
 def scratch_resume_dir() -> Path:
