@@ -45,7 +45,7 @@ def paper_layout(root: Path) -> dict:
     # Dr. Seg's sources (config/paper.yaml drseg.sources): Hugging Face dataset folders
     for rel in ("VisionReasoner_multi_object_7k_840", "refcoco_val", "refcoco_testA", "refcocoplus_testA",
                 "refcocog_test", "ReasonSeg_val", "ReasonSeg_test", "pixmo_count_val", "pixmo_count_test",
-                "countbench"):
+                "countbench", "coco_val"):
         (data / "visionreasoner" / rel).mkdir(parents=True)
     (models / "Qwen2.5-VL-7B-Instruct").mkdir(parents=True)
     (models / "sam2.1_hiera_large.pt").write_bytes(b"")

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from reproseg import config as cfglib
 from reproseg import fingerprint as fp
 
-_resolved = cfglib.resolve(config)
+_resolved = cfglib.resolve(config, [cfglib.typed_command_line(dict(workflow.config_settings.config))])
 cfglib.validate(_resolved, cfglib.load_yaml(Path(workflow.basedir) / "config" / "schema.yaml"))
 config.clear()
 config.update(_resolved)
@@ -115,12 +115,26 @@ def family_resources(family):
     """Slurm resources of a rule family; memory and runtime grow with each attempt."""
     r = dict(config["resources"][family])
     mem, runtime = r.pop("mem_mb"), r.pop("runtime")
+    r.pop("processes", None)  # not a Slurm resource: train_processes() passes it as a param
     return {
         "mem_mb": lambda wildcards, attempt: mem * attempt,
         "runtime": lambda wildcards, attempt: runtime * attempt,
         **{k: v for k, v in r.items() if k != "cpus_per_task"},
         "cpus_per_task": r.get("cpus_per_task", 1),
     }
+
+
+def train_processes(own=None):
+    """A training rule's processes param: the stage's own `processes` when set, else the
+    training family's (null: the job takes one per visible GPU, one on CPU). A param, so
+    that a change re-runs the training (the global batch is per process)."""
+    return own if own is not None else config["resources"]["gpu_train"]["processes"]
+
+
+def train_threads(own=None):
+    """A training rule's threads: its processes, so that a local run (`--cores`) does not
+    start two multi-process trainings on the same cores (on Slurm, cpus_per_task rules)."""
+    return train_processes(own) or 1
 
 
 # ---- experiments and variant keys -------------------------------------------------

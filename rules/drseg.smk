@@ -1,7 +1,8 @@
 # Dr. Seg's own setting: VisionReasoner's multi-object task. Each source imported (with a
 # validation report) -> GRPO on the project's engine, one training per reward variant
 # (experiments drseg-*) -> the val-chosen candidate -> answers per benchmark -> SAM 2.1
-# masks and scores -> Dr. Seg's Tables 2-6 with the paper's numbers beside ours.
+# masks and scores (COCO AP for a detection set) -> Dr. Seg's Tables 2-7 with the paper's
+# numbers beside ours, and a table of FineRS with Dr. Seg's rewards beside Dr. Seg alone.
 # Paths carry variant keys of the drseg_* stages (rules/drseg_common.smk).
 
 
@@ -21,6 +22,8 @@ rule drseg_all:
     input:
         expand(R("tables/drseg_{table}.md"), table=DRSEG_TABLES),
         expand(R("tables/drseg_{table}.report.html"), table=DRSEG_TABLES),
+        R("tables/drseg_finers_comparison.md"),
+        R("tables/drseg_finers_comparison.report.html"),
         expand(f"{DRSEG}/data/{{drseg_source}}/report.md", drseg_source=DRSEG_USED),
 
 
@@ -90,12 +93,14 @@ rule drseg_train:
         f"{DRSEG}/benchmarks/drseg_train/{{drseg_train}}.tsv"
     conda:
         CONDA_ENV
+    threads: train_threads()
     resources:
         **family_resources("gpu_train"),
     params:
         **exp_params("drseg_train", "drseg_train", "drseg.rewards", "drseg.grpo", "drseg.policy_size"),
         images_root=folder_from_record("table_record", "images"),
         policy=BASE_QWEN,
+        processes=train_processes(),
     script:
         script_path("drseg_train")
 
@@ -258,6 +263,8 @@ rule drseg_table:
         table5_md=R("tables/drseg_table5.md"),
         table6=R("tables/drseg_table6.parquet"),
         table6_md=R("tables/drseg_table6.md"),
+        table7=R("tables/drseg_table7.parquet"),
+        table7_md=R("tables/drseg_table7.md"),
         prov=prov(R("tables/drseg_table2.parquet")),
     log:
         R("logs/drseg_table.log"),
@@ -272,3 +279,27 @@ rule drseg_table:
         runs=lambda wildcards: cfglib.canonical(drseg_table_runs()),
     script:
         script_path("drseg_table")
+
+
+# FineRS with Dr. Seg's rewards beside Dr. Seg alone (no paper reports it: no paper column).
+# Only in drseg_all; its FineRS runs are the ones experiments.run declares (drseg_finers_runs).
+rule drseg_finers_comparison:
+    input:
+        metrics=[path for run in drseg_finers_runs() for path in run["metrics"].values()],
+    output:
+        table=R("tables/drseg_finers_comparison.parquet"),
+        table_md=R("tables/drseg_finers_comparison.md"),
+        prov=prov(R("tables/drseg_finers_comparison.parquet")),
+    log:
+        R("logs/drseg_finers_comparison.log"),
+    benchmark:
+        R("benchmarks/drseg_finers_comparison.tsv")
+    conda:
+        CONDA_ENV
+    resources:
+        **family_resources("cpu_data"),
+    params:
+        **stage_params("drseg_finers_comparison"),
+        runs=lambda wildcards: cfglib.canonical(drseg_finers_runs()),
+    script:
+        script_path("drseg_finers_comparison")

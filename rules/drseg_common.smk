@@ -8,7 +8,7 @@ DRSEG_BENCHES = [b["data"] for b in DRSEG_CFG["eval"]["benchmarks"]]
 # Only the sources a stage reads are imported (a --configfile cannot remove the
 # default's entries from the merged `sources` map).
 DRSEG_USED = sorted({DRSEG_CFG["train_data"], DRSEG_CFG["selection"]["data"], *DRSEG_BENCHES})
-DRSEG_TABLES = ["table2", "table3", "table4", "table5", "table6"]
+DRSEG_TABLES = ["table2", "table3", "table4", "table5", "table6", "table7"]
 
 # The drseg_* stages' variant keys (the mechanism of rules/common.smk, for this branch's
 # stages): experiments that change only FineRS or SegAnswer keys share every Dr. Seg job.
@@ -52,6 +52,35 @@ def drseg_table_runs():
     for key in DRSEG_RUNS:
         cfg = VARIANT_CFG["drseg_infer"][key]["drseg"]
         runs.append({"name": key, "trained": True, "rewards": cfg["rewards"], "metrics": drseg_metrics(key)})
+    return runs
+
+
+# The FineRS splits of the comparison table (drseg_finers_comparison), by their data's name.
+FINERS_DATA_NAME = "synthetic FineRS-4k" if config["data"]["source"] == "synthetic" else "FineRS-4k"
+
+
+def drseg_finers_runs():
+    """The comparison's runs: the FineRS variants that are the main run or use Dr. Seg's
+    rewards (only experiments that experiments.run declares: finers_all builds them anyway,
+    so the table adds no FineRS job to the DAG), then the main Dr. Seg variant and every one
+    without Look-to-Confirm and the ranked reward (VisionReasoner's), on the segmentation
+    benchmarks."""
+    runs, seen = [], set()
+    for exp, cfg in EXPERIMENTS.items():
+        key, stages = VARIANT["infer"][exp], {s: cfg["finers"][s]["drseg"] for s in ("lpr", "gse")}
+        on = any(o["look_to_confirm"] or o["distribution_ranked"] for o in stages.values())
+        if key in seen or not (exp == "main" or on):
+            continue
+        seen.add(key)
+        splits = cfg["finers"]["inference"]["splits"]
+        metrics = {f"{FINERS_DATA_NAME} {s}": f"{FINERS}/metrics/{key}/{s}.json" for s in splits}
+        runs.append({"branch": "FineRS", "name": key, "rewards": stages, "metrics": metrics})
+    seg = [b for b in DRSEG_CFG["eval"]["benchmarks"] if DRSEG_SOURCES[b["data"]]["task"] == "segmentation"]
+    for key in DRSEG_RUNS:
+        rewards = VARIANT_CFG["drseg_infer"][key]["drseg"]["rewards"]
+        if key == "main" or not (rewards["look_to_confirm"] or rewards["distribution_ranked"]):
+            metrics = {b["label"]: f"{DRSEG}/metrics/{key}/{b['data']}.json" for b in seg}
+            runs.append({"branch": "Dr. Seg", "name": key, "rewards": rewards, "metrics": metrics})
     return runs
 
 

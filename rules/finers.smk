@@ -43,12 +43,14 @@ rule warmup_policy:
         f"{FINERS}/benchmarks/warmup_policy/{{warmup}}.tsv"
     conda:
         CONDA_ENV
+    threads: train_threads()
     resources:
         **family_resources("gpu_train"),
     params:
         **exp_params("warmup", "warmup_policy", *WARMUP_KEYS),
         images_root=images_root,
         policy=BASE_QWEN,
+        processes=train_processes(),
     script:
         script_path("warmup_policy")
 
@@ -107,6 +109,7 @@ rule train_lpr:
         f"{FINERS}/benchmarks/train_lpr/{{lpr}}.tsv"
     conda:
         CONDA_ENV
+    threads: train_threads()
     resources:
         **family_resources("gpu_train"),
     params:
@@ -122,6 +125,7 @@ rule train_lpr:
         ),
         images_root=images_root,
         policy=folder_from_record("start", "checkpoint", base=BASE_QWEN),
+        processes=train_processes(),
     script:
         script_path("train_lpr")
 
@@ -241,6 +245,7 @@ rule train_gse:
         f"{FINERS}/benchmarks/train_gse/{{gse}}.tsv"
     conda:
         CONDA_ENV
+    threads: train_threads()
     resources:
         **family_resources("gpu_train"),
     params:
@@ -257,6 +262,7 @@ rule train_gse:
         ),
         images_root=images_root,
         policy=folder_from_record("start", "checkpoint", base=BASE_QWEN),
+        processes=train_processes(),
     script:
         script_path("train_gse")
 

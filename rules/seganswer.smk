@@ -95,6 +95,7 @@ rule seganswer_stage1_projector:
         f"{SEGANSWER}/benchmarks/stage1_projector.tsv"
     conda:
         CONDA_ENV
+    threads: train_threads(SEG["stage1"]["projector"]["processes"])
     resources:
         **family_resources("gpu_train"),
     params:
@@ -108,6 +109,7 @@ rule seganswer_stage1_projector:
         qwen=BASE_QWEN,
         sam2=BASE_SAM2,
         sam2_config=SAM2_CONFIG,
+        processes=train_processes(SEG["stage1"]["projector"]["processes"]),
     script:
         script_path("seganswer_stage1_projector")
 
@@ -134,12 +136,14 @@ rule seganswer_stage1_lora:
         f"{SEGANSWER}/benchmarks/stage1_lora.tsv"
     conda:
         CONDA_ENV
+    threads: train_threads(SEG["stage1"]["lora"]["processes"])
     resources:
         **family_resources("gpu_train"),
     params:
         **stage_params("seganswer_stage1_lora", *SEG_SHARED_KEYS, "seganswer.stage1.lora", "seganswer.data.stage1_lora"),
         roots=seg_roots(SEG["data"]["stage1_lora"]),
         phase_a=folder_from_record("phase_a_record", "checkpoint"),
+        processes=train_processes(SEG["stage1"]["lora"]["processes"]),
     script:
         script_path("seganswer_stage1_lora")
 
@@ -221,12 +225,14 @@ rule seganswer_stage2_sft:
         f"{SEGANSWER}/benchmarks/stage2.tsv"
     conda:
         CONDA_ENV
+    threads: train_threads(SEG["stage2"]["processes"])
     resources:
         **family_resources("gpu_train"),
     params:
         **stage_params("seganswer_stage2_sft", *SEG_QA_KEYS, "seganswer.stage2", "seganswer.data.stage2"),
         roots=seg_roots(SEG["data"]["stage2"]),
         stage1=folder_from_record("stage1_record", "checkpoint"),
+        processes=train_processes(SEG["stage2"]["processes"]),
     script:
         script_path("seganswer_stage2_sft")
 
@@ -281,12 +287,14 @@ rule seganswer_stage3_dapo:
         f"{SEGANSWER}/benchmarks/stage3.tsv"
     conda:
         CONDA_ENV
+    threads: train_threads(SEG["stage3"]["settings"]["processes"])
     resources:
         **family_resources("gpu_train"),
     params:
         **stage_params("seganswer_stage3_dapo", *SEG_QA_KEYS, "seganswer.stage3", "seganswer.data.stage3"),
         roots=seg_roots(SEG["data"]["stage3"]),
         stage2=folder_from_record("stage2_record", "checkpoint"),
+        processes=train_processes(SEG["stage3"]["settings"]["processes"]),
     script:
         script_path("seganswer_stage3_dapo")
 

@@ -45,6 +45,9 @@ def test_paper_config_is_valid_and_resolves_env(monkeypatch, default):
     (("data", "synthetic", "width"), 641, "config key 'data.synthetic.width'"),
     # the rules expect every GRPO stage's candidates folder
     (("finers", "lpr", "grpo", "candidate_every"), None, "config key 'finers.lpr.grpo.candidate_every'"),
+    (("resources", "gpu_train", "processes"), 0, "config key 'resources.gpu_train.processes'"),
+    # only the training family runs several processes per job
+    (("resources", "gpu_infer", "processes"), 2, "config key 'resources.gpu_infer': Unevaluated properties"),
 ])
 def test_schema_errors_name_the_key(default, path, value, expected):
     cfg = copy.deepcopy(default)
@@ -86,6 +89,17 @@ def test_deep_merge_follows_omegaconf():
     over = {"a": {"c": [9]}, "e": {"f": 1}}
     assert cfglib.deep_merge(base, over) == cfglib.resolve(base, [over]) == {"a": {"b": 1, "c": [9]}, "d": 3, "e": {"f": 1}}
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 3}   # not modified
+
+
+def test_command_line_nested_leaves_read_as_a_configfile_reads_them():
+    # what snakemake.cli.parse_config makes of: results=out resources='{gpu_train: {processes: 2}}' ...
+    given = {"results": "out", "resources": {"gpu_train": {"processes": "2", "gpu_model": "a100"}},
+             "finers": {"lpr": {"grpo": {"learning_rate": "1.0e-6", "epochs": "null", "seed": "42"}},
+                        "prompts": {"lpr": "Find {phrase}: ${oc.env:X}"}}}
+    assert cfglib.typed_command_line(given) == {
+        "results": "out", "resources": {"gpu_train": {"processes": 2, "gpu_model": "a100"}},
+        "finers": {"lpr": {"grpo": {"learning_rate": 1e-6, "epochs": None, "seed": 42}},
+                   "prompts": {"lpr": "Find {phrase}: ${oc.env:X}"}}}
 
 
 @pytest.mark.parametrize("section, settings, key", [

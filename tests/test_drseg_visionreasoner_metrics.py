@@ -124,3 +124,29 @@ def test_coco_ap_hand_computed(tmp_path):
     assert shifted["AP50"] == pytest.approx(1.0) and shifted["AP75"] == pytest.approx(0.5 * 51 / 101)
     assert shifted["AP"] == pytest.approx((2 * 1.0 + 8 * 0.5 * 51 / 101) / 10)
     assert m.coco_ap(COCO_GT, []) == dict.fromkeys(m.COCO_STATS, 0.0)
+
+
+# ---------------------------------------------------------------- Table 7: P / R / F1 at IoU 0.5
+
+def test_matched_boxes_one_to_one_at_iou_half():
+    gt = [[0, 0, 10, 10], [20, 0, 30, 10]]
+    # [0, 0, 10, 20] has IoU exactly 100 / 200 = 0.5 with gt 0: a match (COCOeval's >=);
+    # [0, 0, 10, 21] has 100 / 210 < 0.5: none.
+    assert m.matched_boxes([[0, 0, 10, 20]], gt) == 1
+    assert m.matched_boxes([[0, 0, 10, 21]], gt) == 0
+    # Two predictions on one GT box count once.
+    assert m.matched_boxes([[0, 0, 10, 10], [1, 0, 11, 10]], [[0, 0, 10, 10]]) == 1
+    wide = [[0, 0, 30, 10]]          # IoU 1/3 with each half: no match
+    assert m.matched_boxes(wide, gt) == 0
+    # p0 has IoU 90/110 with both GT boxes, p1 70/130 with gt0 only (50/150 with gt1): a
+    # greedy pick of p0's best (gt0) leaves p1 unmatched; the one-to-one optimum pairs both.
+    assert m.matched_boxes([[1, 0, 11, 10], [-3, 0, 7, 10]], [[0, 0, 10, 10], [2, 0, 12, 10]]) == 2
+    assert m.matched_boxes([], gt) == 0 and m.matched_boxes(gt, []) == 0
+
+
+def test_detection_prf_by_hand():
+    # 3 matched of 4 predicted boxes and 6 GT boxes: P 0.75, R 0.5, F1 2 * 0.375 / 1.25 = 0.6.
+    got = m.detection_prf(3, 4, 6)
+    assert got["precision"] == 0.75 and got["recall"] == 0.5 and got["f1"] == pytest.approx(0.6)
+    assert m.detection_prf(0, 0, 5) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert m.detection_prf(0, 3, 0) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}

@@ -1,5 +1,7 @@
 """Dr. Seg's own branch end to end on the synthetic multi-object fixture (a few GRPO steps),
-then exact re-run sets after each kind of change, from a copy of the repository."""
+with the FineRS main run its comparison table reads, then exact re-run sets after each
+kind of change, from a copy of the repository."""
+import itertools
 import json
 import os
 import re
@@ -20,6 +22,12 @@ SMALL = """
 data:
   synthetic: {n_videos: 4, width: 320, height: 180, n_frames: 8}
   splits: {proportions: {train: 2, val: 1, test: 1}}
+# drseg_all's comparison table reads the FineRS main run: its stages as small as the FineRS test's.
+finers:
+  warmup: {max_steps: 4, sam2: {max_steps: 2}}
+  lpr: {grpo: {max_steps: 4, per_device_batch_size: 8, max_completion_length: 24, candidate_every: 2}}
+  gse: {grpo: {max_steps: 4, per_device_batch_size: 8, max_completion_length: 24, candidate_every: 2}}
+  selection: {max_new_tokens: 24}
 drseg:
   synthetic: {counts: {train: 8, val: 4, test: 4}}
   grpo: {max_steps: 2, candidate_every: 1, max_completion_length: 32}
@@ -65,11 +73,17 @@ def write(tmp_path, text):
     return path
 
 
-BENCHES = ("synthetic_test", "synthetic_count", "synthetic_rec")
-TABLES = {"drseg_table": 1, "markdown_html": 5, "drseg_all": 1}
-EVALUATED = {"drseg_infer": 3, "drseg_evaluate": 3, **TABLES}
+BENCHES = ("synthetic_test", "synthetic_count", "synthetic_rec", "synthetic_det")
+TABLES = {"drseg_table": 1, "markdown_html": 6, "drseg_all": 1}
+EVALUATED = {"drseg_infer": 4, "drseg_evaluate": 4, **TABLES}
 TRAINED = {"drseg_train": 1, "drseg_select": 1, **EVALUATED}
-UNTRAINED = {"drseg_infer_untrained": 3, "drseg_evaluate_untrained": 3}
+UNTRAINED = {"drseg_infer_untrained": 4, "drseg_evaluate_untrained": 4}
+# The main variant's segmentation scores feed the FineRS comparison too (and its HTML): 6 tables + 1.
+COMPARED = {"drseg_finers_comparison": 1, "markdown_html": 7}
+# A FineRS change from GSE on: its training and what follows, and the comparison.
+FINERS_GSE = {"train_gse": 1, "select_gse": 1, "infer_finers": 4, "evaluate_finers": 2,
+              "drseg_finers_comparison": 1, "markdown_html": 1, "drseg_all": 1}
+FINERS_LPR = {"train_lpr": 1, "select_lpr": 1, "retrospective_regions": 1, "merge_region_shards": 1, **FINERS_GSE}
 
 
 def test_default_run_leaves_the_branch_out():
@@ -83,7 +97,7 @@ def test_tables_hold_the_papers_numbers_and_ours(copy):
     t2 = pq.read_table(copy / "results/tables/drseg_table2.parquet").to_pylist()
     rows = {r["method"]: r for r in t2}
     assert rows["Dr. Seg (paper)"]["RCO testA"] == 80.2 and rows["Dr. Seg (paper)"]["avg"] == 74.0
-    assert rows["Dr. Seg (paper)"]["source"] == "paper: shared/papers/drseg.txt line 181"
+    assert rows["Dr. Seg (paper)"]["source"] == "paper: Dr. Seg, Table 2"
     assert rows["Qwen2.5-VL (paper)"]["ReasonSeg val"] == 56.9
     main = json.loads((copy / "results/drseg/metrics/main/synthetic_test.json").read_text())
     assert rows["ours: main"]["synthetic test"] == pytest.approx(100 * main["giou"])
@@ -175,17 +189,24 @@ def test_no_op(copy):
 @pytest.mark.parametrize("change, expected", [
     # A Dr. Seg option re-runs its training and what follows; the imports and the untrained
     # policy's answers stay.
-    ("drseg: {rewards: {queue_size: 512}}", TRAINED),
-    ("drseg: {grpo: {learning_rate: 1.0e-4}}", TRAINED),
+    ("drseg: {rewards: {queue_size: 512}}", {**TRAINED, **COMPARED}),
+    ("drseg: {grpo: {learning_rate: 1.0e-4}}", {**TRAINED, **COMPARED}),
     # Look-to-Confirm changes the prompt too, so the untrained policy is asked again.
-    ("drseg: {rewards: {look_to_confirm: false}}", {**TRAINED, **UNTRAINED}),
-    ("drseg: {selection: {choose: last}}", {"drseg_select": 1, **EVALUATED}),
-    ("drseg: {eval: {max_new_tokens: 24}}", {**EVALUATED, **UNTRAINED}),
-    # A new experiment adds its own training and evaluations; the table gains a row.
+    ("drseg: {rewards: {look_to_confirm: false}}", {**TRAINED, **UNTRAINED, **COMPARED}),
+    ("drseg: {selection: {choose: last}}", {"drseg_select": 1, **EVALUATED, **COMPARED}),
+    ("drseg: {eval: {max_new_tokens: 24}}", {**EVALUATED, **UNTRAINED, **COMPARED}),
+    # A new experiment adds its own training and evaluations; the table gains a row (not
+    # the comparison: DR alone is neither Dr. Seg nor its baseline).
     ("experiments: {run: [drseg-dr-only]}", TRAINED),
-    # A FineRS experiment shares every Dr. Seg job.
+    # ... VisionReasoner's rewards are the comparison's baseline row as well.
+    ("experiments: {run: [drseg-visionreasoner]}", {**TRAINED, **COMPARED}),
+    # A FineRS experiment without Dr. Seg's rewards shares every job of drseg_all; a FineRS
+    # change re-runs its FineRS stages and the comparison, no Dr. Seg job.
     ("experiments: {run: [no-size-reward]}", {}),
-    ("finers: {lpr: {grpo: {max_steps: 4}}}", {}),
+    ("finers: {lpr: {grpo: {learning_rate: 1.0e-3}}}", FINERS_LPR),
+    # FineRS with Dr. Seg's rewards on LPR: its own FineRS runs (the shared warm-up stays)
+    # and the comparison's new row.
+    ("experiments: {run: [lpr-drseg]}", FINERS_LPR),
 ])
 def test_config_change_reruns_exactly(copy, tmp_path, change, expected):
     assert planned(copy, write(tmp_path, change + "\n")) == expected
@@ -201,12 +222,12 @@ def edit(path, old, new):
 @pytest.mark.parametrize("path, old, new, expected", [
     # A Dr. Seg reward term: the training and what follows.
     ("src/reproseg/drseg/rewards.py", "return float(any(b.strip() for b in blocks))",
-     "return float(any(b.strip() for b in blocks[:8]))", TRAINED),
+     "return float(any(b.strip() for b in blocks[:8]))", {**TRAINED, **COMPARED}),
     # The evaluation's metric code: every evaluation, the selection (it scores by it) and what follows.
     ("src/reproseg/drseg/visionreasoner/metrics.py", "REC_IOU = 0.5", "REC_IOU = 0.5000001",
-     {"drseg_select": 1, **EVALUATED, "drseg_evaluate_untrained": 3}),
-    # FineRS code: nothing of the Dr. Seg branch.
-    ("src/reproseg/finers/gse_rewards.py", "else 0.5 if any(ok)", "else 0.6 if any(ok)", {}),
+     {"drseg_select": 1, **EVALUATED, "drseg_evaluate_untrained": 4, **COMPARED}),
+    # FineRS code: no Dr. Seg job, only the FineRS run the comparison reads.
+    ("src/reproseg/finers/gse_rewards.py", "else 0.5 if any(ok)", "else 0.6 if any(ok)", FINERS_GSE),
 ])
 def test_code_edit_reruns_exactly(copy, path, old, new, expected):
     before = edit(copy / path, old, new)
@@ -214,6 +235,101 @@ def test_code_edit_reruns_exactly(copy, path, old, new, expected):
         assert planned(copy) == expected
     finally:
         (copy / path).write_text(before)
+
+
+def comparison_inputs(copy, config):
+    """The metrics files the dry-run's drseg_finers_comparison job reads."""
+    out = smk(copy, "-n", "-f", "drseg_finers_comparison", "drseg_all", config=config)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    job = (out.stdout + out.stderr).split("rule drseg_finers_comparison:")[1]
+    return sorted(p.strip() for p in re.search(r"input: (.*)", job).group(1).split(","))
+
+
+def test_comparison_reads_the_declared_runs_in_drseg_all(copy, tmp_path):
+    both = [f"results/finers/metrics/{e}/{s}.json" for e in ("lpr-drseg", "main") for s in ("test", "val")]
+    drseg = [f"results/drseg/metrics/{e}/synthetic_test.json" for e in ("drseg-visionreasoner", "main")]
+    # Only the segmentation benchmark, and no FineRS experiment that experiments.run lacks.
+    assert comparison_inputs(copy, None) == sorted([*both[2:], drseg[1]])
+    cfg = write(tmp_path, "experiments: {run: [lpr-drseg, drseg-visionreasoner, drseg-dr-only, no-size-reward]}\n")
+    assert comparison_inputs(copy, cfg) == sorted([*both, *drseg])
+
+
+def test_comparison_table_says_what_it_compares(copy):
+    rows = {r["row"]: r for r in pq.read_table(copy / "results/tables/drseg_finers_comparison.parquet").to_pylist()}
+    assert set(rows) == {"FineRS: main, synthetic FineRS-4k val", "FineRS: main, synthetic FineRS-4k test",
+                         "Dr. Seg: main, synthetic test"}
+    finers = json.loads((copy / "results/finers/metrics/main/test.json").read_text())["segmentation"]["all"]
+    assert rows["FineRS: main, synthetic FineRS-4k test"]["gIoU"] == pytest.approx(100 * finers["giou"])
+    drseg = json.loads((copy / "results/drseg/metrics/main/synthetic_test.json").read_text())
+    assert rows["Dr. Seg: main, synthetic test"]["cIoU"] == pytest.approx(100 * drseg["ciou"])
+    md = (copy / "results/tables/drseg_finers_comparison.md").read_text()
+    assert "No paper reports this comparison" in md and "The benchmarks differ" in md
+    assert "No 'FineRS with Dr. Seg's rewards' row: add an experiment" in md
+
+
+def test_detection_ap_is_cocoeval_of_the_rows_and_predictions(copy):
+    """The COCO AP of the detection benchmark, recomputed here with COCOeval on a GT written
+    from the imported rows and the predictions' boxes."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rows = pq.read_table(copy / "results/drseg/data/synthetic_det/table.parquet").to_pylist()
+    metrics = json.loads((copy / "results/drseg/metrics/main/synthetic_det.json").read_text())
+    assert metrics["task"] == "detection" and metrics["n"] == len(rows) > 0
+    t3 = {r["method"]: r for r in pq.read_table(copy / "results/tables/drseg_table3.parquet").to_pylist()}
+    assert t3["ours: main"]["synthetic det"] == pytest.approx(100 * metrics["coco_ap"])
+    preds = {p["id"]: p for p in pq.read_table(copy / "results/drseg/predictions/main/synthetic_det.parquet")
+             .to_pylist()}
+    gt = {"images": [{"id": int(i), "width": 96, "height": 72} for i in sorted({r["image_id"] for r in rows})],
+          "categories": [{"id": c} for c in sorted({r["category_id"] for r in rows})], "annotations": []}
+    dets = []
+    for r in rows:
+        for x1, y1, x2, y2 in r["boxes"]:
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": int(r["image_id"]),
+                                      "category_id": r["category_id"], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                      "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        p = preds[r["id"]]
+        for o in json.loads(p["objects"]) if p["parsed"] else []:
+            x1, y1, x2, y2 = o["bbox_2d"]
+            dets.append({"image_id": int(r["image_id"]), "category_id": r["category_id"],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1],
+                         "score": (x2 - x1) * (y2 - y1) / (96 * 72) if r["boxes"] else 0.0})
+    assert metrics["detections"] == len(dets)
+    # Table 7's P / R / F1 at IoU 0.5: the most one-to-one pairs per row, by brute force.
+    def iou(a, b):
+        w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+        inter = max(w, 0) * max(h, 0)
+        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+    matched = predicted = total = 0
+    for r in rows:
+        p = preds[r["id"]]
+        boxes = [o["bbox_2d"] for o in json.loads(p["objects"])] if p["parsed"] else []
+        predicted, total = predicted + len(boxes), total + len(r["boxes"])
+        short, long_ = sorted((boxes, r["boxes"]), key=len)
+        matched += max((sum(iou(a, b) >= 0.5 for a, b in zip(short, perm))
+                        for perm in itertools.permutations(long_, len(short))), default=0)
+    prec, rec = (matched / predicted if predicted else 0.0), (matched / total if total else 0.0)
+    assert (metrics["det_precision"], metrics["det_recall"]) == pytest.approx((prec, rec))
+    assert metrics["det_f1"] == pytest.approx(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
+    t7 = {r["method"]: r for r in pq.read_table(copy / "results/tables/drseg_table7.parquet").to_pylist()}
+    assert t7["ours: main"]["synthetic det P@0.5"] == pytest.approx(100 * prec)
+    assert t7["Dr. Seg (paper)"]["COCO val F1"] == 66.8
+    if not dets:   # COCOeval's loadRes refuses an empty list; the evaluation scores 0
+        assert metrics["coco_ap"] == metrics["coco_ap50"] == 0.0
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = gt
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert [metrics[k] for k in ("coco_ap", "coco_ap50", "coco_ap75")] == pytest.approx(list(ev.stats[:3]))
 
 
 def test_selection_on_an_evaluated_benchmark_is_refused(copy, tmp_path):
@@ -243,3 +359,31 @@ def test_bad_record_under_each_policy(copy, tmp_path):
         else:
             assert out.returncode == 0, out.stderr[-3000:]
             assert pq.read_table(copy / "results/drseg/data/bad/table.parquet").num_rows == 2
+
+
+def test_bad_detection_row_under_each_policy(copy, tmp_path):
+    """A COCO-format detection row with a box leaving its image and one with a non-integer
+    cat_id: `fail` stops the import naming both, `drop_and_report` imports the rest."""
+    from reproseg.drseg.visionreasoner import synthetic
+
+    rows = synthetic.records("detection", 2, 0, "bad_det", (96, 72), 3, 56)
+    rows[1]["bbox"] = [[10.0, 10.0, 97.0, 20.0]]
+    rows[2]["cat_id"] = None
+    data = tmp_path / "bad_det.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=synthetic.SCHEMAS["detection"]), data)
+    table = copy / "results/drseg/data/bad_det/table.parquet"
+    for policy in ("fail", "drop_and_report"):
+        cfg = write(tmp_path, f"drseg: {{sources: {{bad_det: {{task: detection, path: {data}, split: test, "
+                              f"on_invalid: {policy}, max_image_pixels: 1000000}}}}}}\n")
+        out = smk(copy, str(table.relative_to(copy)), config=cfg)
+        report = copy / "results/drseg/logs/drseg_import_source/bad_det.validation_report.json"
+        problems = json.loads(report.read_text())["problems"]
+        assert [(p["record"], p["class"], p["field"]) for p in problems] == [
+            (1, "box_outside_image", "bbox"), (2, "bad_category", "cat_id")]
+        if policy == "fail":
+            assert out.returncode != 0 and not table.exists()
+        else:
+            assert out.returncode == 0, out.stderr[-3000:]
+            assert pq.read_table(table).num_rows == len(rows) - 2
+            report_md = (copy / "results/drseg/data/bad_det/report.md").read_text()
+            assert "box_outside_image" in report_md and "bad_category" in report_md

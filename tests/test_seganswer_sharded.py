@@ -126,3 +126,14 @@ def test_stage1_two_processes_take_the_steps_of_one_with_the_same_global_batch(s
     # the global batch's loss and gradient norm at every step, the later ones after the same updates
     for key in ("loss", "grad_norm"):
         assert [r[key] for r in two_log] == [pytest.approx(r[key], rel=1e-3) for r in one_log]
+
+
+def test_ranks_after_the_first_build_the_language_model_without_its_weights(seganswer_checkpoint):
+    """lm_meta (a sharded stage's ranks but the first): the language model's structure on the
+    meta device, nothing read or allocated; SAM 2.1 and the projector are whole. Rank 0's
+    broadcast fills the shards (the two-process tests above fail without it)."""
+    model = SegAnswerModel.from_pretrained(seganswer_checkpoint, lm_meta=True)
+    whole = SegAnswerModel.from_pretrained(seganswer_checkpoint)
+    assert all(p.is_meta for p in model.lm.parameters())
+    assert [(n, p.shape) for n, p in model.lm.named_parameters()] == [(n, p.shape) for n, p in whole.lm.named_parameters()]
+    assert not any(p.is_meta for p in model.sam.parameters()) and not any(p.is_meta for p in model.projector.parameters())

@@ -1,10 +1,9 @@
-"""Rule drseg_table: Dr. Seg's Tables 2-6, our runs beside the paper's numbers."""
+"""Rule drseg_table: Dr. Seg's Tables 2-7, our runs beside the paper's numbers."""
 import json
 
-from reproseg.drseg.visionreasoner.tables import tables_stage
+from reproseg.drseg.visionreasoner.tables import TABLES, tables_stage
 from reproseg.provenance import run_job
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-tables = ("table2", "table3", "table4", "table5", "table6")
 run_job(smk, lambda: tables_stage(json.loads(smk.params.runs),
-                                  {t: (smk.output[t], smk.output[f"{t}_md"]) for t in tables}))
+                                  {t: (smk.output[t], smk.output[f"{t}_md"]) for t in TABLES}))

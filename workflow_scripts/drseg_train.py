@@ -8,4 +8,4 @@ smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["drseg"]
 run_job(smk, lambda: train_stage(smk.input.table, smk.params.images_root, smk.params.policy, smk.output.checkpoint,
                                  smk.output.train_log, smk.output.curves, cfg["rewards"], cfg["grpo"],
-                                 cfg["policy_size"]))
+                                 cfg["policy_size"], smk.params.processes))

@@ -11,7 +11,8 @@ cfg = json.loads(smk.params.cfg)["seganswer"]
 
 def job():
     stage1_projector_stage(list(smk.input.tables), list(smk.params.roots), smk.params.qwen, smk.params.sam2,
-                           smk.params.sam2_config, smk.output.checkpoint, smk.output.train_log, cfg)
+                           smk.params.sam2_config, smk.output.checkpoint, smk.output.train_log, cfg,
+                           processes=smk.params.processes)
     # Inside the job, so that the provenance record (written last) marks the curves complete too.
     plot_curves(smk.output.train_log, smk.output.curves, "SegAnswer stage 1a: projector", kind="sft")
 

@@ -11,7 +11,7 @@ cfg = json.loads(smk.params.cfg)["seganswer"]
 
 def job():
     stage2_stage(list(smk.input.tables), list(smk.params.roots), smk.params.stage1, smk.output.checkpoint,
-                 smk.output.train_log, cfg)
+                 smk.output.train_log, cfg, processes=smk.params.processes)
     # Inside the job, so that the provenance record (written last) marks the curves complete too.
     plot_curves(smk.output.train_log, smk.output.curves, "SegAnswer stage 2: interleaved SFT", kind="sft")
 

@@ -8,4 +8,4 @@ smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["seganswer"]
 run_job(smk, lambda: stage3_stage(list(smk.input.tables), list(smk.params.roots), smk.params.stage2,
                                   smk.output.checkpoint, smk.output.train_log,
-                                  smk.output.curves, cfg))
+                                  smk.output.curves, cfg, processes=smk.params.processes))

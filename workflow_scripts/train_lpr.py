@@ -9,4 +9,4 @@ smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["finers"]
 run_job(smk, lambda: train_lpr_stage(
     smk.input.train, smk.params.images_root, smk.params.policy, smk.output.checkpoint, smk.output.train_log,
-    smk.output.curves, cfg, TERMS))
+    smk.output.curves, cfg, TERMS, processes=smk.params.processes))

@@ -8,4 +8,4 @@ smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = json.loads(smk.params.cfg)["finers"]
 run_job(smk, lambda: warmup_stage(
     smk.input.train, smk.input.val, smk.params.images_root, smk.params.policy, smk.output.checkpoint,
-    smk.output.train_log, smk.output.curves, cfg))
+    smk.output.train_log, smk.output.curves, cfg, processes=smk.params.processes))

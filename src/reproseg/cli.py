@@ -1,4 +1,4 @@
-"""The project's own commands: `reproseg audit`, `verify`, `crate` and `fingerprint`."""
+"""The project's own commands: `reproseg audit`, `verify`, `crate`, `fingerprint` and `learning`."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from .audit import RecordIndex, chain, format_chain, verify
 from .fingerprint import fingerprint
+from .learning import find_logs, format_trends, trends
 
 
 def cell(table_path: str, row: str, column: str):
@@ -64,6 +65,19 @@ def _fingerprint(args) -> int:
     return 0
 
 
+def _learning(args) -> int:
+    logs = find_logs(args.results)
+    if not logs:
+        print(f"no training log under {args.results}", file=sys.stderr)
+        return 1
+    rows = [t for path in logs for t in trends(path, args.fraction)]
+    if args.json:
+        print(json.dumps([{**r.__dict__, "improved": r.improved} for r in rows], indent=2))
+    else:
+        print(format_trends(rows))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="reproseg", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -85,6 +99,11 @@ def main(argv=None) -> int:
     f = sub.add_parser("fingerprint", help="code fingerprint of a workflow script and the modules it imports")
     f.add_argument("script")
     f.set_defaults(func=_fingerprint)
+    lg = sub.add_parser("learning", help="first and last means of every training log's rewards and losses")
+    lg.add_argument("--results", default="results")
+    lg.add_argument("--fraction", type=float, default=0.25, help="share of a log's finite points in each mean")
+    lg.add_argument("--json", action="store_true")
+    lg.set_defaults(func=_learning)
     args = ap.parse_args(argv)
     return args.func(args)
 

@@ -26,6 +26,27 @@ def resolve(config: dict, overrides: Iterable[dict] = ()) -> dict:
     return OmegaConf.to_container(merged, resolve=True)
 
 
+def typed_command_line(config: dict) -> dict:
+    """`snakemake --config` values with their nested leaves read as YAML, as a configfile reads
+    them: Snakemake parses a nested value (`resources='{gpu_train: {processes: 2}}'`) with
+    YAML's BaseLoader, whose leaves are all strings ("2"). Top-level values it types itself."""
+
+    def typed(node):
+        if isinstance(node, dict):
+            return {k: typed(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [typed(v) for v in node]
+        if isinstance(node, str):
+            try:
+                value = yaml.safe_load(node)
+            except yaml.YAMLError:
+                return node
+            return value if isinstance(value, (str, int, float, bool, type(None))) else node
+        return node
+
+    return {k: typed(v) if isinstance(v, (dict, list)) else v for k, v in config.items()}
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """OmegaConf's merge rule on plain data (mappings merge, everything else replaces),
     for experiment overrides of an already resolved config: OmegaConf itself costs
@@ -129,7 +150,7 @@ def _drseg_checks(d: dict) -> list[str]:
     need("drseg.selection.data", d["selection"]["data"], ("segmentation",))
     evaluated = [b["data"] for b in d["eval"]["benchmarks"]]
     for i, name in enumerate(evaluated):
-        need(f"drseg.eval.benchmarks[{i}].data", name, ("segmentation", "rec", "counting"))
+        need(f"drseg.eval.benchmarks[{i}].data", name, ("segmentation", "rec", "detection", "counting"))
     if d["selection"]["data"] in evaluated:
         out.append(f"config key 'drseg.selection.data': {d['selection']['data']!r} is an evaluated benchmark; "
                    "a checkpoint is chosen on val data only")

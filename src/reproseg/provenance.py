@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import pyarrow.parquet as pq
+
 from .fingerprint import SRC, fingerprint
 from .io_atomic import sha256_path, write_json
 
@@ -134,7 +136,8 @@ def run_job(smk, func: Callable[[], None]) -> None:
 
     `smk` is the `snakemake` object of a script; `func` does the work. The record is
     written only after `func` returned, so its presence marks a complete job. A dict that
-    `func` returns goes into the record as its `outcome` (a checkpoint selection, say).
+    `func` returns goes into the record as its `outcome` (a checkpoint selection, say); a
+    training job's outcome also holds the world size its step log states (trained_on).
     """
     log = list(smk.log)
     _setup_logging(log[0] if log else None)
@@ -162,9 +165,26 @@ def run_job(smk, func: Callable[[], None]) -> None:
         resources={k: v for k, v in smk.resources.items() if not k.startswith("_")},
     )
     record["duration_s"] = round(time.monotonic() - t0, 3)
-    if isinstance(outcome, dict):
+    outcome = {**(outcome if isinstance(outcome, dict) else {}), **trained_on(outputs)}
+    if outcome:
         record["outcome"] = outcome
     write_json(prov, record)
+
+
+def trained_on(outputs: dict[str, list[str]]) -> dict:
+    """{"world_size": N}: the processes a training job trained on, as the `world_size` column
+    of its step log (the output named `train_log`, as every training rule names it) states
+    them; {} for any other job."""
+    path = (outputs.get("train_log") or [None])[0]
+    if path is None or not Path(path).is_file() or "world_size" not in pq.read_schema(path).names:
+        return {}
+    sizes = {int(v) for v in pq.read_table(path, columns=["world_size"]).column(0).to_pylist()
+             if v is not None and v == v}
+    if not sizes:
+        return {}
+    # One value: a resumed run must have the world size it started with (its manifest).
+    logging.info("trained on %d process(es)", max(sizes))
+    return {"world_size": max(sizes)}
 
 
 def _find_seed(cfg) -> dict:

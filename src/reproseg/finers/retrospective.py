@@ -18,7 +18,7 @@ from ..answers.geometry import box_iou
 from ..answers.parsing import parse
 from ..data.images import load_image
 from ..io_atomic import write_parquet
-from .generation import Policy
+from ..models.generation import Policy
 from .regions import CropFrame, crop_covering, to_gse
 from .samples import look_enabled, lpr_sample, row_rng
 

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from ..answers.parsing import parse
 from ..data.images import as_image
+from ..models.generation import Policy
 from ..selection import select_stage as run_selection
-from .generation import Policy
 from .regions import crop_covering, to_gse
 from .reward_terms import FinersTarget, RewardProfile, box_iou, pred_box, total_reward
 from .rewards import stage_profile

@@ -12,6 +12,9 @@ configuration starts from the released model. The warm-up policy is also the
 The tiny SAM 2.1 is random as well, so rule warmup_sam2 trains it on the same split's
 crops, prompted as inference prompts it (box + both GT points, crop pixels): the stand-in
 for SAM 2.1's own pre-training. Trained and untrained policies share that SAM 2.1.
+
+The policy warm-up runs on the job's training processes (torchrun, DDP; batch_size per
+process). The SAM 2.1 warm-up stays one process (reproseg.models.sam2_warmup).
 """
 from __future__ import annotations
 
@@ -25,10 +28,11 @@ import pyarrow.parquet as pq
 from ..curves import plot_curves
 from ..data.images import load_image
 from ..data.masks import rle_decode
+from ..launch import run_workers, visible_gpu_count
 from ..models.sam2_warmup import train_sam2
 from ..models.sft import train_sft
 from ..models.tiny_bundle import SAM2_CONFIG_FILE
-from ..runs import run_dir_of
+from ..runs import FINAL_DIR, run_dir_of
 from .regions import crop_covering, to_gse
 from .rewards import stage_profile
 from .samples import gse_image, gse_prompt, gt_points, lpr_sample, row_rng
@@ -90,17 +94,35 @@ def warmup_examples(rows: list[dict], images_root: str, cfg: dict, seed: int) ->
 
 
 def warmup_stage(train_split: str, val_split: str, images_root: str, policy: str, checkpoint: str,
-                 train_log: str, curves: str, cfg: dict) -> None:
+                 train_log: str, curves: str, cfg: dict, processes: int | None = None) -> None:
+    """processes: the training processes (None: one per GPU of the job, one on CPU); with
+    several, each torchrun worker builds the examples from the splits (no decoded images
+    in the job file) and trains its share of every batch."""
+    n = max(1, visible_gpu_count()) if processes is None else int(processes)
+    job = dict(train_split=train_split, val_split=val_split, images_root=images_root, policy=policy,
+               run_dir=str(run_dir_of(checkpoint)), train_log=train_log, cfg=cfg)
+    if n > 1:
+        job_file = run_dir_of(checkpoint) / "warmup.job.pkl"
+        run_workers(job_file, n, "reproseg.finers.warmup:train_policy", **job)
+        job_file.unlink(missing_ok=True)
+    else:
+        train_policy(**job)
+    summary = json.loads((run_dir_of(checkpoint) / FINAL_DIR / "sft_summary.json").read_text())
+    log.info("warm-up on %d process(es): target loss on val %.3f before, %.3f after", summary["world_size"],
+             summary["held_out_loss_before"], summary["held_out_loss_after"])
+    plot_curves(train_log, curves, title="Format warm-up (SFT)", kind="sft")
+
+
+def train_policy(train_split: str, val_split: str, images_root: str, policy: str, run_dir: str, train_log: str,
+                 cfg: dict) -> None:
+    """The warm-up's training, in this process or in each worker of a launch."""
     warm = cfg["warmup"]
     seed = warm["seed"]
     train = warmup_examples(pq.read_table(train_split).to_pylist(), images_root, cfg, seed)
     val = warmup_examples(pq.read_table(val_split).to_pylist(), images_root, cfg, seed)
     log.info("warm-up: %d training examples, %d val examples", len(train), len(val))
     settings = {k: v for k, v in warm.items() if k not in ("enabled", "seed", "sam2")}
-    summary = train_sft(policy, train, {**settings, "seed": seed}, run_dir_of(checkpoint), train_log, held_out=val)
-    log.info("warm-up target loss on val: %.3f before, %.3f after",
-             summary["held_out_loss_before"], summary["held_out_loss_after"])
-    plot_curves(train_log, curves, title="Format warm-up (SFT)", kind="sft")
+    train_sft(policy, train, {**settings, "seed": seed}, run_dir, train_log, held_out=val)
 
 
 def sam2_examples(rows: list[dict], images_root: str, cfg: dict, seed: int, box_jitter: float) -> list[dict]:

@@ -102,7 +102,7 @@ def build_table(seg: Mapping[str, SegScore] | None, qa: Mapping[str, Mapping[str
         arrays[TIME_OURS] = pa.array(time_ours, pa.float64())
         arrays[TIME_PAPER] = pa.array(time_paper, pa.float64())
     meta = {"split": split, "paper_table": paper.table,
-            "paper_source": f"finers.txt line {paper.line}; timing Table A4 line 689"}
+            "paper_source": f"FineRS paper, {paper.table}; timing: its Table A4"}
     return pa.table(arrays).replace_schema_metadata(meta)
 
 

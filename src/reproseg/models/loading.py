@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from sam2.build_sam import build_sam2
 from sam2.sam2_image_predictor import SAM2ImagePredictor
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from reproseg.io_atomic import sha256_file
 from reproseg.models.tiny_bundle import SAM2_CONFIG_FILE
@@ -33,12 +33,19 @@ def _torch_dtype(dtype):
     return getattr(torch, names.get(str(dtype), str(dtype)))
 
 
-def load_policy(qwen_dir: str | os.PathLike, dtype="float32", device: str = "cpu"):
-    """(model, processor) of a Qwen2.5-VL directory in Hugging Face format, offline."""
+def load_policy(qwen_dir: str | os.PathLike, dtype="float32", device: str = "cpu", meta: bool = False):
+    """(model, processor) of a Qwen2.5-VL directory in Hugging Face format, offline.
+    meta: the model's structure on the meta device, no weight read or allocated (a sharded
+    run's ranks but the first, which receive their shards from it)."""
     qwen_dir = str(qwen_dir)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        qwen_dir, dtype=_torch_dtype(dtype), local_files_only=True
-    ).to(device)
+    if meta:
+        config = AutoConfig.from_pretrained(qwen_dir, local_files_only=True)
+        with torch.device("meta"):
+            model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=_torch_dtype(dtype))
+    else:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            qwen_dir, dtype=_torch_dtype(dtype), local_files_only=True
+        ).to(device)
     # Left padding: generation appends to the right end of every row of a batch.
     processor = AutoProcessor.from_pretrained(qwen_dir, local_files_only=True, padding_side="left")
     return model, processor

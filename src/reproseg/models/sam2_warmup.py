@@ -6,6 +6,9 @@ forward pass is `SAM2ImagePredictor.predict`'s own, with gradients: the predicto
 transforms, the box as the two corner points (labels 2, 3) before the positive points
 (label 1), one mask (multimask off, as FineRS's inference asks), and the predictor's
 bilinear upsampling to the crop. The loss is SAM 2's: focal and dice on the mask, 20:1.
+One process (world size 1 in its log), whatever the training family's processes: a loop
+of its own, not the Trainer, that only the embedded default's tiny SAM 2.1 runs, each step
+a few mask-decoder passes on encoder features computed once.
 """
 from __future__ import annotations
 
@@ -155,11 +158,12 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
         opt.step()
         sched.step()
         rows.append({"step": step, "loss": loss.item(), "focal": focal_t.item(), "dice": dice_t.item(),
-                     "grad_norm": grad_norm, "learning_rate": float(sched.get_last_lr()[0]), "wall_time": time.time()})
+                     "grad_norm": grad_norm, "learning_rate": float(sched.get_last_lr()[0]), "world_size": 1,
+                     "wall_time": time.time()})
     model.eval()
     after = mean_iou(predictor, held_out, held_feats)
     write_parquet(log_path, pa.Table.from_pylist(rows))
-    summary = {"settings": asdict(settings), "examples": len(examples), "held_out": len(held_out),
+    summary = {"settings": asdict(settings), "world_size": 1, "examples": len(examples), "held_out": len(held_out),
                "held_out_iou_before": before, "held_out_iou_after": after,
                "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"]}
     meta = json.loads((sam2_dir / SAM2_CONFIG_FILE).read_text())

@@ -6,7 +6,8 @@ placeholders and the padding are masked out (label -100). Training runs on Huggi
 decay), gradient clipping, logging and `report_to` (TensorBoard under the run folder by
 default). The prompt is rendered exactly as the GRPO trainer and the inference code render
 it (the image before the text of the user turn), so what the policy learns here is what
-it is later asked.
+it is later asked. Under a multi-process launch (torchrun) the Trainer runs DDP, `batch_size`
+examples per process; rank 0 writes the log and the checkpoint.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from transformers import (
 
 from ..config import dataclass_from_dict
 from ..io_atomic import atomic_dir, write_json, write_parquet
+from ..launch import is_main_process
 from ..runs import FINAL_DIR
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,8 @@ class _ListDataset(torch.utils.data.Dataset):
 
 
 class _LossLog(TrainerCallback):
-    """One row per logged step: loss, learning rate, gradient norm."""
+    """One row per logged step: loss (the mean over the processes), learning rate, gradient norm,
+    world size."""
 
     def __init__(self):
         self.rows: list[dict] = []
@@ -113,7 +116,8 @@ class _LossLog(TrainerCallback):
         if state.is_world_process_zero and logs and "loss" in logs:
             self.rows.append({"step": int(state.global_step), "loss": float(logs["loss"]),
                               "learning_rate": float(logs.get("learning_rate", math.nan)),
-                              "grad_norm": float(logs.get("grad_norm", math.nan)), "wall_time": time.time()})
+                              "grad_norm": float(logs.get("grad_norm", math.nan)),
+                              "world_size": int(args.world_size), "wall_time": time.time()})
 
 
 def target_loss(model, collator: SFTCollator, examples: Sequence[dict], batch_size: int = 16) -> float:
@@ -136,10 +140,11 @@ def target_loss(model, collator: SFTCollator, examples: Sequence[dict], batch_si
 
 def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings: SFTSettings | dict,
               out_dir: str | os.PathLike, log_path: str | os.PathLike,
-              held_out: Sequence[dict] = ()) -> dict:
+              held_out: Sequence[dict] = ()) -> dict | None:
     """Fine-tunes the policy on `examples`; writes `out_dir/checkpoint` (FINAL_DIR: HF format + processor)
     and the per-step loss log. Returns a summary with the target loss before and after on
-    `held_out` (examples not trained on), when given."""
+    `held_out` (examples not trained on), when given; None on the other ranks of a launch
+    (every rank is given the same examples; the Trainer's sampler splits them)."""
     settings = settings if isinstance(settings, SFTSettings) else SFTSettings.from_dict(settings)
     if not examples:
         raise ValueError("no SFT examples")
@@ -148,7 +153,8 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(policy_dir, dtype=torch.float32, local_files_only=True)
     processor = AutoProcessor.from_pretrained(policy_dir, local_files_only=True, padding_side="right")
     collator = SFTCollator(processor)
-    before = target_loss(model, collator, held_out) if held_out else math.nan
+    main = is_main_process()
+    before = target_loss(model, collator, held_out) if held_out and main else math.nan
     args = TrainingArguments(
         output_dir=str(out_dir / "trainer"),  # TensorBoard events go to trainer/runs/
         per_device_train_batch_size=settings.batch_size,
@@ -172,10 +178,12 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
     trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(examples), data_collator=collator,
                       callbacks=[loss_log])
     trainer.train()
+    if not main:
+        return None  # the weights are rank 0's too (DDP keeps them equal): it writes them
     after = target_loss(model, collator, held_out) if held_out else math.nan
     write_parquet(log_path, pa.Table.from_pylist(loss_log.rows))
-    summary = {"settings": asdict(settings), "examples": len(examples), "held_out": len(held_out),
-               "held_out_loss_before": before, "held_out_loss_after": after,
+    summary = {"settings": asdict(settings), "world_size": args.world_size, "examples": len(examples),
+               "held_out": len(held_out), "held_out_loss_before": before, "held_out_loss_after": after,
                "train_loss_first": loss_log.rows[0]["loss"], "train_loss_last": loss_log.rows[-1]["loss"]}
     processor.tokenizer.padding_side = "left"   # generation appends on the right
     with atomic_dir(out_dir / FINAL_DIR) as tmp:

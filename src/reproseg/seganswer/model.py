@@ -332,15 +332,20 @@ class SegAnswerModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype: str = "float32", device: str = "cpu",
-                        lora_trainable: bool = False, pixels: PixelBounds | None = None) -> "SegAnswerModel":
+                        lora_trainable: bool = False, pixels: PixelBounds | None = None,
+                        lm_meta: bool = False) -> "SegAnswerModel":
         """Loads a directory written by `save_pretrained` (offline, local files only).
-        pixels: the processor's resize bounds (None: those saved with the checkpoint)."""
+        pixels: the processor's resize bounds (None: those saved with the checkpoint).
+        lm_meta: the language model without its weights, on the meta device (a sharded
+        stage's ranks but the first: reproseg.seganswer.sharding fills their shards)."""
         path = Path(path)
         cfg_path = path / CONFIG_FILE
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{path} is not a SegAnswer checkpoint (no {CONFIG_FILE})")
         config = SegAnswerConfig.from_dict(json.loads(cfg_path.read_text()))
-        lm, processor = load_policy(path, dtype=dtype, device=device)
+        if lm_meta and (path / LORA_SUBDIR).is_dir():
+            raise ValueError(f"{path}: an unmerged LoRA checkpoint cannot be loaded without its weights (lm_meta)")
+        lm, processor = load_policy(path, dtype=dtype, device=device, meta=lm_meta)
         if pixels is not None:
             pixels.apply(processor)
         if (path / LORA_SUBDIR).is_dir():

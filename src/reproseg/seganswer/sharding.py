@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
@@ -46,16 +46,34 @@ def init(device: str) -> Dist:
 
 
 def shard_language_model(lm, device: str) -> None:
-    """FSDP2 units: every decoder layer and vision block, then the backbone and the LM head."""
+    """FSDP2 units: every decoder layer and vision block, then the backbone and the LM head.
+
+    Only rank 0 holds the whole weights (loaded from the checkpoint); the other ranks built
+    the model on the meta device (SegAnswerModel.from_pretrained(lm_meta=True)), so no rank
+    but the first ever holds a full copy. After sharding, rank 0's whole state is broadcast
+    and each rank keeps its shards; the buffers outside the state dict (rotary frequencies)
+    are broadcast as they are."""
     mesh = init_device_mesh(device.split(":")[0], (dist.get_world_size(),))
     core = unwrap_qwen(lm)
     if core.get_output_embeddings().weight is core.get_input_embeddings().weight:
         raise ValueError("tied input/output embeddings cannot be sharded as separate units")
+    on_meta = any(p.is_meta for p in core.parameters())
+    if on_meta == (dist.get_rank() == 0):
+        raise ValueError(f"rank {dist.get_rank()}: only ranks after the first load the language model on the "
+                         "meta device (rank 0 holds the weights it broadcasts)")
+    full = None if on_meta else core.state_dict()
+    persistent = set(core.state_dict().keys())
     backbone = core.model
     for block in list(backbone.language_model.layers) + list(backbone.visual.blocks):
         fully_shard(block, mesh=mesh)
     fully_shard(backbone, mesh=mesh)
     fully_shard(core.lm_head, mesh=mesh)
+    if on_meta:
+        core.to_empty(device=device)
+    set_model_state_dict(core, full or {}, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for name, buf in core.named_buffers():
+        if name not in persistent:
+            dist.broadcast(buf, src=0)
 
 
 def full_state_dict(lm) -> dict[str, torch.Tensor]:

@@ -31,7 +31,9 @@ float32 the weights, gradients and two AdamW moments are about 112 GB in all, 14
 GPU over 8 (plus the whole frozen SAM 2.1, the projector and the activations; bfloat16
 weights halve the first two), where DDP would need all 112 GB on every GPU. Each
 process trains on its own slice of every global batch of `processes` x batch_size rows;
-a resume state holds each rank's shards.
+a resume state holds each rank's shards. Only rank 0 reads the weights (on its CPU); the
+other ranks build the model on the meta device and receive their shards from it, so a
+node holds one whole copy while loading, not one per process.
 
 Data rows: {"image": PIL.Image, "question": str, "answer": str, "options": list | None}.
 """
@@ -234,9 +236,10 @@ def _train(stage1_dir, rows: Sequence[dict], out_dir, s: Stage2Settings, log_pat
     device = resolve_device(s.device)
     d = sharding.init(device) if launched() else sharding.Dist(device=device)
     torch.manual_seed(s.seed)
-    # A sharded model is loaded on the CPU and its shards moved to this worker's device.
+    # Sharded: rank 0 loads the language model on the CPU, the others build it on the meta
+    # device; shard_language_model gives every rank its shards of rank 0's weights.
     model = SegAnswerModel.from_pretrained(stage1_dir, dtype=s.dtype, device="cpu" if d.world > 1 else d.device,
-                                           pixels=pixels)
+                                           pixels=pixels, lm_meta=d.world > 1 and not d.is_main)
     if d.world > 1:
         model.sam.to(d.device)
         model.projector.to(d.device)

@@ -665,15 +665,17 @@ def train_stage3(stage2_dir, rows: Sequence[dict], out_dir, log_path, grpo: GRPO
 
 
 def stage3_stage(tables: list[str], roots: list[str], stage2: str, checkpoint: str, train_log: str, curves: str,
-                 cfg: dict) -> dict:
-    """The rule's job; returns its outcome for the provenance record (the processes it trained on)."""
+                 cfg: dict, processes: int | None = None) -> dict:
+    """The rule's job; returns its outcome for the provenance record (the processes it trained on).
+    processes: the job's (the rule's param), replacing settings.processes when given."""
     rows = select(tables, roots, cfg["data"]["stage3"], "questions")
     # As for FineRS: the step log lives beside the resume state until the run ends.
     run_dir = run_dir_of(checkpoint)
     work_log = run_dir / "train_log.inprogress.parquet"
     train_stage3(stage2, rows, run_dir, work_log, grpo=cfg["stage3"]["grpo"],
                  settings={**cfg["stage3"]["settings"], "sam_feature_cache_mb": cfg["sam_feature_cache_mb"],
-                           "reasoning_prompt": cfg["reasoning_prompt"]})
+                           "reasoning_prompt": cfg["reasoning_prompt"],
+                           **({} if processes is None else {"processes": processes})})
     extra = work_log.with_name(work_log.name.replace(".parquet", ".seganswer.parquet"))
     os.replace(work_log, train_log)
     if extra.exists():

@@ -43,6 +43,12 @@ def with_prompt(settings: dict, cfg: dict) -> dict:
     return {**with_cache(settings, cfg), "reasoning_prompt": cfg["reasoning_prompt"]}
 
 
+def with_processes(settings: dict, processes: int | None) -> dict:
+    """A stage's settings with the job's processes (the rule's: the stage's own, else the
+    training family's) when given."""
+    return settings if processes is None else {**settings, "processes": processes}
+
+
 def _referring(tables, roots, selections, limit=None):
     rows = select(tables, roots, selections, "referring", limit=limit)
     # An empty target is kept: the loss and the metrics handle it (counted here).
@@ -51,19 +57,21 @@ def _referring(tables, roots, selections, limit=None):
 
 
 def stage1_projector_stage(tables: list[str], roots: list[str], qwen: str, sam2: str, sam2_config, out_dir: str,
-                           train_log: str, cfg: dict) -> None:
+                           train_log: str, cfg: dict, processes: int | None = None) -> None:
     rows = _referring(tables, roots, cfg["data"]["stage1_projector"])
     # no candidates: only phase b is selected (its config keeps candidate_every null)
-    train_stage1_projector(qwen, sam2, rows, out_dir, with_cache(cfg["stage1"]["projector"], cfg), train_log,
+    settings = with_processes(with_cache(cfg["stage1"]["projector"], cfg), processes)
+    train_stage1_projector(qwen, sam2, rows, out_dir, settings, train_log,
                            sam2_config_name=sam2_config, resume_dir=run_dir_of(out_dir) / RESUME_DIR,
                            pixels=PixelBounds.of(cfg))
 
 
 def stage1_lora_stage(tables: list[str], roots: list[str], phase_a: str, out_dir: str, train_log: str,
-                      cfg: dict) -> None:
+                      cfg: dict, processes: int | None = None) -> None:
     rows = _referring(tables, roots, cfg["data"]["stage1_lora"])
     run = run_dir_of(out_dir)
-    train_stage1_lora(phase_a, rows, out_dir, with_cache(cfg["stage1"]["lora"], cfg), train_log,
+    settings = with_processes(with_cache(cfg["stage1"]["lora"], cfg), processes)
+    train_stage1_lora(phase_a, rows, out_dir, settings, train_log,
                       resume_dir=run / RESUME_DIR, candidates_dir=run / CANDIDATES_DIR, pixels=PixelBounds.of(cfg))
 
 
@@ -71,10 +79,12 @@ def stage1_merge_stage(unmerged: str, out_dir: str, cfg: dict) -> None:
     merge_lora(unmerged, out_dir, dtype=cfg["stage1"]["lora"]["dtype"])
 
 
-def stage2_stage(tables: list[str], roots: list[str], stage1: str, out_dir: str, train_log: str, cfg: dict) -> None:
+def stage2_stage(tables: list[str], roots: list[str], stage1: str, out_dir: str, train_log: str, cfg: dict,
+                 processes: int | None = None) -> None:
     rows = select(tables, roots, cfg["data"]["stage2"], "questions")
     run = run_dir_of(out_dir)
-    train_stage2(stage1, rows, out_dir, with_prompt(cfg["stage2"], cfg), train_log, resume_dir=run / RESUME_DIR,
+    settings = with_processes(with_prompt(cfg["stage2"], cfg), processes)
+    train_stage2(stage1, rows, out_dir, settings, train_log, resume_dir=run / RESUME_DIR,
                  candidates_dir=run / CANDIDATES_DIR, pixels=PixelBounds.of(cfg))
 
 

@@ -17,7 +17,7 @@ Report), and `on_invalid` (`fail` / `drop_and_report`) applies as for the traini
 """
 from __future__ import annotations
 
-import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +25,12 @@ import numpy as np
 import pyarrow as pa
 
 from reproseg.answers.parsing import to_box
-from reproseg.data.annotations import (BAD_RECORD, DUPLICATE, EMPTY_QUESTION, WRONG_TYPE, AnnotationError, Report,
-                                       failed_report_to, report_summary, type_name, write_reports)
-from reproseg.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from reproseg.data.annotations import BAD_RECORD, DUPLICATE, EMPTY_QUESTION, WRONG_TYPE, Report, type_name
 from reproseg.data.masks import mask_to_rle
-from reproseg.io_atomic import atomic_dir, write_parquet
 
-from .data import BAD_SIZE, BOX_OUTSIDE, DEGENERATE_BOX, POLICIES
-from .hfdata import (SIZE_MISMATCH, FieldProblem, count_value, dataset_files, embedded_image, iter_rows, native_id,
-                     positive_int, verify_written, write_image)
+from .data import BAD_SIZE, BOX_OUTSIDE, DEGENERATE_BOX
+from .hfdata import (SIZE_MISMATCH, FieldProblem, count_value, embedded_image, import_rows, native_id, positive_int,
+                     write_image, write_import)
 
 BASE_COLUMNS = ("image", "text", "image_id", "ann_id", "img_height", "img_width")
 TASK_COLUMNS = {"segmentation": ("mask",), "rec": ("bbox",), "detection": ("bbox", "cat_id"), "counting": ("count",)}
@@ -86,8 +83,8 @@ def _box(value: Any, width: int | None, height: int | None, what: str = "bbox") 
     return list(box)
 
 
-def _record(index: int, item: dict, task: str, name: str, split: str, seen: dict, ordinal: int, images_out: Path,
-            max_pixels: int, report: Report, file: str) -> dict | None:
+def _record(index: int, item: dict, split: str, seen: dict, ordinal: int, images_out: Path, max_pixels: int,
+            report: Report, file: str, *, task: str, name: str) -> dict | None:
     rid = None
 
     def bad(cls: str, field: str, message: str) -> None:
@@ -168,38 +165,15 @@ def _record(index: int, item: dict, task: str, name: str, split: str, seen: dict
 def import_benchmark(spec: dict, *, images_out: str | Path, on_invalid: str = "fail") -> tuple[pa.Table, Report]:
     """(table, report) of one evaluation set. `spec`: name, task (TASKS), path, split
     (default "test"), max_image_pixels."""
-    if on_invalid not in POLICIES:
-        raise ValueError(f"on_invalid must be one of {POLICIES}, not {on_invalid!r}")
     task = spec["task"]
     if task not in TASK_COLUMNS:
         raise ValueError(f"benchmark {spec['name']!r}: unknown task {task!r} (known: {TASKS})")
-    name, split = spec["name"], spec.get("split") or "test"
-    max_pixels = spec.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
-    images_out = Path(images_out)
-    images_out.mkdir(parents=True, exist_ok=True)
-    report = Report(source=name, policy=on_invalid)
-    rows, seen, ordinal = [], {}, 0
-    required = BASE_COLUMNS + TASK_COLUMNS[task]
-    for path in dataset_files(spec["path"], split):
-        for index, item in enumerate(iter_rows(path, required)):
-            report.total += 1
-            row = _record(index, item, task, name, split, seen, ordinal, images_out, max_pixels, report, str(path))
-            ordinal += 1
-            if row is not None:
-                rows.append(row)
-    if report.problems and on_invalid == "fail":
-        raise AnnotationError(report_summary(report), report)
-    table = pa.Table.from_pylist(rows, schema=BENCH_SCHEMA)
-    table = verify_written(table, images_out, report, on_invalid, max_pixels, str(spec["path"]))
-    return table, report
+    return import_rows(spec, columns=BASE_COLUMNS + TASK_COLUMNS[task], schema=BENCH_SCHEMA,
+                       record=partial(_record, task=task, name=spec["name"]), default_split="test",
+                       images_out=images_out, on_invalid=on_invalid)
 
 
 def import_stage(spec: dict, table_out: str, images_out: str, report_json: str, report_md: str,
                  report_log: str) -> None:
-    on_invalid = spec.get("on_invalid", "fail")
-    with atomic_dir(images_out) as tmp_images, failed_report_to(report_log):
-        table, report = import_benchmark(spec, images_out=tmp_images, on_invalid=on_invalid)
-    d = write_reports(report, report_log, report_json, report_md)
-    write_parquet(table_out, table)
-    logging.getLogger(__name__).info("%s (%s): %d of %d records imported (%d invalid, policy %s)", spec["name"],
-                                     spec["task"], table.num_rows, d["total"], d["invalid"], on_invalid)
+    """The import rule: table, images folder and report (hfdata.write_import)."""
+    write_import(import_benchmark, spec, table_out, images_out, report_json, report_md, report_log)

@@ -25,24 +25,20 @@ included (the reward's own inside test). The authors' code checks none of these.
 from __future__ import annotations
 
 import json
-import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from reproseg.answers.parsing import MAX_OBJECTS, loads_json, to_box, to_point
-from reproseg.data.annotations import (BAD_RECORD, DUPLICATE, EMPTY_QUESTION, WHOLE, WRONG_TYPE, AnnotationError,
-                                       Report, failed_report_to, report_summary, type_name, write_reports)
-from reproseg.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageRef
-from reproseg.io_atomic import atomic_dir, write_parquet
+from reproseg.data.annotations import BAD_RECORD, DUPLICATE, EMPTY_QUESTION, WHOLE, WRONG_TYPE, Report, type_name
+from reproseg.data.images import ImageRef
 
-from .hfdata import (FieldProblem, dataset_files, embedded_image, iter_rows, native_id, positive_int,
-                     verify_written, write_image)
+from .hfdata import FieldProblem, embedded_image, import_rows, native_id, positive_int, write_image, write_import
 from .task import POLICY_SIZE, TEMPLATES, messages, read_objects, render_prompt, to_policy
 
 COLUMNS = ("id", "problem", "solution", "image", "img_height", "img_width")
-POLICIES = ("fail", "drop_and_report")
 
 # Problem classes of the report (besides the shared ones imported above).
 BAD_SOLUTION = "bad_solution"          # not JSON, not a list of {bbox_2d: 4 numbers, point_2d: 2 numbers}
@@ -96,8 +92,8 @@ def check_objects(solution: Any, width: int | None, height: int | None) -> tuple
     return (None if problems else objects), problems
 
 
-def _record(index: int, item: Any, name: str, split: str, seen: dict, ordinal: int, images_out: Path,
-            max_pixels: int, report: Report, file: str) -> dict | None:
+def _record(index: int, item: Any, split: str, seen: dict, ordinal: int, images_out: Path, max_pixels: int,
+            report: Report, file: str, *, name: str) -> dict | None:
     """One row, or None when the record has a problem (each one reported)."""
     def bad(cls: str, field: str, message: str) -> None:
         report.add(index, rid, cls, message, file=file, field_name=field)
@@ -150,39 +146,14 @@ def _record(index: int, item: Any, name: str, split: str, seen: dict, ordinal: i
 def import_training_set(spec: dict, *, images_out: str | Path, on_invalid: str = "fail") -> tuple[pa.Table, Report]:
     """(table, report) of one release. `spec`: name, path (file or folder), split (default
     "train"), max_image_pixels. Every image is decoded once (hfdata.verify_written)."""
-    if on_invalid not in POLICIES:
-        raise ValueError(f"on_invalid must be one of {POLICIES}, not {on_invalid!r}")
-    name, split = spec["name"], spec.get("split") or "train"
-    max_pixels = spec.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
-    images_out = Path(images_out)
-    images_out.mkdir(parents=True, exist_ok=True)
-    report = Report(source=name, policy=on_invalid)
-    rows, seen, ordinal = [], {}, 0
-    for path in dataset_files(spec["path"], split):
-        for index, item in enumerate(iter_rows(path, COLUMNS)):
-            report.total += 1
-            row = _record(index, item, name, split, seen, ordinal, images_out, max_pixels, report, str(path))
-            ordinal += 1
-            if row is not None:
-                rows.append(row)
-    if report.problems and on_invalid == "fail":
-        raise AnnotationError(report_summary(report), report)
-    table = pa.Table.from_pylist(rows, schema=TABLE_SCHEMA)
-    table = verify_written(table, images_out, report, on_invalid, max_pixels, str(spec["path"]))
-    return table, report
+    return import_rows(spec, columns=COLUMNS, schema=TABLE_SCHEMA, record=partial(_record, name=spec["name"]),
+                       default_split="train", images_out=images_out, on_invalid=on_invalid)
 
 
 def import_stage(spec: dict, table_out: str, images_out: str, report_json: str, report_md: str,
                  report_log: str) -> None:
-    """The import rule: table, images folder and report, each written atomically; under
-    `fail` only the job's log (the report) is left."""
-    on_invalid = spec.get("on_invalid", "fail")
-    with atomic_dir(images_out) as tmp_images, failed_report_to(report_log):
-        table, report = import_training_set(spec, images_out=tmp_images, on_invalid=on_invalid)
-    d = write_reports(report, report_log, report_json, report_md)
-    write_parquet(table_out, table)
-    logging.getLogger(__name__).info("%s: %d of %d records imported (%d invalid, policy %s)",
-                                     spec["name"], table.num_rows, d["total"], d["invalid"], on_invalid)
+    """The import rule: table, images folder and report (hfdata.write_import)."""
+    write_import(import_training_set, spec, table_out, images_out, report_json, report_md, report_log)
 
 
 def training_rows(table: pa.Table, images_root: str, template: str = "visionreasoner",

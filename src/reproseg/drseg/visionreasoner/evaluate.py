@@ -5,7 +5,14 @@ By the set's task (reproseg.drseg.visionreasoner.metrics): segmentation: SAM2 pr
 per predicted object with its point and box, the masks OR-ed, gIoU / cIoU (a parse
 failure: I = 0, U = |GT|); a segmentation row with a GT box also scores REC. rec: box
 accuracy at IoU 0.5. counting: the number of predicted objects against the count.
-Every number is in [0, 1] here; the tables print percent.
+detection (COCO val2017): every predicted box is a detection of the row's category
+(scored by its area over the image's, as VisionReasoner's evaluation_coco.py), and
+COCOeval's 12 summary numbers (coco_ap, coco_ap50, coco_ap75, ...) are taken against a
+COCO GT built from the imported rows (metrics.coco_gt), with precision / recall / F1 at
+IoU 0.5 beside them (det_precision, det_recall, det_f1; Table 7); a sample's count /
+gt_count are its predicted and GT boxes there, `matched` those paired at IoU 0.5.
+Every number is in [0, 1] here (COCOeval's -1: no GT in that area range); the tables
+print percent.
 """
 from __future__ import annotations
 
@@ -19,11 +26,12 @@ from tqdm import tqdm
 from reproseg.data.images import load_image
 from reproseg.data.masks import rle_decode
 from reproseg.io_atomic import write_json, write_parquet
+from reproseg.models.generation import Policy
 from reproseg.models.loading import load_sam2_predictor
 from reproseg.selection import select_stage as run_selection
 
 from . import metrics as M
-from .inference import Generator, device_of, limited, objects_of, predict_rows, template_of
+from .inference import device_of, limited, objects_of, predict_rows, template_of
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +40,7 @@ VAL_METRICS = ("giou", "ciou")
 
 SAMPLE_SCHEMA = pa.schema([("id", pa.string()), ("parsed", pa.bool_()), ("intersection", pa.int64()),
                            ("union", pa.int64()), ("rec_hit", pa.bool_()), ("count", pa.int64()),
-                           ("gt_count", pa.int64())])
+                           ("gt_count", pa.int64()), ("matched", pa.int64())])
 
 
 def gt_mask(row: dict) -> np.ndarray:
@@ -45,12 +53,14 @@ def score_rows(rows: list[dict], predictions: list[dict], images_root: str, pred
     missing = [r["id"] for r in rows if r["id"] not in by_id]
     if missing:
         raise ValueError(f"no prediction for {len(missing)} row(s), e.g. {missing[:3]}")
-    samples, pairs, hits, counts, gts = [], [], [], [], []
+    samples, pairs, hits, counts, gts, detections = [], [], [], [], [], []
+    det_rows = [r for r in rows if r["task"] == "detection"]
+    image_ids = M.coco_image_ids([r["image_id"] for r in det_rows])
     for r in tqdm(rows, desc="score", unit="sample", mininterval=10):
         p = by_id[r["id"]]
         objs = objects_of(p)
         s = {"id": r["id"], "parsed": p["parsed"], "intersection": None, "union": None, "rec_hit": None,
-             "count": None, "gt_count": None}
+             "count": None, "gt_count": None, "matched": None}
         if r["task"] == "segmentation":
             image = np.asarray(load_image(images_root, r["image_path"]))
             s["intersection"], s["union"] = M.segment_sample(predictor, image, objs, gt_mask(r))
@@ -62,6 +72,12 @@ def score_rows(rows: list[dict], predictions: list[dict], images_root: str, pred
             s["count"], s["gt_count"] = M.predicted_count(objs), r["count"]
             counts.append(s["count"])
             gts.append(r["count"])
+        if r["task"] == "detection":
+            found = M.coco_detections(image_ids[r["image_id"]], r["category_id"], objs, r["width"], r["height"],
+                                      has_gt=bool(r["boxes"]))
+            s["count"], s["gt_count"] = len(found), len(r["boxes"])
+            s["matched"] = M.matched_boxes([] if objs is None else objs.boxes, r["boxes"])
+            detections += found
         samples.append(s)
     out = {"n": len(rows), "parsed": float(np.mean([s["parsed"] for s in samples])) if samples else float("nan")}
     if pairs:
@@ -72,6 +88,13 @@ def score_rows(rows: list[dict], predictions: list[dict], images_root: str, pred
     if counts:
         c = M.counting_scores(counts, gts)
         out.update(count_accuracy=c["accuracy"], count_mae=c["mae"], count_rmse=c["rmse"])
+    if det_rows:
+        ap = M.coco_ap(M.coco_gt(det_rows, image_ids), detections)
+        out.update({f"coco_{k.lower()}": v for k, v in ap.items()}, detections=len(detections))
+        det = [s for s in samples if s["matched"] is not None]
+        prf = M.detection_prf(sum(s["matched"] for s in det), sum(s["count"] for s in det),
+                              sum(s["gt_count"] for s in det))
+        out.update({f"det_{k}": v for k, v in prf.items()})
     return out, samples
 
 
@@ -110,8 +133,9 @@ def select_stage(val_table: str, images_root: str, candidates: str, out_dir: str
         predictor = _predictor(rows, sam2, sam2_config, eval_cfg["device"])
 
         def score(path):
-            preds = predict_rows(Generator(str(path), eval_cfg["device"]), rows, images_root, template_of(rewards),
-                                 policy_size, selection["batch_size"], selection["max_new_tokens"], 0.0, 0)
+            policy = Policy(str(path), device_of(eval_cfg["device"]))
+            preds = predict_rows(policy, rows, images_root, template_of(rewards), policy_size, selection["batch_size"],
+                                 selection["max_new_tokens"], 0.0, 0)
             s, _ = score_rows(rows, preds, images_root, predictor, eval_cfg["giou_empty"])
             log.info("%s: gIoU %.4f cIoU %.4f parsed %.2f", path.name, s["giou"], s["ciou"], s["parsed"])
             return {"giou": s["giou"], "ciou": s["ciou"]}

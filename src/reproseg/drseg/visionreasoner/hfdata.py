@@ -7,23 +7,29 @@ column holds the struct {"bytes": encoded file, "path": original name}; a
 `Sequence(Sequence(Value("bool")))` mask is a list of rows.
 
 Rows are read one record batch at a time, so a 7k-image set never sits in memory whole.
+import_rows and write_import are the part every importer of this branch shares (the
+training set's, reproseg.drseg.visionreasoner.data, and the benchmarks'): the loop over
+records, the `on_invalid` policy, and the rule's atomic outputs with the report.
 """
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from reproseg.data.annotations import WRONG_TYPE, AnnotationError, Report, report_summary, type_name
-from reproseg.data.images import IMAGE_TOO_LARGE, MISSING_IMAGE, UNREADABLE_IMAGE, check_images
-from reproseg.io_atomic import atomic_path
+from reproseg.data.annotations import (WRONG_TYPE, AnnotationError, Report, failed_report_to, report_summary,
+                                       type_name, write_reports)
+from reproseg.data.images import (DEFAULT_MAX_IMAGE_PIXELS, IMAGE_TOO_LARGE, MISSING_IMAGE, UNREADABLE_IMAGE,
+                                  check_images)
+from reproseg.io_atomic import atomic_dir, atomic_path, write_parquet
 
 BATCH_ROWS = 64
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
@@ -31,6 +37,7 @@ _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 _EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "TIFF": "tif", "WEBP": "webp", "BMP": "bmp", "GIF": "gif"}
 _SPLIT = re.compile(r"^[A-Za-z0-9_.-]+$")
 SIZE_MISMATCH = "image_size_mismatch"   # the class reproseg.seganswer.sources.verify names it with
+POLICIES = ("fail", "drop_and_report")
 
 
 def dataset_files(path: str | Path, split: str) -> list[Path]:
@@ -180,3 +187,51 @@ def verify_written(table: pa.Table, root: Path, report: Report, on_invalid: str,
     if any(bad) and on_invalid == "fail":
         raise AnnotationError(report_summary(report), report)
     return table.filter(pc.invert(pa.array(bad))) if any(bad) else table
+
+
+# ---------------------------------------------------------------------- one import
+
+# record(index, item, split, seen, ordinal, images_out, max_pixels, report, file) -> row
+# or None: checks one record, reports each problem, writes its image (data._record,
+# benchmarks._record).
+RecordFn = Callable[[int, Any, str, dict, int, Path, int, Report, str], "dict | None"]
+
+
+def import_rows(spec: dict, *, columns: Sequence[str], schema: pa.Schema, record: RecordFn, default_split: str,
+                images_out: str | Path, on_invalid: str) -> tuple[pa.Table, Report]:
+    """(table, report) of one source: every row of its split's files through `record`;
+    under `fail` any problem raises AnnotationError once every record has been checked.
+    `spec`: name, path, split (default `default_split`), max_image_pixels."""
+    if on_invalid not in POLICIES:
+        raise ValueError(f"on_invalid must be one of {POLICIES}, not {on_invalid!r}")
+    split = spec.get("split") or default_split
+    max_pixels = spec.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+    images_out = Path(images_out)
+    images_out.mkdir(parents=True, exist_ok=True)
+    report = Report(source=spec["name"], policy=on_invalid)
+    rows, seen, ordinal = [], {}, 0
+    for path in dataset_files(spec["path"], split):
+        for index, item in enumerate(iter_rows(path, columns)):
+            report.total += 1
+            row = record(index, item, split, seen, ordinal, images_out, max_pixels, report, str(path))
+            ordinal += 1
+            if row is not None:
+                rows.append(row)
+    if report.problems and on_invalid == "fail":
+        raise AnnotationError(report_summary(report), report)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    return verify_written(table, images_out, report, on_invalid, max_pixels, str(spec["path"])), report
+
+
+def write_import(importer: Callable[..., tuple[pa.Table, Report]], spec: dict, table_out: str, images_out: str,
+                 report_json: str, report_md: str, report_log: str) -> None:
+    """An import rule's outputs: `importer(spec, images_out=, on_invalid=)`'s table, its
+    images folder and the validation report, each written atomically; when the import
+    fails only the job's log (the report) is left."""
+    on_invalid = spec.get("on_invalid", "fail")
+    with atomic_dir(images_out) as tmp_images, failed_report_to(report_log):
+        table, report = importer(spec, images_out=tmp_images, on_invalid=on_invalid)
+    d = write_reports(report, report_log, report_json, report_md)
+    write_parquet(table_out, table)
+    logging.getLogger(__name__).info("%s (%s): %d of %d records imported (%d invalid, policy %s)", spec["name"],
+                                     spec.get("task", "train"), table.num_rows, d["total"], d["invalid"], on_invalid)

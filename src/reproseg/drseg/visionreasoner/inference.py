@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from reproseg.data.images import load_image
 from reproseg.io_atomic import write_parquet
-from reproseg.models.loading import load_policy
+from reproseg.models.generation import Policy
 
 from .task import (EVAL_STRIP, TEMPLATES, answer_objects, messages, policy_image, read_objects, render_prompt,
                    to_original)
@@ -37,38 +37,13 @@ def device_of(name: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
-class Generator:
-    """A Qwen2.5-VL policy answering (image, user turn) pairs in batches."""
-
-    def __init__(self, policy_dir: str, device: str = "auto"):
-        self.device = device_of(device)
-        self.model, self.processor = load_policy(policy_dir, dtype="bfloat16" if self.device == "cuda" else "float32",
-                                                 device=self.device)
-        self.model.eval()
-
-    def generate(self, images, prompts: list[list[dict]], max_new_tokens: int, temperature: float = 0.0,
-                 seed: int = 0) -> list[str]:
-        texts = []
-        for msgs in prompts:
-            turn = [{"role": m["role"], "content": [{"type": "image"}, {"type": "text", "text": m["content"]}]}
-                    for m in msgs]
-            texts.append(self.processor.apply_chat_template(turn, tokenize=False, add_generation_prompt=True))
-        inputs = self.processor(text=texts, images=list(images), padding=True, return_tensors="pt").to(self.device)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0 else {
-            "do_sample": False}
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
-        return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
 def template_of(rewards: dict) -> str:
     """The prompt a variant trains and is evaluated with: Look-to-Confirm's when it asks for
     <look> blocks, VisionReasoner's otherwise."""
     return "look_to_confirm" if rewards["look_to_confirm"] else "visionreasoner"
 
 
-def predict_rows(generator: Generator, rows: list[dict], images_root: str, template: str, size: int,
+def predict_rows(policy: Policy, rows: list[dict], images_root: str, template: str, size: int,
                  batch_size: int, max_new_tokens: int, temperature: float, seed: int) -> list[dict]:
     """One prediction (PREDICTION_SCHEMA) per benchmark row (BENCH_SCHEMA)."""
     out = []
@@ -76,7 +51,7 @@ def predict_rows(generator: Generator, rows: list[dict], images_root: str, templ
         chunk = rows[start:start + batch_size]
         images = [policy_image(load_image(images_root, r["image_path"]), size) for r in chunk]
         prompts = [messages(render_prompt(r["text"], TEMPLATES[template], EVAL_STRIP)) for r in chunk]
-        texts = generator.generate(images, prompts, max_new_tokens, temperature, seed + start)
+        texts = policy.generate(images, prompts, max_new_tokens, temperature, seed + start)
         for r, text in zip(chunk, texts, strict=True):
             objs = answer_objects(text)
             objs = None if objs is None else to_original(objs, r["width"], r["height"], size)
@@ -95,9 +70,8 @@ def infer_stage(benchmark: str, images_root: str, policy: str, predictions: str,
     """Rule drseg_infer(_untrained): cfg is drseg.eval; rewards the variant's drseg.rewards."""
     rows = limited(pq.read_table(benchmark).to_pylist(), cfg["limit"])
     t0 = time.perf_counter()
-    generator = Generator(policy, cfg["device"])
-    preds = predict_rows(generator, rows, images_root, template_of(rewards), policy_size, cfg["batch_size"],
-                         cfg["max_new_tokens"], cfg["temperature"], cfg["seed"])
+    preds = predict_rows(Policy(policy, device_of(cfg["device"])), rows, images_root, template_of(rewards),
+                         policy_size, cfg["batch_size"], cfg["max_new_tokens"], cfg["temperature"], cfg["seed"])
     write_parquet(predictions, pa.Table.from_pylist(preds, schema=PREDICTION_SCHEMA))
     log.info("%s: %d answers, %d parsed, %.1f s", benchmark, len(preds), sum(p["parsed"] for p in preds),
              time.perf_counter() - t0)

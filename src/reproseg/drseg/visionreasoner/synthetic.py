@@ -13,7 +13,11 @@ Tasks (the columns the importers read, reproseg.drseg.visionreasoner.data / benc
 - segmentation: the original image, `text`, `mask` (rows of booleans: the union of the
   targets), ids and size;
 - rec: one target (a colour present once), `bbox` its box;
-- counting: `count`, the number of targets.
+- counting: `count`, the number of targets;
+- detection (VisionReasoner's coco_val columns): one row per colour of a picture, its
+  name the query, `bbox` the list of every shape of that colour ([x1, y1, x2, y2]) and
+  `cat_id` the colour's category (CATEGORIES); the picture's colours, then one it lacks
+  (an empty box list: every answer to it is a false positive, scored 0).
 
 Deterministic in (seed, name): two sources with the same split draw different pictures.
 """
@@ -33,7 +37,9 @@ from .task import scale
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40)}
 SHAPES = ("rectangle", "ellipse")
-TASKS = ("train", "segmentation", "rec", "counting")
+TASKS = ("train", "segmentation", "rec", "counting", "detection")
+# The detection split's category id of each colour (COCO's ids start at 1).
+CATEGORIES = {colour: k for k, colour in enumerate(COLOURS, 1)}
 
 _IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 _BASE = [("image", _IMAGE), ("text", pa.string()), ("image_id", pa.string()), ("ann_id", pa.string()),
@@ -44,6 +50,7 @@ SCHEMAS = {
     "segmentation": pa.schema([*_BASE, ("mask", pa.list_(pa.list_(pa.bool_())))]),
     "rec": pa.schema([*_BASE, ("bbox", pa.list_(pa.float64()))]),
     "counting": pa.schema([*_BASE, ("count", pa.int64())]),
+    "detection": pa.schema([*_BASE, ("bbox", pa.list_(pa.list_(pa.float64()))), ("cat_id", pa.int64())]),
 }
 
 
@@ -60,6 +67,13 @@ def _png(image: Image.Image) -> bytes:
 def scene(rng: np.random.Generator, width: int, height: int, max_objects: int, single: bool = False):
     """(image, colour, targets): targets are (box, point, mask) of every shape of `colour`
     (exactly one with `single`); shapes do not overlap, so each mask is its own shape."""
+    image, colour, shapes = scene_shapes(rng, width, height, max_objects, single)
+    return image, colour, [(box, point, mask) for kind, box, point, mask in shapes if kind == colour]
+
+
+def scene_shapes(rng: np.random.Generator, width: int, height: int, max_objects: int, single: bool = False):
+    """(image, colour, shapes) of scene(): every shape drawn, as (its colour, box, point,
+    mask), the query colour's first."""
     base = rng.integers(70, 130, size=3)
     noise = rng.integers(-12, 13, size=(height, width, 3))
     image = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
@@ -70,7 +84,7 @@ def scene(rng: np.random.Generator, width: int, height: int, max_objects: int, s
     others = [c for c in names if c != colour]
     kinds = [colour] * n_target + [others[int(rng.integers(len(others)))] for _ in range(int(rng.integers(1, 3)))]
     lo, hi = max(6, min(width, height) // 6), max(8, min(width, height) // 3)
-    placed, targets = [], []
+    placed, shapes = [], []
     for kind in kinds:
         for _ in range(50):   # rejection sampling of a free place
             w, h = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
@@ -87,12 +101,11 @@ def scene(rng: np.random.Generator, width: int, height: int, max_objects: int, s
         xy = (box[0], box[1], box[2] - 1, box[3] - 1)
         getattr(draw, shape)(xy, fill=COLOURS[kind])
         getattr(ImageDraw.Draw(mask_img), shape)(xy, fill=1)
-        if kind == colour:
-            targets.append((list(map(float, box)), [(box[0] + box[2]) / 2, (box[1] + box[3]) / 2],
-                            np.asarray(mask_img, dtype=bool)))
-    if not targets:   # no free place for any target (tiny images): draw again
-        return scene(rng, width, height, max_objects, single)
-    return image, colour, targets
+        shapes.append((kind, list(map(float, box)), [(box[0] + box[2]) / 2, (box[1] + box[3]) / 2],
+                       np.asarray(mask_img, dtype=bool)))
+    if not any(kind == colour for kind, *_ in shapes):   # no free place for any target (tiny images): draw again
+        return scene_shapes(rng, width, height, max_objects, single)
+    return image, colour, shapes
 
 
 def records(task: str, n: int, seed: int, name: str, size: tuple[int, int], max_objects: int,
@@ -103,6 +116,9 @@ def records(task: str, n: int, seed: int, name: str, size: tuple[int, int], max_
     rng, (width, height) = _rng(seed, name), size
     rows = []
     for i in range(n):
+        if task == "detection":
+            rows += _detection_rows(i, *scene_shapes(rng, width, height, max_objects), width, height)
+            continue
         image, colour, targets = scene(rng, width, height, max_objects, single=task == "rec")
         query = f"the {colour} shape." if len(targets) == 1 else f"the {colour} shapes."
         if task == "train":
@@ -124,6 +140,15 @@ def records(task: str, n: int, seed: int, name: str, size: tuple[int, int], max_
             row["count"] = len(targets)
         rows.append(row)
     return rows
+
+
+def _detection_rows(i: int, image: Image.Image, colour: str, shapes: list, width: int, height: int) -> list[dict]:
+    present = list(dict.fromkeys(kind for kind, *_ in shapes))
+    absent = [c for c in COLOURS if c not in present][:1]
+    picture = {"bytes": _png(image), "path": f"{i:05d}.png"}
+    return [{"image": picture, "text": f"the {c} shapes.", "image_id": f"{i:05d}", "ann_id": str(CATEGORIES[c]),
+             "img_height": height, "img_width": width, "bbox": [box for kind, box, *_ in shapes if kind == c],
+             "cat_id": CATEGORIES[c]} for c in present + absent]
 
 
 def write_source(out: str, task: str, n: int, seed: int, name: str, size, max_objects: int,

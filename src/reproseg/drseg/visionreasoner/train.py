@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def train_stage(table: str, images_root: str, policy: str, checkpoint: str, train_log: str, curves: str,
-                rewards: dict, grpo: dict, policy_size: int) -> None:
+                rewards: dict, grpo: dict, policy_size: int, processes: int | None = None) -> None:
     """rewards: drseg.rewards; grpo: drseg.grpo (reproseg.grpo.engine.GRPOSettings)."""
     rows = training_rows(pq.read_table(table), images_root, template_of(rewards), policy_size)
     if not rows:
@@ -39,7 +39,7 @@ def train_stage(table: str, images_root: str, policy: str, checkpoint: str, trai
     # not rule outputs, so a retried attempt resumes them (as reproseg.finers.train does).
     run_dir = run_dir_of(checkpoint)
     work_log = run_dir / "train_log.inprogress.parquet"
-    run_distributed(run_dir / "job.pkl", policy_dir=policy, dataset_rows=rows, reward_fns=fns, settings=grpo,
-                    out_dir=run_dir, log_path=work_log)
+    run_distributed(run_dir / "job.pkl", num_gpus=processes, policy_dir=policy, dataset_rows=rows, reward_fns=fns,
+                    settings=grpo, out_dir=run_dir, log_path=work_log)
     os.replace(work_log, train_log)
     plot_curves(train_log, curves, title="Dr. Seg (VisionReasoner task) GRPO")
