@@ -1,6 +1,10 @@
 # FineRS: LPR (GRPO) -> retrospective regions -> GSE (GRPO) -> two-stage inference with
 # SAM2 -> metrics and the paper's tables. Paths carry variant keys (rules/common.smk).
 
+# That chain (with the policy warm-up) is the default DAG's longest path, so its jobs go
+# first when the cores are short; SegAnswer's and the SAM 2.1 warm-up fill the others.
+CRITICAL_PATH = 10
+
 
 wildcard_constraints:
     warmup="[a-z0-9-]+",
@@ -41,6 +45,7 @@ rule warmup_policy:
         f"{FINERS}/logs/warmup_policy/{{warmup}}.log",
     benchmark:
         f"{FINERS}/benchmarks/warmup_policy/{{warmup}}.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     threads: train_threads()
@@ -107,6 +112,7 @@ rule train_lpr:
         f"{FINERS}/logs/train_lpr/{{lpr}}.log",
     benchmark:
         f"{FINERS}/benchmarks/train_lpr/{{lpr}}.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     threads: train_threads()
@@ -143,6 +149,7 @@ rule select_lpr:
         f"{FINERS}/logs/select_lpr/{{lpr_select}}.log",
     benchmark:
         f"{FINERS}/benchmarks/select_lpr/{{lpr_select}}.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     resources:
@@ -180,6 +187,7 @@ rule retrospective_regions:
         f"{FINERS}/logs/retrospective_regions/{{regions}}-{{shard}}.log",
     benchmark:
         f"{FINERS}/benchmarks/retrospective_regions/{{regions}}-{{shard}}.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     resources:
@@ -212,6 +220,7 @@ rule merge_region_shards:
         f"{FINERS}/logs/merge_region_shards/{{regions}}.log",
     benchmark:
         f"{FINERS}/benchmarks/merge_region_shards/{{regions}}.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     resources:
@@ -243,6 +252,7 @@ rule train_gse:
         f"{FINERS}/logs/train_gse/{{gse}}.log",
     benchmark:
         f"{FINERS}/benchmarks/train_gse/{{gse}}.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     threads: train_threads()
@@ -280,6 +290,7 @@ rule select_gse:
         f"{FINERS}/logs/select_gse/{{gse_select}}.log",
     benchmark:
         f"{FINERS}/benchmarks/select_gse/{{gse_select}}.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     resources:
@@ -320,6 +331,7 @@ rule infer_finers:
         f"{FINERS}/logs/infer_finers/{{infer}}/{{split}}-{{shard}}.log",
     benchmark:
         f"{FINERS}/benchmarks/infer_finers/{{infer}}/{{split}}-{{shard}}.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     resources:
@@ -420,6 +432,7 @@ rule evaluate_finers:
         f"{FINERS}/logs/evaluate_finers/{{infer}}/{{split}}.log",
     benchmark:
         f"{FINERS}/benchmarks/evaluate_finers/{{infer}}/{{split}}.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     resources:

@@ -1,5 +1,5 @@
 """Rule merge_region_shards: the retrospective region shards merged into one table."""
-from reproseg.finers.retrospective import merge_region_shards
+from reproseg.finers.region_table import merge_region_shards
 from reproseg.provenance import run_job
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)

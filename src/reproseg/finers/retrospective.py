@@ -19,17 +19,12 @@ from ..answers.parsing import parse
 from ..data.images import load_image
 from ..io_atomic import write_parquet
 from ..models.generation import Policy
+from .region_table import SCHEMA, merge_region_shards  # noqa: F401 (merge_region_shards: re-exported)
 from .regions import CropFrame, crop_covering, to_gse
 from .samples import look_enabled, lpr_sample, row_rng
 
 log = logging.getLogger(__name__)
 
-SCHEMA = pa.schema([
-    ("id", pa.string()), ("candidate", pa.int64()), ("kind", pa.string()),
-    ("crop", pa.list_(pa.float64())), ("region_gse", pa.list_(pa.float64())),
-    ("completion", pa.string()), ("lpr_box", pa.list_(pa.float64())), ("iou", pa.float64()),
-    ("chosen", pa.bool_()),
-])
 
 
 def candidates(row: dict, side: int, n_random: int, seed: int) -> list[tuple[str, list[float]]]:
@@ -105,16 +100,3 @@ def regions_stage(train_split: str, images_root: str, lpr_checkpoint: str | None
     parsed = sum(r["lpr_box"] is not None for r in table.to_pylist())
     log.info("%d samples, %d candidates, %d LPR boxes parsed, %d chosen by IoU > 0",
              len(rows), table.num_rows, parsed, sum((r["iou"] or 0) > 0 for r in chosen))
-
-
-def merge_region_shards(shards: list[str], out: str) -> None:
-    """One table of all shards; every sample must have exactly one chosen region."""
-    table = pa.concat_tables([pq.read_table(s, schema=SCHEMA) for s in shards]).sort_by([("id", "ascending"),
-                                                                                          ("candidate", "ascending")])
-    chosen: dict[str, int] = {}
-    for rid, c in zip(table.column("id").to_pylist(), table.column("chosen").to_pylist()):
-        chosen[rid] = chosen.get(rid, 0) + int(c)
-    bad = [rid for rid, n in chosen.items() if n != 1]
-    if bad:
-        raise ValueError(f"region shards {shards}: samples without exactly one chosen region, e.g. {bad[:5]}")
-    write_parquet(out, table)
