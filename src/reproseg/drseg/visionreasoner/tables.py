@@ -133,7 +133,11 @@ TITLES = {
 def ours_value(metrics: dict) -> float | None:
     """Our number of one benchmark's metrics JSON, in percent (none for NaN, or COCOeval's
     -1: no GT box at all)."""
-    v = metrics.get(TASK_METRIC.get(metrics.get("task"), ""))
+    return _percent(metrics.get(TASK_METRIC.get(metrics.get("task"), "")))
+
+
+def _percent(v) -> float | None:
+    """A metric in [0, 1] as percent; none for a missing value, NaN or COCOeval's -1."""
     return None if v is None or (isinstance(v, float) and math.isnan(v)) or v < 0 else 100.0 * float(v)
 
 
@@ -176,8 +180,7 @@ def _detection_columns(tasks: dict[str, str]) -> list[tuple[str, str, str]]:
 
 
 def _detection_cell(metrics: dict, label: str, key: str) -> float | None:
-    v = metrics.get(label, {}).get(key)
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) or v < 0 else 100.0 * float(v)
+    return _percent(metrics.get(label, {}).get(key))
 
 
 def build_table(name: str, runs: list[dict]) -> list[dict]:
