@@ -229,8 +229,12 @@ def test_clipping_acts_only_with_several_updates_per_rollout(policy, tmp_path):
         first_of_rollout = r["step"] % 4 == 1
         # The first update of a rollout batch starts from the sampling policy: ratio 1, no clip.
         assert (r["clip_ratio"] == 0.0) if first_of_rollout else (r["clip_ratio"] > 0.0), r
-        # Rollout columns exist only on the step that generated.
-        assert math.isfinite(r["reward_mean"]) == first_of_rollout
+        # The rollout's columns come from the step that generated; the batch's other steps
+        # repeat them, since they train on the same completions.
+        assert r["generated"] == float(first_of_rollout)
+        assert math.isfinite(r["reward_mean"])
+        rollout = log[(r["step"] - 1) // 4 * 4]
+        assert r["reward_mean"] == rollout["reward_mean"] and r["reward_std"] == rollout["reward_std"]
         # Low and high clipping are disjoint (they need opposite advantage signs); float32 means.
         assert r["clip_ratio"] == pytest.approx(r["clip_ratio_low"] + r["clip_ratio_high"], abs=1e-6)
 

@@ -16,16 +16,16 @@ def _write(path, columns):
     return path
 
 
-def test_grpo_log_means_skip_update_only_steps(tmp_path):
-    # 8 optimizer steps, rollouts on the even ones (steps_per_generation 2): rewards are NaN
-    # on the odd ones. Finite reward points: 1, 2, 3, 4 -> first quarter [1], last [4].
+def test_grpo_log_means_count_each_rollout_once(tmp_path):
+    # 8 optimizer steps, rollouts on every other one (steps_per_generation 2): the update-only
+    # steps repeat their rollout's rewards. Rollouts: 1, 2, 3, 4 -> first quarter [1], last [4].
     log = _write(tmp_path / "lpr" / "train_log.parquet", {
         "step": [8, 1, 2, 3, 4, 5, 6, 7],   # out of order: sorted by step
         "generated": [0.0, 1.0, 0, 1, 0, 1, 0, 1],
         "loss": [0.1, -0.5, 0.2, 0.3, 0.0, 0.4, 0.1, 0.9],
-        "reward_mean": [NAN, 1.0, NAN, 2.0, NAN, 3.0, NAN, 4.0],
-        "reward_lpr/box_iou_mean": [NAN, 0.5, NAN, 0.4, NAN, 0.3, NAN, 0.2],
-        "reward_lpr/box_iou_std": [NAN, 0.1, NAN, 0.1, NAN, 0.1, NAN, 0.1],
+        "reward_mean": [4.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0],
+        "reward_lpr/box_iou_mean": [0.2, 0.5, 0.5, 0.4, 0.4, 0.3, 0.3, 0.2],
+        "reward_lpr/box_iou_std": [0.1] * 8,
         "kl": [NAN] * 8,
     })
     got = {t.quantity: t for t in trends(log)}

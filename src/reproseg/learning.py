@@ -3,9 +3,9 @@
 `reproseg learning` reads every training log of a run (the engine's `train_log.parquet`,
 the SFT logs, the SAM 2.1 warm-up's `sam2_log.parquet`) and prints, per log and quantity,
 the mean over the first and over the last `fraction` of its finite points. Finite only:
-a GRPO log states its rollout's rewards on the steps that generated (column `generated`)
-and NaN on the other optimizer steps of the rollout batch, so a plain first/last row
-would read NaN where the rollout was only trained on.
+a GRPO log's other optimizer steps of a rollout batch repeat that batch's rollout figures
+(rewards, lengths), so those are read from the rows that generated (column `generated`)
+only, each rollout counted once.
 
 A quantity has a direction: rewards, IoU and accuracy should rise, losses fall. A stage
 is reported as improving on a quantity when its last mean is on the right side of its
@@ -56,12 +56,16 @@ def trends(path: str | Path, fraction: float = 0.25) -> list[Trend]:
     table = pq.read_table(path)
     steps = table.column("step").to_pylist() if "step" in table.column_names else list(range(table.num_rows))
     grpo = "reward_mean" in table.column_names
+    generated = (table.column("generated").to_pylist() if "generated" in table.column_names
+                 else [1.0] * table.num_rows)
     out = []
     for column in table.column_names:
         if not _reported(column) or (grpo and column == "loss"):
             continue
-        pts = [v for _, v in sorted(zip(steps, table.column(column).to_pylist()), key=lambda p: p[0])
-               if v is not None and math.isfinite(v)]
+        # Rollout figures (every reported GRPO quantity but the loss) once per rollout.
+        keep = generated if grpo else [1.0] * table.num_rows
+        pts = [v for _, v, g in sorted(zip(steps, table.column(column).to_pylist(), keep), key=lambda p: p[0])
+               if g and v is not None and math.isfinite(v)]
         if not pts:
             continue
         k = max(1, int(len(pts) * fraction))

@@ -15,8 +15,10 @@ from reproseg.io_atomic import write_parquet
 
 # TRL log key -> column in the engine's log. Missing keys become NaN: TRL logs no "kl"
 # when beta is 0, and the rollout's columns (rewards, lengths, zero-std) only on the
-# first optimizer step of each rollout batch; the column `generated` (1 or 0) says which
-# steps those are, so that a NaN reward there reads as "no rollout this step". "clipped_ratio" is TRL's share of
+# first optimizer step of each rollout batch. The log's other steps of that batch train on
+# the same completions, so their rows repeat the batch's rollout columns (ROLLOUT_COLUMNS);
+# the column `generated` (1 or 0) says which row rolled out, and a reader counting
+# rollouts takes those rows only (reproseg.learning). "clipped_ratio" is TRL's share of
 # completions cut at max_completion_length; "clip_ratio*" are shares of completion
 # tokens whose probability ratio was clipped (low: below 1 - epsilon with a negative
 # advantage, high: above 1 + epsilon_high with a positive one; clip_ratio = both).
@@ -37,6 +39,16 @@ _LOG_COLUMNS = {
     "clip_ratio/high_mean": "clip_ratio_high",
     "step_time": "step_time_s",
 }
+
+
+# What a rollout measures, as opposed to what an optimizer step measures (loss, gradient,
+# clipped tokens, learning rate, time).
+ROLLOUT_COLUMNS = ("reward_mean", "reward_std", "completion_length_mean", "clipped_ratio", "frac_zero_std",
+                   "frac_zero_std_trl")
+
+
+def rollout_columns(reward_names: list[str]) -> list[str]:
+    return [*ROLLOUT_COLUMNS, *(f"reward_{n}_{s}" for n in reward_names for s in ("mean", "std"))]
 
 
 def log_columns(reward_names: list[str]) -> list[str]:
@@ -82,6 +94,12 @@ class ParquetLogCallback(TrainerCallback):
         row["step"] = int(state.global_step)
         row["epoch"] = _number(state.epoch)
         row["generated"] = 1.0 if "reward" in logs else 0.0
+        if not row["generated"]:
+            # An update-only step trains on the newest rollout batch: its row states that
+            # batch's rollout figures (a resumed run finds them in the kept rows).
+            last = next((r for r in reversed(self.rows) if r["step"] < state.global_step and r["generated"]), None)
+            if last is not None:
+                row.update({c: last[c] for c in rollout_columns(self.reward_names)})
         row["world_size"] = float(args.world_size)  # processes training together (one per GPU)
         row["wall_time"] = time.time()
         self.rows = [r for r in self.rows if r["step"] < row["step"]] + [row]
