@@ -10,6 +10,7 @@ include: "drseg_common.smk"
 
 
 wildcard_constraints:
+    drseg_warmup="[a-z0-9-]+",
     drseg_train="[a-z0-9-]+",
     drseg_select="[a-z0-9-]+",
     drseg_infer="[a-z0-9-]+",
@@ -71,10 +72,44 @@ rule drseg_import_source:
         script_path("drseg_import_source")
 
 
+rule drseg_warmup:
+    input:
+        table=drseg_import(DRSEG_CFG["train_data"]),
+        table_record=prov(drseg_import(DRSEG_CFG["train_data"])),
+        base=BASE_MANIFEST,
+    output:
+        checkpoint=directory(f"{DRSEG}/warmup/{{drseg_warmup}}/checkpoint"),
+        train_log=f"{DRSEG}/warmup/{{drseg_warmup}}/train_log.parquet",
+        curves=report(
+            f"{DRSEG}/warmup/{{drseg_warmup}}/curves.png",
+            category="training curves",
+            labels={"stage": "Dr. Seg format warm-up", "variant": "{drseg_warmup}"},
+            caption="../report/sft_curves.rst",
+        ),
+        prov=prov(f"{DRSEG}/warmup/{{drseg_warmup}}/train_log.parquet"),
+    log:
+        f"{DRSEG}/logs/drseg_warmup/{{drseg_warmup}}.log",
+    benchmark:
+        f"{DRSEG}/benchmarks/drseg_warmup/{{drseg_warmup}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: train_threads()
+    resources:
+        **family_resources("gpu_train"),
+    params:
+        **exp_params("drseg_warmup", "drseg_warmup", "drseg.warmup", "drseg.policy_size"),
+        images_root=folder_from_record("table_record", "images"),
+        policy=BASE_QWEN,
+        processes=train_processes(),
+    script:
+        script_path("drseg_warmup")
+
+
 rule drseg_train:
     input:
         table=drseg_import(DRSEG_CFG["train_data"]),
         table_record=prov(drseg_import(DRSEG_CFG["train_data"])),
+        start=drseg_start_record("drseg_train"),
         base=BASE_MANIFEST,
     output:
         checkpoint=directory(f"{DRSEG}/train/{{drseg_train}}/checkpoint"),
@@ -99,7 +134,7 @@ rule drseg_train:
     params:
         **exp_params("drseg_train", "drseg_train", "drseg.rewards", "drseg.grpo", "drseg.policy_size"),
         images_root=folder_from_record("table_record", "images"),
-        policy=BASE_QWEN,
+        policy=folder_from_record("start", "checkpoint", base=BASE_QWEN),
         processes=train_processes(),
     script:
         script_path("drseg_train")
@@ -110,6 +145,7 @@ rule drseg_select:
         val=drseg_import(DRSEG_CFG["selection"]["data"]),
         val_record=prov(drseg_import(DRSEG_CFG["selection"]["data"])),
         train_record=get_drseg_train_record,
+        sam2_record=drseg_sam2_record("drseg_select"),
         base=BASE_MANIFEST,
     output:
         checkpoint=directory(f"{DRSEG}/select/{{drseg_select}}/checkpoint"),
@@ -135,7 +171,7 @@ rule drseg_select:
         ),
         images_root=folder_from_record("val_record", "images"),
         candidates=folder_from_record("train_record", "candidates"),
-        sam2=BASE_SAM2,
+        sam2=folder_from_record("sam2_record", "sam2", base=BASE_SAM2),
         sam2_config=SAM2_CONFIG,
     script:
         script_path("drseg_select")
@@ -169,6 +205,7 @@ rule drseg_infer_untrained:
     input:
         benchmark=drseg_import("{drseg_bench}"),
         benchmark_record=prov(drseg_import("{drseg_bench}")),
+        start=drseg_start_record("drseg_untrained"),
         base=BASE_MANIFEST,
     output:
         predictions=f"{DRSEG}/untrained/predictions/{{drseg_untrained}}/{{drseg_bench}}.parquet",
@@ -190,7 +227,7 @@ rule drseg_infer_untrained:
             "drseg.policy_size",
         ),
         images_root=folder_from_record("benchmark_record", "images"),
-        policy=BASE_QWEN,
+        policy=folder_from_record("start", "checkpoint", base=BASE_QWEN),
     script:
         script_path("drseg_infer_untrained")
 
@@ -200,6 +237,7 @@ rule drseg_evaluate:
         benchmark=drseg_import("{drseg_bench}"),
         benchmark_record=prov(drseg_import("{drseg_bench}")),
         predictions=f"{DRSEG}/predictions/{{drseg_infer}}/{{drseg_bench}}.parquet",
+        sam2_record=drseg_sam2_record("drseg_infer"),
         base=BASE_MANIFEST,
     output:
         metrics=f"{DRSEG}/metrics/{{drseg_infer}}/{{drseg_bench}}.json",
@@ -216,7 +254,7 @@ rule drseg_evaluate:
     params:
         **exp_params("drseg_infer", "drseg_evaluate", "drseg.eval"),
         images_root=folder_from_record("benchmark_record", "images"),
-        sam2=BASE_SAM2,
+        sam2=folder_from_record("sam2_record", "sam2", base=BASE_SAM2),
         sam2_config=SAM2_CONFIG,
     script:
         script_path("drseg_evaluate")
@@ -227,6 +265,7 @@ rule drseg_evaluate_untrained:
         benchmark=drseg_import("{drseg_bench}"),
         benchmark_record=prov(drseg_import("{drseg_bench}")),
         predictions=f"{DRSEG}/untrained/predictions/{{drseg_untrained}}/{{drseg_bench}}.parquet",
+        sam2_record=drseg_sam2_record("drseg_untrained"),
         base=BASE_MANIFEST,
     output:
         metrics=f"{DRSEG}/untrained/metrics/{{drseg_untrained}}/{{drseg_bench}}.json",
@@ -243,7 +282,7 @@ rule drseg_evaluate_untrained:
     params:
         **exp_params("drseg_untrained", "drseg_evaluate_untrained", "drseg.eval"),
         images_root=folder_from_record("benchmark_record", "images"),
-        sam2=BASE_SAM2,
+        sam2=folder_from_record("sam2_record", "sam2", base=BASE_SAM2),
         sam2_config=SAM2_CONFIG,
     script:
         script_path("drseg_evaluate_untrained")

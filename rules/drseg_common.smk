@@ -13,17 +13,27 @@ DRSEG_TABLES = ["table2", "table3", "table4", "table5", "table6", "table7"]
 # The drseg_* stages' variant keys (the mechanism of rules/common.smk, for this branch's
 # stages): experiments that change only FineRS or SegAnswer keys share every Dr. Seg job.
 _DRSEG_START = ["models", "drseg.policy_size", "drseg.train_data"]
-STAGE_KEYS["drseg_train"] = _DRSEG_START + ["drseg.rewards", "drseg.grpo"]
+# The format warm-up (embedded default) is shared by every reward variant.
+STAGE_KEYS["drseg_warmup"] = _DRSEG_START + ["drseg.warmup"]
+# The SAM 2.1 of the masks: FineRS's warmed-up one (drseg.finers_sam2) follows FineRS's
+# data and warm-up keys.
+_DRSEG_SAM2 = ["drseg.finers_sam2"] + (_UPSTREAM + WARMUP_KEYS if DRSEG_CFG["finers_sam2"] else [])
+STAGE_KEYS["drseg_train"] = STAGE_KEYS["drseg_warmup"] + ["drseg.rewards", "drseg.grpo"]
 STAGE_KEYS["drseg_select"] = STAGE_KEYS["drseg_train"] + [
     "drseg.selection",
     "drseg.eval.device",
     "drseg.eval.giou_empty",
+    *_DRSEG_SAM2,
 ]
 STAGE_KEYS["drseg_infer"] = STAGE_KEYS["drseg_select"] + ["drseg.eval"]
 # The starting policy, asked with the prompt of the variant's reward setting.
-STAGE_KEYS["drseg_untrained"] = _DRSEG_START + ["drseg.rewards.look_to_confirm", "drseg.eval"]
+STAGE_KEYS["drseg_untrained"] = STAGE_KEYS["drseg_warmup"] + [
+    "drseg.rewards.look_to_confirm",
+    "drseg.eval",
+    *_DRSEG_SAM2,
+]
 _by_exp, _by_key = _variant_keys()
-for _stage in ("drseg_train", "drseg_select", "drseg_infer", "drseg_untrained"):
+for _stage in ("drseg_warmup", "drseg_train", "drseg_select", "drseg_infer", "drseg_untrained"):
     VARIANT[_stage], VARIANT_CFG[_stage] = _by_exp[_stage], _by_key[_stage]
 
 # One table row per distinct Dr. Seg variant (experiments that share it share the row).
@@ -88,6 +98,34 @@ def get_drseg_source_file(wildcards):
     """What an import reads: the source's own file or folder, or the synthetic fixture."""
     path = DRSEG_SOURCES[wildcards.drseg_source]["path"]
     return {"data": path if path else f"{DRSEG}/synthetic/{wildcards.drseg_source}.parquet"}
+
+
+def drseg_start_record(stage):
+    """Input function: the Dr. Seg warm-up's record or, with the warm-up off, the base
+    manifest (the policy folder sits beside the record: folder_from_record with base)."""
+
+    def fn(wildcards):
+        key = getattr(wildcards, stage)
+        if VARIANT_CFG[stage][key]["drseg"]["warmup"]["enabled"]:
+            return prov(f"{DRSEG}/warmup/{VARIANT['drseg_warmup'][key]}/train_log.parquet")
+        return BASE_MANIFEST
+
+    return fn
+
+
+def drseg_sam2_record(stage):
+    """Input function: the record of the SAM 2.1 the masks come from: FineRS's warm-up
+    (drseg.finers_sam2) or the base manifest (folder_from_record with base)."""
+
+    def fn(wildcards):
+        key = getattr(wildcards, stage)
+        if not VARIANT_CFG[stage][key]["drseg"]["finers_sam2"]:
+            return BASE_MANIFEST
+        # Any experiment of this Dr. Seg variant: its keys include FineRS's warm-up's.
+        exp = next(e for e, k in VARIANT[stage].items() if k == key)
+        return prov(f"{FINERS}/warmup/{VARIANT['warmup'][exp]}/sam2_log.parquet")
+
+    return fn
 
 
 def get_drseg_train_record(wildcards):

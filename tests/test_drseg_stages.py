@@ -375,8 +375,17 @@ def test_comparison_names_the_missing_runs():
     ({"selection": {"data": "synthetic_det"}}, "drseg.selection.data.*detection set, not segmentation"),
     ({"sources": {"synthetic_det": {"task": "panoptic"}}}, "task"),
     ({"grpo": {"max_steps": 3, "steps_per_generation": 2}}, "drseg.grpo.max_steps"),
+    ({"warmup": {"held_out_every": 1}}, "held_out_every"),
+    ({"warmup": {"epochs": 2}}, "epochs"),
 ])
 def test_bad_drseg_setting_is_named(change, message):
     cfg = cfglib.deep_merge(copy.deepcopy(DEFAULT), {"drseg": change})
     with pytest.raises(cfglib.ConfigError, match=message):
         cfglib.validate(cfg, SCHEMA)
+
+
+def test_finers_sam2_needs_the_finers_warmup():
+    cfg = cfglib.deep_merge(copy.deepcopy(DEFAULT), {"finers": {"warmup": {"enabled": False}}})
+    with pytest.raises(cfglib.ConfigError, match="drseg.finers_sam2.*finers.warmup.enabled is false"):
+        cfglib.validate(cfg, SCHEMA)
+    cfglib.validate(cfglib.deep_merge(cfg, {"drseg": {"finers_sam2": False}}), SCHEMA)

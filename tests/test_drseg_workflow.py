@@ -30,6 +30,7 @@ finers:
   selection: {max_new_tokens: 24}
 drseg:
   synthetic: {counts: {train: 8, val: 4, test: 4}}
+  warmup: {max_steps: 4}
   grpo: {max_steps: 2, candidate_every: 1, max_completion_length: 32}
   selection: {max_new_tokens: 32}
   eval: {max_new_tokens: 32}
@@ -86,11 +87,18 @@ FINERS_GSE = {"train_gse": 1, "select_gse": 1, "infer_finers": 4, "evaluate_fine
 FINERS_LPR = {"train_lpr": 1, "select_lpr": 1, "retrospective_regions": 1, "merge_region_shards": 1, **FINERS_GSE}
 
 
-def test_default_run_leaves_the_branch_out():
+def test_default_run_holds_the_branch_from_its_warmup():
     out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(ROOT), "-n",
                           "--config", "results=/tmp/reproseg-drseg-dry"], capture_output=True, text=True, env=ENV)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "drseg_" not in out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    for rule in ("drseg_warmup", "drseg_train", "drseg_select", "drseg_table"):
+        assert f"rule {rule}:" in text
+    # GRPO and the untrained row start from the warm-up; masks come from FineRS's SAM 2.1.
+    train = text.split("rule drseg_train:")[1].split("rule ")[0]
+    assert "drseg/warmup/main/train_log.parquet.prov.json" in train
+    select = text.split("rule drseg_select:")[1].split("rule ")[0]
+    assert "finers/warmup/main/sam2_log.parquet.prov.json" in select
 
 
 def test_tables_hold_the_papers_numbers_and_ours(copy):
@@ -191,6 +199,8 @@ def test_no_op(copy):
     # policy's answers stay.
     ("drseg: {rewards: {queue_size: 512}}", {**TRAINED, **COMPARED}),
     ("drseg: {grpo: {learning_rate: 1.0e-4}}", {**TRAINED, **COMPARED}),
+    # The format warm-up: every policy of the branch, trained or not.
+    ("drseg: {warmup: {learning_rate: 1.0e-3}}", {"drseg_warmup": 1, **TRAINED, **UNTRAINED, **COMPARED}),
     # Look-to-Confirm changes the prompt too, so the untrained policy is asked again.
     ("drseg: {rewards: {look_to_confirm: false}}", {**TRAINED, **UNTRAINED, **COMPARED}),
     ("drseg: {selection: {choose: last}}", {"drseg_select": 1, **EVALUATED, **COMPARED}),

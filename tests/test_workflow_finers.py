@@ -1,6 +1,7 @@
-"""The whole default DAG (small), then precise re-runs: after each kind of change the
-exact set of planned jobs is checked. The workflow runs from a copy of the repository,
-so library edits here do not touch the checkout."""
+"""The whole default DAG but Dr. Seg's branch (small; tests/test_drseg_workflow.py runs
+that), then precise re-runs: after each kind of change the exact set of planned jobs is
+checked. The workflow runs from a copy of the repository, so library edits here do not
+touch the checkout."""
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ seganswer:
            lora_alpha: 16}
   stage2: {max_steps: 2}
   stage3: {grpo: {max_steps: 2, candidate_every: 1}}
+# Dr. Seg's branch has its own test (tests/test_drseg_workflow.py).
+drseg: {run: false}
 """
 pytestmark = pytest.mark.workflow
 

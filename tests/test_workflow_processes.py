@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 # Every training rule; the SAM 2.1 warm-up keeps one process (reproseg.models.sam2_warmup).
 TRAINING_RULES = {"warmup_policy", "train_lpr", "train_gse", "seganswer_stage1_projector", "seganswer_stage1_lora",
-                  "seganswer_stage2_sft", "seganswer_stage3_dapo", "drseg_train"}
+                  "seganswer_stage2_sft", "seganswer_stage3_dapo", "drseg_warmup", "drseg_train"}
 # The DAG as Snakemake plans it from the same `--config` words the CLI takes; each job's
 # evaluated params and resources, as JSON.
 PROBE = """

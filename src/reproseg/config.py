@@ -115,6 +115,9 @@ def _cross_checks(config: dict) -> list[str]:
                 out.append(f"config key 'seganswer.selection.{data_key}': {sel!r} is a test split or an evaluated "
                            "benchmark; a checkpoint is chosen on val data only")
     out += _drseg_checks(config["drseg"])
+    if config["drseg"]["finers_sam2"] and not config["finers"]["warmup"]["enabled"]:
+        out.append("config key 'drseg.finers_sam2': it evaluates with the SAM 2.1 that FineRS's warm-up "
+                   "trains, and finers.warmup.enabled is false")
     # A FineRS reward profile carries its prompt and its parser together: the GSE JSON key
     # its terms read (RewardProfile.gse_box_key: the paper's template {region, response},
     # the authors' code and prompt 'bbox') must be the one every GSE prompt asks for, or
