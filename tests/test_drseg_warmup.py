@@ -1,9 +1,10 @@
 """Dr. Seg's format warm-up (rule drseg_warmup): its targets are what the rewards score
 full marks on, its prompts are the ones GRPO and inference render, its frame is the
-policy's, and it holds records out."""
+policy's, it holds records out, and it trains on one or two processes."""
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from reproseg.answers.parsing import parse
@@ -12,7 +13,8 @@ from reproseg.drseg.visionreasoner import data as vrdata
 from reproseg.drseg.visionreasoner import rewards as vr
 from reproseg.drseg.visionreasoner import synthetic
 from reproseg.drseg.visionreasoner.task import TEMPLATES, Objects, answer_objects, read_objects
-from reproseg.drseg.visionreasoner.warmup import held_out_split, target_text, warmup_examples
+from reproseg.drseg.visionreasoner.warmup import held_out_split, target_text, warmup_examples, warmup_stage
+from reproseg.models.tiny_bundle import build_tiny_policy
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +77,25 @@ def test_held_out_split_takes_every_nth_record():
     kept, held = held_out_split(rows, 4)
     assert [r["id"] for r in held] == [3, 7]
     assert [r["id"] for r in kept] == [0, 1, 2, 4, 5, 6, 8, 9]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_warmup_trains_on_the_jobs_processes(imported, tmp_path, processes):
+    """The rule's path on one process and on two (torchrun, gloo; each worker builds its
+    examples from the table): the checkpoint, the log and the world size in the summary."""
+    rows, images = imported
+    table = tmp_path / "table.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), table)
+    policy = tmp_path / "qwen"
+    build_tiny_policy(policy, {}, ["the red shapes"], seed=0)
+    settings = {"enabled": True, "learning_rate": 3e-3, "max_steps": 2, "batch_size": 2, "warmup_steps": 0,
+                "lr_scheduler_type": "constant", "weight_decay": 0.0, "max_grad_norm": 1.0, "report_to": [],
+                "seed": 0, "held_out_every": 3}
+    run = tmp_path / "run"
+    warmup_stage(str(table), str(images), str(policy), str(run / "checkpoint"), str(tmp_path / "log.parquet"),
+                 str(tmp_path / "curves.png"), settings, 56, processes=processes)
+    summary = json.loads((run / "checkpoint" / "sft_summary.json").read_text())
+    assert summary["world_size"] == processes
+    assert summary["examples"] == 8 and summary["held_out"] == 4     # 6 records: 4 trained, 2 held out, 2 prompts
+    assert (run / "checkpoint" / "model.safetensors").is_file() and (tmp_path / "curves.png").is_file()
+    assert pq.read_table(tmp_path / "log.parquet").column("step").to_pylist() == [1, 2]
