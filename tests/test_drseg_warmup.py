@@ -29,7 +29,7 @@ def imported(tmp_path_factory):
 
 def test_targets_score_full_marks_under_each_prompt(imported):
     rows, images = imported
-    examples = warmup_examples(rows, images, 56)
+    examples = warmup_examples(pa.Table.from_pylist(rows), images, 56)
     assert len(examples) == 2 * len(rows)
     paper = DrSegProfile.by_name("paper")
     for rec, (plain, looked) in zip(rows, zip(examples[::2], examples[1::2])):
@@ -47,7 +47,7 @@ def test_targets_score_full_marks_under_each_prompt(imported):
 
 def test_prompts_are_the_ones_grpo_renders(imported):
     rows, images = imported
-    examples = warmup_examples(rows, images, 56)
+    examples = warmup_examples(pa.Table.from_pylist(rows), images, 56)
     for template in TEMPLATES:
         served = vrdata.training_rows(pa.Table.from_pylist(rows), str(images), template, 56)
         mine = examples[0::2] if template == "visionreasoner" else examples[1::2]
@@ -59,8 +59,8 @@ def test_prompts_are_the_ones_grpo_renders(imported):
 
 def test_another_policy_size_scales_the_targets(imported):
     rows, images = imported
-    at28 = warmup_examples(rows[:1], images, 28)[0]
-    at56 = warmup_examples(rows[:1], images, 56)[0]
+    at28 = warmup_examples(pa.Table.from_pylist(rows[:1]), images, 28)[0]
+    at56 = warmup_examples(pa.Table.from_pylist(rows[:1]), images, 56)[0]
     big, small = answer_objects(at56["target"]), answer_objects(at28["target"])
     # int(v * 28 / 56 + 0.5), the authors' rounding (task.scale)
     assert small.boxes == tuple(tuple(int(v * 0.5 + 0.5) for v in b) for b in big.boxes)

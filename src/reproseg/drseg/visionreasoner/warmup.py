@@ -15,18 +15,19 @@ import json
 import logging
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reproseg.curves import plot_curves
-from reproseg.data.images import load_image
+from reproseg.data.images import as_image
 from reproseg.launch import run_workers, visible_gpu_count
 from reproseg.models.sft import train_sft
 from reproseg.runs import FINAL_DIR, run_dir_of
 
-from .task import TEMPLATES, Objects, clean_query, messages, policy_image, read_objects, render_prompt, to_policy
+from .data import training_rows
+from .task import TEMPLATES, Objects, clean_query, read_objects
 
 log = logging.getLogger(__name__)
-
 
 
 def target_text(query: str, objects: Objects, look: bool) -> str:
@@ -42,20 +43,17 @@ def target_text(query: str, objects: Objects, look: bool) -> str:
     return f"<think>{think}</think><answer>{json.dumps(items, separators=(',', ':'))}</answer>"
 
 
-def warmup_examples(rows: list[dict], images_root: str | Path, size: int) -> list[dict]:
-    """Two examples per record, one per prompt (TEMPLATES), on the size x size policy
-    image with the targets in that frame (as reproseg.drseg.visionreasoner.data's
-    training_rows serves them to GRPO)."""
+def warmup_examples(table: pa.Table, images_root: str | Path, size: int) -> list[dict]:
+    """Two examples per record, one per prompt (TEMPLATES): the rows that
+    reproseg.drseg.visionreasoner.data's training_rows serves GRPO (the prompt, the image
+    as GRPO decodes it, the targets in the size x size frame), each with its target text."""
+    served = [training_rows(table, str(images_root), name, size) for name in TEMPLATES]
     out = []
-    for rec in rows:
-        objects = read_objects(json.loads(rec["objects"]))
-        if objects is None:
-            raise ValueError(f"{rec['id']}: objects is not a list of bbox_2d / point_2d items")
-        if (rec["width"], rec["height"]) != (size, size):
-            objects = to_policy(objects, rec["width"], rec["height"], size)
-        image = policy_image(load_image(images_root, rec["image_path"]), size)
-        for name, template in TEMPLATES.items():
-            out.append({"image": image, "prompt": messages(render_prompt(rec["query"], template)),
+    for rec, *rows in zip(table.to_pylist(), *served, strict=True):
+        image = as_image(rows[0]["image"])
+        for name, row in zip(TEMPLATES, rows, strict=True):
+            objects = read_objects(json.loads(row["gt_objects"]))
+            out.append({"image": image, "prompt": row["prompt"],
                         "target": target_text(rec["query"], objects, look=name == "look_to_confirm")})
     return out
 
@@ -72,9 +70,10 @@ def train_policy(table: str, images_root: str, policy: str, run_dir: str, train_
     """The warm-up's training, in this process or in each worker of a launch (each worker
     builds the examples from the table: no decoded images in the job file)."""
     settings = {k: v for k, v in warmup.items() if k not in ("enabled", "held_out_every")}
-    rows, held = held_out_split(pq.read_table(table).to_pylist(), int(warmup["held_out_every"]))
-    train = warmup_examples(rows, images_root, policy_size)
-    val = warmup_examples(held, images_root, policy_size)
+    whole = pq.read_table(table)
+    rows, held = held_out_split(whole.to_pylist(), int(warmup["held_out_every"]))
+    train = warmup_examples(pa.Table.from_pylist(rows, schema=whole.schema), images_root, policy_size)
+    val = warmup_examples(pa.Table.from_pylist(held, schema=whole.schema), images_root, policy_size)
     log.info("Dr. Seg warm-up: %d training examples, %d held out", len(train), len(val))
     train_sft(policy, train, settings, run_dir, train_log, held_out=val)
 
