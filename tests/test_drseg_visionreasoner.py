@@ -208,7 +208,11 @@ def test_reward_functions_per_setting():
     base = vr.reward_functions(profile="visionreasoner", look_to_confirm=False, distribution_ranked=False)
     assert sorted(base) == ["vr/accuracy", "vr/answer_format", "vr/non_repeat", "vr/think"]
     drseg = vr.reward_functions(profile="paper", look_to_confirm=True, distribution_ranked=True, queue_size=4)
-    assert sorted(drseg) == ["vr/answer_format", "vr/look", "vr/non_repeat", "vr/ranked_accuracy", "vr/think"]
+    assert sorted(drseg) == ["vr/accuracy", "vr/answer_format", "vr/look", "vr/non_repeat", "vr/ranked_accuracy",
+                             "vr/think"]
+    # under the ranked reward the binary accuracy is logged but weighs 0; the baseline trains on it
+    assert vr.monitor_weights(drseg, distribution_ranked=True) == {"vr/accuracy": 0.0}
+    assert vr.monitor_weights(base, distribution_ranked=False) == {}
     chat = [[{"role": "assistant", "content": [{"type": "text", "text": answer(GT1)}]}], "garbage"]
     gt = [json.dumps(GT1)] * 2
     total = {k: f(chat, gt_objects=gt) for k, f in base.items()}
@@ -237,3 +241,32 @@ def test_fuzz_terms_never_raise(value, think):
             assert isinstance(v, float) and 0.0 <= v <= 3.0
         objs = task.answer_objects(text)
         assert objs is None or len(objs.boxes) == len(objs.points)
+
+
+def test_train_stage_gives_the_monitor_weight_zero(tmp_path, monkeypatch):
+    """The monitor reaches the engine with weight 0 (so it never enters the advantage),
+    and a user's own reward weight for it wins."""
+    from reproseg.drseg.visionreasoner import train as vr_train
+
+    seen = {}
+
+    def fake_run(job, *, num_gpus, policy_dir, dataset_rows, reward_fns, settings, out_dir, log_path):
+        seen["weights"], seen["fns"] = settings["reward_weights"], sorted(reward_fns)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(vr_train, "training_rows", lambda *a: [{"id": "x"}])
+    monkeypatch.setattr(vr_train.pq, "read_table", lambda path: None)
+    monkeypatch.setattr(vr_train, "run_distributed", fake_run)
+    rewards = {"profile": "paper", "look_to_confirm": True, "distribution_ranked": True, "queue_size": 8,
+               "raw_accuracy": False}
+    out = tmp_path / "run" / "checkpoint"
+    for grpo, want in (({"reward_weights": None}, {"vr/accuracy": 0.0}),
+                       ({"reward_weights": {"vr/accuracy": 0.5}}, {"vr/accuracy": 0.5})):
+        with pytest.raises(RuntimeError, match="stop here"):
+            vr_train.train_stage("t.parquet", "img", "policy", str(out), "log", "curves", rewards, grpo, 56)
+        assert seen["weights"] == want and "vr/accuracy" in seen["fns"]
+    with pytest.raises(RuntimeError, match="stop here"):
+        vr_train.train_stage("t.parquet", "img", "policy", str(out), "log", "curves",
+                             {**rewards, "profile": "visionreasoner", "distribution_ranked": False,
+                              "look_to_confirm": False}, {"reward_weights": None}, 56)
+    assert seen["weights"] is None

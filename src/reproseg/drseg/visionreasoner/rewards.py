@@ -12,7 +12,8 @@ The definitions live in reproseg.drseg.rewards; this module picks them for the s
   non-repeat (0/1);
 - Dr. Seg (profile `paper` by default, or `reference_code`): the same format terms plus
   Look-to-Confirm's `<look>` term (Eq. 8), and the distribution-ranked accuracy
-  (Eq. 9-16) in place of the binary accuracy.
+  (Eq. 9-16) in place of the binary accuracy, which stays as a weight-0 monitor
+  (monitor_weights).
 
 In a module of its own, so that an edit of a term re-runs only the stages that train
 with these rewards.
@@ -129,9 +130,22 @@ def reward_functions(*, profile: str, look_to_confirm: bool, distribution_ranked
     if distribution_ranked:
         name = "raw_accuracy" if raw_accuracy else "ranked_accuracy"
         out[f"{prefix}/{name}"] = RankedAccuracy(profile, queue_size, raw=raw_accuracy)
+        # The binary accuracy as a monitor (monitor_weights gives it weight 0): a rank
+        # falls back towards the middle as the queue fills with the policy's own
+        # vectors, so only the absolute term shows whether the answers get better.
+        out[f"{prefix}/accuracy"] = TermReward(accuracy, profile)
     elif raw_accuracy:
         raise ValueError("raw_accuracy is the unranked form of the distribution-ranked reward: "
                          "it needs distribution_ranked")
     else:
         out[f"{prefix}/accuracy"] = TermReward(accuracy, profile)
     return out
+
+
+def monitor_weights(fns: dict[str, Callable], *, distribution_ranked: bool, prefix: str = "vr") -> dict[str, float]:
+    """The GRPO reward weights that make a term of `fns` a monitor only: logged every
+    step, never in the advantage. Under the distribution-ranked reward that is the
+    binary accuracy (the VisionReasoner baseline trains on it, so its curve is the one
+    every variant of Tables 4-6 shares)."""
+    name = f"{prefix}/accuracy"
+    return {name: 0.0} if distribution_ranked and name in fns else {}

@@ -20,7 +20,7 @@ from reproseg.runs import run_dir_of
 
 from .data import training_rows
 from .inference import template_of
-from .rewards import reward_functions
+from .rewards import monitor_weights, reward_functions
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,11 @@ def train_stage(table: str, images_root: str, policy: str, checkpoint: str, trai
     fns = reward_functions(profile=rewards["profile"], look_to_confirm=rewards["look_to_confirm"],
                            distribution_ranked=rewards["distribution_ranked"], queue_size=rewards["queue_size"],
                            raw_accuracy=rewards["raw_accuracy"])
-    log.info("%d samples at %d px, rewards %s", len(rows), policy_size, list(fns))
+    # A user's own weight for a monitor wins over the monitor's 0.
+    weights = {**monitor_weights(fns, distribution_ranked=rewards["distribution_ranked"]),
+               **(grpo.get("reward_weights") or {})}
+    grpo = {**grpo, "reward_weights": weights or None}
+    log.info("%d samples at %d px, rewards %s, weights %s", len(rows), policy_size, list(fns), weights)
     # The resume state and the in-progress log live in the run dir under names that are
     # not rule outputs, so a retried attempt resumes them (as reproseg.finers.train does).
     run_dir = run_dir_of(checkpoint)
