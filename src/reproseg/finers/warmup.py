@@ -28,11 +28,10 @@ import pyarrow.parquet as pq
 from ..curves import plot_curves
 from ..data.images import load_image
 from ..data.masks import rle_decode
-from ..launch import run_workers, visible_gpu_count
 from ..models.sam2_warmup import train_sam2
-from ..models.sft import train_sft
+from ..models.sft import launch_sft, train_sft
 from ..models.tiny_bundle import SAM2_CONFIG_FILE
-from ..runs import FINAL_DIR, run_dir_of
+from ..runs import run_dir_of
 from .regions import crop_covering, to_gse
 from .rewards import stage_profile
 from .samples import gse_image, gse_prompt, gt_points, lpr_sample, row_rng
@@ -98,16 +97,10 @@ def warmup_stage(train_split: str, val_split: str, images_root: str, policy: str
     """processes: the training processes (None: one per GPU of the job, one on CPU); with
     several, each torchrun worker builds the examples from the splits (no decoded images
     in the job file) and trains its share of every batch."""
-    n = max(1, visible_gpu_count()) if processes is None else int(processes)
-    job = dict(train_split=train_split, val_split=val_split, images_root=images_root, policy=policy,
-               run_dir=str(run_dir_of(checkpoint)), train_log=train_log, cfg=cfg)
-    if n > 1:
-        job_file = run_dir_of(checkpoint) / "warmup.job.pkl"
-        run_workers(job_file, n, "reproseg.finers.warmup:train_policy", **job)
-        job_file.unlink(missing_ok=True)
-    else:
-        train_policy(**job)
-    summary = json.loads((run_dir_of(checkpoint) / FINAL_DIR / "sft_summary.json").read_text())
+    run_dir = run_dir_of(checkpoint)
+    summary = launch_sft("reproseg.finers.warmup:train_policy", processes, train_split=train_split,
+                         val_split=val_split, images_root=images_root, policy=policy, run_dir=str(run_dir),
+                         train_log=train_log, cfg=cfg)
     log.info("warm-up on %d process(es): target loss on val %.3f before, %.3f after", summary["world_size"],
              summary["held_out_loss_before"], summary["held_out_loss_after"])
     plot_curves(train_log, curves, title="Format warm-up (SFT)", kind="sft")

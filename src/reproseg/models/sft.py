@@ -33,7 +33,7 @@ from transformers import (
 
 from ..config import dataclass_from_dict
 from ..io_atomic import atomic_dir, write_json, write_parquet
-from ..launch import is_main_process
+from ..launch import is_main_process, resolve_target, run_workers, visible_gpu_count
 from ..runs import FINAL_DIR
 
 log = logging.getLogger(__name__)
@@ -192,3 +192,20 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
         write_json(tmp / "sft_summary.json", summary)
     log.info("SFT: %s", json.dumps({k: v for k, v in summary.items() if k != "settings"}))
     return summary
+
+
+def launch_sft(target: str, processes: int | None, **job) -> dict:
+    """Runs `target(**job)` (a "module:function" that ends in train_sft writing
+    job["run_dir"]/FINAL_DIR) in this process, or once per torchrun worker when
+    `processes` (None: one per GPU, one on CPU) is above one; the workers get the job's
+    paths and settings only and build their examples themselves. Returns the written SFT
+    summary."""
+    n = max(1, visible_gpu_count()) if processes is None else int(processes)
+    run_dir = Path(job["run_dir"])
+    if n > 1:
+        job_file = run_dir / "warmup.job.pkl"
+        run_workers(job_file, n, target, **job)
+        job_file.unlink(missing_ok=True)
+    else:
+        resolve_target(target)(**job)
+    return json.loads((run_dir / FINAL_DIR / "sft_summary.json").read_text())

@@ -20,9 +20,8 @@ import pyarrow.parquet as pq
 
 from reproseg.curves import plot_curves
 from reproseg.data.images import as_image
-from reproseg.launch import run_workers, visible_gpu_count
-from reproseg.models.sft import train_sft
-from reproseg.runs import FINAL_DIR, run_dir_of
+from reproseg.models.sft import launch_sft, train_sft
+from reproseg.runs import run_dir_of
 
 from .data import training_rows
 from .task import TEMPLATES, Objects, clean_query, read_objects
@@ -82,17 +81,10 @@ def warmup_stage(table: str, images_root: str, policy: str, checkpoint: str, tra
                  warmup: dict, policy_size: int, processes: int | None = None) -> None:
     """warmup: drseg.warmup (reproseg.models.sft.SFTSettings, `enabled` and
     `held_out_every`); table: the training source's imported table."""
-    n = max(1, visible_gpu_count()) if processes is None else int(processes)
     run_dir = run_dir_of(checkpoint)
-    job = dict(table=table, images_root=images_root, policy=policy, run_dir=str(run_dir), train_log=train_log,
-               warmup=warmup, policy_size=policy_size)
-    if n > 1:
-        job_file = run_dir / "warmup.job.pkl"
-        run_workers(job_file, n, "reproseg.drseg.visionreasoner.warmup:train_policy", **job)
-        job_file.unlink(missing_ok=True)
-    else:
-        train_policy(**job)
-    summary = json.loads((run_dir / FINAL_DIR / "sft_summary.json").read_text())
+    summary = launch_sft("reproseg.drseg.visionreasoner.warmup:train_policy", processes, table=table,
+                         images_root=images_root, policy=policy, run_dir=str(run_dir), train_log=train_log,
+                         warmup=warmup, policy_size=policy_size)
     log.info("Dr. Seg warm-up on %d process(es): held-out target loss %.3f before, %.3f after", summary["world_size"],
              summary["held_out_loss_before"], summary["held_out_loss_after"])
     plot_curves(train_log, curves, title="Dr. Seg format warm-up (SFT)", kind="sft")
