@@ -137,6 +137,15 @@ def train_threads(own=None):
     return train_processes(own) or 1
 
 
+# Scheduling priorities when the cores are short (a local run): the default DAG's two
+# long chains, FineRS's (policy warm-up -> LPR -> regions -> GSE -> inference) and
+# SegAnswer's training stages, run side by side from the start; Dr. Seg's warm-up ->
+# GRPO -> selection comes next, and the short inference, scoring and table jobs fill the
+# gaps. With only FineRS's chain first, SegAnswer's stages 2-3 ran last, alone on one core.
+CRITICAL_PATH = 10
+NEXT_PATH = 5
+
+
 # ---- experiments and variant keys -------------------------------------------------
 # An experiment is the main config with a few keys overridden. Each stage's output path
 # carries a variant key derived from exactly the config keys the stage and its upstream

@@ -91,6 +91,7 @@ rule drseg_warmup:
         f"{DRSEG}/logs/drseg_warmup/{{drseg_warmup}}.log",
     benchmark:
         f"{DRSEG}/benchmarks/drseg_warmup/{{drseg_warmup}}.tsv"
+    priority: NEXT_PATH
     conda:
         CONDA_ENV
     threads: train_threads()
@@ -126,6 +127,7 @@ rule drseg_train:
         f"{DRSEG}/logs/drseg_train/{{drseg_train}}.log",
     benchmark:
         f"{DRSEG}/benchmarks/drseg_train/{{drseg_train}}.tsv"
+    priority: NEXT_PATH
     conda:
         CONDA_ENV
     threads: train_threads()
@@ -155,6 +157,7 @@ rule drseg_select:
         f"{DRSEG}/logs/drseg_select/{{drseg_select}}.log",
     benchmark:
         f"{DRSEG}/benchmarks/drseg_select/{{drseg_select}}.tsv"
+    priority: NEXT_PATH
     conda:
         CONDA_ENV
     resources:

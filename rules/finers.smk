@@ -1,9 +1,8 @@
 # FineRS: LPR (GRPO) -> retrospective regions -> GSE (GRPO) -> two-stage inference with
 # SAM2 -> metrics and the paper's tables. Paths carry variant keys (rules/common.smk).
 
-# That chain (with the policy warm-up) is the default DAG's longest path, so its jobs go
-# first when the cores are short; SegAnswer's and the SAM 2.1 warm-up fill the others.
-CRITICAL_PATH = 10
+# That chain (with the policy warm-up) is the default DAG's longest path: its jobs take
+# priority CRITICAL_PATH (rules/common.smk).
 
 
 wildcard_constraints:

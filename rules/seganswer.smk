@@ -93,6 +93,7 @@ rule seganswer_stage1_projector:
         f"{SEGANSWER}/logs/stage1_projector.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage1_projector.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     threads: train_threads(SEG["stage1"]["projector"]["processes"])
@@ -134,6 +135,7 @@ rule seganswer_stage1_lora:
         f"{SEGANSWER}/logs/stage1_lora.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage1_lora.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     threads: train_threads(SEG["stage1"]["lora"]["processes"])
@@ -161,6 +163,7 @@ rule seganswer_stage1_select:
         f"{SEGANSWER}/logs/stage1_select.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage1_select.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     resources:
@@ -191,6 +194,7 @@ rule seganswer_stage1_merge:
         f"{SEGANSWER}/logs/stage1_merge.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage1_merge.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     resources:
@@ -223,6 +227,7 @@ rule seganswer_stage2_sft:
         f"{SEGANSWER}/logs/stage2.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage2.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     threads: train_threads(SEG["stage2"]["processes"])
@@ -250,6 +255,7 @@ rule seganswer_stage2_select:
         f"{SEGANSWER}/logs/stage2_select.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage2_select.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     resources:
@@ -285,6 +291,7 @@ rule seganswer_stage3_dapo:
         f"{SEGANSWER}/logs/stage3.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage3.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     threads: train_threads(SEG["stage3"]["settings"]["processes"])
@@ -312,6 +319,7 @@ rule seganswer_stage3_select:
         f"{SEGANSWER}/logs/stage3_select.log",
     benchmark:
         f"{SEGANSWER}/benchmarks/stage3_select.tsv"
+    priority: CRITICAL_PATH
     conda:
         CONDA_ENV
     resources:
