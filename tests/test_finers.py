@@ -184,13 +184,24 @@ def test_evaluate_stage(tmp_path):
 
 
 def test_drseg_options_on_lpr():
-    from reproseg.finers.rewards import stage_reward_functions
+    from reproseg.finers.rewards import stage_reward_functions, stage_reward_weights
 
     cfg = deep_merge(CFG, {"lpr": {"drseg": {**DRSEG_ON, "queue_size": 2048}}})
     fns = stage_reward_functions("lpr", cfg, lpr_rewards.TERMS)
-    # The ranked accuracy replaces the hard box/point thresholds; LC adds two terms.
-    assert sorted(fns) == ["lpr/format", "lpr/look", "lpr/non_repeat", "lpr/ranked_accuracy", "lpr/response",
-                           "lpr/think"]
+    # The ranked accuracy replaces the hard box/point thresholds, which stay as weight-0
+    # monitors (a user's weight wins); LC adds two terms.
+    assert sorted(fns) == ["lpr/box_iou", "lpr/box_l1", "lpr/format", "lpr/look", "lpr/non_repeat", "lpr/point",
+                           "lpr/ranked_accuracy", "lpr/response", "lpr/think"]
+    assert stage_reward_weights("lpr", cfg, fns) == {"lpr/box_iou": 0.0, "lpr/box_l1": 0.0, "lpr/point": 0.0}
+    mine = deep_merge(cfg, {"lpr": {"grpo": {"reward_weights": {"lpr/point": 0.5}}}})
+    assert stage_reward_weights("lpr", mine, fns) == {"lpr/box_iou": 0.0, "lpr/box_l1": 0.0, "lpr/point": 0.5}
+    off = stage_reward_functions("lpr", CFG, lpr_rewards.TERMS)
+    assert stage_reward_weights("lpr", CFG, off) is None                 # no Dr. Seg: every term counts
+    lc_only = deep_merge(CFG, {"lpr": {"drseg": {"look_to_confirm": True}}})
+    assert stage_reward_weights("lpr", lc_only, stage_reward_functions("lpr", lc_only, lpr_rewards.TERMS)) is None
+    gone = deep_merge(cfg, {"lpr": {"disabled_rewards": ["box_l1"]}})  # an ablation removes a term outright
+    gone_fns = stage_reward_functions("lpr", gone, lpr_rewards.TERMS)
+    assert "lpr/box_l1" not in gone_fns and "lpr/box_l1" not in stage_reward_weights("lpr", gone, gone_fns)
     cols = {"qtype": ["option"] * 2, "answer": ["B"] * 2, "bbox": [[10, 10, 20, 20]] * 2,
             "points": [[[15, 15], [16, 16]]] * 2, "gt_objects": [[{"bbox_2d": [10, 10, 20, 20], "point_2d": [15, 15]}]] * 2}
     perfect = ("<think>The sign. <look>a blue square</look></think><answer>"

@@ -488,3 +488,28 @@ def test_a_run_given_epochs_takes_the_steps_they_count(policy, tmp_path):
     train_grpo(policy, _rows(), {"length": length_reward}, {**SETTINGS, "max_steps": None, "epochs": 3}, out,
                out / "log.parquet")
     assert pq.read_table(out / "log.parquet").column("step").to_pylist() == [1, 2, 3]
+
+
+def _noise_reward(completions, kind, **columns):
+    # A reward the policy can move (length), on its own RNG: torch's stays untouched.
+    return [float((len(c) * 7919 + i) % 5) for i, c in enumerate(completions)]
+
+
+def test_a_weight_zero_reward_is_logged_but_never_trains(policy, tmp_path):
+    """A monitor (weight 0: Dr. Seg's binary accuracy beside its ranked one, FineRS's box
+    terms beside the ranked reward) is logged every step and leaves the update exactly as
+    without it; with weight 1 the same reward changes the weights, so the check can fail."""
+    settings = {**SETTINGS, "max_steps": 2}
+    runs = {}
+    for name, fns, weights in (("alone", {"length": length_reward}, None),
+                               ("monitor", {"length": length_reward, "noise": _noise_reward}, {"noise": 0.0}),
+                               ("weighted", {"length": length_reward, "noise": _noise_reward}, {"noise": 1.0})):
+        out = tmp_path / name
+        train_grpo(policy, _rows(), fns, {**settings, "reward_weights": weights}, out, out / "log.parquet")
+        runs[name] = (load_file(out / "checkpoint" / "model.safetensors"), pq.read_table(out / "log.parquet"))
+    alone, monitor, weighted = (runs[k][0] for k in ("alone", "monitor", "weighted"))
+    assert all(torch.equal(alone[k], monitor[k]) for k in alone)
+    assert not all(torch.equal(alone[k], weighted[k]) for k in alone)
+    log = runs["monitor"][1]
+    assert "reward_noise_mean" in log.schema.names and any(v > 0 for v in log.column("reward_noise_mean").to_pylist())
+    assert log.column("reward_mean").to_pylist() == runs["alone"][1].column("reward_mean").to_pylist()

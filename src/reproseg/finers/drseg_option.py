@@ -1,8 +1,9 @@
 """Dr. Seg's rewards as an option of a FineRS GRPO stage (finers.<stage>.drseg).
 
 Look-to-Confirm adds the `<look>` and non-repeat format rewards; the distribution-ranked
-accuracy replaces the stage's hard box thresholds (ACCURACY_TERMS) by quantiles in a
-FIFO history, on the stage's single-object answer read as Dr. Seg's object list.
+accuracy replaces the stage's hard box thresholds (ACCURACY_TERMS, kept as weight-0
+monitors) by quantiles in a FIFO history, on the stage's single-object answer read as
+Dr. Seg's object list.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from ..drseg.rewards import (DistributionRankedReward, DrSegProfile, FormatRewar
                              distributed_gather)
 from ..grpo.completions import completion_text
 
-# Accuracy terms the ranked reward replaces (Dr. Seg swaps the task's hard thresholds for it).
+# Accuracy terms the ranked reward replaces (Dr. Seg swaps the task's hard thresholds for
+# it); they stay logged with weight 0 (reproseg.finers.rewards.stage_reward_weights).
 ACCURACY_TERMS = {"lpr": ("box_iou", "box_l1", "point"), "gse": ("region_iou", "region_l1")}
 
 

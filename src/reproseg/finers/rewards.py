@@ -62,16 +62,28 @@ def drseg_enabled(stage_cfg: dict) -> bool:
 
 
 def stage_reward_functions(stage: str, cfg: dict, terms: dict) -> dict:
-    """Every reward of a FineRS GRPO stage, Dr. Seg's options included."""
+    """Every reward of a FineRS GRPO stage, Dr. Seg's options included. The hard accuracy
+    terms Dr. Seg's ranked reward replaces stay as monitors (stage_reward_weights gives
+    them weight 0): a rank is relative to its own history, they say whether boxes improve."""
     stage_cfg = cfg[stage]
-    disabled = set(stage_cfg["disabled_rewards"])
     option = importlib.import_module(DRSEG_OPTION) if drseg_enabled(stage_cfg) else None
-    if option is not None and stage_cfg["drseg"]["distribution_ranked"]:
-        disabled |= set(option.ACCURACY_TERMS[stage])
-    fns = reward_functions(stage, terms, stage_profile(stage, cfg), disabled)
+    fns = reward_functions(stage, terms, stage_profile(stage, cfg), set(stage_cfg["disabled_rewards"]))
     if option is not None:
         fns.update(option.drseg_functions(stage, stage_cfg["drseg"]))
     return fns
+
+
+def stage_reward_weights(stage: str, cfg: dict, fns: dict) -> dict[str, float] | None:
+    """The stage's GRPO reward weights: its `grpo.reward_weights`, over weight 0 for the
+    accuracy terms the ranked reward replaces (monitors: logged, never in the advantage);
+    None when neither sets any."""
+    stage_cfg = cfg[stage]
+    monitors = {}
+    if drseg_enabled(stage_cfg) and stage_cfg["drseg"]["distribution_ranked"]:
+        replaced = importlib.import_module(DRSEG_OPTION).ACCURACY_TERMS[stage]
+        monitors = {f"{stage}/{t}": 0.0 for t in replaced if f"{stage}/{t}" in fns}
+    weights = {**monitors, **(stage_cfg["grpo"].get("reward_weights") or {})}
+    return weights or None
 
 
 def add_reward_columns(stage: str, cfg: dict, rows: list[dict]) -> None:

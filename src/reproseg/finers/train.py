@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from ..curves import plot_curves
 from ..grpo.launch import run_distributed
 from ..runs import run_dir_of
-from .rewards import add_reward_columns, stage_reward_functions
+from .rewards import add_reward_columns, stage_reward_functions, stage_reward_weights
 from .samples import gse_training_rows, look_enabled, lpr_training_rows
 
 log = logging.getLogger(__name__)
@@ -19,8 +19,9 @@ def _train(stage: str, policy: str, rows: list[dict], cfg: dict, terms: dict, ch
            curves: str, processes: int | None) -> None:
     stage_cfg = cfg[stage]
     fns = stage_reward_functions(stage, cfg, terms)
+    settings = {**stage_cfg["grpo"], "reward_weights": stage_reward_weights(stage, cfg, fns)}
     add_reward_columns(stage, cfg, rows)
-    log.info("%s: %d samples, rewards %s", stage, len(rows), list(fns))
+    log.info("%s: %d samples, rewards %s, weights %s", stage, len(rows), list(fns), settings["reward_weights"])
     # The engine keeps its resume state, and the step log, in the run dir under names that
     # are not rule outputs, so Snakemake does not delete them when an attempt fails; a
     # retried attempt resumes both. The final checkpoint goes to <run dir>/checkpoint.
@@ -28,7 +29,7 @@ def _train(stage: str, policy: str, rows: list[dict], cfg: dict, terms: dict, ch
     work_log = run_dir / "train_log.inprogress.parquet"
     # `processes` workers (torchrun; None: one per GPU of this job) when above one; in-process otherwise.
     run_distributed(run_dir / "job.pkl", num_gpus=processes, policy_dir=policy, dataset_rows=rows, reward_fns=fns,
-                    settings=stage_cfg["grpo"], out_dir=run_dir, log_path=work_log)
+                    settings=settings, out_dir=run_dir, log_path=work_log)
     os.replace(work_log, train_log)
     plot_curves(train_log, curves, title=f"{stage.upper()} GRPO")
 
