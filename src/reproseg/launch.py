@@ -209,14 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(target, str) or ":" not in target:
         print(f"{argv[0]}: the job names no {TARGET_KEY} 'module:function'", file=sys.stderr)
         return 2
-    try:
-        resolve_target(target)(**job)
-    finally:
-        # Tear the process group down before the interpreter exits: left to the exit, a
-        # rank's gloo threads can outlive it and abort the process (SIGABRT, "terminate
-        # called without an active exception") after its work was written.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    resolve_target(target)(**job)
     return 0
 
 
