@@ -3,7 +3,11 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import atexit
 import math
+import subprocess
+import sys
+from pathlib import Path
 import signal
 
 import numpy as np
@@ -18,7 +22,7 @@ from reproseg.models.tiny_bundle import build_tiny_policy
 from reproseg.grpo.engine import GRPOSettings, StatefulReward, TrainingInterrupted, train_grpo, zero_std_fraction
 from reproseg.grpo.callbacks import log_columns
 from reproseg.grpo.deepspeed import deepspeed_config
-from reproseg.launch import WORKER_MODULE, launch_command, visible_gpu_count
+from reproseg.launch import WORKER_MODULE, launch_command, visible_gpu_count, write_job
 from reproseg.grpo.trainer import reward_state_file
 
 SETTINGS = dict(
@@ -213,6 +217,30 @@ def test_lora_final_checkpoint_is_merged(policy, tmp_path):
     assert merged.keys() == base.keys()  # no adapter keys: a plain Qwen2.5-VL checkpoint
     changed = {k for k in base if not torch.equal(merged[k], base[k])}
     assert changed and all("visual" not in k for k in changed)  # LoRA targets the language model only
+
+
+def print_and_write_at_exit(path: str) -> None:
+    """A worker target (run by name from the job file) with a buffered print and an exit handler."""
+    atexit.register(Path(path).write_text, "exit handler ran")
+    print("worker ran")  # no flush: stdout is a pipe here, so block-buffered
+
+
+def test_a_worker_leaves_through_its_exit_handlers_with_its_output(tmp_path):
+    """A worker skips the interpreter's finalisation (reproseg.launch.exit_worker) but not
+    Python's exit handlers or its buffered output; its exit status is main's."""
+    job = write_job(tmp_path / "job.pkl", _target=f"{__name__}:print_and_write_at_exit",
+                    path=str(tmp_path / "at_exit.txt"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env.pop("PYTHONUNBUFFERED", None)
+    done = subprocess.run([sys.executable, "-m", WORKER_MODULE, str(job)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "worker ran"
+    assert (tmp_path / "at_exit.txt").read_text() == "exit handler ran"
+    bad = write_job(tmp_path / "bad.pkl", path="x")  # no target
+    done = subprocess.run([sys.executable, "-m", WORKER_MODULE, str(bad)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 2 and "names no _target" in done.stderr
 
 
 def test_deepspeed_config_and_launch_command(tmp_path):
