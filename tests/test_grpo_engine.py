@@ -22,7 +22,7 @@ from reproseg.models.tiny_bundle import build_tiny_policy
 from reproseg.grpo.engine import GRPOSettings, StatefulReward, TrainingInterrupted, train_grpo, zero_std_fraction
 from reproseg.grpo.callbacks import log_columns
 from reproseg.grpo.deepspeed import deepspeed_config
-from reproseg.launch import WORKER_MODULE, launch_command, visible_gpu_count, write_job
+from reproseg.launch import THREAD_VARS, WORKER_MODULE, launch_command, visible_gpu_count, worker_env, write_job
 from reproseg.grpo.trainer import reward_state_file
 
 SETTINGS = dict(
@@ -273,6 +273,19 @@ def test_deepspeed_config_and_launch_command(tmp_path):
     assert visible_gpu_count({"SLURM_GPUS_ON_NODE": "4", "CUDA_VISIBLE_DEVICES": "0"}) == 4
     assert visible_gpu_count({"CUDA_VISIBLE_DEVICES": "2,3"}) == 2
     assert visible_gpu_count({"CUDA_VISIBLE_DEVICES": ""}) == 0
+
+
+def test_workers_share_the_jobs_threads():
+    """N workers split the job's CPU threads (Snakemake's OMP_NUM_THREADS = the rule's
+    threads), at least one each, in every thread-pool variable; other variables pass."""
+    two = worker_env(2, {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "PATH": "/bin"})
+    assert {two[v] for v in THREAD_VARS} == {"1"} and two["PATH"] == "/bin"
+    assert {worker_env(2, {"OMP_NUM_THREADS": "8"})[v] for v in THREAD_VARS} == {"4"}
+    assert worker_env(4, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "1"
+    assert worker_env(1, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
+    cpus = len(os.sched_getaffinity(0))
+    assert worker_env(1, {})["OMP_NUM_THREADS"] == str(cpus)        # unset: the CPUs this job may use
+    assert worker_env(2, {"OMP_NUM_THREADS": "x"})["OMP_NUM_THREADS"] == str(max(1, cpus // 2))
 
 
 def test_stateful_protocol():
