@@ -15,6 +15,7 @@ processes per training job:
     .venv/bin/python benchmarks/bench_training_steps.py results 2p=results-2p
 
 More SegAnswer steps than the default's few: `--configfile benchmarks/seganswer_steps.yaml`.
+Peak memory at ten times the training data: benchmarks/data_10x.yaml says how.
 """
 import argparse
 import csv
@@ -77,8 +78,15 @@ def measure(results: Path) -> dict[str, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", help="results folders, each optionally LABEL=folder")
+    ap.add_argument("runs", nargs="*", help="results folders, each optionally LABEL=folder")
+    ap.add_argument("--targets", metavar="FOLDER",
+                    help="print the step logs of every stage under FOLDER (Snakemake targets) and exit")
     args = ap.parse_args()
+    if args.targets:
+        print(" ".join(str(Path(args.targets) / log) for log, _ in STAGES.values()))
+        return
+    if not args.runs:
+        ap.error("give at least one results folder")
     runs = [(r.split("=", 1) if "=" in r else (r, r)) for r in args.runs]
     figures = {label: measure(Path(folder)) for label, folder in runs}
     first = runs[0][0]

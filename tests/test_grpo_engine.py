@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import atexit
+import json
 import math
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from reproseg.grpo.engine import GRPOSettings, StatefulReward, TrainingInterrupt
 from reproseg.grpo.callbacks import log_columns
 from reproseg.grpo.deepspeed import deepspeed_config
 from reproseg.launch import THREAD_VARS, WORKER_MODULE, launch_command, visible_gpu_count, worker_env, write_job
+from reproseg.runs import CHECKPOINT_TIMES
 from reproseg.grpo.trainer import reward_state_file
 
 SETTINGS = dict(
@@ -188,6 +190,12 @@ def test_resume_after_sigterm_is_exact(run_a, policy, tmp_path):
     for ra, rb in zip(log_a, log_b, strict=True):
         for col in ("step", "loss", "reward_mean", "kl", "entropy", "grad_norm"):
             assert ra[col] == rb[col], (ra["step"], col)
+
+    # The checkpoint clock: the fresh start, the save the stop asked for, the resumed start.
+    times = [json.loads(line) for line in (out_b / CHECKPOINT_TIMES).read_text().splitlines()]
+    assert [(t["event"], t["step"]) for t in times] == [("start", 0), ("save", 1), ("start", 1)]
+    assert times[0]["resumed_from"] is None and times[2]["resumed_from"] == str(ckpt)
+    assert all(t["seconds"] > 0 for t in times)
 
 
 def test_resume_refuses_other_settings(policy, tmp_path):

@@ -5,6 +5,7 @@ The model is the session's fresh checkpoint (tiny random Qwen2.5-VL, SAM 2.1 at 
 random projector); the data are four coloured shapes on noise (84 x 56). Every training
 run repeats one batch: batch size = the number of rows.
 """
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,7 +16,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from reproseg.runs import STOP_FILE, TrainingInterrupted, completed_checkpoints
+from reproseg.runs import CHECKPOINT_TIMES, STOP_FILE, TrainingInterrupted, completed_checkpoints
 from reproseg.seganswer import stage1, stage2, stage3, synthetic
 from reproseg.seganswer.model import SegAnswerModel
 
@@ -195,6 +196,11 @@ def test_stage2_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(
     stage2.train_stage2(seganswer_checkpoint, rows, tmp_path / "out", s, tmp_path / "log.parquet", resume_dir=resume,
                         candidates_dir=tmp_path / "candidates")
     assert not resume.exists()
+    # The checkpoint clock beside the resume state: every save (2, the stop's 3, 4) and both starts.
+    times = [json.loads(line) for line in (tmp_path / CHECKPOINT_TIMES).read_text().splitlines()]
+    assert [(t["event"], t["step"]) for t in times] == [("start", 0), ("save", 2), ("save", 3), ("start", 3),
+                                                        ("save", 4)]
+    assert times[3]["resumed_from"] == str(resume / "checkpoint-3") and all(t["seconds"] > 0 for t in times)
     log, ref_log = (pq.read_table(tmp_path / f).to_pylist() for f in ("log.parquet", "ref.parquet"))
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
     assert [r["loss"] for r in log] == [r["loss"] for r in ref_log]

@@ -5,6 +5,9 @@
     <run dir>/resume/        Trainer checkpoints a stopped or retried job resumes from
                              (not a rule output, so Snakemake keeps it when a job fails)
     <run dir>/tensorboard/   the Trainer's TensorBoard events
+    <run dir>/checkpoint_times.jsonl
+                             seconds each resume state took to write, and each start
+                             (fresh or resumed) to reach its first step (CheckpointClock)
 
 A rule names `<run dir>/checkpoint` as its output and the library derives the run dir
 from it, so the two cannot disagree. Slurm's SIGTERM (preemption, time limit) makes a
@@ -13,10 +16,12 @@ job resumes from there.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -30,6 +35,7 @@ CANDIDATES_DIR = "candidates"
 RESUME_DIR = "resume"
 TENSORBOARD_DIR = "tensorboard"
 RUN_MANIFEST = "engine_run.json"
+CHECKPOINT_TIMES = "checkpoint_times.jsonl"
 STOP_FILE = "STOP"  # created by a launcher to ask all ranks to save and stop
 INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM
 
@@ -164,3 +170,47 @@ class StopOnSignalCallback(TrainerCallback):
             self.stopped_at_step = state.global_step
         elif self.skip_final_save and state.global_step >= state.max_steps:
             control.should_save = False
+
+
+class CheckpointClock:
+    """Mixin for a transformers Trainer: how long checkpointing costs, measured where it happens.
+
+    With `checkpoint_times_path` set, the main process writes one JSON line per event:
+    {"event": "save", "step", "seconds"} for each resume state (timed by the subclass's
+    `_save_checkpoint` inside `timed_save()`, so that its own extra state counts too), and
+    {"event": "start", "resumed_from", "step", "seconds"}: from `train()` to the start of
+    the first optimizer step, the weights, optimizer, scheduler, RNG and data position of a
+    resume included (a resumed start minus a fresh one is what resuming costs). A fresh
+    start begins the file anew, a resume appends to it. The save figure is what the grace
+    time between Slurm's signal and its SIGKILL (`--signal=USR1@<seconds>`) must cover.
+    """
+
+    checkpoint_times_path: Path | None = None
+    _clock_started: tuple[float, str | None] | None = None
+
+    def _clock_write(self, row: dict, fresh: bool = False) -> None:
+        if self.checkpoint_times_path is None or not self.is_world_process_zero():
+            return
+        path = Path(self.checkpoint_times_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w" if fresh else "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        self._clock_started = (time.perf_counter(), resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def training_step(self, *args, **kwargs):
+        if self._clock_started is not None:
+            t0, resumed = self._clock_started
+            self._clock_started = None
+            self._clock_write({"event": "start", "resumed_from": resumed, "step": int(self.state.global_step),
+                               "seconds": round(time.perf_counter() - t0, 4)}, fresh=resumed is None)
+        return super().training_step(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def timed_save(self):
+        t0 = time.perf_counter()
+        yield
+        self._clock_write({"event": "save", "step": int(self.state.global_step),
+                           "seconds": round(time.perf_counter() - t0, 4)})

@@ -65,6 +65,7 @@ from reproseg.io_atomic import atomic_dir, write_json
 # The run's folder and lifecycle (reproseg.runs); the names stay importable from here.
 from reproseg.runs import (  # noqa: F401  (public API)
     CANDIDATES_DIR,
+    CHECKPOINT_TIMES,
     FINAL_DIR,
     INTERRUPTED_EXIT_CODE,
     RESUME_DIR,
@@ -599,6 +600,7 @@ def train_grpo(
         stateful_rewards=stateful,
     )
     direct_tensorboard(trainer, tb_dir)
+    trainer.checkpoint_times_path = out_dir / CHECKPOINT_TIMES
     candidate_cb.export = lambda step: _export(
         trainer, policy_dir, resume_dir / CANDIDATES_DIR / candidate_name(step), settings, processor)
     with stop:

@@ -14,6 +14,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from reproseg.grpo.completions import completion_text
+from reproseg.runs import CheckpointClock
 
 REWARD_STATE_DIR = "reward_state"
 
@@ -125,8 +126,9 @@ def load_reward_states(checkpoint_dir, rewards: dict[str, StatefulReward], rank:
         reward.load_state_dict(states[name])
 
 
-class EngineGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer with a per-epoch-seeded sampler, an own zero-std metric and reward state in checkpoints."""
+class EngineGRPOTrainer(CheckpointClock, GRPOTrainer):
+    """GRPOTrainer with a per-epoch-seeded sampler, an own zero-std metric, reward state in checkpoints
+    and the checkpoint clock (reproseg.runs.CheckpointClock)."""
 
     def __init__(self, *args, stateful_rewards: dict[str, StatefulReward] | None = None, **kwargs):
         self.stateful_rewards = dict(stateful_rewards or {})
@@ -177,5 +179,6 @@ class EngineGRPOTrainer(GRPOTrainer):
         # Written before the Trainer's files: trainer_state.json comes last, so a
         # checkpoint that has it also has the reward state.
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        save_reward_states(folder, self.stateful_rewards, self.args.process_index)
-        super()._save_checkpoint(model, trial)
+        with self.timed_save():
+            save_reward_states(folder, self.stateful_rewards, self.args.process_index)
+            super()._save_checkpoint(model, trial)

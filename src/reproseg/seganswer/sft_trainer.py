@@ -60,8 +60,10 @@ from reproseg.io_atomic import atomic_dir, write_parquet
 from reproseg.launch import is_main_process, launched
 from reproseg.runs import (
     CANDIDATES_DIR,
+    CHECKPOINT_TIMES,
     STOP_FILE,
     TENSORBOARD_DIR,
+    CheckpointClock,
     StopOnSignalCallback,
     StopSignal,
     TrainingInterrupted,
@@ -106,8 +108,9 @@ def _batch_of_rows(rows: list[dict]) -> dict:
     return {"rows": rows}
 
 
-class SegAnswerSFTTrainer(Trainer):
-    """The Trainer with a stage's own loss terms, AdamW groups and a trainable-only checkpoint.
+class SegAnswerSFTTrainer(CheckpointClock, Trainer):
+    """The Trainer with a stage's own loss terms, AdamW groups, a trainable-only checkpoint and the
+    checkpoint clock (reproseg.runs.CheckpointClock).
 
     sharded: the FSDP2-managed module (stage 2's language model) when the model is sharded
     over the processes; its checkpoint is then saved and loaded shard by shard."""
@@ -152,6 +155,10 @@ class SegAnswerSFTTrainer(Trainer):
         return getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
 
     def _save_checkpoint(self, model, trial) -> None:
+        with self.timed_save():
+            self._save_resume_state(model, trial)
+
+    def _save_resume_state(self, model, trial) -> None:
         if self.sharded is not None:
             # Before the Trainer's part, which writes trainer_state.json (what marks a checkpoint
             # complete) last; with save_only_model it writes no optimizer state of its own.
@@ -305,6 +312,8 @@ def train_sft(model, rows: Sequence[dict], settings, params: list[torch.nn.Param
     trainer = SegAnswerSFTTrainer(model=model, args=args, train_dataset=_Rows(rows), data_collator=_batch_of_rows,
                                   step_loss=step_loss, param_groups=param_groups, sharded=sharded,
                                   callbacks=[log_cb, *callbacks, candidate_cb, stop_cb])
+    if keep:
+        trainer.checkpoint_times_path = resume_dir.parent / CHECKPOINT_TIMES
     tb_dir = resume_dir.parent / TENSORBOARD_DIR
     if keep and last is None and main:
         shutil.rmtree(tb_dir, ignore_errors=True)   # an earlier run's curves would be drawn over this one's
