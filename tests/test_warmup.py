@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 
 from conftest import section
-from reproseg.data.masks import polygon_to_rle
+from reproseg.data.images import ImageRef, load_image
+from reproseg.data.masks import MaskCrop, polygon_to_rle
 from reproseg.finers import prompts as P
 from reproseg.finers.rewards import profile_for
 from reproseg.finers.warmup import gse_target, lpr_target, sam2_examples, warmup_examples
-from reproseg.models.sam2_warmup import image_features, mean_iou, train_sam2
+from reproseg.models.sam2_warmup import example_image, example_mask, mean_iou, train_sam2
 from reproseg.models.sft import IGNORE, SFTCollator, target_loss, train_sft
 from reproseg.models.tiny_bundle import build_tiny_policy, build_tiny_sam2
 from reproseg.answers.parsing import parse
@@ -84,6 +85,21 @@ def test_targets_score_every_format_term(rows, tmp_path):
     assert gse_target([0.2, 9.7, 28.2, 37.7], "B").endswith('{"region": [0, 10, 28, 38], "response": "B"}</answer>')
 
 
+def test_examples_hold_file_references_that_decode_to_the_views(rows, tmp_path):
+    """Memory follows the batch: every example holds an ImageRef (a crop and a size of the
+    frame file), decoded when a batch is made, to the crop and resize of the decoded frame."""
+    from reproseg.finers.regions import CropFrame
+    from reproseg.finers.samples import crop_image, gse_image
+
+    examples = warmup_examples(rows[:1], str(tmp_path), CFG, seed=0)   # LPR, LPR with <look>, GSE
+    assert all(isinstance(e["image"], ImageRef) for e in examples)
+    frame = load_image(str(tmp_path), rows[0]["image_path"])
+    x0, y0, x1, y1 = examples[0]["image"].crop
+    lpr = crop_image(frame, CropFrame((x0, y0, x1, y1), CFG["lpr_crop"]))
+    for e, want in zip(examples, (lpr, lpr, gse_image(frame, CFG))):
+        assert np.array_equal(np.asarray(e["image"].open()), np.asarray(want))
+
+
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
     path = tmp_path_factory.mktemp("policy") / "qwen"
@@ -141,17 +157,25 @@ def sam2(tmp_path_factory):
 def test_sam2_mask_iou_rises_and_a_shifted_target_scores_lower(rows, tmp_path, sam2):
     torch.set_num_threads(1)
     examples = sam2_examples(rows, str(tmp_path), CFG, seed=0, box_jitter=0.1)
-    for e in examples:   # the crop holds the whole 12 x 12 object
-        assert e["image"].shape[:2] == e["mask"].shape == (56, 56) and e["mask"].sum() == 144
-    out = train_sam2(sam2, examples, {"learning_rate": 3e-3, "max_steps": 30, "batch_size": 4}, tmp_path / "s",
-                     tmp_path / "slog.parquet", held_out=examples)
+    for e, row in zip(examples, rows):   # the crop holds the whole 12 x 12 object
+        # held as references to the frame file and the RLE, decoded per batch
+        assert isinstance(e["image"], ImageRef) and isinstance(e["mask"], MaskCrop)
+        image, mask = example_image(e), example_mask(e)
+        assert image.shape[:2] == mask.shape == (56, 56) and mask.sum() == 144
+        x0, y0, x1, y1 = e["mask"].crop
+        assert np.array_equal(image, np.asarray(load_image(str(tmp_path), row["image_path"]))[y0:y1, x0:x1])
+    settings = {"learning_rate": 3e-3, "max_steps": 30, "batch_size": 4}
+    out = train_sam2(sam2, examples, settings, tmp_path / "s", tmp_path / "slog.parquet", held_out=examples)
     assert out["held_out_iou_after"] > out["held_out_iou_before"] + 0.3
     assert out["held_out_iou_after"] > 0.5
+    # Without the feature cache every batch runs the encoder again: the same training.
+    uncached = train_sam2(sam2, examples, {**settings, "feature_cache_mb": 0}, tmp_path / "s0",
+                          tmp_path / "slog0.parquet", held_out=examples)
+    assert uncached["held_out_iou_after"] == pytest.approx(out["held_out_iou_after"], abs=1e-3)
     from reproseg.models.loading import load_sam2_predictor
 
     trained = load_sam2_predictor(tmp_path / "s")
-    feats = image_features(trained, [e["image"] for e in examples])
-    assert mean_iou(trained, examples, feats) == pytest.approx(out["held_out_iou_after"], abs=1e-6)
+    assert mean_iou(trained, examples) == pytest.approx(out["held_out_iou_after"], abs=1e-6)
     # A mask pasted 8 px off its object: the trained model's masks match it far worse.
-    shifted = [{**e, "mask": np.roll(e["mask"], 8, axis=1)} for e in examples]
-    assert mean_iou(trained, shifted, feats) < out["held_out_iou_after"] - 0.3
+    shifted = [{**e, "mask": np.roll(example_mask(e), 8, axis=1)} for e in examples]
+    assert mean_iou(trained, shifted) < out["held_out_iou_after"] - 0.3

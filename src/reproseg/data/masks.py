@@ -141,6 +141,19 @@ def rle_decode(rle: dict) -> np.ndarray:
     return mask_utils.decode(_coco(rle)).astype(bool)
 
 
+@dataclass(frozen=True)
+class MaskCrop:
+    """A crop of an RLE-coded mask, decoded by `decode()` when used: a training example holds
+    this (a few hundred bytes) instead of the decoded mask of its whole frame."""
+    size: tuple[int, int]              # (height, width) of the whole mask
+    counts: str | bytes
+    crop: tuple[int, int, int, int]    # (x0, y0, x1, y1)
+
+    def decode(self) -> np.ndarray:
+        x0, y0, x1, y1 = self.crop
+        return np.ascontiguousarray(rle_decode({"size": list(self.size), "counts": self.counts})[y0:y1, x0:x1])
+
+
 def size_bucket(area_px: int, width: int, height: int) -> str:
     """FineRS-4k bucket of a mask area, exact at 0.017 % and 0.055 % (for records
     without an `area_percent`)."""

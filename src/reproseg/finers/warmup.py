@@ -26,15 +26,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..curves import plot_curves
-from ..data.images import load_image
-from ..data.masks import rle_decode
+from ..data.images import ImageRef
+from ..data.masks import MaskCrop
 from ..models.sam2_warmup import train_sam2
 from ..models.sft import launch_sft, train_sft
 from ..models.tiny_bundle import SAM2_CONFIG_FILE
 from ..runs import run_dir_of
 from .regions import crop_covering, to_gse
 from .rewards import stage_profile
-from .samples import gse_image, gse_prompt, gt_points, lpr_sample, row_rng
+from .samples import gse_prompt, gt_points, lpr_sample, row_rng
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def warmup_examples(rows: list[dict], images_root: str, cfg: dict, seed: int) ->
     side = cfg["lpr_crop"]
     gse_key = stage_profile("gse", cfg).gse_box_key
     for i, row in enumerate(rows):
-        image = load_image(images_root, row["image_path"])
+        image = ImageRef(str(images_root), row["image_path"])
         crop = crop_covering(row["box"], row["width"], row["height"], side, row_rng(seed, row["id"]))
         s = lpr_sample(row, image, crop, cfg)
         out.append({"image": s["image"], "prompt": s["prompt"], "target": lpr_target(s)})
@@ -87,7 +87,8 @@ def warmup_examples(rows: list[dict], images_root: str, cfg: dict, seed: int) ->
         # The region in original pixels is lpr_crop wide: region_size at the GSE size.
         region = to_gse(crop_covering(row["box"], row["width"], row["height"], side, None),
                         row["width"], row["height"], cfg["gse_size"])
-        out.append({"image": gse_image(image, cfg), "prompt": gse_prompt(row, cfg),
+        out.append({"image": ImageRef(image.root, image.path, None, tuple(cfg["gse_size"])),
+                    "prompt": gse_prompt(row, cfg),
                     "target": gse_target(region, s["answer"], gse_key)})
     return out
 
@@ -126,15 +127,15 @@ def sam2_examples(rows: list[dict], images_root: str, cfg: dict, seed: int, box_
     side = cfg["lpr_crop"]
     for row in rows:
         rng = row_rng(seed + 1, row["id"])
-        image = np.asarray(load_image(images_root, row["image_path"]))
         x0, y0, x1, y1 = (int(round(v)) for v in crop_covering(row["box"], row["width"], row["height"], side, rng))
-        mask = rle_decode({"size": [row["height"], row["width"]], "counts": row["rle_counts"]})
         bx0, by0, bx1, by1 = row["box"]
         w, h = bx1 - bx0, by1 - by0
         jitter = rng.uniform(-box_jitter, box_jitter, 4) * np.array([w, h, w, h])
         box = [bx0 - x0 + jitter[0], by0 - y0 + jitter[1], bx1 - x0 + jitter[2], by1 - y0 + jitter[3]]
         points = [[p[0] - x0, p[1] - y0] for p in gt_points(row, cfg["lpr"]["gt_points"])]
-        out.append({"image": image[y0:y1, x0:x1], "box": box, "points": points, "mask": mask[y0:y1, x0:x1]})
+        out.append({"image": ImageRef(str(images_root), row["image_path"], (x0, y0, x1, y1)), "box": box,
+                    "points": points,
+                    "mask": MaskCrop((row["height"], row["width"]), row["rle_counts"], (x0, y0, x1, y1))})
     return out
 
 

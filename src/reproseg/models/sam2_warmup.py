@@ -8,7 +8,9 @@ transforms, the box as the two corner points (labels 2, 3) before the positive p
 bilinear upsampling to the crop. The loss is SAM 2's: focal and dice on the mask, 20:1.
 One process (world size 1 in its log), whatever the training family's processes: a loop
 of its own, not the Trainer, that only the embedded default's tiny SAM 2.1 runs, each step
-a few mask-decoder passes on encoder features computed once.
+a few mask-decoder passes on the frozen encoder's features. Examples may hold an ImageRef
+and a MaskCrop instead of decoded arrays (decoded per batch), and the features are kept in
+a bounded cache (`feature_cache_mb`), so that memory follows the batch, not the data.
 """
 from __future__ import annotations
 
@@ -27,8 +29,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import dataclass_from_dict
+from ..data.images import as_image
+from ..data.masks import MaskCrop
 from ..io_atomic import atomic_dir, write_json, write_parquet
 from .loading import load_sam2_predictor
+from .sam_features import SamFeatureCache
 from .tiny_bundle import SAM2_CHECKPOINT_FILE, SAM2_CONFIG_FILE
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ class SAM2Settings:
     seed: int = 0
     focal_weight: float = 20.0
     dice_weight: float = 1.0
+    feature_cache_mb: float = 256.0   # encoder features kept for examples seen again (about 1 MB each at 256 px)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SAM2Settings":
@@ -64,11 +70,20 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
 
 
+def example_image(e: dict) -> np.ndarray:
+    """An example's picture (HxWx3 uint8), decoded here when it is an ImageRef or a path."""
+    return np.asarray(as_image(e["image"]))
+
+
+def example_mask(e: dict) -> np.ndarray:
+    """An example's mask (HxW bool), decoded here when it is a MaskCrop."""
+    return e["mask"].decode() if isinstance(e["mask"], MaskCrop) else e["mask"]
+
+
 @torch.no_grad()
 def image_features(predictor, images: Sequence[np.ndarray], batch_size: int = 8) -> list[list[torch.Tensor]]:
     """Per image, the encoder's feature maps [high-res..., embedding] (as set_image_batch
-    computes them). The encoder stays frozen: it is most of SAM 2's compute, and features
-    computed once serve every step."""
+    computes them). The encoder stays frozen: it is most of SAM 2's compute."""
     model, tf = predictor.model, predictor._transforms
     out = []
     for start in range(0, len(images), batch_size):
@@ -101,22 +116,50 @@ def mask_logits(predictor, feats: list[torch.Tensor], hw: tuple[int, int], box, 
     return tf.postprocess_masks(low, hw)[0, 0]
 
 
-def mean_iou(predictor, examples: Sequence[dict], feats) -> float:
-    """Mean mask IoU of the thresholded predictions (logit > 0, the predictor's threshold)."""
+class ExampleFeatures:
+    """Encoder features of examples by index: from the cache, or computed for the missing ones
+    of a batch at once (and cached)."""
+
+    def __init__(self, predictor, examples: Sequence[dict], max_mb: float):
+        self.predictor, self.examples = predictor, examples
+        self.cache = SamFeatureCache(max_mb) if max_mb > 0 else None
+
+    def __call__(self, indices: Sequence[int]) -> list[list[torch.Tensor]]:
+        keys = [int(i).to_bytes(8, "little") for i in indices]
+        found = [self.cache.get(k) if self.cache is not None else None for k in keys]
+        todo = [j for j, f in enumerate(found) if f is None]
+        if todo:
+            new = image_features(self.predictor, [example_image(self.examples[indices[j]]) for j in todo])
+            for j, f in zip(todo, new):
+                found[j] = f
+                if self.cache is not None:
+                    self.cache.put(keys[j], f)
+        return found
+
+
+def mean_iou(predictor, examples: Sequence[dict], batch_size: int = 8) -> float:
+    """Mean mask IoU of the thresholded predictions (logit > 0, the predictor's threshold),
+    features computed a batch at a time."""
     ious = []
+    feats = ExampleFeatures(predictor, examples, 0)
     with torch.no_grad():
-        for e, f in zip(examples, feats):
-            pred, gt = mask_logits(predictor, f, e["mask"].shape, e["box"], e["points"]).cpu().numpy() > 0, e["mask"]
-            union = np.logical_or(pred, gt).sum()
-            ious.append(np.logical_and(pred, gt).sum() / union if union else 1.0)
+        for start in range(0, len(examples), batch_size):
+            idx = list(range(start, min(start + batch_size, len(examples))))
+            for i, f in zip(idx, feats(idx)):
+                e = examples[i]
+                gt = example_mask(e)
+                pred = mask_logits(predictor, f, gt.shape, e["box"], e["points"]).cpu().numpy() > 0
+                union = np.logical_or(pred, gt).sum()
+                ious.append(np.logical_and(pred, gt).sum() / union if union else 1.0)
     return float(np.mean(ious)) if ious else math.nan
 
 
 def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Settings | dict, out_dir: str | Path,
                log_path: str | Path, held_out: Sequence[dict] = ()) -> dict:
-    """Trains SAM 2.1's prompt encoder and mask decoder on `examples` ({"image": HxWx3 uint8, "box": [4],
-    "points": [[x, y], ...], "mask": HxW bool}, crop pixel coordinates); writes the
-    bundle layout (model.pt + sam2_config.json) to `out_dir` and the per-step log."""
+    """Trains SAM 2.1's prompt encoder and mask decoder on `examples` ({"image": HxWx3 uint8 or an
+    ImageRef, "box": [4], "points": [[x, y], ...], "mask": HxW bool or a MaskCrop}, crop pixel
+    coordinates); writes the bundle layout (model.pt + sam2_config.json) to `out_dir` and the
+    per-step log."""
     settings = settings if isinstance(settings, SAM2Settings) else SAM2Settings.from_dict(settings)
     if not examples:
         raise ValueError("no SAM2 training examples")
@@ -125,9 +168,8 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
     rng = np.random.default_rng(settings.seed)
     predictor = load_sam2_predictor(sam2_dir)
     model = predictor.model
-    feats = image_features(predictor, [e["image"] for e in examples])
-    held_feats = image_features(predictor, [e["image"] for e in held_out])
-    before = mean_iou(predictor, held_out, held_feats)
+    feats = ExampleFeatures(predictor, examples, settings.feature_cache_mb)
+    before = mean_iou(predictor, held_out)
     model.train()
     params = [*model.sam_prompt_encoder.parameters(), *model.sam_mask_decoder.parameters()]
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
@@ -144,10 +186,11 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
             idx.append(order[pos])
             pos += 1
         focal, dice = [], []
-        for i in idx:
+        for i, f in zip(idx, feats(idx)):
             e = examples[i]
-            lg = mask_logits(predictor, feats[i], e["mask"].shape, e["box"], e["points"])
-            target = torch.as_tensor(e["mask"], dtype=torch.float32, device=lg.device)[None]
+            mask = example_mask(e)
+            lg = mask_logits(predictor, f, mask.shape, e["box"], e["points"])
+            target = torch.as_tensor(mask, dtype=torch.float32, device=lg.device)[None]
             focal.append(focal_loss(lg[None], target))
             dice.append(dice_loss(lg[None], target))
         focal_t, dice_t = torch.cat(focal).mean(), torch.cat(dice).mean()
@@ -161,7 +204,7 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
                      "grad_norm": grad_norm, "learning_rate": float(sched.get_last_lr()[0]), "world_size": 1,
                      "wall_time": time.time()})
     model.eval()
-    after = mean_iou(predictor, held_out, held_feats)
+    after = mean_iou(predictor, held_out)
     write_parquet(log_path, pa.Table.from_pylist(rows))
     summary = {"settings": asdict(settings), "world_size": 1, "examples": len(examples), "held_out": len(held_out),
                "held_out_iou_before": before, "held_out_iou_after": after,

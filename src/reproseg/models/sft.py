@@ -22,7 +22,6 @@ from typing import Sequence
 
 import pyarrow as pa
 import torch
-from PIL import Image
 from transformers import (
     AutoProcessor,
     Qwen2_5_VLForConditionalGeneration,
@@ -32,6 +31,7 @@ from transformers import (
 )
 
 from ..config import dataclass_from_dict
+from ..data.images import as_image
 from ..io_atomic import atomic_dir, write_json, write_parquet
 from ..launch import is_main_process, resolve_target, run_workers, visible_gpu_count
 from ..runs import FINAL_DIR
@@ -76,7 +76,7 @@ class SFTCollator:
         prompts = [proc.apply_chat_template(user_turn(e["prompt"]), tokenize=False, add_generation_prompt=True)
                    for e in examples]
         full = [p + e["target"] + self.eos for p, e in zip(prompts, examples)]
-        images = [e["image"] for e in examples]
+        images = [as_image(e["image"]) for e in examples]
         batch = proc(text=full, images=images, padding=True, return_tensors="pt")
         prompt_ids = proc(text=prompts, images=images, padding=False, return_tensors=None)["input_ids"]
         labels = batch["input_ids"].clone()
@@ -98,11 +98,7 @@ class _ListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         e = self.examples[i]
-        image = e["image"]
-        if isinstance(image, (str, os.PathLike)):
-            with Image.open(image) as im:
-                image = im.convert("RGB")
-        return {**e, "image": image}
+        return {**e, "image": as_image(e["image"])}   # a path or an ImageRef is decoded here
 
 
 class _LossLog(TrainerCallback):

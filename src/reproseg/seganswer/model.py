@@ -33,11 +33,9 @@ On-disk format (a Hugging Face Qwen2.5-VL directory with the SegAnswer parts bes
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -52,6 +50,7 @@ from transformers.image_utils import SizeDict
 
 from reproseg.io_atomic import atomic_dir, write_json
 from reproseg.models.loading import load_policy, load_sam2_predictor
+from reproseg.models.sam_features import SamFeatureCache
 from reproseg.models.tiny_bundle import SAM2_CHECKPOINT_FILE, SAM2_CONFIG_FILE, SEG_TOKEN
 from reproseg.seganswer.positions import sparse_image_features
 
@@ -207,54 +206,6 @@ def resolve_device(name: str = "auto") -> str:
 def _load_sam2_model(path: Path, config_name: str | None, overrides: list | None):
     predictor = load_sam2_predictor(path, config_name=config_name, overrides=overrides)
     return predictor.model
-
-
-class SamFeatureCache:
-    """Least-recently-used store of per-picture SAM image-encoder features, keyed by the pixels,
-    holding at most `max_mb` megabytes of tensors."""
-
-    def __init__(self, max_mb: float):
-        self.max_bytes = int(max_mb * 2**20)
-        self._items: OrderedDict[bytes, list[torch.Tensor]] = OrderedDict()
-        self.nbytes = 0
-        self.hits = self.misses = 0
-
-    @staticmethod
-    def key(rgb: np.ndarray) -> bytes:
-        """A digest of the picture (its size and every pixel)."""
-        h = hashlib.blake2b(digest_size=16)
-        h.update(np.asarray(rgb.shape, dtype=np.int64).tobytes())
-        h.update(np.ascontiguousarray(rgb).tobytes())
-        return h.digest()
-
-    @staticmethod
-    def _size(maps: list[torch.Tensor]) -> int:
-        return sum(m.numel() * m.element_size() for m in maps)
-
-    def get(self, key: bytes) -> list[torch.Tensor] | None:
-        got = self._items.get(key)
-        if got is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._items.move_to_end(key)
-        return got
-
-    def put(self, key: bytes, maps: list[torch.Tensor]) -> None:
-        size = self._size(maps)
-        if size > self.max_bytes:
-            return
-        if key in self._items:
-            self.nbytes -= self._size(self._items.pop(key))
-        # a slice of a batch would keep the whole batch's storage alive: store own copies
-        self._items[key] = [m.clone() for m in maps]
-        self.nbytes += size
-        while self.nbytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self.nbytes -= self._size(old)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class SegAnswerModel(nn.Module):
