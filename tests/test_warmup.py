@@ -100,6 +100,22 @@ def test_examples_hold_file_references_that_decode_to_the_views(rows, tmp_path):
         assert np.array_equal(np.asarray(e["image"].open()), np.asarray(want))
 
 
+def test_decoded_views_are_kept_up_to_the_cap_and_no_further(rows, tmp_path):
+    from reproseg.models.sft import _ListDataset
+
+    examples = warmup_examples(rows[:2], str(tmp_path), CFG, seed=0)   # LPR, LPR <look>, GSE, LPR, GSE
+    one = 56 * 56 * 3                                                   # an LPR view's RGB bytes
+    ds = _ListDataset(examples, image_cache_mb=1.5 * one / 2**20)       # room for one LPR view
+    first = ds[0]["image"]
+    assert np.array_equal(np.asarray(first), np.asarray(examples[0]["image"].open()))
+    assert ds[0]["image"] is first                                      # kept: decoded once
+    ds[1]                                                               # the next one pushes it out
+    assert ds[0]["image"] is not first and ds._bytes <= ds.max_bytes
+    assert _ListDataset(examples)[0]["image"] is not _ListDataset(examples)[0]["image"]
+    nothing = _ListDataset(examples, 0)
+    assert nothing[0]["image"] is not nothing[0]["image"] and not nothing._views   # cap 0: none kept
+
+
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
     path = tmp_path_factory.mktemp("policy") / "qwen"

@@ -16,12 +16,14 @@ import logging
 import math
 import os
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
 import torch
+from PIL import Image
 from transformers import (
     AutoProcessor,
     Qwen2_5_VLForConditionalGeneration,
@@ -52,6 +54,7 @@ class SFTSettings:
     max_grad_norm: float = 1.0
     seed: int = 0
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    image_cache_mb: float = 64.0   # decoded views of examples held as file references, kept for their next visit
 
     @classmethod
     def from_dict(cls, d: dict) -> "SFTSettings":
@@ -90,15 +93,35 @@ class SFTCollator:
 
 
 class _ListDataset(torch.utils.data.Dataset):
-    def __init__(self, examples: Sequence[dict]):
+    """The examples, an image held as a path or an ImageRef decoded when served; the decoded
+    views (RGB bytes) of the last-used examples are kept up to `image_cache_mb` megabytes, so
+    that memory is bounded whatever the data size while a small set decodes each view once."""
+
+    def __init__(self, examples: Sequence[dict], image_cache_mb: float = 0.0):
         self.examples = examples
+        self.max_bytes = int(image_cache_mb * 2**20)
+        self._views: OrderedDict[int, Image.Image] = OrderedDict()
+        self._bytes = 0
 
     def __len__(self):
         return len(self.examples)
 
     def __getitem__(self, i):
         e = self.examples[i]
-        return {**e, "image": as_image(e["image"])}   # a path or an ImageRef is decoded here
+        if isinstance(e["image"], Image.Image):
+            return e
+        view = self._views.get(i)
+        if view is None:
+            view = as_image(e["image"])
+            size = view.width * view.height * len(view.getbands())
+            if size <= self.max_bytes:
+                self._views[i], self._bytes = view, self._bytes + size
+                while self._bytes > self.max_bytes:
+                    _, old = self._views.popitem(last=False)
+                    self._bytes -= old.width * old.height * len(old.getbands())
+        else:
+            self._views.move_to_end(i)
+        return {**e, "image": view}
 
 
 class _LossLog(TrainerCallback):
@@ -171,7 +194,7 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
         disable_tqdm=False,
     )
     loss_log = _LossLog()
-    trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(examples), data_collator=collator,
+    trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(examples, settings.image_cache_mb), data_collator=collator,
                       callbacks=[loss_log])
     trainer.train()
     if not main:

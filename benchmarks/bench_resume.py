@@ -1,0 +1,115 @@
+"""How long each training stage takes to save its resume state and to resume from it, on
+the workflow itself: the stage is stopped the way Slurm stops it and then retried.
+
+For each stage, on a copy of a finished results folder (the default's, by default):
+1. the stage's rule runs again (forced: the copy has no Snakemake records) with a smaller
+   `save_steps`, and nothing else;
+2. once its first resume state is complete, the stop file is created in the resume folder
+   (what reproseg.launch does on SIGTERM or SIGUSR1): the stage saves at the end of that
+   step and the job fails with 143, leaving the resume folder;
+3. the same command runs again and resumes.
+The stage's own clock (reproseg.runs.CheckpointClock, `<run dir>/checkpoint_times.jsonl`)
+gives every save's seconds and both starts' seconds (train() to the first step); resuming
+costs the resumed start minus the fresh one. The size of a resume state is read while it
+exists (the stage removes its resume folder when it ends).
+
+    .venv/bin/snakemake --cores 2                                     # the default run first
+    .venv/bin/python benchmarks/bench_resume.py results --copy results-resume
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# stage: (rule, run folder under results, config override giving save_steps)
+STAGES = {
+    "SegAnswer stage 3 (DAPO)": ("seganswer_stage3_dapo", "seganswer/stage3",
+                                 {"seganswer": {"stage3": {"grpo": {"save_steps": 16}}}}),
+    "SegAnswer stage 2 (SFT)": ("seganswer_stage2_sft", "seganswer/stage2",
+                                {"seganswer": {"stage2": {"save_steps": 20}}}),
+    "SegAnswer stage 1b (LoRA)": ("seganswer_stage1_lora", "seganswer/stage1_lora",
+                                  {"seganswer": {"stage1": {"lora": {"save_steps": 12}}}}),
+    "SegAnswer stage 1a (projector)": ("seganswer_stage1_projector", "seganswer/stage1_projector",
+                                       {"seganswer": {"stage1": {"projector": {"save_steps": 4}}}}),
+    "FineRS GSE GRPO": ("train_gse", "finers/gse/main", {"finers": {"gse": {"grpo": {"save_steps": 10}}}}),
+    "FineRS LPR GRPO": ("train_lpr", "finers/lpr/main", {"finers": {"lpr": {"grpo": {"save_steps": 10}}}}),
+    "Dr. Seg GRPO": ("drseg_train", "drseg/train/main", {"drseg": {"grpo": {"save_steps": 10}}}),
+}
+STOP_FILE = "STOP"   # reproseg.runs.STOP_FILE (not imported: this script runs without the library)
+
+
+def first_complete_state(resume: Path) -> Path | None:
+    done = sorted(resume.glob("checkpoint-*/trainer_state.json"))
+    return done[0].parent if done else None
+
+
+def size_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+def snakemake(results: Path, run: str, override: dict, log, force: str | None = None) -> subprocess.Popen:
+    overrides = [f"{k}={json.dumps(v)}" for k, v in override.items()]
+    cmd = [str(ROOT / ".venv/bin/snakemake"), "--cores", "2", "--rerun-incomplete",
+           *(["--forcerun", force] if force else []), str(results / run / "train_log.parquet"),
+           "--configfile", str(ROOT / "config/config.yaml"), "--config", f"results={results}", *overrides]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def bench(results: Path, stage: str, rule: str, run: str, override: dict, logs: Path) -> dict:
+    run_dir, resume = results / run, results / run / "resume"
+    with (logs / f"{run.replace('/', '_')}.log").open("w") as log:
+        job = snakemake(results, run, override, log, force=rule)
+        state, mb = None, None
+        while job.poll() is None:
+            state = state or first_complete_state(resume)
+            if state is not None and mb is None:
+                mb = size_mb(state)
+                (resume / STOP_FILE).touch()
+            time.sleep(0.2)
+        if state is None or job.returncode == 0:
+            raise SystemExit(f"{stage}: the run ended (exit {job.returncode}) before it could be stopped; "
+                             f"see {log.name}")
+        resumed = snakemake(results, run, override, log)
+        if resumed.wait() != 0:
+            raise SystemExit(f"{stage}: the resumed run failed (exit {resumed.returncode}); see {log.name}")
+    events = [json.loads(line) for line in (run_dir / "checkpoint_times.jsonl").read_text().splitlines()]
+    saves = [e["seconds"] for e in events if e["event"] == "save"]
+    starts = [e for e in events if e["event"] == "start"]
+    fresh = next(e["seconds"] for e in starts if e["resumed_from"] is None)
+    again = next(e for e in starts if e["resumed_from"] is not None)
+    return {"saves": len(saves), "save_s": statistics.fmean(saves), "save_max_s": max(saves), "state_mb": mb,
+            "fresh_start_s": fresh, "resumed_start_s": again["seconds"], "resumed_at": again["step"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path, help="a finished results folder (left as it is)")
+    ap.add_argument("--copy", type=Path, required=True, help="where to copy it to (replaced)")
+    ap.add_argument("--stages", nargs="*", default=list(STAGES), choices=list(STAGES), metavar="STAGE")
+    args = ap.parse_args()
+    if not (args.results / "tables").is_dir():
+        raise SystemExit(f"{args.results}: no finished workflow run (no tables/)")
+    if args.copy.exists():
+        shutil.rmtree(args.copy)
+    shutil.copytree(args.results, args.copy, symlinks=True)
+    logs = args.copy / "bench_resume_logs"
+    logs.mkdir()
+    print(f"{'stage':32s} {'saves':>5s} {'save s':>7s} {'max s':>6s} {'state MB':>8s} "
+          f"{'fresh start s':>13s} {'resumed start s':>15s} {'resume cost s':>13s} {'at step':>7s}", flush=True)
+    for stage in args.stages:
+        rule, run, override = STAGES[stage]
+        f = bench(args.copy, stage, rule, run, override, logs)
+        print(f"{stage:32s} {f['saves']:5d} {f['save_s']:7.3f} {f['save_max_s']:6.3f} {f['state_mb']:8.1f} "
+              f"{f['fresh_start_s']:13.3f} {f['resumed_start_s']:15.3f} "
+              f"{f['resumed_start_s'] - f['fresh_start_s']:13.3f} {f['resumed_at']:7d}", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
