@@ -1,7 +1,7 @@
 """How long each training stage takes to save its resume state and to resume from it, on
 the workflow itself: the stage is stopped the way Slurm stops it and then retried.
 
-For each stage, on a copy of a finished results folder (the default's, by default):
+For each stage, on a copy of its own of a finished results folder (the default's):
 1. the stage's rule runs again (forced: the copy has no Snakemake records) with a smaller
    `save_steps`, and nothing else;
 2. once its first resume state is complete, the stop file is created in the resume folder
@@ -90,21 +90,27 @@ def bench(results: Path, stage: str, rule: str, run: str, override: dict, logs: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path, help="a finished results folder (left as it is)")
-    ap.add_argument("--copy", type=Path, required=True, help="where to copy it to (replaced)")
+    ap.add_argument("--copy", type=Path, required=True,
+                    help="a folder for the copies (one per stage, removed after it); the logs go beside it")
     ap.add_argument("--stages", nargs="*", default=list(STAGES), choices=list(STAGES), metavar="STAGE")
     args = ap.parse_args()
     if not (args.results / "tables").is_dir():
         raise SystemExit(f"{args.results}: no finished workflow run (no tables/)")
-    if args.copy.exists():
-        shutil.rmtree(args.copy)
-    shutil.copytree(args.results, args.copy, symlinks=True)
-    logs = args.copy / "bench_resume_logs"
-    logs.mkdir()
+    logs = args.copy.with_name(args.copy.name + "-logs")
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
     print(f"{'stage':32s} {'saves':>5s} {'save s':>7s} {'max s':>6s} {'state MB':>8s} "
           f"{'fresh start s':>13s} {'resumed start s':>15s} {'resume cost s':>13s} {'at step':>7s}", flush=True)
     for stage in args.stages:
         rule, run, override = STAGES[stage]
-        f = bench(args.copy, stage, rule, run, override, logs)
+        # a folder of its own per stage: Snakemake's records of one stage's failed try (kept
+        # in the working directory, by path) must not make another stage re-run it
+        copy = args.copy / rule
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(args.results, copy, symlinks=True)
+        f = bench(copy, stage, rule, run, override, logs)
+        shutil.rmtree(copy)
         print(f"{stage:32s} {f['saves']:5d} {f['save_s']:7.3f} {f['save_max_s']:6.3f} {f['state_mb']:8.1f} "
               f"{f['fresh_start_s']:13.3f} {f['resumed_start_s']:15.3f} "
               f"{f['resumed_start_s'] - f['fresh_start_s']:13.3f} {f['resumed_at']:7d}", flush=True)

@@ -394,9 +394,11 @@ def test_stop_waits_for_the_rollout_batch_and_resumes_exactly(policy, tmp_path):
     assert [log_a[1]["reward_mean"], log_a[3]["reward_mean"]] == [log_a[0]["reward_mean"], log_a[2]["reward_mean"]]
     assert all(math.isfinite(r["reward_mean"]) for r in log_a)
     assert log_a[0]["clip_ratio"] == log_a[2]["clip_ratio"] == 0.0
-    # Each run writes its own TensorBoard file beside checkpoint/; resume/ is gone.
+    # Each run writes its own TensorBoard file beside checkpoint/ (and the checkpoint clock
+    # its lines); resume/ is gone.
     assert len(list((out_b / "tensorboard").glob("events.out.tfevents.*"))) == 2
-    assert sorted(p.name for p in out_b.iterdir()) == ["checkpoint", "log.parquet", "tensorboard"]
+    assert sorted(p.name for p in out_b.iterdir()) == ["checkpoint", "checkpoint_times.jsonl", "log.parquet",
+                                                       "tensorboard"]
 
 
 def test_curves_panels_and_notes(tmp_path, monkeypatch):
