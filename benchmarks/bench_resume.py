@@ -18,13 +18,13 @@ exists (the stage removes its resume folder when it ends).
 """
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from reproseg.runs import CHECKPOINT_TIMES, RESUME_DIR, STOP_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 # stage: (rule, run folder under results, config override giving save_steps)
@@ -41,7 +41,6 @@ STAGES = {
     "FineRS LPR GRPO": ("train_lpr", "finers/lpr/main", {"finers": {"lpr": {"grpo": {"save_steps": 10}}}}),
     "Dr. Seg GRPO": ("drseg_train", "drseg/train/main", {"drseg": {"grpo": {"save_steps": 10}}}),
 }
-STOP_FILE = "STOP"   # reproseg.runs.STOP_FILE (not imported: this script runs without the library)
 
 
 def first_complete_state(resume: Path) -> Path | None:
@@ -62,7 +61,7 @@ def snakemake(results: Path, run: str, override: dict, log, force: str | None = 
 
 
 def bench(results: Path, stage: str, rule: str, run: str, override: dict, logs: Path) -> dict:
-    run_dir, resume = results / run, results / run / "resume"
+    run_dir, resume = results / run, results / run / RESUME_DIR
     with (logs / f"{run.replace('/', '_')}.log").open("w") as log:
         job = snakemake(results, run, override, log, force=rule)
         state, mb = None, None
@@ -78,7 +77,7 @@ def bench(results: Path, stage: str, rule: str, run: str, override: dict, logs: 
         resumed = snakemake(results, run, override, log)
         if resumed.wait() != 0:
             raise SystemExit(f"{stage}: the resumed run failed (exit {resumed.returncode}); see {log.name}")
-    events = [json.loads(line) for line in (run_dir / "checkpoint_times.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (run_dir / CHECKPOINT_TIMES).read_text().splitlines()]
     saves = [e["seconds"] for e in events if e["event"] == "save"]
     starts = [e for e in events if e["event"] == "start"]
     fresh = next(e["seconds"] for e in starts if e["resumed_from"] is None)
@@ -117,5 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())
+    main()

@@ -110,10 +110,10 @@ def test_decoded_views_are_kept_up_to_the_cap_and_no_further(rows, tmp_path):
     assert np.array_equal(np.asarray(first), np.asarray(examples[0]["image"].open()))
     assert ds[0]["image"] is first                                      # kept: decoded once
     ds[1]                                                               # the next one pushes it out
-    assert ds[0]["image"] is not first and ds._bytes <= ds.max_bytes
+    assert ds[0]["image"] is not first and ds.views.nbytes <= ds.views.max_bytes
     assert _ListDataset(examples)[0]["image"] is not _ListDataset(examples)[0]["image"]
     nothing = _ListDataset(examples, 0)
-    assert nothing[0]["image"] is not nothing[0]["image"] and not nothing._views   # cap 0: none kept
+    assert nothing[0]["image"] is not nothing[0]["image"] and not nothing.views   # cap 0: none kept
 
 
 @pytest.fixture(scope="module")

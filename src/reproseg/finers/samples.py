@@ -78,6 +78,11 @@ def gse_image(image: Image.Image, cfg: dict) -> Image.Image:
     return image.resize(tuple(cfg["gse_size"]), Image.BICUBIC)
 
 
+def gse_view(images_root: str, image_path: str, cfg: dict) -> ImageRef:
+    """The whole frame at the GSE size, as an ImageRef (gse_image of the frame when opened)."""
+    return ImageRef(str(images_root), image_path, None, tuple(cfg["gse_size"]))
+
+
 def gse_training_rows(rows: list[dict], regions: dict[str, list[float]], images_root: str, cfg: dict,
                       look: bool = False) -> list[dict]:
     """GSE samples: the whole frame at the GSE size (an ImageRef, decoded when the engine
@@ -85,9 +90,9 @@ def gse_training_rows(rows: list[dict], regions: dict[str, list[float]], images_
     coordinates."""
     out = []
     for row in rows:
-        view = ImageRef(str(images_root), row["image_path"], None, tuple(cfg["gse_size"]))
         out.append({
-            "prompt": gse_prompt(row, cfg, look), "image": view, "id": row["id"],
+            "prompt": gse_prompt(row, cfg, look), "image": gse_view(images_root, row["image_path"], cfg),
+            "id": row["id"],
             "qtype": row["task_type"], "answer": P.target_answer(row),
             "region": regions[row["id"]],
             "bbox": to_gse(row["box"], row["width"], row["height"], cfg["gse_size"]),

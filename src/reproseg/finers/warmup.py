@@ -34,7 +34,7 @@ from ..models.tiny_bundle import SAM2_CONFIG_FILE
 from ..runs import run_dir_of
 from .regions import crop_covering, to_gse
 from .rewards import stage_profile
-from .samples import gse_prompt, gt_points, lpr_sample, row_rng
+from .samples import gse_prompt, gse_view, gt_points, lpr_sample, row_rng
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ def warmup_examples(rows: list[dict], images_root: str, cfg: dict, seed: int) ->
         # The region in original pixels is lpr_crop wide: region_size at the GSE size.
         region = to_gse(crop_covering(row["box"], row["width"], row["height"], side, None),
                         row["width"], row["height"], cfg["gse_size"])
-        out.append({"image": ImageRef(image.root, image.path, None, tuple(cfg["gse_size"])),
-                    "prompt": gse_prompt(row, cfg),
+        out.append({"image": gse_view(images_root, row["image_path"], cfg), "prompt": gse_prompt(row, cfg),
                     "target": gse_target(region, s["answer"], gse_key)})
     return out
 

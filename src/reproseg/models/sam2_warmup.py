@@ -117,31 +117,29 @@ def mask_logits(predictor, feats: list[torch.Tensor], hw: tuple[int, int], box, 
 
 
 class ExampleFeatures:
-    """Encoder features of examples by index: from the cache, or computed for the missing ones
-    of a batch at once (and cached)."""
+    """Encoder features of examples by index: from `cache`, or computed for the missing ones of
+    a batch at once (and cached). `tag` keeps two sets of examples apart in one cache."""
 
-    def __init__(self, predictor, examples: Sequence[dict], max_mb: float):
-        self.predictor, self.examples = predictor, examples
-        self.cache = SamFeatureCache(max_mb) if max_mb > 0 else None
+    def __init__(self, predictor, examples: Sequence[dict], cache: SamFeatureCache, tag: bytes = b""):
+        self.predictor, self.examples, self.cache, self.tag = predictor, examples, cache, tag
 
     def __call__(self, indices: Sequence[int]) -> list[list[torch.Tensor]]:
-        keys = [int(i).to_bytes(8, "little") for i in indices]
-        found = [self.cache.get(k) if self.cache is not None else None for k in keys]
+        keys = [self.tag + int(i).to_bytes(8, "little") for i in indices]
+        found = [self.cache.get(k) for k in keys]
         todo = [j for j, f in enumerate(found) if f is None]
         if todo:
             new = image_features(self.predictor, [example_image(self.examples[indices[j]]) for j in todo])
             for j, f in zip(todo, new):
                 found[j] = f
-                if self.cache is not None:
-                    self.cache.put(keys[j], f)
+                self.cache.put(keys[j], f)
         return found
 
 
-def mean_iou(predictor, examples: Sequence[dict], batch_size: int = 8) -> float:
+def mean_iou(predictor, examples: Sequence[dict], feats: ExampleFeatures | None = None, batch_size: int = 8) -> float:
     """Mean mask IoU of the thresholded predictions (logit > 0, the predictor's threshold),
-    features computed a batch at a time."""
+    features a batch at a time from `feats` (default: computed, not kept)."""
     ious = []
-    feats = ExampleFeatures(predictor, examples, 0)
+    feats = feats or ExampleFeatures(predictor, examples, SamFeatureCache(0))
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             idx = list(range(start, min(start + batch_size, len(examples))))
@@ -168,8 +166,11 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
     rng = np.random.default_rng(settings.seed)
     predictor = load_sam2_predictor(sam2_dir)
     model = predictor.model
-    feats = ExampleFeatures(predictor, examples, settings.feature_cache_mb)
-    before = mean_iou(predictor, held_out)
+    # one bound for both sets: the held-out features serve the IoU before and after if they fit
+    cache = SamFeatureCache(settings.feature_cache_mb)
+    feats = ExampleFeatures(predictor, examples, cache, b"train")
+    held_feats = ExampleFeatures(predictor, held_out, cache, b"held")
+    before = mean_iou(predictor, held_out, held_feats)
     model.train()
     params = [*model.sam_prompt_encoder.parameters(), *model.sam_mask_decoder.parameters()]
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
@@ -204,7 +205,7 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
                      "grad_norm": grad_norm, "learning_rate": float(sched.get_last_lr()[0]), "world_size": 1,
                      "wall_time": time.time()})
     model.eval()
-    after = mean_iou(predictor, held_out)
+    after = mean_iou(predictor, held_out, held_feats)
     write_parquet(log_path, pa.Table.from_pylist(rows))
     summary = {"settings": asdict(settings), "world_size": 1, "examples": len(examples), "held_out": len(held_out),
                "held_out_iou_before": before, "held_out_iou_after": after,

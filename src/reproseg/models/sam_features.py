@@ -3,21 +3,23 @@ with the encoder frozen (SegAnswer's stages and evaluations, the default's SAM 2
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 
 import numpy as np
 import torch
 
+from ..bounded_cache import BoundedLRU
 
-class SamFeatureCache:
-    """Least-recently-used store of per-picture SAM image-encoder features, keyed by the pixels,
-    holding at most `max_mb` megabytes of tensors."""
+
+def _maps_bytes(maps: list[torch.Tensor]) -> int:
+    return sum(m.numel() * m.element_size() for m in maps)
+
+
+class SamFeatureCache(BoundedLRU[list[torch.Tensor]]):
+    """Least-recently-used store of per-picture SAM image-encoder features, keyed by the pixels
+    (`key`) or by any other bytes, holding at most `max_mb` megabytes of tensors."""
 
     def __init__(self, max_mb: float):
-        self.max_bytes = int(max_mb * 2**20)
-        self._items: OrderedDict[bytes, list[torch.Tensor]] = OrderedDict()
-        self.nbytes = 0
-        self.hits = self.misses = 0
+        super().__init__(int(max_mb * 2**20), _maps_bytes)
 
     @staticmethod
     def key(rgb: np.ndarray) -> bytes:
@@ -27,31 +29,7 @@ class SamFeatureCache:
         h.update(np.ascontiguousarray(rgb).tobytes())
         return h.digest()
 
-    @staticmethod
-    def _size(maps: list[torch.Tensor]) -> int:
-        return sum(m.numel() * m.element_size() for m in maps)
-
-    def get(self, key: bytes) -> list[torch.Tensor] | None:
-        got = self._items.get(key)
-        if got is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._items.move_to_end(key)
-        return got
-
     def put(self, key: bytes, maps: list[torch.Tensor]) -> None:
-        size = self._size(maps)
-        if size > self.max_bytes:
-            return
-        if key in self._items:
-            self.nbytes -= self._size(self._items.pop(key))
         # a slice of a batch would keep the whole batch's storage alive: store own copies
-        self._items[key] = [m.clone() for m in maps]
-        self.nbytes += size
-        while self.nbytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self.nbytes -= self._size(old)
-
-    def __len__(self) -> int:
-        return len(self._items)
+        if _maps_bytes(maps) <= self.max_bytes:
+            super().put(key, [m.clone() for m in maps])

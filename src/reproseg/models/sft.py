@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +31,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from ..bounded_cache import BoundedLRU
 from ..config import dataclass_from_dict
 from ..data.images import as_image
 from ..io_atomic import atomic_dir, write_json, write_parquet
@@ -94,14 +94,12 @@ class SFTCollator:
 
 class _ListDataset(torch.utils.data.Dataset):
     """The examples, an image held as a path or an ImageRef decoded when served; the decoded
-    views (RGB bytes) of the last-used examples are kept up to `image_cache_mb` megabytes, so
+    views of the last-used examples are kept up to `image_cache_mb` megabytes (RGB bytes), so
     that memory is bounded whatever the data size while a small set decodes each view once."""
 
     def __init__(self, examples: Sequence[dict], image_cache_mb: float = 0.0):
         self.examples = examples
-        self.max_bytes = int(image_cache_mb * 2**20)
-        self._views: OrderedDict[int, Image.Image] = OrderedDict()
-        self._bytes = 0
+        self.views = BoundedLRU(int(image_cache_mb * 2**20), _view_bytes)
 
     def __len__(self):
         return len(self.examples)
@@ -110,18 +108,15 @@ class _ListDataset(torch.utils.data.Dataset):
         e = self.examples[i]
         if isinstance(e["image"], Image.Image):
             return e
-        view = self._views.get(i)
+        view = self.views.get(i)
         if view is None:
             view = as_image(e["image"])
-            size = view.width * view.height * len(view.getbands())
-            if size <= self.max_bytes:
-                self._views[i], self._bytes = view, self._bytes + size
-                while self._bytes > self.max_bytes:
-                    _, old = self._views.popitem(last=False)
-                    self._bytes -= old.width * old.height * len(old.getbands())
-        else:
-            self._views.move_to_end(i)
+            self.views.put(i, view)
         return {**e, "image": view}
+
+
+def _view_bytes(image: Image.Image) -> int:
+    return image.width * image.height * len(image.getbands())
 
 
 class _LossLog(TrainerCallback):
@@ -194,8 +189,8 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
         disable_tqdm=False,
     )
     loss_log = _LossLog()
-    trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(examples, settings.image_cache_mb), data_collator=collator,
-                      callbacks=[loss_log])
+    trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(examples, settings.image_cache_mb),
+                      data_collator=collator, callbacks=[loss_log])
     trainer.train()
     if not main:
         return None  # the weights are rank 0's too (DDP keeps them equal): it writes them
