@@ -24,8 +24,11 @@ ROWS = 32          # 1x; 10x is 320
 SIDE = 1024
 BOUND = 1.10       # peak RSS at 10x < 1.1 x peak RSS at 1x
 
+# The worker's own high-water mark (VmHWM, of the memory it mapped after exec). Not
+# getrusage's ru_maxrss: Linux carries that across fork and exec, so a worker started by a
+# pytest process already holding 2 GB reported 2 GB whatever it did.
 WORKER = r"""
-import json, resource, sys
+import json, sys
 from reproseg.finers import train as T
 from reproseg.finers.lpr_rewards import TERMS
 
@@ -36,7 +39,8 @@ if job["eager"]:
     T.lpr_training_rows = lambda *a, **k: [{**r, "image": r["image"].open()} for r in lazy(*a, **k)]
 T.train_lpr_stage(job["split"], job["images"], job["policy"], job["checkpoint"], job["log"], job["curves"],
                   job["cfg"], TERMS, processes=1)
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print("PEAK_RSS_KB", int(hwm.split()[1]))
 """
 
 
