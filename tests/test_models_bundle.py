@@ -11,12 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reproseg.models.loading import (
-    MissingModelFileError,
-    check_local_model_dir,
-    load_policy,
-    load_sam2_predictor,
-)
+from reproseg.models.loading import check_local_model_dir, load_policy
+from reproseg.models.sam_loading import MissingModelFileError, load_sam2_predictor
 from reproseg.models.tiny_bundle import SEG_TOKEN, build_tiny_bundle
 
 

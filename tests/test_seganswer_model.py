@@ -315,7 +315,8 @@ def test_evaluation_job_scores_the_base_checkpoint_and_the_table_job_lays_checkp
     import pyarrow.parquet as pq
 
     from reproseg.seganswer.sources import import_source
-    from reproseg.seganswer.workflow_stages import evaluate_stage, load_checkpoint, tables_stage
+    from reproseg.seganswer.paper_tables import tables_stage
+    from reproseg.seganswer.workflow_stages import evaluate_stage, load_checkpoint
 
     spec = {"format": "shapes", "counts": {"test": 2}, "size": [84, 56], "seed": 0, "tasks": ["MVQA"]}
     referring, questions, _ = import_source("shapes", spec, images_out=tmp_path / "images")

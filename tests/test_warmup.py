@@ -188,7 +188,7 @@ def test_sam2_mask_iou_rises_and_a_shifted_target_scores_lower(rows, tmp_path, s
     uncached = train_sam2(sam2, examples, {**settings, "feature_cache_mb": 0}, tmp_path / "s0",
                           tmp_path / "slog0.parquet", held_out=examples)
     assert uncached["held_out_iou_after"] == pytest.approx(out["held_out_iou_after"], abs=1e-3)
-    from reproseg.models.loading import load_sam2_predictor
+    from reproseg.models.sam_loading import load_sam2_predictor
 
     trained = load_sam2_predictor(tmp_path / "s")
     assert mean_iou(trained, examples) == pytest.approx(out["held_out_iou_after"], abs=1e-6)

@@ -21,6 +21,7 @@ finers:
   lpr: {grpo: {max_steps: 4, per_device_batch_size: 8, max_completion_length: 24, candidate_every: 2}}
   gse: {grpo: {max_steps: 4, per_device_batch_size: 8, max_completion_length: 24, candidate_every: 2}}
   selection: {max_new_tokens: 24}
+  inference: {shards: 2}   # the default's is 1; two exercise the sharding and the merge
 seganswer:
   sources:
     shapes: {format: shapes, counts: {train: 16, val: 4, test: 4}, size: [224, 126], seed: 0, tasks: [MVQA]}

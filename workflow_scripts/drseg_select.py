@@ -1,7 +1,7 @@
 """Rule drseg_select: every candidate scored on the val set (gIoU / cIoU through SAM 2.1); the chosen one goes on."""
 import json
 
-from reproseg.drseg.visionreasoner.evaluate import select_stage
+from reproseg.drseg.visionreasoner.selection import select_stage
 from reproseg.provenance import run_job
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)

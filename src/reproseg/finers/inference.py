@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..data.images import load_image
 from ..io_atomic import write_parquet
 from ..models.generation import Policy
-from ..models.loading import load_sam2_predictor
+from ..models.sam_loading import load_sam2_predictor
 from .eval_protocol import PaperProtocol, protocol
 from .prompts import target_answer
 from .samples import gse_prompt, lpr_sample

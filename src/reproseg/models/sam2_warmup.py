@@ -32,7 +32,7 @@ from ..config import dataclass_from_dict
 from ..data.images import as_image
 from ..data.masks import MaskCrop
 from ..io_atomic import atomic_dir, write_json, write_parquet
-from .loading import load_sam2_predictor
+from .sam_loading import load_sam2_predictor
 from .sam_features import SamFeatureCache
 from .tiny_bundle import SAM2_CHECKPOINT_FILE, SAM2_CONFIG_FILE
 

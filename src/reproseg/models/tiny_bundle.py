@@ -27,6 +27,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageP
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
 from reproseg.io_atomic import atomic_dir, sha256_file
+from reproseg.models.sam_loading import SAM2_CONFIG_FILE
 
 # Qwen2.5-VL's special tokens (same strings as the released tokenizer) plus the
 # SegAnswer segmentation token. The order fixes their ids in the tiny vocab.
@@ -48,7 +49,6 @@ QWEN_SPECIAL_TOKENS = [
 ]
 SEG_TOKEN = "<|seg|>"
 
-SAM2_CONFIG_FILE = "sam2_config.json"
 SAM2_CHECKPOINT_FILE = "model.pt"
 
 DEFAULT_SPEC: dict = {

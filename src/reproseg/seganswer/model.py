@@ -49,7 +49,8 @@ from torch import nn
 from transformers.image_utils import SizeDict
 
 from reproseg.io_atomic import atomic_dir, write_json
-from reproseg.models.loading import load_policy, load_sam2_predictor
+from reproseg.models.loading import load_policy
+from reproseg.models.sam_loading import load_sam2_predictor
 from reproseg.models.sam_features import SamFeatureCache
 from reproseg.models.tiny_bundle import SAM2_CHECKPOINT_FILE, SAM2_CONFIG_FILE, SEG_TOKEN
 from reproseg.seganswer.positions import sparse_image_features

@@ -28,9 +28,13 @@ paper's numbers, any other label (the default's synthetic splits) gets "-".
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
+
+from ..io_atomic import write_parquet, write_text
 
 # seganswer.txt, Table 3 (SegAnswer row) and Table 1 (SegAnswer and Qwen2.5-VL-7B rows).
 PAPER_TABLE3 = {
@@ -200,3 +204,19 @@ def markdown(stage: str, rows: list[dict], notes: list[str]) -> str:
                     "unanswered"),
              "", "Unanswered: no `<answer>` within the turn limit (counted wrong).", ""]
     return "\n".join(lines + notes) + "\n"
+
+
+def tables_stage(metrics: dict[str, str], stage: str, table_md: str, table_parquet: str) -> None:
+    """The checkpoints up to `stage` side by side (metrics: {checkpoint: metrics JSON path})."""
+    order = checkpoints_up_to(stage)
+    if sorted(metrics) != sorted(order):
+        raise ValueError(f"the {stage} table needs the metrics of {order}, got {sorted(metrics)}")
+    loaded = {c: json.loads(Path(metrics[c]).read_text()) for c in order}
+    rows = table_rows(loaded)
+    write_parquet(table_parquet, arrow_table(rows))
+    notes = ["`<|seg|>` calls in the VQA rollouts:", ""]
+    for label in loaded[order[0]]["questions"]:
+        calls = ", ".join(f"{CHECKPOINT_LABELS[c]} {loaded[c]['questions'][label]['seg_calls']}"
+                          for c in order)
+        notes.append(f"- {label}: {calls}")
+    write_text(table_md, markdown(stage, rows, notes))

@@ -12,18 +12,17 @@ the other stages' code fingerprints do not hold stage 3's rewards, and stage 3's
 hold the evaluation.
 
 Evaluation runs once per checkpoint (base, stage1, stage2, stage3; see paper_tables
-for what each stands for) and writes that checkpoint's metrics; `tables_stage` puts
-the checkpoints up to a stage side by side in the paper's layouts.
+for what each stands for) and writes that checkpoint's metrics; paper_tables.tables_stage
+puts the checkpoints up to a stage side by side in the paper's layouts (a module without
+torch, so that the table jobs start in a fraction of a second).
 """
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
-from ..io_atomic import write_json, write_parquet, write_text
+from ..io_atomic import write_json
 from ..runs import CANDIDATES_DIR, RESUME_DIR, run_dir_of
-from . import paper_tables
 from .evaluate import answer_questions, evaluate_referring, evaluate_referring_given, qa_accuracy
 from .model import PixelBounds, SegAnswerModel, merge_lora, resolve_device
 from .sources.rows import select
@@ -128,19 +127,3 @@ def evaluate_stage(referring: dict, questions: dict, model: dict, metrics_json: 
     write_json(metrics_json, {"checkpoint": checkpoint, "model": model, "referring": ref_metrics,
                               "questions": qa_metrics})
     log.info("%s: %s", checkpoint, json.dumps({"referring": ref_metrics, "questions": qa_metrics}, default=str))
-
-
-def tables_stage(metrics: dict[str, str], stage: str, table_md: str, table_parquet: str) -> None:
-    """The checkpoints up to `stage` side by side (metrics: {checkpoint: metrics JSON path})."""
-    order = paper_tables.checkpoints_up_to(stage)
-    if sorted(metrics) != sorted(order):
-        raise ValueError(f"the {stage} table needs the metrics of {order}, got {sorted(metrics)}")
-    loaded = {c: json.loads(Path(metrics[c]).read_text()) for c in order}
-    rows = paper_tables.table_rows(loaded)
-    write_parquet(table_parquet, paper_tables.arrow_table(rows))
-    notes = ["`<|seg|>` calls in the VQA rollouts:", ""]
-    for label in loaded[order[0]]["questions"]:
-        calls = ", ".join(f"{paper_tables.CHECKPOINT_LABELS[c]} {loaded[c]['questions'][label]['seg_calls']}"
-                          for c in order)
-        notes.append(f"- {label}: {calls}")
-    write_text(table_md, paper_tables.markdown(stage, rows, notes))

@@ -1,5 +1,6 @@
 """Scores of one policy's answers on one evaluation set (rules drseg_evaluate and
-drseg_evaluate_untrained), and the val score of a candidate (rule drseg_select).
+drseg_evaluate_untrained; a candidate's val score in rule drseg_select,
+reproseg.drseg.visionreasoner.selection, by the same score_rows).
 
 By the set's task (reproseg.drseg.visionreasoner.metrics): segmentation: SAM2 prompted
 per predicted object with its point and box, the masks OR-ed, gIoU / cIoU (a parse
@@ -26,12 +27,10 @@ from tqdm import tqdm
 from reproseg.data.images import load_image
 from reproseg.data.masks import rle_decode
 from reproseg.io_atomic import write_json, write_parquet
-from reproseg.models.generation import Policy
-from reproseg.models.loading import load_sam2_predictor
-from reproseg.selection import select_stage as run_selection
+from reproseg.models.sam_loading import load_sam2_predictor
 
 from . import metrics as M
-from .inference import device_of, limited, objects_of, predict_rows, template_of
+from .rows import device_of, limited, objects_of
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ def score_rows(rows: list[dict], predictions: list[dict], images_root: str, pred
     return out, samples
 
 
-def _predictor(task_rows: list[dict], sam2: str, sam2_config: str | None, device: str):
+def predictor_for(task_rows: list[dict], sam2: str, sam2_config: str | None, device: str):
     """SAM2 only when some row is scored by a mask."""
     if not any(r["task"] == "segmentation" for r in task_rows):
         return None
@@ -110,35 +109,10 @@ def evaluate_stage(benchmark: str, images_root: str, predictions: str, sam2: str
     """cfg: drseg.eval. Returns the metrics (also in the job's provenance record)."""
     rows = limited(pq.read_table(benchmark).to_pylist(), cfg["limit"])
     preds = pq.read_table(predictions).to_pylist()
-    scores, samples = score_rows(rows, preds, images_root, _predictor(rows, sam2, sam2_config, cfg["device"]),
+    scores, samples = score_rows(rows, preds, images_root, predictor_for(rows, sam2, sam2_config, cfg["device"]),
                                  cfg["giou_empty"])
     result = {"benchmark": name, "task": rows[0]["task"] if rows else None, **scores}
     write_parquet(samples_out, pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA))
     write_json(metrics_json, result)
     log.info("%s: %s", name, result)
     return {"metrics": result}
-
-
-def select_stage(val_table: str, images_root: str, candidates: str, out_dir: str, selection_json: str,
-                 sam2: str, sam2_config: str | None, selection: dict, rewards: dict, policy_size: int,
-                 eval_cfg: dict) -> dict:
-    """Rule drseg_select: every candidate answers the val set greedily and is scored by gIoU /
-    cIoU with SAM2 (the evaluation's protocol); the chosen one is linked to `out_dir`."""
-    choice = {k: selection[k] for k in ("choose", "metric", "mode")}
-
-    def make_score():
-        rows = limited(pq.read_table(val_table).to_pylist(), selection["limit"])
-        if not rows or any(r["task"] != "segmentation" for r in rows):
-            raise ValueError(f"{val_table}: the selection needs a non-empty segmentation set")
-        predictor = _predictor(rows, sam2, sam2_config, eval_cfg["device"])
-
-        def score(path):
-            policy = Policy(str(path), device_of(eval_cfg["device"]))
-            preds = predict_rows(policy, rows, images_root, template_of(rewards), policy_size, selection["batch_size"],
-                                 selection["max_new_tokens"], 0.0, 0)
-            s, _ = score_rows(rows, preds, images_root, predictor, eval_cfg["giou_empty"])
-            log.info("%s: gIoU %.4f cIoU %.4f parsed %.2f", path.name, s["giou"], s["ciou"], s["parsed"])
-            return {"giou": s["giou"], "ciou": s["ciou"]}
-        return score
-
-    return run_selection(choice, VAL_METRICS, "drseg.selection", candidates, out_dir, selection_json, make_score)

@@ -6,21 +6,19 @@ mapped back to the original pixels. Greedy by default (VisionReasoner's evaluati
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from tqdm import tqdm
 
 from reproseg.data.images import load_image
 from reproseg.io_atomic import write_parquet
 from reproseg.models.generation import Policy
 
-from .task import (EVAL_STRIP, TEMPLATES, answer_objects, messages, policy_image, read_objects, render_prompt,
-                   to_original)
+from .rows import device_of, limited
+from .task import EVAL_STRIP, TEMPLATES, answer_objects, messages, policy_image, render_prompt, to_original
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +29,6 @@ PREDICTION_SCHEMA = pa.schema([
     ("objects", pa.string()),        # JSON [{bbox_2d, point_2d}] in original pixels; null on failure
     ("n_objects", pa.int64()),
 ])
-
-
-def device_of(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 def template_of(rewards: dict) -> str:
@@ -61,10 +55,6 @@ def predict_rows(policy: Policy, rows: list[dict], images_root: str, template: s
     return out
 
 
-def limited(rows: list[dict], limit: int | None) -> list[dict]:
-    return rows if limit is None else rows[:limit]
-
-
 def infer_stage(benchmark: str, images_root: str, policy: str, predictions: str, cfg: dict, rewards: dict,
                 policy_size: int) -> None:
     """Rule drseg_infer(_untrained): cfg is drseg.eval; rewards the variant's drseg.rewards."""
@@ -75,8 +65,3 @@ def infer_stage(benchmark: str, images_root: str, policy: str, predictions: str,
     write_parquet(predictions, pa.Table.from_pylist(preds, schema=PREDICTION_SCHEMA))
     log.info("%s: %d answers, %d parsed, %.1f s", benchmark, len(preds), sum(p["parsed"] for p in preds),
              time.perf_counter() - t0)
-
-
-def objects_of(prediction: dict):
-    """The Objects of a prediction row, or None for a parse failure."""
-    return None if not prediction["parsed"] else read_objects(json.loads(prediction["objects"]))
