@@ -40,6 +40,9 @@ STAGES = {
     "FineRS GSE GRPO": ("train_gse", "finers/gse/main", {"finers": {"gse": {"grpo": {"save_steps": 10}}}}),
     "FineRS LPR GRPO": ("train_lpr", "finers/lpr/main", {"finers": {"lpr": {"grpo": {"save_steps": 10}}}}),
     "Dr. Seg GRPO": ("drseg_train", "drseg/train/main", {"drseg": {"grpo": {"save_steps": 10}}}),
+    "FineRS policy warm-up (SFT)": ("warmup_policy", "finers/warmup/main",
+                                    {"finers": {"warmup": {"save_steps": 100}}}),
+    "Dr. Seg warm-up (SFT)": ("drseg_warmup", "drseg/warmup/main", {"drseg": {"warmup": {"save_steps": 75}}}),
 }
 
 

@@ -4,6 +4,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from transformers import TrainerCallback
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,6 +16,17 @@ def section(name: str, overrides: dict | None = None) -> dict:
     from reproseg.config import deep_merge, load_yaml, resolve
 
     return deep_merge(resolve(load_yaml(ROOT / "config" / "config.yaml"))[name], overrides or {})
+
+
+class StopAt(TrainerCallback):
+    """Asks a Trainer-based run to stop (the launcher's stop file) at the end of `step`."""
+
+    def __init__(self, stop_file, step: int):
+        self.stop_file, self.step = stop_file, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.stop_file.touch()
 
 
 def pytest_configure(config):

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import TrainerCallback
 
+from conftest import StopAt
 from reproseg.runs import CHECKPOINT_TIMES, STOP_FILE, TrainingInterrupted, completed_checkpoints
 from reproseg.seganswer import stage1, stage2, stage3, synthetic
 from reproseg.seganswer.model import SegAnswerModel
@@ -133,17 +133,6 @@ def test_stage3_reward_rises_on_a_toy_reward(seganswer_checkpoint, tmp_path):
     assert abs(last0 - first0) < 0.08
 
 
-class _StopAt(TrainerCallback):
-    """Asks the run to stop (the launcher's stop file) at the end of `step`."""
-
-    def __init__(self, stop_file, step: int):
-        self.stop_file, self.step = stop_file, step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            self.stop_file.touch()
-
-
 @pytest.mark.parametrize("phase", ["a", "b"])
 def test_stage1_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(seganswer_checkpoint, tmp_path,
                                                                                 phase):
@@ -160,7 +149,7 @@ def test_stage1_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(
     first = SegAnswerModel.from_pretrained(seganswer_checkpoint)
     # Stopped at step 3, mid-epoch (3 batches of 2 rows per epoch): saved there, not at step 2.
     with pytest.raises(TrainingInterrupted) as stopped:
-        stage1.train_phase(first, rows, phase, s, resume_dir=resume, callbacks=[_StopAt(resume / STOP_FILE, 3)])
+        stage1.train_phase(first, rows, phase, s, resume_dir=resume, callbacks=[StopAt(resume / STOP_FILE, 3)])
     assert stopped.value.step == 3 and stopped.value.code == 143
     assert [p.name for p in completed_checkpoints(resume)] == ["checkpoint-3"]
     again = SegAnswerModel.from_pretrained(seganswer_checkpoint)
@@ -189,7 +178,7 @@ def test_stage2_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(
     resume = tmp_path / "resume"
     with pytest.raises(TrainingInterrupted) as stopped:
         stage2.train_stage2(seganswer_checkpoint, rows, tmp_path / "out", s, resume_dir=resume,
-                            candidates_dir=tmp_path / "candidates", callbacks=[_StopAt(resume / STOP_FILE, 3)])
+                            candidates_dir=tmp_path / "candidates", callbacks=[StopAt(resume / STOP_FILE, 3)])
     assert stopped.value.step == 3 and stopped.value.code == 143
     assert [p.name for p in completed_checkpoints(resume)] == ["checkpoint-3"]
     assert sorted(p.name for p in (resume / "candidates").iterdir()) == ["step-000002"]

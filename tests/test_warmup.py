@@ -2,6 +2,7 @@
 SAM 2.1. Targets score full format reward, labels cover exactly the target tokens, and
 both trainings improve on a fixed set, while a broken variant (no step, a shifted mask)
 does not."""
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import section
+from conftest import StopAt, section
 from reproseg.data.images import ImageRef, load_image
 from reproseg.data.masks import MaskCrop, polygon_to_rle
 from reproseg.finers import prompts as P
@@ -20,6 +21,7 @@ from reproseg.finers.rewards import profile_for
 from reproseg.finers.warmup import gse_target, lpr_target, sam2_examples, warmup_examples
 from reproseg.models.sam2_warmup import example_image, example_mask, mean_iou, train_sam2
 from reproseg.models.sft import IGNORE, SFTCollator, target_loss, train_sft
+from reproseg.runs import CHECKPOINT_TIMES, STOP_FILE, TrainingInterrupted, completed_checkpoints
 from reproseg.models.tiny_bundle import build_tiny_policy, build_tiny_sam2
 from reproseg.answers.parsing import parse
 from reproseg.drseg.rewards import look_reward, non_repeat_reward
@@ -150,6 +152,40 @@ def test_sft_loss_falls_on_a_fixed_batch_and_not_without_steps(rows, tmp_path, p
     assert frozen["held_out_loss_after"] == pytest.approx(frozen["held_out_loss_before"], rel=1e-5)
 
 
+def test_warmup_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(rows, tmp_path, policy):
+    """Stopped at step 3 (between the resume states of steps 2 and 4), the warm-up resumes
+    from the state saved there and ends bit for bit where an uninterrupted run ends (CPU,
+    one process); the resume state is removed once the model is written."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    examples = warmup_examples(rows, str(tmp_path), CFG, seed=0)
+    settings = {"learning_rate": 3e-3, "max_steps": 5, "batch_size": 2, "warmup_steps": 1, "save_steps": 2,
+                "report_to": []}
+    train_sft(policy, examples, settings, tmp_path / "ref", tmp_path / "ref.parquet")
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_sft(policy, examples, settings, run, tmp_path / "log.parquet",
+                  callbacks=[StopAt(run / "resume" / STOP_FILE, 3)])
+    assert stopped.value.step == 3 and stopped.value.code == 143
+    assert [p.name for p in completed_checkpoints(run / "resume")] == ["checkpoint-3"]
+    assert not (tmp_path / "log.parquet").exists() and not (run / "checkpoint").exists()
+    # the state is this run's: another learning rate refuses it, naming the difference
+    with pytest.raises(ValueError, match=r"different run.*settings"):
+        train_sft(policy, examples, {**settings, "learning_rate": 1e-3}, run, tmp_path / "log.parquet")
+    train_sft(policy, examples, settings, run, tmp_path / "log.parquet")
+    assert not (run / "resume").exists()
+    log, ref_log = (pq.read_table(tmp_path / f).to_pylist() for f in ("log.parquet", "ref.parquet"))
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in log] == [r["loss"] for r in ref_log]
+    assert log[-1]["loss"] < log[0]["loss"]   # it trained: equal runs that did not would show nothing
+    want, got = (load_file(d / "checkpoint" / "model.safetensors") for d in (tmp_path / "ref", run))
+    assert set(want) == set(got) and all(torch.equal(want[n], got[n]) for n in want)
+    times = [json.loads(line) for line in (run / CHECKPOINT_TIMES).read_text().splitlines()]
+    assert [(t["event"], t["step"]) for t in times] == [("start", 0), ("save", 2), ("save", 3), ("start", 3),
+                                                        ("save", 4)]
+
+
 def test_target_loss_is_the_mean_token_cross_entropy(rows, tmp_path, policy):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -195,3 +231,48 @@ def test_sam2_mask_iou_rises_and_a_shifted_target_scores_lower(rows, tmp_path, s
     # A mask pasted 8 px off its object: the trained model's masks match it far worse.
     shifted = [{**e, "mask": np.roll(example_mask(e), 8, axis=1)} for e in examples]
     assert mean_iou(trained, shifted) < out["held_out_iou_after"] - 0.3
+
+
+def test_sam2_warmup_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(rows, tmp_path, sam2,
+                                                                                     monkeypatch, caplog):
+    """A stop request at step 3 (between the states of steps 2 and 4): the state is saved
+    there, the retry resumes from it and ends bit for bit at the uninterrupted run's model
+    and log; a state cut off half-written is skipped for the one before it."""
+    from reproseg.models import sam2_warmup
+
+    torch.set_num_threads(1)
+    examples = sam2_examples(rows, str(tmp_path), CFG, seed=0, box_jitter=0.1)
+    settings = {"learning_rate": 3e-3, "max_steps": 5, "batch_size": 2, "save_steps": 2}
+    train_sam2(sam2, examples, settings, tmp_path / "ref", tmp_path / "ref.parquet")
+    resume = tmp_path / "resume"
+
+    class StopAtThird(sam2_warmup.StopSignal):
+        calls = 0
+
+        def requested(self):
+            StopAtThird.calls += 1
+            return StopAtThird.calls == 3
+
+    monkeypatch.setattr(sam2_warmup, "StopSignal", StopAtThird)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_sam2(sam2, examples, settings, tmp_path / "out", tmp_path / "log.parquet", resume_dir=resume)
+    monkeypatch.undo()
+    assert stopped.value.step == 3 and stopped.value.code == 143
+    assert sorted(p.name for p in resume.glob("state-*.pt")) == ["state-000003.pt"]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "log.parquet").exists()
+    with pytest.raises(ValueError, match=r"different run.*settings"):
+        train_sam2(sam2, examples, {**settings, "learning_rate": 1e-3}, tmp_path / "out", tmp_path / "log.parquet",
+                   resume_dir=resume)
+    train_sam2(sam2, examples, settings, tmp_path / "out", tmp_path / "log.parquet", resume_dir=resume)
+    assert not resume.exists()
+    log, ref_log = (pq.read_table(tmp_path / f).to_pylist() for f in ("log.parquet", "ref.parquet"))
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in log] == [r["loss"] for r in ref_log] and log[-1]["loss"] < log[0]["loss"]
+    want, got = (torch.load(d / "model.pt")["model"] for d in (tmp_path / "ref", tmp_path / "out"))
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    # A newest state that does not load (cut off) is skipped, naming it; the one before is used.
+    resume.mkdir()
+    sam2_warmup._save_state(resume, {"step": 2, "marker": "older"})
+    (resume / "state-000004.pt").write_bytes(b"PK\x03\x04 cut off")
+    assert sam2_warmup._newest_state(resume)["marker"] == "older"
+    assert "state-000004.pt does not load" in caplog.text

@@ -24,11 +24,14 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+from accelerate.utils import is_peft_model
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
-from reproseg.io_atomic import write_json
+from reproseg.io_atomic import write_json, write_parquet
 
 FINAL_DIR = "checkpoint"
 CANDIDATES_DIR = "candidates"
@@ -172,6 +175,29 @@ class StopOnSignalCallback(TrainerCallback):
             control.should_save = False
 
 
+class FullWeightsResume:
+    """Mixin for a transformers Trainer of a whole Qwen2.5-VL model: its resume loads the weights.
+
+    transformers 5 saves Qwen2.5-VL under the released checkpoints' key names
+    ("model.layers.*", "visual.*") and renames them only inside from_pretrained. The
+    Trainer's resume loads the raw file non-strictly, so every key misses and training
+    silently goes on from the initial weights. This loads through from_pretrained instead,
+    and strictly. (DeepSpeed resumes through its own files and is not affected; adapters
+    load through PEFT.)
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        target = self.model if model is None else model
+        ckpt = Path(resume_from_checkpoint)
+        has_full_weights = (ckpt / "model.safetensors").is_file() or (ckpt / "model.safetensors.index.json").is_file()
+        if is_peft_model(target) or self.is_fsdp_enabled or not has_full_weights:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(target.parameters()).dtype
+        saved = type(target).from_pretrained(ckpt, dtype=dtype, local_files_only=True)
+        target.load_state_dict(saved.state_dict(), strict=True)
+        del saved
+
+
 class CheckpointClock:
     """Mixin for a transformers Trainer: how long checkpointing costs, measured where it happens.
 
@@ -214,3 +240,30 @@ class CheckpointClock:
         yield
         self._clock_write({"event": "save", "step": int(self.state.global_step),
                            "seconds": round(time.perf_counter() - t0, 4)})
+
+
+class StepLogCallback(TrainerCallback):
+    """One row per optimizer step (the Trainer's loss, learning rate and gradient norm, the
+    stage's loss terms, seconds per step, the world size), the table rewritten after each step. On resume,
+    rows past the resumed step are dropped, so that the log matches the weights."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        self.rows: list[dict] = []
+        if resume_step is not None and path.is_file():
+            self.rows = [r for r in pq.read_table(path).to_pylist() if r["step"] <= resume_step]
+        self._t0 = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        row = {"step": int(state.global_step), "epoch": float(state.epoch or 0.0)}
+        row.update({k: float(v) for k, v in logs.items() if k not in ("epoch", "step") and isinstance(v, (int, float))})
+        row["step_time_s"] = time.perf_counter() - self._t0
+        row["world_size"] = int(args.world_size)  # processes training together
+        row["wall_time"] = time.time()
+        self.rows = [r for r in self.rows if r["step"] < row["step"]] + [row]
+        write_parquet(self.path, pa.Table.from_pylist(self.rows))

@@ -44,6 +44,7 @@ THINK = "Looking at the scene."
 # start from a policy that writes one.
 LOOK = "A small object stands out here."
 LOOK_EVERY = 3
+SAM2_RESUME_DIR = "sam2_resume"
 
 
 def _ints(values) -> list[int]:
@@ -147,7 +148,9 @@ def warmup_sam2_stage(train_split: str, val_split: str, images_root: str, sam2: 
     seed, jitter = cfg["warmup"]["seed"], float(warm.pop("box_jitter"))
     train = sam2_examples(pq.read_table(train_split).to_pylist(), images_root, cfg, seed, jitter)
     val = sam2_examples(pq.read_table(val_split).to_pylist(), images_root, cfg, seed, jitter)
-    summary = train_sam2(sam2, train, {**warm, "seed": seed}, out_dir, train_log, held_out=val)
+    # The resume state beside the output folder, which Snakemake deletes when a job fails.
+    summary = train_sam2(sam2, train, {**warm, "seed": seed}, out_dir, train_log, held_out=val,
+                         resume_dir=Path(out_dir).parent / SAM2_RESUME_DIR)
     log.info("SAM2 warm-up mask IoU on val: %.3f before, %.3f after",
              summary["held_out_iou_before"], summary["held_out_iou_after"])
     plot_curves(train_log, curves, title="SAM 2.1 warm-up (box + point prompts)", kind="sft")

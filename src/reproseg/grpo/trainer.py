@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
-from accelerate.utils import is_peft_model
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from reproseg.grpo.completions import completion_text
-from reproseg.runs import CheckpointClock
+from reproseg.runs import CheckpointClock, FullWeightsResume
 
 REWARD_STATE_DIR = "reward_state"
 
@@ -126,7 +125,7 @@ def load_reward_states(checkpoint_dir, rewards: dict[str, StatefulReward], rank:
         reward.load_state_dict(states[name])
 
 
-class EngineGRPOTrainer(CheckpointClock, GRPOTrainer):
+class EngineGRPOTrainer(FullWeightsResume, CheckpointClock, GRPOTrainer):
     """GRPOTrainer with a per-epoch-seeded sampler, an own zero-std metric, reward state in checkpoints
     and the checkpoint clock (reproseg.runs.CheckpointClock)."""
 
@@ -157,23 +156,6 @@ class EngineGRPOTrainer(CheckpointClock, GRPOTrainer):
         n = self.num_generations if mode == "train" else self.num_generations_eval
         self._metrics[mode]["engine/frac_zero_std"].append(zero_std_fraction(total.cpu(), n))
         return rewards_per_func
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # transformers 5 saves Qwen2.5-VL under the released checkpoints' key names
-        # ("model.layers.*", "visual.*") and renames them only inside from_pretrained.
-        # The Trainer's resume loads the raw file non-strictly, so every key misses and
-        # training silently goes on from the initial weights. Load through
-        # from_pretrained instead, and strictly. (DeepSpeed resumes through its own
-        # files and is not affected; adapters load through PEFT.)
-        target = self.model if model is None else model
-        ckpt = Path(resume_from_checkpoint)
-        has_full_weights = (ckpt / "model.safetensors").is_file() or (ckpt / "model.safetensors.index.json").is_file()
-        if is_peft_model(target) or self.is_fsdp_enabled or not has_full_weights:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        dtype = next(target.parameters()).dtype
-        saved = type(target).from_pretrained(ckpt, dtype=dtype, local_files_only=True)
-        target.load_state_dict(saved.state_dict(), strict=True)
-        del saved
 
     def _save_checkpoint(self, model, trial):
         # Written before the Trainer's files: trainer_state.json comes last, so a

@@ -8,7 +8,11 @@ transforms, the box as the two corner points (labels 2, 3) before the positive p
 bilinear upsampling to the crop. The loss is SAM 2's: focal and dice on the mask, 20:1.
 One process (world size 1 in its log), whatever the training family's processes: a loop
 of its own, not the Trainer, that only the embedded default's tiny SAM 2.1 runs, each step
-a few mask-decoder passes on the frozen encoder's features. Examples may hold an ImageRef
+a few mask-decoder passes on the frozen encoder's features. Resumable as the Trainer
+stages are: its state (trained weights, optimizer, schedule, sampling order and RNG, the
+log so far) is saved every `save_steps` steps and when SIGTERM / SIGUSR1 or the stop file
+comes (then TrainingInterrupted, exit 143), and a retry continues from the newest state
+that loads, ending where an uninterrupted run ends. Examples may hold an ImageRef
 and a MaskCrop instead of decoded arrays (decoded per batch), and the features are kept in
 a bounded cache (`feature_cache_mb`), so that memory follows the batch, not the data.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +37,7 @@ from ..config import dataclass_from_dict
 from ..data.images import as_image
 from ..data.masks import MaskCrop
 from ..io_atomic import atomic_dir, write_json, write_parquet
+from ..runs import STOP_FILE, StopSignal, TrainingInterrupted, check_or_write_manifest
 from .sam_loading import load_sam2_predictor
 from .sam_features import SamFeatureCache
 from .tiny_bundle import SAM2_CHECKPOINT_FILE, SAM2_CONFIG_FILE
@@ -48,6 +54,7 @@ class SAM2Settings:
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     feature_cache_mb: float = 256.0   # encoder features kept for examples seen again (about 1 MB each at 256 px)
+    save_steps: int = 50              # a resume state every save_steps steps (and on SIGTERM / SIGUSR1)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SAM2Settings":
@@ -98,22 +105,36 @@ def image_features(predictor, images: Sequence[np.ndarray], batch_size: int = 8)
     return out
 
 
-def mask_logits(predictor, feats: list[torch.Tensor], hw: tuple[int, int], box, points) -> torch.Tensor:
-    """Mask logits (H, W) at the image's size from its features, with gradients through
-    the prompt encoder and the mask decoder (the predictor's own prompt path)."""
+def mask_logits(predictor, feats: list[list[torch.Tensor]], hws: Sequence[tuple[int, int]], boxes, points
+                ) -> list[torch.Tensor]:
+    """Per example, mask logits (H, W) at its image's size from its features, with gradients
+    through the prompt encoder and the mask decoder (the predictor's own prompt path). The
+    examples of one image size and point count go through the decoder as one batch, as
+    SAM2ImagePredictor.predict_batch would run them."""
     model, tf = predictor.model, predictor._transforms
-    dev = feats[-1].device
-    box_t = tf.transform_boxes(torch.as_tensor(box, dtype=torch.float, device=dev), normalize=True,
-                               orig_hw=hw).reshape(1, 2, 2)
-    pts = tf.transform_coords(torch.as_tensor(points, dtype=torch.float, device=dev), normalize=True,
-                              orig_hw=hw).reshape(1, -1, 2)
-    labels = torch.tensor([[2, 3] + [1] * pts.shape[1]], dtype=torch.int, device=dev)
-    sparse, dense = model.sam_prompt_encoder(points=(torch.cat([box_t, pts], dim=1), labels), boxes=None, masks=None)
-    low, _, _, _ = model.sam_mask_decoder(
-        image_embeddings=feats[-1], image_pe=model.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
-        repeat_image=False, high_res_features=feats[:-1])
-    return tf.postprocess_masks(low, hw)[0, 0]
+    groups: dict[tuple, list[int]] = {}
+    for j, (hw, p) in enumerate(zip(hws, points)):
+        groups.setdefault((tuple(hw), len(p)), []).append(j)
+    out: list[torch.Tensor | None] = [None] * len(feats)
+    for (hw, n), idx in groups.items():
+        dev = feats[idx[0]][-1].device
+        box_t = torch.stack([tf.transform_boxes(torch.as_tensor(boxes[j], dtype=torch.float, device=dev),
+                                                normalize=True, orig_hw=hw).reshape(2, 2) for j in idx])
+        pts = torch.stack([tf.transform_coords(torch.as_tensor(points[j], dtype=torch.float, device=dev),
+                                               normalize=True, orig_hw=hw).reshape(n, 2) for j in idx])
+        labels = torch.tensor([[2, 3] + [1] * n] * len(idx), dtype=torch.int, device=dev)
+        sparse, dense = model.sam_prompt_encoder(points=(torch.cat([box_t, pts], dim=1), labels), boxes=None,
+                                                 masks=None)
+        levels = len(feats[idx[0]])
+        maps = [torch.cat([feats[j][k] for j in idx]) for k in range(levels)]
+        low, _, _, _ = model.sam_mask_decoder(
+            image_embeddings=maps[-1], image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+            repeat_image=False, high_res_features=maps[:-1])
+        masks = tf.postprocess_masks(low, hw)
+        for k, j in enumerate(idx):
+            out[j] = masks[k, 0]
+    return out
 
 
 class ExampleFeatures:
@@ -143,21 +164,50 @@ def mean_iou(predictor, examples: Sequence[dict], feats: ExampleFeatures | None 
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             idx = list(range(start, min(start + batch_size, len(examples))))
-            for i, f in zip(idx, feats(idx)):
-                e = examples[i]
-                gt = example_mask(e)
-                pred = mask_logits(predictor, f, gt.shape, e["box"], e["points"]).cpu().numpy() > 0
+            batch = [examples[i] for i in idx]
+            gts = [example_mask(e) for e in batch]
+            logits = mask_logits(predictor, feats(idx), [g.shape for g in gts], [e["box"] for e in batch],
+                                 [e["points"] for e in batch])
+            for gt, lg in zip(gts, logits):
+                pred = lg.cpu().numpy() > 0
                 union = np.logical_or(pred, gt).sum()
                 ious.append(np.logical_and(pred, gt).sum() / union if union else 1.0)
     return float(np.mean(ious)) if ious else math.nan
 
 
+# Settings that do not change what the run computes: a resume state stays valid across them.
+_NOT_TRAJECTORY = ("feature_cache_mb", "save_steps")
+STATE_PREFIX = "state-"
+
+
+def _newest_state(resume_dir: Path) -> dict | None:
+    """The newest resume state that loads (a file cut off half-written is skipped, named)."""
+    states = sorted(resume_dir.glob(f"{STATE_PREFIX}*.pt"), key=lambda p: int(p.stem.split("-")[-1]))
+    for path in reversed(states):
+        try:
+            return torch.load(path, weights_only=False)
+        except Exception as exc:  # noqa: BLE001 (any unreadable file is skipped the same way)
+            log.warning("SAM2 warm-up: resume state %s does not load (%s); trying the one before", path, exc)
+    return None
+
+
+def _save_state(resume_dir: Path, state: dict) -> None:
+    path = resume_dir / f"{STATE_PREFIX}{state['step']:06d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)   # a state is complete or absent
+    for old in resume_dir.glob(f"{STATE_PREFIX}*.pt"):
+        if old != path:
+            old.unlink()
+
+
 def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Settings | dict, out_dir: str | Path,
-               log_path: str | Path, held_out: Sequence[dict] = ()) -> dict:
+               log_path: str | Path, held_out: Sequence[dict] = (), resume_dir: str | Path | None = None) -> dict:
     """Trains SAM 2.1's prompt encoder and mask decoder on `examples` ({"image": HxWx3 uint8 or an
     ImageRef, "box": [4], "points": [[x, y], ...], "mask": HxW bool or a MaskCrop}, crop pixel
     coordinates); writes the bundle layout (model.pt + sam2_config.json) to `out_dir` and the
-    per-step log."""
+    per-step log. resume_dir: where the resume state goes (None: no resume); it is removed
+    once the model is written."""
     settings = settings if isinstance(settings, SAM2Settings) else SAM2Settings.from_dict(settings)
     if not examples:
         raise ValueError("no SAM2 training examples")
@@ -178,32 +228,67 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
         opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / settings.max_steps)))
     rows = []
     order = rng.permutation(len(examples))
-    pos = 0
-    for step in tqdm(range(1, settings.max_steps + 1), desc="SAM2 warm-up", mininterval=5):
-        idx = []
-        while len(idx) < settings.batch_size:
-            if pos == len(order):
-                order, pos = rng.permutation(len(examples)), 0
-            idx.append(order[pos])
-            pos += 1
-        focal, dice = [], []
-        for i, f in zip(idx, feats(idx)):
-            e = examples[i]
-            mask = example_mask(e)
-            lg = mask_logits(predictor, f, mask.shape, e["box"], e["points"])
-            target = torch.as_tensor(mask, dtype=torch.float32, device=lg.device)[None]
-            focal.append(focal_loss(lg[None], target))
-            dice.append(dice_loss(lg[None], target))
-        focal_t, dice_t = torch.cat(focal).mean(), torch.cat(dice).mean()
-        loss = settings.focal_weight * focal_t + settings.dice_weight * dice_t
-        opt.zero_grad()
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
-        opt.step()
-        sched.step()
-        rows.append({"step": step, "loss": loss.item(), "focal": focal_t.item(), "dice": dice_t.item(),
-                     "grad_norm": grad_norm, "learning_rate": float(sched.get_last_lr()[0]), "world_size": 1,
-                     "wall_time": time.time()})
+    pos, first = 0, 1
+    trained = {**{f"sam_prompt_encoder.{k}": v for k, v in model.sam_prompt_encoder.state_dict().items()},
+               **{f"sam_mask_decoder.{k}": v for k, v in model.sam_mask_decoder.state_dict().items()}}
+    stop = StopSignal(stop_file=None if resume_dir is None else Path(resume_dir) / STOP_FILE)
+    if resume_dir is not None:
+        resume_dir = Path(resume_dir)
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        (resume_dir / STOP_FILE).unlink(missing_ok=True)
+        check_or_write_manifest(resume_dir, {"settings": {k: v for k, v in asdict(settings).items()
+                                                           if k not in _NOT_TRAJECTORY},
+                                             "sam2": str(sam2_dir), "examples": len(examples)}, True)
+        state = _newest_state(resume_dir)
+        if state is not None:
+            model.load_state_dict(state["trained"], strict=False)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+            order, pos, rows, first = state["order"], state["pos"], state["rows"], state["step"] + 1
+            log.info("SAM2 warm-up: resumed after step %d", state["step"])
+
+    def save(step: int) -> None:
+        _save_state(resume_dir, {"step": step, "trained": {k: v.detach().clone() for k, v in trained.items()},
+                                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                                 "order": order, "pos": pos, "rows": rows})
+
+    with stop:
+        for step in tqdm(range(first, settings.max_steps + 1), desc="SAM2 warm-up", mininterval=5):
+            idx = []
+            while len(idx) < settings.batch_size:
+                if pos == len(order):
+                    order, pos = rng.permutation(len(examples)), 0
+                idx.append(order[pos])
+                pos += 1
+            batch = [examples[i] for i in idx]
+            masks = [example_mask(e) for e in batch]
+            logits = mask_logits(predictor, feats(idx), [m.shape for m in masks], [e["box"] for e in batch],
+                                 [e["points"] for e in batch])
+            focal, dice = [], []
+            for mask, lg in zip(masks, logits):
+                target = torch.as_tensor(mask, dtype=torch.float32, device=lg.device)[None]
+                focal.append(focal_loss(lg[None], target))
+                dice.append(dice_loss(lg[None], target))
+            focal_t, dice_t = torch.cat(focal).mean(), torch.cat(dice).mean()
+            loss = settings.focal_weight * focal_t + settings.dice_weight * dice_t
+            opt.zero_grad()
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+            opt.step()
+            sched.step()
+            rows.append({"step": step, "loss": loss.item(), "focal": focal_t.item(), "dice": dice_t.item(),
+                         "grad_norm": grad_norm, "learning_rate": float(sched.get_last_lr()[0]), "world_size": 1,
+                         "wall_time": time.time()})
+            if resume_dir is None or step == settings.max_steps:
+                continue
+            if stop.requested():
+                save(step)
+                raise TrainingInterrupted(step, str(resume_dir))
+            if step % settings.save_steps == 0:
+                save(step)
     model.eval()
     after = mean_iou(predictor, held_out, held_feats)
     write_parquet(log_path, pa.Table.from_pylist(rows))
@@ -215,5 +300,7 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
         torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, tmp / SAM2_CHECKPOINT_FILE)
         write_json(tmp / SAM2_CONFIG_FILE, {**meta, "checkpoint": SAM2_CHECKPOINT_FILE})
         write_json(tmp / "sam2_warmup_summary.json", summary)
+    if resume_dir is not None:
+        shutil.rmtree(resume_dir, ignore_errors=True)
     log.info("SAM2 warm-up: %s", json.dumps({k: v for k, v in summary.items() if k != "settings"}))
     return summary

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import os
-import time
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,20 +23,16 @@ from typing import Sequence
 import pyarrow as pa
 import torch
 from PIL import Image
-from transformers import (
-    AutoProcessor,
-    Qwen2_5_VLForConditionalGeneration,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, Trainer, TrainingArguments
 
 from ..bounded_cache import BoundedLRU
 from ..config import dataclass_from_dict
 from ..data.images import as_image
 from ..io_atomic import atomic_dir, write_json, write_parquet
-from ..launch import is_main_process, resolve_target, run_workers, visible_gpu_count
-from ..runs import FINAL_DIR
+from ..launch import is_main_process, resolve_target, run_resumable, visible_gpu_count
+from ..runs import (CHECKPOINT_TIMES, FINAL_DIR, RESUME_DIR, STOP_FILE, TENSORBOARD_DIR, CheckpointClock,
+                    FullWeightsResume, StepLogCallback, StopOnSignalCallback, StopSignal, TrainingInterrupted,
+                    check_or_write_manifest, completed_checkpoints, direct_tensorboard)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +51,7 @@ class SFTSettings:
     seed: int = 0
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     image_cache_mb: float = 64.0   # decoded views of examples held as file references, kept for their next visit
+    save_steps: int = 100          # a resume state every save_steps steps (and on SIGTERM / SIGUSR1)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SFTSettings":
@@ -119,21 +116,6 @@ def _view_bytes(image: Image.Image) -> int:
     return image.width * image.height * len(image.getbands())
 
 
-class _LossLog(TrainerCallback):
-    """One row per logged step: loss (the mean over the processes), learning rate, gradient norm,
-    world size."""
-
-    def __init__(self):
-        self.rows: list[dict] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs and "loss" in logs:
-            self.rows.append({"step": int(state.global_step), "loss": float(logs["loss"]),
-                              "learning_rate": float(logs.get("learning_rate", math.nan)),
-                              "grad_norm": float(logs.get("grad_norm", math.nan)),
-                              "world_size": int(args.world_size), "wall_time": time.time()})
-
-
 def target_loss(model, collator: SFTCollator, examples: Sequence[dict], batch_size: int = 16) -> float:
     """Mean per-token cross-entropy of the targets (for before/after comparisons)."""
     model.eval()
@@ -152,25 +134,53 @@ def target_loss(model, collator: SFTCollator, examples: Sequence[dict], batch_si
     return total / max(count, 1)
 
 
+class _SFTTrainer(FullWeightsResume, CheckpointClock, Trainer):
+    """The Trainer with the policy's weights loaded on resume and its resume states timed."""
+
+    def _save_checkpoint(self, model, trial) -> None:
+        with self.timed_save():
+            super()._save_checkpoint(model, trial)
+
+
+# Settings that do not change what the run computes: a resume state stays valid across them.
+_NOT_TRAJECTORY = ("report_to", "image_cache_mb", "save_steps")
+
+
 def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings: SFTSettings | dict,
               out_dir: str | os.PathLike, log_path: str | os.PathLike,
-              held_out: Sequence[dict] = ()) -> dict | None:
+              held_out: Sequence[dict] = (), callbacks: Sequence = ()) -> dict | None:
     """Fine-tunes the policy on `examples`; writes `out_dir/checkpoint` (FINAL_DIR: HF format + processor)
     and the per-step loss log. Returns a summary with the target loss before and after on
     `held_out` (examples not trained on), when given; None on the other ranks of a launch
-    (every rank is given the same examples; the Trainer's sampler splits them)."""
+    (every rank is given the same examples; the Trainer's sampler splits them).
+
+    Resumable: a Trainer state (weights, optimizer, scheduler, RNG, data position) goes to
+    `out_dir/resume` every `save_steps` steps and at the end of the step in which SIGTERM /
+    SIGUSR1 comes or the stop file appears (then TrainingInterrupted: exit 143); a retry
+    continues from the newest complete state, the log's later rows dropped, and ends where
+    an uninterrupted run ends. The state is removed once the model is written. callbacks:
+    extra TrainerCallbacks (before the stop check)."""
     settings = settings if isinstance(settings, SFTSettings) else SFTSettings.from_dict(settings)
     if not examples:
         raise ValueError("no SFT examples")
     out_dir = Path(out_dir)
+    resume_dir = out_dir / RESUME_DIR
+    main = is_main_process()
+    if main:
+        resume_dir.mkdir(parents=True, exist_ok=True)
+    identity = {"settings": {k: v for k, v in asdict(settings).items() if k not in _NOT_TRAJECTORY},
+                "policy": str(policy_dir), "examples": len(examples),
+                "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    check_or_write_manifest(resume_dir, identity, main)
+    done = completed_checkpoints(resume_dir)
+    last = done[-1] if done else None
     torch.manual_seed(settings.seed)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(policy_dir, dtype=torch.float32, local_files_only=True)
     processor = AutoProcessor.from_pretrained(policy_dir, local_files_only=True, padding_side="right")
     collator = SFTCollator(processor)
-    main = is_main_process()
     before = target_loss(model, collator, held_out) if held_out and main else math.nan
     args = TrainingArguments(
-        output_dir=str(out_dir / "trainer"),  # TensorBoard events go to trainer/runs/
+        output_dir=str(resume_dir),
         per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
         max_steps=settings.max_steps,
@@ -179,7 +189,9 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
         weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=1,   # the newest state is all a resume needs
         seed=settings.seed,
         data_seed=settings.seed,
         report_to=list(settings.report_to),
@@ -188,10 +200,21 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
-    loss_log = _LossLog()
-    trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(examples, settings.image_cache_mb),
-                      data_collator=collator, callbacks=[loss_log])
-    trainer.train()
+    loss_log = StepLogCallback(resume_dir / "train_log.parquet",
+                               int(last.name.rsplit("-", 1)[-1]) if last else None)
+    stop = StopSignal(stop_file=resume_dir / STOP_FILE)
+    if main:
+        (resume_dir / STOP_FILE).unlink(missing_ok=True)
+    stop_cb = StopOnSignalCallback(stop, skip_final_save=True)   # the model is written below
+    trainer = _SFTTrainer(model=model, args=args, train_dataset=_ListDataset(examples, settings.image_cache_mb),
+                          data_collator=collator, callbacks=[loss_log, *callbacks, stop_cb])
+    trainer.checkpoint_times_path = out_dir / CHECKPOINT_TIMES
+    direct_tensorboard(trainer, out_dir / TENSORBOARD_DIR)
+    with stop:
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
+    stopped = stop_cb.stopped_at_step
+    if stopped is not None and trainer.state.global_step < trainer.state.max_steps:
+        raise TrainingInterrupted(stopped, str(resume_dir / f"checkpoint-{stopped}"))
     if not main:
         return None  # the weights are rank 0's too (DDP keeps them equal): it writes them
     after = target_loss(model, collator, held_out) if held_out else math.nan
@@ -204,6 +227,7 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         write_json(tmp / "sft_summary.json", summary)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     log.info("SFT: %s", json.dumps({k: v for k, v in summary.items() if k != "settings"}))
     return summary
 
@@ -217,9 +241,8 @@ def launch_sft(target: str, processes: int | None, **job) -> dict:
     n = max(1, visible_gpu_count()) if processes is None else int(processes)
     run_dir = Path(job["run_dir"])
     if n > 1:
-        job_file = run_dir / "warmup.job.pkl"
-        run_workers(job_file, n, target, **job)
-        job_file.unlink(missing_ok=True)
+        # Stop requests reach the workers through the resume folder's stop file.
+        run_resumable(run_dir / "warmup.job.pkl", n, target, run_dir / RESUME_DIR, **job)
     else:
         resolve_target(target)(**job)
     return json.loads((run_dir / FINAL_DIR / "sft_summary.json").read_text())

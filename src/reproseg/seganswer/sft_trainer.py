@@ -37,12 +37,10 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
@@ -52,7 +50,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from reproseg.grpo.callbacks import CandidateCallback
@@ -65,6 +63,7 @@ from reproseg.runs import (
     TENSORBOARD_DIR,
     CheckpointClock,
     StopOnSignalCallback,
+    StepLogCallback,
     StopSignal,
     TrainingInterrupted,
     check_or_write_manifest,
@@ -206,32 +205,6 @@ class SegAnswerSFTTrainer(CheckpointClock, Trainer):
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(saved[name].to(p.device, p.dtype))
-
-
-class StepLogCallback(TrainerCallback):
-    """One row per optimizer step (the Trainer's loss, learning rate and gradient norm, the
-    stage's loss terms, seconds per step, the world size), the table rewritten after each step. On resume,
-    rows past the resumed step are dropped, so that the log matches the weights."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        self.rows: list[dict] = []
-        if resume_step is not None and path.is_file():
-            self.rows = [r for r in pq.read_table(path).to_pylist() if r["step"] <= resume_step]
-        self._t0 = time.perf_counter()
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._t0 = time.perf_counter()
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "loss" not in logs:
-            return
-        row = {"step": int(state.global_step), "epoch": float(state.epoch or 0.0)}
-        row.update({k: float(v) for k, v in logs.items() if k not in ("epoch", "step") and isinstance(v, (int, float))})
-        row["step_time_s"] = time.perf_counter() - self._t0
-        row["world_size"] = int(args.world_size)  # processes training together
-        self.rows = [r for r in self.rows if r["step"] < row["step"]] + [row]
-        write_parquet(self.path, pa.Table.from_pylist(self.rows))
 
 
 def training_arguments(settings, output_dir: Path, use_cpu: bool, sharded: bool = False) -> TrainingArguments:
