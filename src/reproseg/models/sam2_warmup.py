@@ -241,7 +241,10 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
                                              "sam2": str(sam2_dir), "examples": len(examples)}, True)
         state = _newest_state(resume_dir)
         if state is not None:
-            model.load_state_dict(state["trained"], strict=False)
+            unknown = model.load_state_dict(state["trained"], strict=False).unexpected_keys
+            if unknown or set(state["trained"]) != set(trained):
+                raise ValueError(f"{resume_dir}: its state holds other parameters than this SAM 2.1's, e.g. "
+                                 f"{sorted(set(unknown) | (set(state['trained']) ^ set(trained)))[:3]}")
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             rng.bit_generator.state = state["rng"]

@@ -209,6 +209,8 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
     trainer = _SFTTrainer(model=model, args=args, train_dataset=_ListDataset(examples, settings.image_cache_mb),
                           data_collator=collator, callbacks=[loss_log, *callbacks, stop_cb])
     trainer.checkpoint_times_path = out_dir / CHECKPOINT_TIMES
+    if last is None and main:
+        shutil.rmtree(out_dir / TENSORBOARD_DIR, ignore_errors=True)   # an earlier run's curves would mix in
     direct_tensorboard(trainer, out_dir / TENSORBOARD_DIR)
     with stop:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
