@@ -255,7 +255,8 @@ def test_sam2_warmup_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted
 
     monkeypatch.setattr(sam2_warmup, "StopSignal", StopAtThird)
     with pytest.raises(TrainingInterrupted) as stopped:
-        train_sam2(sam2, examples, settings, tmp_path / "out", tmp_path / "log.parquet", resume_dir=resume)
+        train_sam2(sam2, examples, settings, tmp_path / "out", tmp_path / "log.parquet", resume_dir=resume,
+                   checkpoint_times=tmp_path / "times.jsonl")
     monkeypatch.undo()
     assert stopped.value.step == 3 and stopped.value.code == 143
     assert sorted(p.name for p in resume.glob("state-*.pt")) == ["state-000003.pt"]
@@ -263,8 +264,13 @@ def test_sam2_warmup_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted
     with pytest.raises(ValueError, match=r"different run.*settings"):
         train_sam2(sam2, examples, {**settings, "learning_rate": 1e-3}, tmp_path / "out", tmp_path / "log.parquet",
                    resume_dir=resume)
-    train_sam2(sam2, examples, settings, tmp_path / "out", tmp_path / "log.parquet", resume_dir=resume)
+    train_sam2(sam2, examples, settings, tmp_path / "out", tmp_path / "log.parquet", resume_dir=resume,
+               checkpoint_times=tmp_path / "times.jsonl")
     assert not resume.exists()
+    times = [json.loads(line) for line in (tmp_path / "times.jsonl").read_text().splitlines()]
+    assert [(t["event"], t["step"]) for t in times] == [("start", 0), ("save", 2), ("save", 3), ("start", 3),
+                                                        ("save", 4)]
+    assert times[3]["resumed_from"] == str(resume / "state-000003.pt") and all(t["seconds"] >= 0 for t in times)
     log, ref_log = (pq.read_table(tmp_path / f).to_pylist() for f in ("log.parquet", "ref.parquet"))
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
     assert [r["loss"] for r in log] == [r["loss"] for r in ref_log] and log[-1]["loss"] < log[0]["loss"]

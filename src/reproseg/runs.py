@@ -198,6 +198,15 @@ class FullWeightsResume:
         del saved
 
 
+def write_checkpoint_time(path: str | Path, row: dict, fresh: bool = False) -> None:
+    """One event of a run's checkpoint clock (CheckpointClock's format): a fresh start
+    begins the file anew, every other event is appended."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w" if fresh else "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 class CheckpointClock:
     """Mixin for a transformers Trainer: how long checkpointing costs, measured where it happens.
 
@@ -217,10 +226,7 @@ class CheckpointClock:
     def _clock_write(self, row: dict, fresh: bool = False) -> None:
         if self.checkpoint_times_path is None or not self.is_world_process_zero():
             return
-        path = Path(self.checkpoint_times_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w" if fresh else "a") as f:
-            f.write(json.dumps(row) + "\n")
+        write_checkpoint_time(self.checkpoint_times_path, row, fresh)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._clock_started = (time.perf_counter(), resume_from_checkpoint)

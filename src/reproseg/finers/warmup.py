@@ -45,6 +45,7 @@ THINK = "Looking at the scene."
 LOOK = "A small object stands out here."
 LOOK_EVERY = 3
 SAM2_RESUME_DIR = "sam2_resume"
+SAM2_CHECKPOINT_TIMES = "sam2_checkpoint_times.jsonl"   # beside the policy warm-up's checkpoint_times.jsonl
 
 
 def _ints(values) -> list[int]:
@@ -150,7 +151,8 @@ def warmup_sam2_stage(train_split: str, val_split: str, images_root: str, sam2: 
     val = sam2_examples(pq.read_table(val_split).to_pylist(), images_root, cfg, seed, jitter)
     # The resume state beside the output folder, which Snakemake deletes when a job fails.
     summary = train_sam2(sam2, train, {**warm, "seed": seed}, out_dir, train_log, held_out=val,
-                         resume_dir=Path(out_dir).parent / SAM2_RESUME_DIR)
+                         resume_dir=Path(out_dir).parent / SAM2_RESUME_DIR,
+                         checkpoint_times=Path(out_dir).parent / SAM2_CHECKPOINT_TIMES)
     log.info("SAM2 warm-up mask IoU on val: %.3f before, %.3f after",
              summary["held_out_iou_before"], summary["held_out_iou_after"])
     plot_curves(train_log, curves, title="SAM 2.1 warm-up (box + point prompts)", kind="sft")

@@ -37,7 +37,7 @@ from ..config import dataclass_from_dict
 from ..data.images import as_image
 from ..data.masks import MaskCrop
 from ..io_atomic import atomic_dir, write_json, write_parquet
-from ..runs import STOP_FILE, StopSignal, TrainingInterrupted, check_or_write_manifest
+from ..runs import STOP_FILE, StopSignal, TrainingInterrupted, check_or_write_manifest, write_checkpoint_time
 from .sam_loading import load_sam2_predictor
 from .sam_features import SamFeatureCache
 from .tiny_bundle import SAM2_CHECKPOINT_FILE, SAM2_CONFIG_FILE
@@ -202,12 +202,15 @@ def _save_state(resume_dir: Path, state: dict) -> None:
 
 
 def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Settings | dict, out_dir: str | Path,
-               log_path: str | Path, held_out: Sequence[dict] = (), resume_dir: str | Path | None = None) -> dict:
+               log_path: str | Path, held_out: Sequence[dict] = (), resume_dir: str | Path | None = None,
+               checkpoint_times: str | Path | None = None) -> dict:
     """Trains SAM 2.1's prompt encoder and mask decoder on `examples` ({"image": HxWx3 uint8 or an
     ImageRef, "box": [4], "points": [[x, y], ...], "mask": HxW bool or a MaskCrop}, crop pixel
     coordinates); writes the bundle layout (model.pt + sam2_config.json) to `out_dir` and the
     per-step log. resume_dir: where the resume state goes (None: no resume); it is removed
-    once the model is written."""
+    once the model is written. checkpoint_times: where each save's seconds and each start's
+    (to its first step, the state's loading included) go, as reproseg.runs.CheckpointClock
+    writes them."""
     settings = settings if isinstance(settings, SAM2Settings) else SAM2Settings.from_dict(settings)
     if not examples:
         raise ValueError("no SAM2 training examples")
@@ -232,6 +235,7 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
     trained = {**{f"sam_prompt_encoder.{k}": v for k, v in model.sam_prompt_encoder.state_dict().items()},
                **{f"sam_mask_decoder.{k}": v for k, v in model.sam_mask_decoder.state_dict().items()}}
     stop = StopSignal(stop_file=None if resume_dir is None else Path(resume_dir) / STOP_FILE)
+    started, resumed_from = time.perf_counter(), None
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
         resume_dir.mkdir(parents=True, exist_ok=True)
@@ -250,13 +254,23 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
             rng.bit_generator.state = state["rng"]
             torch.set_rng_state(state["torch_rng"])
             order, pos, rows, first = state["order"], state["pos"], state["rows"], state["step"] + 1
+            resumed_from = str(resume_dir / f"{STATE_PREFIX}{state['step']:06d}.pt")
             log.info("SAM2 warm-up: resumed after step %d", state["step"])
 
+    def clock(row: dict, fresh: bool = False) -> None:
+        if checkpoint_times is not None:
+            write_checkpoint_time(checkpoint_times, row, fresh)
+
     def save(step: int) -> None:
+        t0 = time.perf_counter()
         _save_state(resume_dir, {"step": step, "trained": {k: v.detach().clone() for k, v in trained.items()},
                                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                  "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                                  "order": order, "pos": pos, "rows": rows})
+        clock({"event": "save", "step": step, "seconds": round(time.perf_counter() - t0, 4)})
+
+    clock({"event": "start", "resumed_from": resumed_from, "step": first - 1,
+           "seconds": round(time.perf_counter() - started, 4)}, fresh=resumed_from is None)
 
     with stop:
         for step in tqdm(range(first, settings.max_steps + 1), desc="SAM2 warm-up", mininterval=5):
