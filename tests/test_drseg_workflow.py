@@ -82,7 +82,7 @@ UNTRAINED = {"drseg_infer_untrained": 4, "drseg_evaluate_untrained": 4}
 # The main variant's segmentation scores feed the FineRS comparison too (and its HTML): 6 tables + 1.
 COMPARED = {"drseg_finers_comparison": 1, "markdown_html": 7}
 # A FineRS change from GSE on: its training and what follows, and the comparison.
-FINERS_GSE = {"train_gse": 1, "select_gse": 1, "infer_finers": 4, "evaluate_finers": 2,
+FINERS_GSE = {"train_gse": 1, "select_gse": 1, "infer_finers": 2, "evaluate_finers": 2,  # one shard per split
               "drseg_finers_comparison": 1, "markdown_html": 1, "drseg_all": 1}
 FINERS_LPR = {"train_lpr": 1, "select_lpr": 1, "retrospective_regions": 1, "merge_region_shards": 1, **FINERS_GSE}
 
