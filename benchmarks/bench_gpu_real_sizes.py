@@ -3,11 +3,15 @@
 Builds a Qwen2.5-VL-7B-architecture policy (random weights, bf16; the tokenizer is the
 project's small offline one, so the LM head has its vocabulary rather than Qwen's
 152,064 rows) and SAM 2.1 hiera-large (random), then measures:
-  - seconds per GRPO step (n=8 completions, LPR rewards, 512x512 crops; LoRA, since full
-    fine-tuning of 7B needs the paper's 8-GPU ZeRO-3 setting);
+  - seconds per GRPO step and peak GPU memory of LPR (n=8 completions of a 512x512 crop)
+    and of GSE (n=8 completions of a 1920x1080 frame at the paper config's GSE size), with
+    the paper config's rewards and settings; LoRA, since full fine-tuning of 7B needs the
+    paper's 8-GPU ZeRO-3 setting;
   - seconds per image of GSE (1920x1080 frame) and of LPR+SAM2 (512 crop), at a fixed
     number of generated tokens (random weights never stop on their own).
 Usage (on a GPU machine): python benchmarks/bench_gpu_real_sizes.py --work /tmp/bench
+`--smoke` runs the same code at tiny sizes on CPU (tests/test_gpu_benchmark_script.py does, so that the
+script keeps up with the library between GPU sessions).
 """
 import argparse
 import json
@@ -60,18 +64,21 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU, to check the script itself")
     args = ap.parse_args()
+    import pyarrow.parquet as pq
     import torch
 
     device = "cpu" if args.smoke else "cuda"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     from reproseg import config as cfglib
+    from reproseg.finers import gse_rewards, lpr_rewards
     from reproseg.finers import samples as S
-    from reproseg.finers.rewards import profile_for, reward_functions
+    from reproseg.finers.rewards import stage_reward_functions
     from reproseg.grpo.engine import train_grpo
 
     root = Path(__file__).resolve().parents[1]
-    cfg = cfglib.resolve(cfglib.load_yaml(root / "config/config.yaml"), [cfglib.load_yaml(root / "config/paper.yaml")])["finers"]
+    cfg = cfglib.resolve(cfglib.load_yaml(root / "config/config.yaml"),
+                         [cfglib.load_yaml(root / "config/paper.yaml")])["finers"]
     work = Path(args.work)
     qwen = work / "qwen7b"
     figures = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)"}
@@ -79,33 +86,40 @@ def main() -> None:
     build_policy(qwen, SMOKE if args.smoke else QWEN25_VL_7B, device)
     figures["build_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(figures), flush=True)
+    question = {"task_type": "reasoning", "question": "What colour is the car?", "options": [], "option_letters": []}
 
-    # ---- GRPO step (LPR): 8 completions of one 512x512 crop per step
-    rows = []
-    for i in range(8):
-        row = {"id": str(i), "task_type": "reasoning", "question": "What colour is the car?", "options": [],
-               "option_letters": [], "answer": "red", "answer_option": None}
-        rows.append({"prompt": S.P.messages(S.P.render(cfg["prompts"], "lpr", "reasoning", question=row["question"])),
-                     "image": scene(512, 512, i), "qtype": "reasoning", "answer": "red",
-                     "bbox": [200.0, 200.0, 240.0, 230.0], "points": [[220.0, 215.0], [225.0, 220.0]]})
-    settings = dict(cfg["lpr"]["grpo"], deepspeed=None, max_steps=args.steps, save_steps=1000,
-                    max_completion_length=args.new_tokens, model_dtype="float32" if args.smoke else "bfloat16",
-                    bf16=not args.smoke,
-                    per_device_batch_size=8, lora={"r": 64, "lora_alpha": 128, "target_modules": "all-linear"})
-    fns = reward_functions("lpr", profile_for("paper", 256))
-    t0 = time.perf_counter()
-    train_grpo(qwen, rows, fns, settings, work / "grpo", work / "grpo_log.parquet")
-    import pyarrow.parquet as pq
-    log = pq.read_table(work / "grpo_log.parquet").to_pydict()
-    figures["grpo_total_s"] = round(time.perf_counter() - t0, 1)
-    figures["grpo_step_s"] = [round(v, 2) for v in log["step_time_s"]]
-    if device == "cuda":
-        figures["grpo_peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-        torch.cuda.empty_cache()
-    print(json.dumps(figures), flush=True)
+    def grpo_step(stage: str, rows: list[dict], terms: dict) -> None:
+        """args.steps GRPO steps of one stage, 8 completions of one image each."""
+        settings = dict(cfg[stage]["grpo"], deepspeed=None, max_steps=args.steps, save_steps=1000, num_generations=8,
+                        per_device_batch_size=8, gradient_accumulation_steps=1, steps_per_generation=None,
+                        max_completion_length=args.new_tokens, model_dtype="float32" if args.smoke else "bfloat16",
+                        bf16=not args.smoke, report_to=[],
+                        lora={"r": 64, "lora_alpha": 128, "target_modules": "all-linear"})
+        t0 = time.perf_counter()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        train_grpo(qwen, rows, stage_reward_functions(stage, cfg, terms), settings, work / stage,
+                   work / f"{stage}_log.parquet")
+        log = pq.read_table(work / f"{stage}_log.parquet").to_pydict()
+        figures[f"{stage}_grpo_total_s"] = round(time.perf_counter() - t0, 1)
+        figures[f"{stage}_grpo_step_s"] = [round(v, 2) for v in log["step_time_s"]]
+        if device == "cuda":
+            figures[f"{stage}_grpo_peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+            torch.cuda.empty_cache()
+        print(json.dumps(figures), flush=True)
+
+    # ---- GRPO steps: LPR on 512x512 crops, GSE on whole frames (8 rows: one image, 8 completions)
+    lpr_prompt = S.P.messages(S.P.render(cfg["prompts"], "lpr", "reasoning", question=question["question"]))
+    grpo_step("lpr", [{"prompt": lpr_prompt, "image": scene(512, 512, 0), "qtype": "reasoning", "answer": "red",
+                       "bbox": [200.0, 200.0, 240.0, 230.0], "points": [[220.0, 215.0], [225.0, 220.0]]}] * 8,
+              lpr_rewards.TERMS)
+    w, h = cfg["gse_size"]
+    grpo_step("gse", [{"prompt": S.gse_prompt(question, cfg), "image": S.gse_image(scene(1920, 1080, 1), cfg),
+                       "qtype": "reasoning", "answer": "red", "region": [w / 4, h / 4, w / 4 + 256, h / 4 + 256],
+                       "bbox": [w / 4 + 100, h / 4 + 100, w / 4 + 120, h / 4 + 115]}] * 8, gse_rewards.TERMS)
 
     # ---- two-stage inference, one image at a time as in the paper's Table A4
-    from reproseg.finers.generation import Policy
+    from reproseg.models.generation import Policy
     from sam2.build_sam import build_sam2
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
