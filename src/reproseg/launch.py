@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from reproseg.runs import STOP_FILE, TrainingInterrupted, completed_checkpoints
+from reproseg.runs import STOP_FILE, TrainingInterrupted, checkpoint_step, completed_checkpoints
 
 WORKER_MODULE = "reproseg.launch"
 TARGET_KEY = "_target"  # "module:function" the workers call with the job's arguments
@@ -187,7 +187,7 @@ def run_resumable(job_path: str | os.PathLike, num_processes: int, target: str, 
         return  # finished; a stop request that came at the very end changes nothing
     if received:
         done = completed_checkpoints(state_dir)
-        step = int(done[-1].name.rsplit("-", 1)[-1]) if done else 0
+        step = checkpoint_step(done[-1]) if done else 0
         raise TrainingInterrupted(step, str(done[-1]) if done else "(no checkpoint yet)")
     raise subprocess.CalledProcessError(rc, cmd)
 

@@ -17,6 +17,7 @@ job resumes from there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -61,6 +62,21 @@ def direct_tensorboard(trainer, logging_dir: Path) -> None:
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback):
             cb.logging_dir = str(logging_dir)
+
+
+# Settings that do not change what a run computes (where its states go, what it reports to,
+# what it caches): a resume state stays valid across them.
+NOT_TRAJECTORY = ("save_steps", "report_to", "sam_feature_cache_mb", "image_cache_mb", "feature_cache_mb")
+
+
+def trajectory_settings(settings) -> dict:
+    """A stage's settings (a dataclass) that decide its trajectory (what a resume state must agree with)."""
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_TRAJECTORY}
+
+
+def checkpoint_step(checkpoint: str | os.PathLike) -> int:
+    """The step of a Trainer checkpoint folder (`checkpoint-<step>`)."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1])
 
 
 def completed_checkpoints(resume_dir: Path) -> list[Path]:

@@ -36,8 +36,9 @@ from tqdm import tqdm
 from ..config import dataclass_from_dict
 from ..data.images import as_image
 from ..data.masks import MaskCrop
-from ..io_atomic import atomic_dir, write_json, write_parquet
-from ..runs import STOP_FILE, StopSignal, TrainingInterrupted, check_or_write_manifest, write_checkpoint_time
+from ..io_atomic import atomic_dir, atomic_path, write_json, write_parquet
+from ..runs import (STOP_FILE, StopSignal, TrainingInterrupted, check_or_write_manifest, trajectory_settings,
+                    write_checkpoint_time)
 from .sam_loading import load_sam2_predictor
 from .sam_features import SamFeatureCache
 from .tiny_bundle import SAM2_CHECKPOINT_FILE, SAM2_CONFIG_FILE
@@ -175,8 +176,6 @@ def mean_iou(predictor, examples: Sequence[dict], feats: ExampleFeatures | None 
     return float(np.mean(ious)) if ious else math.nan
 
 
-# Settings that do not change what the run computes: a resume state stays valid across them.
-_NOT_TRAJECTORY = ("feature_cache_mb", "save_steps")
 STATE_PREFIX = "state-"
 
 
@@ -193,9 +192,8 @@ def _newest_state(resume_dir: Path) -> dict | None:
 
 def _save_state(resume_dir: Path, state: dict) -> None:
     path = resume_dir / f"{STATE_PREFIX}{state['step']:06d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)   # a state is complete or absent
+    with atomic_path(path) as tmp:   # a state is complete or absent
+        torch.save(state, tmp)
     for old in resume_dir.glob(f"{STATE_PREFIX}*.pt"):
         if old != path:
             old.unlink()
@@ -232,17 +230,16 @@ def train_sam2(sam2_dir: str | Path, examples: Sequence[dict], settings: SAM2Set
     rows = []
     order = rng.permutation(len(examples))
     pos, first = 0, 1
-    trained = {**{f"sam_prompt_encoder.{k}": v for k, v in model.sam_prompt_encoder.state_dict().items()},
-               **{f"sam_mask_decoder.{k}": v for k, v in model.sam_mask_decoder.state_dict().items()}}
+    trained = {k: v for k, v in model.state_dict().items()   # what `params` holds, by name
+               if k.startswith(("sam_prompt_encoder.", "sam_mask_decoder."))}
     stop = StopSignal(stop_file=None if resume_dir is None else Path(resume_dir) / STOP_FILE)
     started, resumed_from = time.perf_counter(), None
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
         resume_dir.mkdir(parents=True, exist_ok=True)
         (resume_dir / STOP_FILE).unlink(missing_ok=True)
-        check_or_write_manifest(resume_dir, {"settings": {k: v for k, v in asdict(settings).items()
-                                                           if k not in _NOT_TRAJECTORY},
-                                             "sam2": str(sam2_dir), "examples": len(examples)}, True)
+        check_or_write_manifest(resume_dir, {"settings": trajectory_settings(settings), "sam2": str(sam2_dir),
+                                             "examples": len(examples)}, True)
         state = _newest_state(resume_dir)
         if state is not None:
             unknown = model.load_state_dict(state["trained"], strict=False).unexpected_keys

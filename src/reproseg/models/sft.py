@@ -32,7 +32,8 @@ from ..io_atomic import atomic_dir, write_json, write_parquet
 from ..launch import is_main_process, resolve_target, run_resumable, visible_gpu_count
 from ..runs import (CHECKPOINT_TIMES, FINAL_DIR, RESUME_DIR, STOP_FILE, TENSORBOARD_DIR, CheckpointClock,
                     FullWeightsResume, StepLogCallback, StopOnSignalCallback, StopSignal, TrainingInterrupted,
-                    check_or_write_manifest, completed_checkpoints, direct_tensorboard)
+                    check_or_write_manifest, checkpoint_step, completed_checkpoints, direct_tensorboard,
+                    trajectory_settings)
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,6 @@ class _SFTTrainer(FullWeightsResume, CheckpointClock, Trainer):
             super()._save_checkpoint(model, trial)
 
 
-# Settings that do not change what the run computes: a resume state stays valid across them.
-_NOT_TRAJECTORY = ("report_to", "image_cache_mb", "save_steps")
-
-
 def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings: SFTSettings | dict,
               out_dir: str | os.PathLike, log_path: str | os.PathLike,
               held_out: Sequence[dict] = (), callbacks: Sequence = ()) -> dict | None:
@@ -168,7 +165,7 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
     main = is_main_process()
     if main:
         resume_dir.mkdir(parents=True, exist_ok=True)
-    identity = {"settings": {k: v for k, v in asdict(settings).items() if k not in _NOT_TRAJECTORY},
+    identity = {"settings": trajectory_settings(settings),
                 "policy": str(policy_dir), "examples": len(examples),
                 "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
     check_or_write_manifest(resume_dir, identity, main)
@@ -200,8 +197,7 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
-    loss_log = StepLogCallback(resume_dir / "train_log.parquet",
-                               int(last.name.rsplit("-", 1)[-1]) if last else None)
+    loss_log = StepLogCallback(resume_dir / "train_log.parquet", checkpoint_step(last) if last else None)
     stop = StopSignal(stop_file=resume_dir / STOP_FILE)
     if main:
         (resume_dir / STOP_FILE).unlink(missing_ok=True)

@@ -34,7 +34,6 @@ final model as the last candidate.
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -67,6 +66,7 @@ from reproseg.runs import (
     StopSignal,
     TrainingInterrupted,
     check_or_write_manifest,
+    checkpoint_step,
     completed_checkpoints,
     direct_tensorboard,
 )
@@ -76,13 +76,6 @@ TRAINABLE_FILE = "trainable.safetensors"
 SHARDED_DIR = "dcp"          # a sharded run's checkpoint: model and optimizer shards
 SCHEDULER_FILE = "scheduler.pt"
 REPORTERS = ("tensorboard", "wandb")
-# Settings that do not change the trajectory: a resumed run may differ in them.
-NOT_TRAJECTORY = ("save_steps", "report_to", "sam_feature_cache_mb")
-
-
-def trajectory_settings(settings) -> dict:
-    """A stage's settings that decide its trajectory (what a resume state must agree with)."""
-    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_TRAJECTORY}
 
 
 def folder_identity(path) -> dict[str, int]:
@@ -269,7 +262,7 @@ def train_sft(model, rows: Sequence[dict], settings, params: list[torch.nn.Param
     check_or_write_manifest(resume_dir, identity or {}, main)
     done = completed_checkpoints(resume_dir)
     last = done[-1] if done else None
-    resume_step = int(last.name.rsplit("-", 1)[-1]) if last else None
+    resume_step = checkpoint_step(last) if last else None
     if main:
         _drop_candidates_after(resume_dir / CANDIDATES_DIR, resume_step or 0)
     work_log = resume_dir / "train_log.parquet"

@@ -57,13 +57,13 @@ from reproseg.seganswer.model import (  # noqa: F401  (merge_lora: public API)
     resolve_device,
 )
 from reproseg.seganswer.positions import build_conversation
+from reproseg.runs import trajectory_settings
 from reproseg.seganswer.sft_trainer import (
     collect_candidates,
     finish,
     folder_identity,
     scratch_resume_dir,
     train_sft,
-    trajectory_settings,
 )
 
 PROMPT_TEMPLATE = "Segment the {phrase} in the image."

@@ -60,13 +60,13 @@ from reproseg.seganswer.prompts import (
     observation_message,
     reasoning_messages,
 )
+from reproseg.runs import trajectory_settings
 from reproseg.seganswer.sft_trainer import (
     collect_candidates,
     finish,
     folder_identity,
     scratch_resume_dir,
     train_sft,
-    trajectory_settings,
 )
 from reproseg.seganswer.stage1 import collate, processes
 
