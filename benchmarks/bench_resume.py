@@ -32,6 +32,8 @@ from reproseg.models.sam2_warmup import STATE_PREFIX
 from reproseg.runs import CHECKPOINT_TIMES, RESUME_DIR, STOP_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 def first_trainer_state(resume: Path) -> Path | None:
     done = sorted(resume.glob("checkpoint-*/trainer_state.json"))
     return done[0].parent if done else None

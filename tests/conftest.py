@@ -4,9 +4,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from transformers import TrainerCallback
 
+# Before transformers is imported: huggingface_hub reads HF_HUB_OFFLINE once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers import TrainerCallback  # noqa: E402 (after the offline switch above)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
