@@ -7,6 +7,10 @@ project's small offline one, so the LM head has its vocabulary rather than Qwen'
     and of GSE (n=8 completions of a 1920x1080 frame at the paper config's GSE size), with
     the paper config's rewards and settings; LoRA, since full fine-tuning of 7B needs the
     paper's 8-GPU ZeRO-3 setting;
+  - seconds per step and peak GPU memory of SegAnswer stage 3 (multi-turn DAPO, the paper
+    config's group of 4 completions of 2 prompts, LoRA likewise): the policy's first turn is
+    scripted to call `<|seg|>` (random weights never would), so that every rollout decodes
+    a SAM 2.1 hiera-large mask and is fed its segmented image back, as a trained policy's is;
   - seconds per image of GSE (1920x1080 frame) and of LPR+SAM2 (512 crop), at a fixed
     number of generated tokens (random weights never stop on their own).
 Usage (on a GPU machine): python benchmarks/bench_gpu_real_sizes.py --work /tmp/bench
@@ -77,8 +81,8 @@ def main() -> None:
     from reproseg.grpo.engine import train_grpo
 
     root = Path(__file__).resolve().parents[1]
-    cfg = cfglib.resolve(cfglib.load_yaml(root / "config/config.yaml"),
-                         [cfglib.load_yaml(root / "config/paper.yaml")])["finers"]
+    paper = cfglib.resolve(cfglib.load_yaml(root / "config/config.yaml"), [cfglib.load_yaml(root / "config/paper.yaml")])
+    cfg, seganswer_cfg = paper["finers"], paper["seganswer"]
     work = Path(args.work)
     qwen = work / "qwen7b"
     figures = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)"}
@@ -118,13 +122,64 @@ def main() -> None:
                        "qtype": "reasoning", "answer": "red", "region": [w / 4, h / 4, w / 4 + 256, h / 4 + 256],
                        "bbox": [w / 4 + 100, h / 4 + 100, w / 4 + 120, h / 4 + 115]}] * 8, gse_rewards.TERMS)
 
+    # ---- SegAnswer stage 3 on the same policy, with the <|seg|> token and SAM 2.1 heads
+    from reproseg.models.tiny_bundle import build_tiny_sam2
+    from reproseg.seganswer import stage3
+    from reproseg.seganswer import synthetic as seg_synthetic
+    from reproseg.seganswer.model import SegAnswerModel
+
+    sam_cfg = "configs/sam2.1/sam2.1_hiera_t.yaml" if args.smoke else "configs/sam2.1/sam2.1_hiera_l.yaml"
+    seg = seganswer_cfg["stage3"]
+    build_tiny_sam2(work / "sam2", {"sam2_config": sam_cfg, "sam2_image_size": 256 if args.smoke else 1024}, seed=0)
+    SegAnswerModel.from_base(qwen, work / "sam2", seed=0, dtype="float32" if args.smoke else "bfloat16",
+                             device=device).save_pretrained(work / "seganswer")
+    torch.cuda.empty_cache() if device == "cuda" else None
+    real_rollout = stage3.rollout_batch
+
+    def seg_first(model, prompts, s, lm=None, generators=None, samplers=None):
+        """Turn 1 is `<|seg|><|im_end|>`; the later turns are sampled."""
+        tok = model.processor.tokenizer
+        seg_id, end = tok.convert_tokens_to_ids("<|seg|>"), tok.convert_tokens_to_ids("<|im_end|>")
+
+        def script(gen):
+            def pick(logits, done):
+                if len(done) < 2:
+                    return end if done else seg_id
+                return int(torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=gen))
+            return pick
+        return real_rollout(model, prompts, s, lm=lm, generators=generators, samplers=[script(g) for g in generators])
+
+    stage3.rollout_batch = seg_first
+    size = (64, 96) if args.smoke else (1024, 1536)
+    t0 = time.perf_counter()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    # One rollout batch per step (steps_per_generation 1, not the paper's 16: a step here is
+    # one rollout and one update); no refills (random weights score every group alike).
+    stage3.train_stage3(
+        work / "seganswer", seg_synthetic.qa_rows(2, seed=0, size=size), work / "stage3", work / "stage3_log.parquet",
+        grpo=dict(seg["grpo"], max_steps=args.steps, epochs=None, save_steps=1000, candidate_every=None,
+                  per_device_batch_size=2 * seg["grpo"]["num_generations"], steps_per_generation=1,
+                  model_dtype="float32" if args.smoke else "bfloat16", bf16=not args.smoke, report_to=[],
+                  lora={"r": 64, "lora_alpha": 128, "target_modules": "all-linear"}),
+        settings=dict(seg["settings"], dynamic_sampling=False, processes=1,
+                      rollout=dict(seg["settings"]["rollout"], max_turn_tokens=args.new_tokens,
+                                   max_completion_tokens=3 * args.new_tokens)))
+    stage3.rollout_batch = real_rollout
+    log = pq.read_table(work / "stage3_log.parquet").to_pydict()
+    figures["seganswer_stage3_total_s"] = round(time.perf_counter() - t0, 1)
+    figures["seganswer_stage3_step_s"] = [round(v, 2) for v in log["step_time_s"]]
+    if device == "cuda":
+        figures["seganswer_stage3_peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+        torch.cuda.empty_cache()
+    print(json.dumps(figures), flush=True)
+
     # ---- two-stage inference, one image at a time as in the paper's Table A4
     from reproseg.models.generation import Policy
     from sam2.build_sam import build_sam2
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     policy = Policy(str(qwen), device=device, dtype="float32" if args.smoke else "bfloat16")
-    sam_cfg = "configs/sam2.1/sam2.1_hiera_t.yaml" if args.smoke else "configs/sam2.1/sam2.1_hiera_l.yaml"
     sam = SAM2ImagePredictor(build_sam2(sam_cfg, ckpt_path=None, device=device))
     row = {"task_type": "reasoning", "question": "What colour is the car?", "options": [], "option_letters": []}
     gse_s, lpr_s, sam_s = [], [], []

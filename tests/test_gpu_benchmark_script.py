@@ -22,4 +22,5 @@ def test_gpu_benchmark_runs_at_tiny_sizes_on_cpu(tmp_path):
     assert figures["device"] == "cpu (smoke)"
     for stage in ("lpr", "gse"):   # one GRPO step each, timed
         assert len(figures[f"{stage}_grpo_step_s"]) == 1 and figures[f"{stage}_grpo_step_s"][0] > 0
+    assert len(figures["seganswer_stage3_step_s"]) == 1 and figures["seganswer_stage3_step_s"][0] > 0
     assert figures["gse_s_per_image"] > 0 and figures["lpr_plus_sam2_s_per_image"] > 0
