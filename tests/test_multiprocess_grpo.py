@@ -136,6 +136,26 @@ def _train_lpr(policy, out, per_device, processes, trainer_cls, deepspeed=None):
 
 
 @pytest.mark.slow
+def test_stage3_under_zero3_on_two_processes_ends_at_the_weights_of_one(seganswer_checkpoint, tmp_path, worker_path):
+    """config/paper.yaml trains stage 3 under ZeRO-3 (a full 7B fine-tuning state does not fit
+    one GPU under DDP): the rollouts gather the partitioned policy on every rank, refills
+    included, and the two ranks end where one process ends (tolerance as above)."""
+    rows = synthetic.qa_rows(12, seed=1)
+    lr = 1e-3
+    one = _lm(_train(seganswer_checkpoint, rows, tmp_path / "one", 16, 1, spread_or_flat))
+    with deadline(600):
+        zero3 = _lm(_train(seganswer_checkpoint, rows, tmp_path / "zero3", 8, 2, spread_or_flat, deepspeed="zero3"))
+    assert _distance(zero3, one) < 0.2 * lr
+    summary = json.loads((tmp_path / "zero3" / "checkpoint" / "engine_summary.json").read_text())
+    assert summary["settings"]["deepspeed"] == "zero3" and summary["world_size"] == 2
+    keys = ("rollouts", "dropped_groups", "refill_rounds", "acc_mean", "seg_calls_total")
+    log_one = pq.read_table(tmp_path / "one.seganswer.parquet").to_pylist()
+    log_zero3 = pq.read_table(tmp_path / "zero3.seganswer.parquet").to_pylist()
+    assert [{k: r[k] for k in keys} for r in log_zero3] == [{k: r[k] for k in keys} for r in log_one]
+    assert sum(r["refill_rounds"] for r in log_one) > 0
+
+
+@pytest.mark.slow
 def test_lpr_grpo_on_two_processes_ends_at_the_weights_of_one_with_ddp_and_zero3(tmp_path, worker_path):
     """Two LPR GRPO steps, 2 prompts x 4 completions per rank, against one process with 4
     prompts per step, under DDP and under DeepSpeed ZeRO-3 (the weights partitioned from
@@ -187,9 +207,10 @@ def deadline(seconds: float):
         done.set()
 
 
-def _train(policy_dir, rows, out, per_device, processes, reward, trainer_cls=None, steps=2, refills=2):
+def _train(policy_dir, rows, out, per_device, processes, reward, trainer_cls=None, steps=2, refills=2,
+           deepspeed=None):
     grpo = {"per_device_batch_size": per_device, "max_steps": steps, "save_steps": 100, "seed": 0,
-            "learning_rate": 1e-3, "report_to": []}
+            "learning_rate": 1e-3, "report_to": [], "deepspeed": deepspeed}
     settings = {"rollout": ROLLOUT, "max_refill_rounds": refills, "processes": processes}
     stage3.train_stage3(policy_dir, rows, out, out.with_suffix(".parquet"), grpo=grpo, settings=settings,
                         reward_fns={"acc": reward, "format": stage3.format_reward}, trainer_cls=trainer_cls)
