@@ -155,10 +155,12 @@ def main() -> None:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     # One rollout batch per step (steps_per_generation 1, not the paper's 16: a step here is
-    # one rollout and one update); no refills (random weights score every group alike).
+    # one rollout and one update); no refills (random weights score every group alike); LoRA
+    # in one process instead of the paper config's ZeRO-3 over 8 GPUs; its activation
+    # checkpointing is kept.
     stage3.train_stage3(
         work / "seganswer", seg_synthetic.qa_rows(2, seed=0, size=size), work / "stage3", work / "stage3_log.parquet",
-        grpo=dict(seg["grpo"], max_steps=args.steps, epochs=None, save_steps=1000, candidate_every=None,
+        grpo=dict(seg["grpo"], deepspeed=None, max_steps=args.steps, epochs=None, save_steps=1000, candidate_every=None,
                   per_device_batch_size=2 * seg["grpo"]["num_generations"], steps_per_generation=1,
                   model_dtype="float32" if args.smoke else "bfloat16", bf16=not args.smoke, report_to=[],
                   lora={"r": 64, "lora_alpha": 128, "target_modules": "all-linear"}),
