@@ -151,7 +151,7 @@ def test_stage1_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(
     with pytest.raises(TrainingInterrupted) as stopped:
         stage1.train_phase(first, rows, phase, s, resume_dir=resume, callbacks=[StopAt(resume / STOP_FILE, 3)])
     assert stopped.value.step == 3 and stopped.value.code == 143
-    assert [p.name for p in completed_checkpoints(resume)] == ["checkpoint-3"]
+    assert [p.name for p in completed_checkpoints(resume)] == ["checkpoint-2", "checkpoint-3"]
     again = SegAnswerModel.from_pretrained(seganswer_checkpoint)
     log = stage1.train_phase(again, rows, phase, s, resume_dir=resume, log_path=tmp_path / "log.parquet")
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
@@ -180,7 +180,7 @@ def test_stage2_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(
         stage2.train_stage2(seganswer_checkpoint, rows, tmp_path / "out", s, resume_dir=resume,
                             candidates_dir=tmp_path / "candidates", callbacks=[StopAt(resume / STOP_FILE, 3)])
     assert stopped.value.step == 3 and stopped.value.code == 143
-    assert [p.name for p in completed_checkpoints(resume)] == ["checkpoint-3"]
+    assert [p.name for p in completed_checkpoints(resume)] == ["checkpoint-2", "checkpoint-3"]
     assert sorted(p.name for p in (resume / "candidates").iterdir()) == ["step-000002"]
     stage2.train_stage2(seganswer_checkpoint, rows, tmp_path / "out", s, tmp_path / "log.parquet", resume_dir=resume,
                         candidates_dir=tmp_path / "candidates")

@@ -168,7 +168,7 @@ def test_warmup_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(
         train_sft(policy, examples, settings, run, tmp_path / "log.parquet",
                   callbacks=[StopAt(run / "resume" / STOP_FILE, 3)])
     assert stopped.value.step == 3 and stopped.value.code == 143
-    assert [p.name for p in completed_checkpoints(run / "resume")] == ["checkpoint-3"]
+    assert [p.name for p in completed_checkpoints(run / "resume")] == ["checkpoint-2", "checkpoint-3"]
     assert not (tmp_path / "log.parquet").exists() and not (run / "checkpoint").exists()
     # the state is this run's: another learning rate refuses it, naming the difference
     with pytest.raises(ValueError, match=r"different run.*settings"):
@@ -184,6 +184,35 @@ def test_warmup_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(
     times = [json.loads(line) for line in (run / CHECKPOINT_TIMES).read_text().splitlines()]
     assert [(t["event"], t["step"]) for t in times] == [("start", 0), ("save", 2), ("save", 3), ("start", 3),
                                                         ("save", 4)]
+
+
+def test_a_damaged_newest_state_is_skipped_with_a_warning_and_the_one_before_resumed(rows, tmp_path, policy,
+                                                                                     caplog):
+    """The state of step 3, truncated after the stop (a disk that filled up, a copy cut
+    short), is named in a warning and left aside: the warm-up resumes from step 2's state
+    and still ends bit for bit where an uninterrupted run ends."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    examples = warmup_examples(rows, str(tmp_path), CFG, seed=0)
+    settings = {"learning_rate": 3e-3, "max_steps": 5, "batch_size": 2, "warmup_steps": 1, "save_steps": 2,
+                "report_to": []}
+    train_sft(policy, examples, settings, tmp_path / "ref", tmp_path / "ref.parquet")
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train_sft(policy, examples, settings, run, tmp_path / "log.parquet",
+                  callbacks=[StopAt(run / "resume" / STOP_FILE, 3)])
+    weights = run / "resume" / "checkpoint-3" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with caplog.at_level("WARNING", logger="reproseg.runs"):
+        train_sft(policy, examples, settings, run, tmp_path / "log.parquet")
+    assert any("checkpoint-3 is skipped: model.safetensors has" in r.getMessage() for r in caplog.records)
+    times = [json.loads(line) for line in (run / CHECKPOINT_TIMES).read_text().splitlines()]
+    assert [(t["event"], t["step"]) for t in times][-3:] == [("save", 3), ("start", 2), ("save", 4)]
+    log, ref_log = (pq.read_table(tmp_path / f).to_pylist() for f in ("log.parquet", "ref.parquet"))
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5] and [r["loss"] for r in log] == [r["loss"] for r in ref_log]
+    want, got = (load_file(d / "checkpoint" / "model.safetensors") for d in (tmp_path / "ref", run))
+    assert all(torch.equal(want[n], got[n]) for n in want)
 
 
 def test_target_loss_is_the_mean_token_cross_entropy(rows, tmp_path, policy):

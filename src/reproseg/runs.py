@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
 import threading
@@ -34,6 +35,8 @@ from transformers.integrations import TensorBoardCallback
 
 from reproseg.io_atomic import write_json, write_parquet
 
+log = logging.getLogger(__name__)
+
 FINAL_DIR = "checkpoint"
 CANDIDATES_DIR = "candidates"
 RESUME_DIR = "resume"
@@ -41,6 +44,11 @@ TENSORBOARD_DIR = "tensorboard"
 RUN_MANIFEST = "engine_run.json"
 CHECKPOINT_TIMES = "checkpoint_times.jsonl"
 STOP_FILE = "STOP"  # created by a launcher to ask all ranks to save and stop
+# Written into a Trainer checkpoint once every rank's files are in it: each file's size, so
+# that a state cut off or truncated later is told from a whole one.
+CHECKPOINT_FILES = "checkpoint_files.json"
+# Resume states kept: the newest, and the one before it for when the newest is found damaged.
+KEEP_STATES = 2
 INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM
 
 
@@ -79,13 +87,45 @@ def checkpoint_step(checkpoint: str | os.PathLike) -> int:
     return int(Path(checkpoint).name.rsplit("-", 1)[-1])
 
 
+def seal_checkpoint(folder: Path) -> None:
+    """Records the size of every file in a finished checkpoint (CHECKPOINT_FILES, written last)."""
+    files = {str(f.relative_to(folder)): f.stat().st_size for f in sorted(folder.rglob("*"))
+             if f.is_file() and f.name != CHECKPOINT_FILES}
+    write_json(folder / CHECKPOINT_FILES, files)
+
+
+def checkpoint_damage(folder: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (None: it is whole, as sealed)."""
+    try:
+        files = json.loads((folder / CHECKPOINT_FILES).read_text())
+        json.loads((folder / "trainer_state.json").read_text())
+    except FileNotFoundError as e:
+        return f"{Path(e.filename).name} is missing (the save did not finish)"
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"unreadable JSON ({e})"
+    for name, size in files.items():
+        f = folder / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != size:
+            return f"{name} has {f.stat().st_size} bytes, {size} when it was written"
+    return None
+
+
 def completed_checkpoints(resume_dir: Path) -> list[Path]:
-    """Trainer checkpoints whose trainer_state.json exists (it is written last), oldest first."""
+    """The whole Trainer checkpoints in `resume_dir`, oldest first. One cut off (killed while
+    saving) or damaged since is left out with a warning naming it, so that a resume takes
+    the one before it."""
     found = []
-    for p in resume_dir.glob("checkpoint-*"):
+    for p in Path(resume_dir).glob("checkpoint-*"):
         suffix = p.name.rsplit("-", 1)[-1]
-        if p.is_dir() and suffix.isdigit() and (p / "trainer_state.json").is_file():
+        if not (p.is_dir() and suffix.isdigit()):
+            continue
+        damage = checkpoint_damage(p)
+        if damage is None:
             found.append((int(suffix), p))
+        else:
+            log.warning("resume state %s is skipped: %s", p, damage)
     return [p for _, p in sorted(found)]
 
 
@@ -258,8 +298,12 @@ class CheckpointClock:
 
     @contextlib.contextmanager
     def timed_save(self):
+        """Times a save and seals the checkpoint once every rank has written its part."""
         t0 = time.perf_counter()
         yield
+        self.accelerator.wait_for_everyone()
+        if self.is_world_process_zero():
+            seal_checkpoint(Path(self.args.output_dir) / f"checkpoint-{int(self.state.global_step)}")
         self._clock_write({"event": "save", "step": int(self.state.global_step),
                            "seconds": round(time.perf_counter() - t0, 4)})
 

@@ -66,6 +66,7 @@ from reproseg.io_atomic import atomic_dir, write_json
 from reproseg.runs import (  # noqa: F401  (public API)
     CANDIDATES_DIR,
     CHECKPOINT_TIMES,
+    KEEP_STATES,
     FINAL_DIR,
     INTERRUPTED_EXIT_CODE,
     RESUME_DIR,
@@ -340,7 +341,7 @@ def build_grpo_config(settings: GRPOSettings, output_dir: str | os.PathLike, rew
         max_steps=settings.max_steps,
         save_strategy="steps",
         save_steps=settings.save_steps,
-        save_total_limit=1,  # only the newest checkpoint is needed to resume
+        save_total_limit=KEEP_STATES,   # the newest state, and the one before it if the newest is damaged
         logging_steps=settings.logging_steps,
         seed=settings.seed,
         data_seed=settings.seed,

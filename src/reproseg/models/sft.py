@@ -30,7 +30,7 @@ from ..config import dataclass_from_dict
 from ..data.images import as_image
 from ..io_atomic import atomic_dir, write_json, write_parquet
 from ..launch import is_main_process, resolve_target, run_resumable, visible_gpu_count
-from ..runs import (CHECKPOINT_TIMES, FINAL_DIR, RESUME_DIR, STOP_FILE, TENSORBOARD_DIR, CheckpointClock,
+from ..runs import (CHECKPOINT_TIMES, FINAL_DIR, KEEP_STATES, RESUME_DIR, STOP_FILE, TENSORBOARD_DIR, CheckpointClock,
                     FullWeightsResume, StepLogCallback, StopOnSignalCallback, StopSignal, TrainingInterrupted,
                     check_or_write_manifest, checkpoint_step, completed_checkpoints, direct_tensorboard,
                     trajectory_settings)
@@ -188,7 +188,7 @@ def train_sft(policy_dir: str | os.PathLike, examples: Sequence[dict], settings:
         logging_steps=1,
         save_strategy="steps",
         save_steps=settings.save_steps,
-        save_total_limit=1,   # the newest state is all a resume needs
+        save_total_limit=KEEP_STATES,   # the newest state, and the one before it if the newest is damaged
         seed=settings.seed,
         data_seed=settings.seed,
         report_to=list(settings.report_to),

@@ -58,6 +58,7 @@ from reproseg.launch import is_main_process, launched
 from reproseg.runs import (
     CANDIDATES_DIR,
     CHECKPOINT_TIMES,
+    KEEP_STATES,
     STOP_FILE,
     TENSORBOARD_DIR,
     CheckpointClock,
@@ -219,7 +220,7 @@ def training_arguments(settings, output_dir: Path, use_cpu: bool, sharded: bool 
         logging_steps=1,
         save_strategy="steps",
         save_steps=settings.save_steps,
-        save_total_limit=1,  # the latest state is all a resume needs
+        save_total_limit=KEEP_STATES,   # the newest state, and the one before it if the newest is damaged
         seed=settings.seed,
         data_seed=settings.seed,
         report_to=list(settings.report_to),
