@@ -17,6 +17,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -25,6 +27,51 @@ from reproseg.runs import STOP_FILE, TrainingInterrupted, checkpoint_step, compl
 
 WORKER_MODULE = "reproseg.launch"
 TARGET_KEY = "_target"  # "module:function" the workers call with the job's arguments
+
+
+class WorkerFailed(RuntimeError):
+    """A launch whose workers did not all finish; the message names the failed ranks."""
+
+
+def _record(job_path: str | os.PathLike, rank: int, kind: str) -> Path:
+    """A worker's note beside the job file: `started` when it begins, `failed` when it raises."""
+    job_path = Path(job_path)
+    return job_path.with_name(f"{job_path.name}.rank{rank}.{kind}")
+
+
+def _records(job_path: str | os.PathLike, kind: str) -> dict[int, Path]:
+    job_path = Path(job_path)
+    found = {}
+    for p in job_path.parent.glob(f"{job_path.name}.rank*.{kind}"):
+        rank = p.name[len(job_path.name) + len(".rank"):-len(kind) - 1]
+        if rank.isdigit():
+            found[int(rank)] = p
+    return found
+
+
+def _clear_records(job_path: str | os.PathLike) -> None:
+    for kind in ("started", "failed"):
+        for p in _records(job_path, kind).values():
+            p.unlink(missing_ok=True)
+
+
+def worker_failure(job_path: str | os.PathLike, rc: int) -> WorkerFailed:
+    """The error for a launch that exited with `rc`, naming its ranks' failures.
+
+    A rank that raised recorded its error; the earliest comes first, and the later ones are
+    mostly collectives that lost that rank. A rank that started and recorded none (listed
+    after them) was killed by a signal: the out-of-memory killer, or torchrun ending it
+    after another rank failed (torchrun's report in the job's log gives its exit code)."""
+    failed = _records(job_path, "failed")
+    errors = sorted((float(t), text) for t, _, text in
+                    (p.read_text().strip().partition(" ") for p in failed.values()))
+    silent = sorted(set(_records(job_path, "started")) - set(failed))
+    lines = [text for _, text in errors] + [
+        f"rank {r}: ended without a Python error (killed by a signal: out of memory, or ended by torchrun "
+        "after another rank failed)" for r in silent]
+    if not lines:
+        lines = ["no rank started (torchrun's report in the job's log says why)"]
+    return WorkerFailed(f"the workers of {job_path} exited with {rc}:\n" + "\n".join(lines))
 
 
 def visible_gpu_count(env: dict | None = None) -> int:
@@ -125,10 +172,12 @@ def run_workers(job_path: str | os.PathLike, num_processes: int, target: str, **
     across the GPUs of one job; GRPO jobs go through reproseg.grpo.launch.run_distributed.
     """
     write_job(job_path, **{TARGET_KEY: target}, **kwargs)
+    _clear_records(job_path)
     cmd = launch_command(job_path, num_processes)
     rc = subprocess.run(cmd, preexec_fn=ignore_usr1, env=worker_env(num_processes)).returncode
     if rc != 0:
-        raise subprocess.CalledProcessError(rc, cmd)
+        raise worker_failure(job_path, rc)
+    _clear_records(job_path)
 
 
 def launched() -> bool:
@@ -154,6 +203,7 @@ def run_resumable(job_path: str | os.PathLike, num_processes: int, target: str, 
     stop_file = state_dir / STOP_FILE
     stop_file.unlink(missing_ok=True)
     write_job(job_path, **{TARGET_KEY: target}, **kwargs)
+    _clear_records(job_path)
     cmd = launch_command(job_path, num_processes, launcher=launcher)
     proc = subprocess.Popen(cmd, preexec_fn=ignore_usr1, env=worker_env(num_processes))
     received: list[int] = []
@@ -184,12 +234,13 @@ def run_resumable(job_path: str | os.PathLike, num_processes: int, target: str, 
             signal.signal(s, h)
     Path(job_path).unlink(missing_ok=True)
     if rc == 0:
+        _clear_records(job_path)
         return  # finished; a stop request that came at the very end changes nothing
     if received:
         done = completed_checkpoints(state_dir)
         step = checkpoint_step(done[-1]) if done else 0
         raise TrainingInterrupted(step, str(done[-1]) if done else "(no checkpoint yet)")
-    raise subprocess.CalledProcessError(rc, cmd)
+    raise worker_failure(job_path, rc)
 
 
 def resolve_target(target: str):
@@ -210,7 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(target, str) or ":" not in target:
         print(f"{argv[0]}: the job names no {TARGET_KEY} 'module:function'", file=sys.stderr)
         return 2
-    resolve_target(target)(**job)
+    # Notes for the launcher, which sees only torchrun's exit code (SystemExit, the
+    # TrainingInterrupted of a stop, passes through unrecorded).
+    rank = int(os.environ.get("RANK", "0"))
+    _record(argv[0], rank, "started").write_text(f"{os.getpid()}\n")
+    try:
+        resolve_target(target)(**job)
+    except Exception as e:
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        _record(argv[0], rank, "failed").write_text(
+            f"{time.time()} rank {rank}: {type(e).__name__}: {e} (at {where.filename}:{where.lineno})\n")
+        raise
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()  # no rank leaves while another may still talk to it
         torch.distributed.destroy_process_group()
