@@ -551,3 +551,18 @@ def test_a_weight_zero_reward_is_logged_but_never_trains(policy, tmp_path):
     log = runs["monitor"][1]
     assert "reward_noise_mean" in log.schema.names and any(v > 0 for v in log.column("reward_noise_mean").to_pylist())
     assert log.column("reward_mean").to_pylist() == runs["alone"][1].column("reward_mean").to_pylist()
+
+
+def test_a_row_whose_image_is_gone_when_served_is_named_with_its_file(policy, tmp_path):
+    """Rows hold file references decoded when served; a frame deleted after the rows were
+    built fails the step with the row's id and the file, not a bare PIL error."""
+    from reproseg.data.images import ImageRef
+
+    (tmp_path / "video_003").mkdir()
+    Image.new("RGB", (56, 56)).save(tmp_path / "video_003" / "000012.png")
+    rows = _rows()
+    rows[1] = {**rows[1], "id": "video_003-000012-1", "image": ImageRef(str(tmp_path), "video_003/000012.png")}
+    (tmp_path / "video_003" / "000012.png").unlink()
+    with pytest.raises(OSError, match=r"row video_003-000012-1: .*video_003/000012\.png: cannot load image"):
+        train_grpo(policy, rows, {"length": length_reward}, {**SETTINGS, "max_steps": 1}, tmp_path / "run",
+                   tmp_path / "log.parquet")

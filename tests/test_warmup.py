@@ -311,3 +311,11 @@ def test_sam2_warmup_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted
     (resume / "state-000004.pt").write_bytes(b"PK\x03\x04 cut off")
     assert sam2_warmup._newest_state(resume)["marker"] == "older"
     assert "state-000004.pt does not load" in caplog.text
+
+
+def test_an_example_whose_image_is_gone_when_served_is_named_with_its_file(tmp_path, policy):
+    examples = [{"image": ImageRef(str(tmp_path), "video_000/000004.png"), "target": "x", "id": "video_000-000004-0",
+                 "prompt": [{"role": "user", "content": "Find it."}]}]
+    with pytest.raises(OSError, match=r"row video_000-000004-0: .*video_000/000004\.png: cannot load image"):
+        train_sft(policy, examples, {"max_steps": 1, "batch_size": 1, "report_to": []}, tmp_path / "run",
+                  tmp_path / "log.parquet")

@@ -52,6 +52,15 @@ class ImageRef:
         return image
 
 
+def row_image(value, row_id) -> Image.Image:
+    """as_image for a training row: a file missing or unreadable when the row is served is
+    named together with the row it belongs to."""
+    try:
+        return as_image(value)
+    except OSError as exc:
+        raise OSError(f"row {row_id}: {exc}") from exc
+
+
 def as_image(value) -> Image.Image:
     """A decoded image from a PIL image, an ImageRef, or a path."""
     if isinstance(value, ImageRef):

@@ -82,15 +82,16 @@ def warmup_examples(rows: list[dict], images_root: str, cfg: dict, seed: int) ->
         image = ImageRef(str(images_root), row["image_path"])
         crop = crop_covering(row["box"], row["width"], row["height"], side, row_rng(seed, row["id"]))
         s = lpr_sample(row, image, crop, cfg)
-        out.append({"image": s["image"], "prompt": s["prompt"], "target": lpr_target(s)})
+        out.append({"image": s["image"], "prompt": s["prompt"], "target": lpr_target(s), "id": row["id"]})
         if i % LOOK_EVERY == 0:
             looked = lpr_sample(row, image, crop, cfg, look=True)
-            out.append({"image": looked["image"], "prompt": looked["prompt"], "target": lpr_target(looked, True)})
+            out.append({"image": looked["image"], "prompt": looked["prompt"], "target": lpr_target(looked, True),
+                        "id": row["id"]})
         # The region in original pixels is lpr_crop wide: region_size at the GSE size.
         region = to_gse(crop_covering(row["box"], row["width"], row["height"], side, None),
                         row["width"], row["height"], cfg["gse_size"])
         out.append({"image": gse_view(images_root, row["image_path"], cfg), "prompt": gse_prompt(row, cfg),
-                    "target": gse_target(region, s["answer"], gse_key)})
+                    "target": gse_target(region, s["answer"], gse_key), "id": row["id"]})
     return out
 
 

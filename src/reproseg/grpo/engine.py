@@ -59,7 +59,7 @@ from reproseg.grpo.trainer import (  # noqa: F401  (public API)
     load_reward_states,
     zero_std_fraction,
 )
-from reproseg.data.images import as_image
+from reproseg.data.images import row_image
 from reproseg.io_atomic import atomic_dir, write_json
 
 # The run's folder and lifecycle (reproseg.runs); the names stay importable from here.
@@ -398,7 +398,7 @@ def _dataset(rows: Sequence[dict]):
             if lazy:
                 _check_row(i, row)
             for k, v in row.items():
-                out.setdefault(k, []).append(as_image(v) if k == "image" else v)
+                out.setdefault(k, []).append(row_image(v, row.get("id", f"#{i}")) if k == "image" else v)
         return out
 
     return Dataset.from_dict({"_row": list(range(len(rows)))}).with_transform(serve)

@@ -27,7 +27,7 @@ from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, Trai
 
 from ..bounded_cache import BoundedLRU
 from ..config import dataclass_from_dict
-from ..data.images import as_image
+from ..data.images import as_image, row_image
 from ..io_atomic import atomic_dir, write_json, write_parquet
 from ..launch import is_main_process, resolve_target, run_resumable, visible_gpu_count
 from ..runs import (CHECKPOINT_TIMES, FINAL_DIR, KEEP_STATES, RESUME_DIR, STOP_FILE, TENSORBOARD_DIR, CheckpointClock,
@@ -108,7 +108,7 @@ class _ListDataset(torch.utils.data.Dataset):
             return e
         view = self.views.get(i)
         if view is None:
-            view = as_image(e["image"])
+            view = row_image(e["image"], e.get("id", f"#{i}"))
             self.views.put(i, view)
         return {**e, "image": view}
 
