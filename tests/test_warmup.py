@@ -152,12 +152,10 @@ def test_sft_loss_falls_on_a_fixed_batch_and_not_without_steps(rows, tmp_path, p
     assert frozen["held_out_loss_after"] == pytest.approx(frozen["held_out_loss_before"], rel=1e-5)
 
 
-def test_warmup_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(rows, tmp_path, policy):
-    """Stopped at step 3 (between the resume states of steps 2 and 4), the warm-up resumes
-    from the state saved there and ends bit for bit where an uninterrupted run ends (CPU,
-    one process); the resume state is removed once the model is written."""
-    from safetensors.torch import load_file
-
+def _warmup_and_a_run_stopped_at_step_3(rows, tmp_path, policy):
+    """An uninterrupted 5-step warm-up (tmp_path/ref) and the same run stopped at step 3
+    (tmp_path/run, resume states at steps 2 and 3); returns the examples, settings, the
+    stopped run's folder and its TrainingInterrupted."""
     torch.set_num_threads(1)
     examples = warmup_examples(rows, str(tmp_path), CFG, seed=0)
     settings = {"learning_rate": 3e-3, "max_steps": 5, "batch_size": 2, "warmup_steps": 1, "save_steps": 2,
@@ -167,7 +165,17 @@ def test_warmup_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(
     with pytest.raises(TrainingInterrupted) as stopped:
         train_sft(policy, examples, settings, run, tmp_path / "log.parquet",
                   callbacks=[StopAt(run / "resume" / STOP_FILE, 3)])
-    assert stopped.value.step == 3 and stopped.value.code == 143
+    return examples, settings, run, stopped.value
+
+
+def test_warmup_stopped_and_resumed_ends_at_the_weights_of_an_uninterrupted_run(rows, tmp_path, policy):
+    """Stopped at step 3 (between the resume states of steps 2 and 4), the warm-up resumes
+    from the state saved there and ends bit for bit where an uninterrupted run ends (CPU,
+    one process); the resume state is removed once the model is written."""
+    from safetensors.torch import load_file
+
+    examples, settings, run, stopped = _warmup_and_a_run_stopped_at_step_3(rows, tmp_path, policy)
+    assert stopped.step == 3 and stopped.code == 143
     assert [p.name for p in completed_checkpoints(run / "resume")] == ["checkpoint-2", "checkpoint-3"]
     assert not (tmp_path / "log.parquet").exists() and not (run / "checkpoint").exists()
     # the state is this run's: another learning rate refuses it, naming the difference
@@ -193,15 +201,7 @@ def test_a_damaged_newest_state_is_skipped_with_a_warning_and_the_one_before_res
     and still ends bit for bit where an uninterrupted run ends."""
     from safetensors.torch import load_file
 
-    torch.set_num_threads(1)
-    examples = warmup_examples(rows, str(tmp_path), CFG, seed=0)
-    settings = {"learning_rate": 3e-3, "max_steps": 5, "batch_size": 2, "warmup_steps": 1, "save_steps": 2,
-                "report_to": []}
-    train_sft(policy, examples, settings, tmp_path / "ref", tmp_path / "ref.parquet")
-    run = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted):
-        train_sft(policy, examples, settings, run, tmp_path / "log.parquet",
-                  callbacks=[StopAt(run / "resume" / STOP_FILE, 3)])
+    examples, settings, run, _ = _warmup_and_a_run_stopped_at_step_3(rows, tmp_path, policy)
     weights = run / "resume" / "checkpoint-3" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with caplog.at_level("WARNING", logger="reproseg.runs"):
