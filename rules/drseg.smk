@@ -25,7 +25,7 @@ rule drseg_all:
         expand(R("tables/drseg_{table}.report.html"), table=DRSEG_TABLES),
         R("tables/drseg_finers_comparison.md"),
         R("tables/drseg_finers_comparison.report.html"),
-        expand(f"{DRSEG}/data/{{drseg_source}}/report.md", drseg_source=DRSEG_USED),
+        expand(f"{DRSEG_DATA}/{{drseg_source}}/report.md", drseg_source=DRSEG_USED),
 
 
 rule drseg_synthesize:
@@ -51,11 +51,11 @@ rule drseg_import_source:
     input:
         unpack(get_drseg_source_file),
     output:
-        table=f"{DRSEG}/data/{{drseg_source}}/table.parquet",
-        images=directory(f"{DRSEG}/data/{{drseg_source}}/images"),
-        report=f"{DRSEG}/data/{{drseg_source}}/report.json",
-        report_md=f"{DRSEG}/data/{{drseg_source}}/report.md",
-        prov=prov(f"{DRSEG}/data/{{drseg_source}}/table.parquet"),
+        table=f"{DRSEG_DATA}/{{drseg_source}}/table.parquet",
+        images=directory(f"{DRSEG_DATA}/{{drseg_source}}/images"),
+        report=f"{DRSEG_DATA}/{{drseg_source}}/report.json",
+        report_md=f"{DRSEG_DATA}/{{drseg_source}}/report.md",
+        prov=prov(f"{DRSEG_DATA}/{{drseg_source}}/table.parquet"),
     log:
         main=f"{DRSEG}/logs/drseg_import_source/{{drseg_source}}.log",
         report=f"{DRSEG}/logs/drseg_import_source/{{drseg_source}}.validation_report.json",

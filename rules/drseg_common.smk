@@ -2,6 +2,7 @@
 # (kept apart from the rules, as rules/common.smk is for the other branches).
 
 DRSEG = R("drseg")
+DRSEG_DATA = f"{DRSEG}/data"  # each source's imported table, images and validation report
 DRSEG_CFG = config["drseg"]
 DRSEG_SOURCES = DRSEG_CFG["sources"]
 DRSEG_BENCHES = [b["data"] for b in DRSEG_CFG["eval"]["benchmarks"]]
@@ -138,4 +139,4 @@ def get_drseg_selection_record(wildcards):
 
 def drseg_import(source):
     """The imported table of a source and its record (its images folder sits beside it)."""
-    return f"{DRSEG}/data/{source}/table.parquet"
+    return f"{DRSEG_DATA}/{source}/table.parquet"
