@@ -133,7 +133,8 @@ def main() -> None:
     build_tiny_sam2(work / "sam2", {"sam2_config": sam_cfg, "sam2_image_size": 256 if args.smoke else 1024}, seed=0)
     SegAnswerModel.from_base(qwen, work / "sam2", seed=0, dtype="float32" if args.smoke else "bfloat16",
                              device=device).save_pretrained(work / "seganswer")
-    torch.cuda.empty_cache() if device == "cuda" else None
+    if device == "cuda":
+        torch.cuda.empty_cache()
     real_rollout = stage3.rollout_batch
 
     def seg_first(model, prompts, s, lm=None, generators=None, samplers=None):

@@ -136,20 +136,20 @@ def _train_lpr(policy, out, per_device, processes, trainer_cls, deepspeed=None):
 
 
 @pytest.mark.slow
-def test_stage3_under_zero3_on_two_processes_ends_at_the_weights_of_one(seganswer_checkpoint, tmp_path, worker_path):
+def test_stage3_under_zero3_on_two_processes_ends_at_the_weights_of_one(seganswer_checkpoint, stage3_one, tmp_path,
+                                                                        worker_path):
     """config/paper.yaml trains stage 3 under ZeRO-3 (a full 7B fine-tuning state does not fit
     one GPU under DDP): the rollouts gather the partitioned policy on every rank, refills
     included, and the two ranks end where one process ends (tolerance as above)."""
     rows = synthetic.qa_rows(12, seed=1)
-    lr = 1e-3
-    one = _lm(_train(seganswer_checkpoint, rows, tmp_path / "one", 16, 1, spread_or_flat))
+    lr, (one, one_dir) = 1e-3, stage3_one
     with deadline(600):
         zero3 = _lm(_train(seganswer_checkpoint, rows, tmp_path / "zero3", 8, 2, spread_or_flat, deepspeed="zero3"))
     assert _distance(zero3, one) < 0.2 * lr
     summary = json.loads((tmp_path / "zero3" / "checkpoint" / "engine_summary.json").read_text())
     assert summary["settings"]["deepspeed"] == "zero3" and summary["world_size"] == 2
     keys = ("rollouts", "dropped_groups", "refill_rounds", "acc_mean", "seg_calls_total")
-    log_one = pq.read_table(tmp_path / "one.seganswer.parquet").to_pylist()
+    log_one = pq.read_table(one_dir / "one.seganswer.parquet").to_pylist()
     log_zero3 = pq.read_table(tmp_path / "zero3.seganswer.parquet").to_pylist()
     assert [{k: r[k] for k in keys} for r in log_zero3] == [{k: r[k] for k in keys} for r in log_one]
     assert sum(r["refill_rounds"] for r in log_one) > 0
@@ -225,9 +225,17 @@ def _distance(a: dict, b: dict) -> float:
     return max((a[n] - b[n]).abs().max().item() for n in a)
 
 
+@pytest.fixture(scope="module")
+def stage3_one(seganswer_checkpoint, tmp_path_factory):
+    """Two stage-3 steps in one process on 4 prompts a step: the weights both two-process
+    tests compare with, and the folder of its logs (`one.seganswer.parquet`)."""
+    out = tmp_path_factory.mktemp("stage3_one")
+    return _lm(_train(seganswer_checkpoint, synthetic.qa_rows(12, seed=1), out / "one", 16, 1, spread_or_flat)), out
+
+
 @pytest.mark.slow
-def test_two_processes_end_at_the_weights_of_one_with_the_same_global_batch(seganswer_checkpoint, tmp_path,
-                                                                            worker_path):
+def test_two_processes_end_at_the_weights_of_one_with_the_same_global_batch(seganswer_checkpoint, stage3_one,
+                                                                            tmp_path, worker_path):
     """Two steps of 2 prompts x 4 rollouts per rank against one process with 4 prompts per
     step; FLAT_ANSWER rows force refill rounds. Tolerance: Adam divides by the gradient's
     own scale, so a float-level difference in a near-zero gradient (the reduction's order)
@@ -237,12 +245,12 @@ def test_two_processes_end_at_the_weights_of_one_with_the_same_global_batch(sega
     rows = synthetic.qa_rows(12, seed=1)
     assert any(r["answer"] == FLAT_ANSWER for r in rows) and any(r["answer"] != FLAT_ANSWER for r in rows)
     lr, start = 1e-3, _lm(SegAnswerModel.from_pretrained(seganswer_checkpoint))
-    one = _lm(_train(seganswer_checkpoint, rows, tmp_path / "one", 16, 1, spread_or_flat))
+    one, one_dir = stage3_one
     with deadline(600):
         two = _lm(_train(seganswer_checkpoint, rows, tmp_path / "two", 8, 2, spread_or_flat))
     assert _distance(one, start) > 0.5 * lr  # the steps moved the policy
     assert _distance(two, one) < 0.2 * lr
-    log_one = pq.read_table(tmp_path / "one.seganswer.parquet").to_pylist()
+    log_one = pq.read_table(one_dir / "one.seganswer.parquet").to_pylist()
     log_two = pq.read_table(tmp_path / "two.seganswer.parquet").to_pylist()
     # the same groups generated, dropped and refilled in each step, counted over both ranks
     keys = ("rollouts", "dropped_groups", "refill_rounds", "padded_groups", "acc_mean", "seg_calls_total")

@@ -43,7 +43,7 @@ def _records(job_path: str | os.PathLike, kind: str) -> dict[int, Path]:
     job_path = Path(job_path)
     found = {}
     for p in job_path.parent.glob(f"{job_path.name}.rank*.{kind}"):
-        rank = p.name[len(job_path.name) + len(".rank"):-len(kind) - 1]
+        rank = p.name.removeprefix(f"{job_path.name}.rank").removesuffix(f".{kind}")
         if rank.isdigit():
             found[int(rank)] = p
     return found
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     # Notes for the launcher, which sees only torchrun's exit code (SystemExit, the
     # TrainingInterrupted of a stop, passes through unrecorded).
     rank = int(os.environ.get("RANK", "0"))
-    _record(argv[0], rank, "started").write_text(f"{os.getpid()}\n")
+    _record(argv[0], rank, "started").touch()
     try:
         resolve_target(target)(**job)
     except Exception as e:

@@ -32,6 +32,7 @@ import torch
 from accelerate.utils import is_peft_model
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from reproseg.io_atomic import write_json, write_parquet
 
@@ -303,7 +304,7 @@ class CheckpointClock:
         yield
         self.accelerator.wait_for_everyone()
         if self.is_world_process_zero():
-            seal_checkpoint(Path(self.args.output_dir) / f"checkpoint-{int(self.state.global_step)}")
+            seal_checkpoint(Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{int(self.state.global_step)}")
         self._clock_write({"event": "save", "step": int(self.state.global_step),
                            "seconds": round(time.perf_counter() - t0, 4)})
 

@@ -66,9 +66,9 @@ from reproseg.io_atomic import atomic_dir, write_json
 from reproseg.runs import (  # noqa: F401  (public API)
     CANDIDATES_DIR,
     CHECKPOINT_TIMES,
-    KEEP_STATES,
     FINAL_DIR,
     INTERRUPTED_EXIT_CODE,
+    KEEP_STATES,
     RESUME_DIR,
     RUN_MANIFEST,
     STOP_FILE,
